@@ -1,0 +1,42 @@
+# toolkit: `make demo` runs the whole pipeline on a small built-in dataset, `make test` the tests.
+# Both set up .venv first. Override the torch pin with e.g. `make install TORCH=2.5.1`.
+PYTHON ?= python3
+TORCH ?= 2.13.0
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(TORCH)
+DEMO_DIR ?= demo
+PYTEST_ARGS ?= -n 2
+
+.PHONY: install demo test test-fast bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned: anything else lets pip pick a multi-GB CUDA build
+	$(BIN)/python -m pip install --disable-pip-version-check -q "torch==$(TORCH)"
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e ".[test]"
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
+
+demo: install
+	$(BIN)/toolkit demo-data $(DEMO_DIR)/source --task mr --cases 12 --force
+	$(BIN)/toolkit convert $(DEMO_DIR)/source/Task901_SynthMR --workspace $(DEMO_DIR)/workspace --force
+	@echo "demo: converted dataset in $(DEMO_DIR)/workspace/Task901_SynthMR"
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS) -m "not slow"
+
+bench: install
+	$(BIN)/python -m bench
+
+lint: install
+	$(BIN)/ruff check toolkit datasets tests bench
+	$(BIN)/ruff format --check toolkit datasets tests bench
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache build *.egg-info

@@ -1,0 +1,44 @@
+"""Options shared by commands, so each is spelled and documented once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+WorkspaceOption = typer.Option(
+    None,
+    "--workspace",
+    "-w",
+    help="Workspace root. Default: $TOOLKIT_WORKSPACE, else ./workspace.",
+    show_default=False,
+)
+QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+WorkersOption = typer.Option(
+    None, "--workers", "-j", min=1, help="Parallel worker processes. Default: number of CPU cores (at most 8)."
+)
+DeviceOption = typer.Option("auto", "--device", help="auto (CUDA when available, else CPU), cpu or cuda.")
+
+
+def dataset_argument(help_text: str = "Dataset name in the workspace (or the path of its folder).") -> typer.models.ArgumentInfo:
+    return typer.Argument(..., help=help_text, show_default=False)
+
+
+def parse_int_list(text: str | None, what: str) -> list[int] | None:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; errors name the option."""
+    if text is None or text.strip() == "":
+        return None
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v != ""]
+    except ValueError:
+        raise typer.BadParameter(f"{what} must be comma-separated integers such as 0,1,2, not {text!r}") from None
+
+
+def parse_str_list(text: str | None) -> list[str] | None:
+    if text is None or text.strip() == "":
+        return None
+    return [v for v in text.replace(" ", "").split(",") if v]
+
+
+def as_path(p: str | Path | None) -> Path | None:
+    return None if p is None else Path(p)

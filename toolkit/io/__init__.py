@@ -1,0 +1,1 @@
+"""Input and output: images (SimpleITK), dataset.json, MSD conversion, integrity checks."""

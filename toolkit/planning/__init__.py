@@ -1,0 +1,1 @@
+"""Self-configuration: plan dataclasses, the method's rules, the memory estimate."""

@@ -1,0 +1,175 @@
+"""``plans.json``: the one contract between planning, preprocessing, training and inference.
+
+A typed dataclass in code and plain, readable JSON on disk. Every stage after planning reads
+its configuration from here and from nothing else.
+
+Axis conventions: ``transpose_forward`` permutes the spatial axes of a ``(z, y, x)`` array
+(SimpleITK order) so that the coarsest axis comes first; every spatial list in a
+:class:`Configuration` (``target_spacing``, ``median_shape``, kernel sizes, strides) is in
+that transposed order. 2D configurations work on slices along the first (transposed) axis:
+their ``patch_size``, kernels and strides have two entries, for the last two axes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from toolkit.errors import ToolkitError
+from toolkit.io.atomic import write_json
+
+PLANS_FORMAT_VERSION = 1
+
+NormalizationScheme = Literal["ct", "zscore", "none"]
+
+
+@dataclass
+class Normalization:
+    """How one input channel is normalized."""
+
+    scheme: NormalizationScheme
+    # z-score inside the non-zero mask (cropping removed > 25% of the image); outside stays 0
+    use_nonzero_mask: bool = False
+    # CT only: global foreground statistics of the training set
+    mean: float | None = None
+    std: float | None = None
+    lower_bound: float | None = None  # 0.5th percentile of foreground intensities
+    upper_bound: float | None = None  # 99.5th percentile
+
+
+@dataclass
+class Resampling:
+    """Interpolation orders; anisotropic cases resample in-plane only along the coarse axis."""
+
+    image_order: int = 3
+    label_order: int = 1  # applied to one-hot labels
+    coarse_axis_order: int = 0  # order along the coarse axis of anisotropic data
+    anisotropy_threshold: float = 3.0
+
+
+@dataclass
+class Architecture:
+    """A plain U-Net: per stage two conv -> instance norm -> leaky ReLU blocks."""
+
+    features_per_stage: list[int]
+    kernel_sizes: list[list[int]]
+    strides: list[list[int]]  # stride of each stage's first conv; stage 0 is all ones
+    n_conv_per_stage: list[int]
+    n_conv_per_stage_decoder: list[int]
+
+    @property
+    def n_stages(self) -> int:
+        return len(self.features_per_stage)
+
+
+@dataclass
+class Configuration:
+    name: str
+    data_identifier: str  # folder under preprocessed/ (the cascade's full-res stage shares 3d_fullres's)
+    spatial_dims: Literal[2, 3]
+    target_spacing: list[float]  # 3 values, transposed order
+    median_shape: list[int]  # 3 values, voxels after resampling to target_spacing
+    patch_size: list[int]  # spatial_dims values
+    batch_size: int
+    architecture: Architecture
+    normalization: list[Normalization]  # one per input channel
+    resampling: Resampling = field(default_factory=Resampling)
+    batch_dice: bool = False
+    # per decoder output, highest resolution first: the scale of the label for that output
+    deep_supervision_scales: list[list[float]] = field(default_factory=list)
+    previous_stage: str | None = None  # the cascade's low-res configuration
+    next_stage: str | None = None
+
+    @property
+    def is_cascade(self) -> bool:
+        return self.previous_stage is not None
+
+
+@dataclass
+class Plans:
+    dataset_name: str
+    channel_names: dict[str, str]  # {"0": "T2", ...}
+    labels: dict[str, int]  # {"background": 0, ...}
+    transpose_forward: list[int]
+    transpose_backward: list[int]
+    original_median_spacing: list[float]  # (z, y, x), before transposing
+    original_median_shape: list[int]  # after cropping, before resampling, (z, y, x)
+    configurations: dict[str, Configuration]
+    planner: dict[str, Any] = field(default_factory=dict)  # preset, memory budget, options used
+    format_version: int = PLANS_FORMAT_VERSION
+
+    @property
+    def num_input_channels(self) -> int:
+        return len(self.channel_names)
+
+    @property
+    def num_classes(self) -> int:
+        """Output channels of the network: background plus every label."""
+        return max(self.labels.values()) + 1
+
+    def configuration(self, name: str) -> Configuration:
+        try:
+            return self.configurations[name]
+        except KeyError:
+            available = ", ".join(self.configurations) or "none"
+            raise ToolkitError(f"configuration {name!r} is not in the plans (available: {available})") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plans:
+        return _build(cls, data)
+
+    def save(self, path: str | Path) -> None:
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plans:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ToolkitError("plans not found: run `toolkit plan` first", path) from None
+        except json.JSONDecodeError as exc:
+            raise ToolkitError(f"is not valid JSON ({exc.msg} at line {exc.lineno})", path) from None
+        version = data.get("format_version")
+        if version != PLANS_FORMAT_VERSION:
+            raise ToolkitError(f"plans format version {version} is not supported (expected {PLANS_FORMAT_VERSION})", path)
+        try:
+            return cls.from_dict(data)
+        except (TypeError, KeyError, ValueError) as exc:
+            raise ToolkitError(f"malformed plans ({exc})", path) from None
+
+
+def _build(tp: Any, value: Any) -> Any:
+    """Rebuild nested dataclasses from JSON types, checking required fields."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            raise TypeError(f"{tp.__name__} must be an object, not {type(value).__name__}")
+        hints = typing.get_type_hints(tp)
+        kwargs = {}
+        for f in dataclasses.fields(tp):
+            if f.name in value:
+                kwargs[f.name] = _build(hints[f.name], value[f.name])
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise KeyError(f"{tp.__name__}.{f.name} is missing")
+        return tp(**kwargs)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _build(args[0], value)
+    if origin is dict:
+        _, vt = typing.get_args(tp)
+        return {str(k): _build(vt, v) for k, v in value.items()}
+    if origin is list:
+        (it,) = typing.get_args(tp)
+        return [_build(it, v) for v in value]
+    return value

@@ -1,0 +1,1 @@
+"""Crop, normalize, resample, and store cases for fast random patch reads."""

@@ -1,0 +1,178 @@
+"""Every path and file name of the workspace layout, in one place.
+
+::
+
+    <workspace>/<dataset>/
+        raw/dataset.json, raw/imagesTr/CASE_0000.nii.gz, raw/labelsTr/CASE.nii.gz, raw/imagesTs/
+        fingerprint.json
+        plans.json
+        splits.json                             5-fold cross-validation split, written once
+        preprocessed/<data_identifier>/CASE.npy, CASE_seg.npy, CASE.json
+        models/<config>/plans.json, dataset.json        (self-contained model folder)
+        models/<config>/fold_<k>/checkpoint_{latest,best,final}.pt, log.jsonl, progress.png
+        models/<config>/fold_<k>/validation/CASE.nii.gz, CASE.npz, summary.json
+        evaluation/cases.csv, summary.json, bootstrap.json, report.md, *.png
+        selection.json
+        export/
+        pipeline/<stage>.json                   run-all's completion records
+
+The workspace root comes from ``--workspace``, else ``$TOOLKIT_WORKSPACE``, else
+``./workspace``. Nothing else is global.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolkit.errors import MissingStageError, ToolkitError
+
+WORKSPACE_ENV = "TOOLKIT_WORKSPACE"
+DEFAULT_WORKSPACE = "workspace"
+FILE_ENDING = ".nii.gz"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def resolve_workspace(option: str | Path | None) -> Path:
+    """``--workspace``, else ``$TOOLKIT_WORKSPACE``, else ``./workspace``."""
+    if option:
+        return Path(option).expanduser()
+    env = os.environ.get(WORKSPACE_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(DEFAULT_WORKSPACE)
+
+
+def check_dataset_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise ToolkitError(
+            f"dataset name {name!r} must start with a letter or digit and hold only letters, digits, '_', '-' and '.'"
+        )
+    return name
+
+
+def channel_file(case: str, channel: int, ending: str = FILE_ENDING) -> str:
+    return f"{case}_{channel:04d}{ending}"
+
+
+def label_file(case: str, ending: str = FILE_ENDING) -> str:
+    return f"{case}{ending}"
+
+
+@dataclass(frozen=True)
+class DatasetPaths:
+    """Paths of one dataset's folder in the workspace."""
+
+    root: Path
+
+    @classmethod
+    def open(cls, workspace: str | Path | None, name: str) -> DatasetPaths:
+        """A dataset given by name (under the workspace root) or by its folder path."""
+        candidate = Path(name)
+        if candidate.is_dir() and (candidate / "raw").is_dir():
+            return cls(candidate)
+        return cls(resolve_workspace(workspace) / check_dataset_name(name))
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    # raw
+    @property
+    def raw(self) -> Path:
+        return self.root / "raw"
+
+    @property
+    def dataset_json(self) -> Path:
+        return self.raw / "dataset.json"
+
+    @property
+    def images_tr(self) -> Path:
+        return self.raw / "imagesTr"
+
+    @property
+    def labels_tr(self) -> Path:
+        return self.raw / "labelsTr"
+
+    @property
+    def images_ts(self) -> Path:
+        return self.raw / "imagesTs"
+
+    # planning
+    @property
+    def fingerprint_json(self) -> Path:
+        return self.root / "fingerprint.json"
+
+    @property
+    def plans_json(self) -> Path:
+        return self.root / "plans.json"
+
+    @property
+    def splits_json(self) -> Path:
+        return self.root / "splits.json"
+
+    # preprocessing
+    @property
+    def preprocessed(self) -> Path:
+        return self.root / "preprocessed"
+
+    def preprocessed_dir(self, data_identifier: str) -> Path:
+        return self.preprocessed / data_identifier
+
+    # training
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    def model_dir(self, config: str) -> Path:
+        return self.models / config
+
+    def fold_dir(self, config: str, fold: int) -> Path:
+        return self.model_dir(config) / f"fold_{fold}"
+
+    def validation_dir(self, config: str, fold: int) -> Path:
+        return self.fold_dir(config, fold) / "validation"
+
+    # evaluation and beyond
+    @property
+    def evaluation(self) -> Path:
+        return self.root / "evaluation"
+
+    @property
+    def selection_json(self) -> Path:
+        return self.root / "selection.json"
+
+    @property
+    def export(self) -> Path:
+        return self.root / "export"
+
+    @property
+    def pipeline(self) -> Path:
+        return self.root / "pipeline"
+
+    def stage_record(self, stage: str) -> Path:
+        return self.pipeline / f"{stage}.json"
+
+    # preconditions
+    def require(self, path: Path, command: str) -> Path:
+        """``path`` if it exists, else an error naming the command that writes it."""
+        if not path.exists():
+            raise MissingStageError(path, command)
+        return path
+
+    def require_raw(self) -> Path:
+        if not self.dataset_json.is_file():
+            raise MissingStageError(self.dataset_json, f"toolkit convert TASK --name {self.name}")
+        return self.raw
+
+
+# Files inside a model folder (models/<config>/ and copies of it, e.g. in a container)
+MODEL_PLANS = "plans.json"
+MODEL_DATASET_JSON = "dataset.json"
+CHECKPOINT_LATEST = "checkpoint_latest.pt"
+CHECKPOINT_BEST = "checkpoint_best.pt"
+CHECKPOINT_FINAL = "checkpoint_final.pt"
+TRAINING_LOG = "log.jsonl"
+PROGRESS_PLOT = "progress.png"
