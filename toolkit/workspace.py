@@ -4,6 +4,7 @@
 
     <workspace>/<dataset>/
         raw/dataset.json, raw/imagesTr/CASE_0000.nii.gz, raw/labelsTr/CASE.nii.gz, raw/imagesTs/
+        raw/.verified.json                      verify's cache (per case, keyed by file stats)
         fingerprint.json
         plans.json
         splits.json                             5-fold cross-validation split, written once
@@ -62,6 +63,35 @@ def label_file(case: str, ending: str = FILE_ENDING) -> str:
 
 
 @dataclass(frozen=True)
+class RawFolder:
+    """The converted (nnU-Net v2 raw) layout inside one folder: ``raw/``, or a dataset a user
+    brings in that layout."""
+
+    root: Path
+
+    @property
+    def dataset_json(self) -> Path:
+        return self.root / "dataset.json"
+
+    @property
+    def images_tr(self) -> Path:
+        return self.root / "imagesTr"
+
+    @property
+    def labels_tr(self) -> Path:
+        return self.root / "labelsTr"
+
+    @property
+    def images_ts(self) -> Path:
+        return self.root / "imagesTs"
+
+    @property
+    def verify_cache(self) -> Path:
+        """``toolkit verify``'s results per case, keyed by file sizes and times."""
+        return self.root / ".verified.json"
+
+
+@dataclass(frozen=True)
 class DatasetPaths:
     """Paths of one dataset's folder in the workspace."""
 
@@ -99,6 +129,14 @@ class DatasetPaths:
     @property
     def images_ts(self) -> Path:
         return self.raw / "imagesTs"
+
+    @property
+    def raw_folder(self) -> RawFolder:
+        return RawFolder(self.raw)
+
+    @property
+    def verify_cache(self) -> Path:
+        return self.raw_folder.verify_cache
 
     # planning
     @property
