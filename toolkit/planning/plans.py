@@ -48,6 +48,7 @@ class Resampling:
 
     image_order: int = 3
     label_order: int = 1  # applied to one-hot labels
+    probability_order: int = 1  # network probabilities back to the original grid
     coarse_axis_order: int = 0  # order along the coarse axis of anisotropic data
     anisotropy_threshold: float = 3.0
 
