@@ -33,6 +33,7 @@ from toolkit.errors import MissingStageError, ToolkitError
 WORKSPACE_ENV = "TOOLKIT_WORKSPACE"
 DEFAULT_WORKSPACE = "workspace"
 FILE_ENDING = ".nii.gz"
+PROBABILITIES_ENDING = ".npz"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -173,10 +174,37 @@ class DatasetPaths:
     def validation_dir(self, config: str, fold: int) -> Path:
         return self.fold_dir(config, fold) / "validation"
 
+    def validation_prediction(self, config: str, fold: int, case: str) -> Path:
+        """A validation case's label map, in the original geometry."""
+        return self.validation_dir(config, fold) / label_file(case)
+
+    def validation_probabilities(self, config: str, fold: int, case: str) -> Path:
+        """A validation case's probabilities (``probabilities``: float16 (classes, z, y, x))."""
+        return self.validation_dir(config, fold) / f"{case}{PROBABILITIES_ENDING}"
+
     # evaluation and beyond
     @property
     def evaluation(self) -> Path:
         return self.root / "evaluation"
+
+    @property
+    def evaluation_cases_csv(self) -> Path:
+        return self.evaluation / "cases.csv"
+
+    @property
+    def evaluation_summary_json(self) -> Path:
+        return self.evaluation / "summary.json"
+
+    @property
+    def bootstrap_json(self) -> Path:
+        return self.evaluation / "bootstrap.json"
+
+    @property
+    def evaluation_report(self) -> Path:
+        return self.evaluation / "report.md"
+
+    def evaluation_figure(self, name: str) -> Path:
+        return self.evaluation / f"{name}.png"
 
     @property
     def selection_json(self) -> Path:
