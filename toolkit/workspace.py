@@ -12,6 +12,7 @@
         models/<config>/plans.json, dataset.json        (self-contained model folder)
         models/<config>/fold_<k>/checkpoint_{latest,best,final}.pt, log.jsonl, progress.png
         models/<config>/fold_<k>/validation/CASE.nii.gz, CASE.npz, summary.json
+        models/<config>/predicted_next_stage/<next config>/CASE.npy   (cascade input)
         evaluation/cases.csv, summary.json, bootstrap.json, report.md, *.png
         selection.json
         export/
@@ -173,6 +174,10 @@ class DatasetPaths:
 
     def validation_dir(self, config: str, fold: int) -> Path:
         return self.fold_dir(config, fold) / "validation"
+
+    def next_stage_dir(self, config: str, next_config: str) -> Path:
+        """A first stage's out-of-fold predictions for the cascade's next stage (CASE.npy)."""
+        return self.model_dir(config) / "predicted_next_stage" / next_config
 
     def validation_prediction(self, config: str, fold: int, case: str) -> Path:
         """A validation case's label map, in the original geometry."""
