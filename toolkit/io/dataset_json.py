@@ -23,7 +23,7 @@ from typing import Any
 
 from toolkit.errors import MissingStageError, ToolkitError
 from toolkit.io.atomic import write_json
-from toolkit.workspace import FILE_ENDING, DatasetPaths, channel_file, label_file
+from toolkit.workspace import FILE_ENDING, DatasetPaths, RawFolder, channel_file, label_file
 
 # keys of dataset.json, spelled once
 KEY_NAME = "name"
@@ -234,10 +234,12 @@ def read_dataset_info(path: str | Path) -> DatasetInfo:
     return DatasetInfo.from_json(data, path)
 
 
-def load_dataset_info(paths: DatasetPaths) -> DatasetInfo:
+def load_dataset_info(paths: DatasetPaths | RawFolder) -> DatasetInfo:
     """The converted dataset's ``raw/dataset.json``; says to run convert when it is missing."""
     if not paths.dataset_json.is_file():
-        raise MissingStageError(paths.dataset_json, f"toolkit convert TASK --name {paths.name}")
+        if isinstance(paths, DatasetPaths):
+            raise MissingStageError(paths.dataset_json, f"toolkit convert TASK --name {paths.name}")
+        raise ToolkitError("dataset.json not found", paths.dataset_json)
     return read_dataset_info(paths.dataset_json)
 
 
@@ -297,7 +299,9 @@ def case_files(
     return CaseFiles(case=case, images=images, label=label)
 
 
-def training_cases(paths: DatasetPaths, info: DatasetInfo | None = None) -> list[CaseFiles]:
+def training_cases(
+    paths: DatasetPaths | RawFolder, info: DatasetInfo | None = None
+) -> list[CaseFiles]:
     """Every training case (sorted): a case with a label or a channel file in ``imagesTr``."""
     info = info or load_dataset_info(paths)
     cases = set(cases_in_images_folder(paths.images_tr, info.file_ending))
@@ -305,7 +309,7 @@ def training_cases(paths: DatasetPaths, info: DatasetInfo | None = None) -> list
     return [case_files(paths.images_tr, paths.labels_tr, c, info) for c in sorted(cases)]
 
 
-def test_cases(paths: DatasetPaths, info: DatasetInfo | None = None) -> list[CaseFiles]:
+def test_cases(paths: DatasetPaths | RawFolder, info: DatasetInfo | None = None) -> list[CaseFiles]:
     """Every test case in ``imagesTs`` (sorted), without labels; empty when there is none."""
     info = info or load_dataset_info(paths)
     cases = cases_in_images_folder(paths.images_ts, info.file_ending)

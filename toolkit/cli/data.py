@@ -1,0 +1,128 @@
+"""Commands of the data stage: ``convert``, ``verify``, ``demo-data``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from toolkit.cli.common import QuietOption, WorkersOption, WorkspaceOption
+from toolkit.errors import ToolkitError
+from toolkit.progress import info
+
+
+def _print_report(report, dataset: str) -> None:
+    from toolkit.io.verify import invalid_message
+
+    for problem in report.problems:
+        typer.echo(problem.line())
+    info(f"verify {dataset}: {report.summary()}")
+    if not report.ok:
+        raise ToolkitError(invalid_message(report, dataset), report.folder)
+
+
+def convert(
+    task: Path = typer.Argument(
+        ...,
+        help="MSD task folder (e.g. Task04_Hippocampus), its .tar archive, or a dataset in the converted "
+        "(nnU-Net v2 raw) layout.",
+        show_default=False,
+    ),
+    workspace: Path | None = WorkspaceOption,
+    name: str | None = typer.Option(
+        None, "--name", "-n", help="Dataset name in the workspace. Default: the task folder's name."
+    ),
+    workers: int | None = WorkersOption,
+    force: bool = typer.Option(
+        False, "--force", "-f", help="Convert again, replacing an existing dataset."
+    ),
+    quiet: bool = QuietOption,
+) -> None:
+    """Convert a Decathlon task into the workspace (`<workspace>/<name>/raw/`), then verify it.
+
+    Splits 4D multi-modal images into one file per channel, stores labels as integers, skips
+    `._` junk files and keeps every file's spacing, origin and direction. An existing dataset is
+    left as it is unless `--force`.
+    """
+    from toolkit.io.msd import convert_task, dataset_paths_for
+
+    paths = dataset_paths_for(task, workspace, name)
+    result = convert_task(task, paths, workers=workers, force=force, quiet=quiet)
+    if not result.converted:
+        info(f"dataset exists: {paths.raw} (nothing changed; use --force to convert again)")
+        return
+    info(
+        f"converted {result.training_cases} training and {result.test_cases} test cases into {paths.raw}"
+    )
+    if result.report is not None:
+        _print_report(result.report, paths.name)
+
+
+def verify(
+    dataset: str = typer.Argument(
+        ..., help="Dataset name in the workspace (or the path of its folder).", show_default=False
+    ),
+    workspace: Path | None = WorkspaceOption,
+    workers: int | None = WorkersOption,
+    no_cache: bool = typer.Option(
+        False,
+        "--no-cache",
+        help="Read every file again, even those unchanged since the last check.",
+    ),
+    quiet: bool = QuietOption,
+) -> None:
+    """Check a converted dataset: files readable, geometry consistent, labels declared, no NaN.
+
+    Prints one line per problem (case and file); exits with code 2 when there is any error.
+    Warnings (e.g. a case without foreground) do not fail.
+    """
+    from toolkit.io.verify import verify_dataset
+    from toolkit.workspace import DatasetPaths
+
+    paths = DatasetPaths.open(workspace, dataset)
+    report = verify_dataset(paths, workers=workers, quiet=quiet, use_cache=not no_cache)
+    _print_report(report, paths.name)
+
+
+def demo_data(
+    out: Path = typer.Argument(
+        ..., help="Folder to write the task folder(s) into.", show_default=False
+    ),
+    task: list[str] = typer.Option(
+        ["mr"],
+        "--task",
+        "-t",
+        help="mr (Task901_SynthMR: 2-channel 3D, nested labels), ct (Task902_SynthCT), 2d (Task903_Synth2D) "
+        "or all. Repeat (or separate with commas) for several.",
+    ),
+    cases: int | None = typer.Option(
+        None,
+        "--cases",
+        min=1,
+        help="Training cases per task. Default: mr 20, ct 12, 2d 24.",
+        show_default=False,
+    ),
+    test_cases: int = typer.Option(
+        2, "--test-cases", min=0, help="Test cases (imagesTs) per task."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same data."),
+    force: bool = typer.Option(False, "--force", "-f", help="Replace task folders that exist."),
+) -> None:
+    """Write synthetic tasks in the Medical Segmentation Decathlon format; prints their folders.
+
+    Made with the quirks of real downloads (4D multi-modal images, float labels, `._` junk
+    files, non-identity directions), so `toolkit convert` on them works as on a real task.
+    """
+    from datasets.synthetic import generate_tasks
+
+    kinds = [k for value in task for k in value.replace(" ", "").split(",") if k]
+    for folder in generate_tasks(
+        kinds, out, n_cases=cases, seed=seed, n_test=test_cases, force=force
+    ):
+        typer.echo(str(folder))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("convert")(convert)
+    app.command("verify")(verify)
+    app.command("demo-data")(demo_data)
