@@ -1,0 +1,190 @@
+"""Choosing the postprocessing of the selected candidate on the cross-validation.
+
+The method's only postprocessing is keeping the largest connected component
+(:mod:`toolkit.inference.postprocessing`). Two kinds of step are tried, in order:
+
+1. the largest component of the whole foreground (all classes together);
+2. then, on top of the first decision, the largest component of each class.
+
+A step is kept only if the cross-validation mean foreground Dice strictly improves and no
+class's mean Dice goes down (means over the cases where Dice is defined). A per-class step
+only removes voxels of its own class, so it changes no other class: the per-class steps are
+independent, and one pass per case computes them all.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from toolkit.evaluation.bootstrap import nanmean_last
+from toolkit.evaluation.metrics import dice_from_counts
+from toolkit.inference.postprocessing import Postprocessing, apply_postprocessing
+
+# the four segmentations measured per case; "classes" = largest component of every class
+VARIANTS = ("none", "foreground", "classes", "foreground+classes")
+_COMPARE_EPS = 1e-12  # float noise, not an improvement
+
+
+def variant_postprocessing(variant: str, labels: list[int]) -> Postprocessing:
+    classes = list(labels) if "classes" in variant else []
+    return Postprocessing(
+        largest_component_foreground="foreground" in variant, largest_component_classes=classes
+    )
+
+
+def class_counts(reference: np.ndarray, prediction: np.ndarray, labels: list[int]) -> np.ndarray:
+    """(classes, 3) voxel counts TP, FP, FN."""
+    out = np.zeros((len(labels), 3), dtype=np.int64)
+    for k, label in enumerate(labels):
+        ref = reference == label
+        pred = prediction == label
+        tp = int(np.count_nonzero(ref & pred))
+        out[k] = (tp, int(np.count_nonzero(pred)) - tp, int(np.count_nonzero(ref)) - tp)
+    return out
+
+
+def variant_counts(reference: np.ndarray, prediction: np.ndarray, labels: list[int]) -> np.ndarray:
+    """(variants, classes, 3) counts of the segmentation under each of :data:`VARIANTS`."""
+    return np.stack(
+        [
+            class_counts(
+                reference,
+                apply_postprocessing(prediction, variant_postprocessing(v, labels)),
+                labels,
+            )
+            for v in VARIANTS
+        ]
+    )
+
+
+def variant_dice(counts: np.ndarray) -> dict[str, np.ndarray]:
+    """``counts``: (cases, variants, classes, 3) -> variant -> (cases, classes) Dice."""
+    dice = dice_from_counts(counts[..., 0], counts[..., 1], counts[..., 2])
+    return {v: dice[:, i] for i, v in enumerate(VARIANTS)}
+
+
+@dataclass
+class PostprocessingStep:
+    """One tried step and the cross-validation Dice before and after it."""
+
+    description: str
+    label: int | None  # None: the whole foreground
+    accepted: bool
+    mean_dice_before: float
+    mean_dice_after: float
+    class_dice_before: dict[int, float] = field(default_factory=dict)
+    class_dice_after: dict[int, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "description": self.description,
+            "label": self.label,
+            "accepted": self.accepted,
+            "mean_dice_before": self.mean_dice_before,
+            "mean_dice_after": self.mean_dice_after,
+            "class_dice_before": {str(k): v for k, v in self.class_dice_before.items()},
+            "class_dice_after": {str(k): v for k, v in self.class_dice_after.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PostprocessingStep:
+        def num(v):
+            return math.nan if v is None else float(v)
+
+        return cls(
+            description=str(data["description"]),
+            label=None if data["label"] is None else int(data["label"]),
+            accepted=bool(data["accepted"]),
+            mean_dice_before=num(data["mean_dice_before"]),
+            mean_dice_after=num(data["mean_dice_after"]),
+            class_dice_before={int(k): num(v) for k, v in data["class_dice_before"].items()},
+            class_dice_after={int(k): num(v) for k, v in data["class_dice_after"].items()},
+        )
+
+
+def class_means(dice: np.ndarray) -> np.ndarray:
+    """(cases, classes) -> (classes,) means over the cases where defined."""
+    defined = ~np.isnan(dice)
+    counts = defined.sum(axis=0)
+    sums = np.where(defined, dice, 0.0).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def improves(before: np.ndarray, after: np.ndarray) -> bool:
+    """Mean strictly higher and no class lower (a class undefined on either side is not compared)."""
+    mean_before, mean_after = float(nanmean_last(before)), float(nanmean_last(after))
+    if math.isnan(mean_after) or not (
+        math.isnan(mean_before) or mean_after > mean_before + _COMPARE_EPS
+    ):
+        return False
+    both = ~np.isnan(before) & ~np.isnan(after)
+    return bool(np.all(after[both] >= before[both] - _COMPARE_EPS))
+
+
+@dataclass
+class PostprocessingChoice:
+    postprocessing: Postprocessing
+    steps: list[PostprocessingStep]
+    dice: np.ndarray  # (cases, classes) with the chosen postprocessing
+    dice_before: np.ndarray  # (cases, classes) without
+
+
+def choose_postprocessing(
+    dice: dict[str, np.ndarray], labels: list[int], label_names: dict[int, str]
+) -> PostprocessingChoice:
+    """Apply the rule of the module docstring to per-case Dice of every variant."""
+
+    def as_dict(means: np.ndarray) -> dict[int, float]:
+        return {label: float(means[k]) for k, label in enumerate(labels)}
+
+    current = dice["none"].copy()
+    steps = []
+    candidate = dice["foreground"]
+    before, after = class_means(current), class_means(candidate)
+    keep_foreground = improves(before, after)
+    steps.append(
+        PostprocessingStep(
+            "largest connected component of the whole foreground",
+            None,
+            keep_foreground,
+            float(nanmean_last(before)),
+            float(nanmean_last(after)),
+            as_dict(before),
+            as_dict(after),
+        )
+    )
+    if keep_foreground:
+        current = candidate.copy()
+    per_class = dice["foreground+classes" if keep_foreground else "classes"]
+    kept_classes = []
+    for k, label in enumerate(labels):
+        trial = current.copy()
+        trial[:, k] = per_class[:, k]
+        before, after = class_means(current), class_means(trial)
+        accepted = improves(before, after)
+        steps.append(
+            PostprocessingStep(
+                f"largest connected component of class {label} ({label_names.get(label, label)})",
+                label,
+                accepted,
+                float(nanmean_last(before)),
+                float(nanmean_last(after)),
+                as_dict(before),
+                as_dict(after),
+            )
+        )
+        if accepted:
+            current = trial
+            kept_classes.append(label)
+    return PostprocessingChoice(
+        Postprocessing(
+            largest_component_foreground=keep_foreground, largest_component_classes=kept_classes
+        ),
+        steps,
+        current,
+        dice["none"],
+    )

@@ -1,0 +1,150 @@
+"""Reading one validation case: its reference and the segmentation of each candidate.
+
+A single configuration's segmentation is its label map ``CASE.nii.gz``. An ensemble's is
+the argmax of its members' averaged probabilities (``CASE.npz``, key ``probabilities``,
+float16 (classes, z, y, x)), computed slab by slab in float32 so memory stays near the size
+of the probability files themselves. Every file is read at most once per case.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.errors import ToolkitError
+from toolkit.evaluation.candidates import Candidate
+from toolkit.evaluation.crossval import ValidationCase
+from toolkit.io.images import Geometry, label_dtype, read_image
+from toolkit.workspace import DatasetPaths
+
+PROBABILITIES_KEY = "probabilities"
+_SLAB_VALUES = 1 << 24  # float32 values summed at a time when ensembling
+
+
+@dataclass(frozen=True)
+class CaseSources:
+    """The files of one validation case, per configuration."""
+
+    case: str
+    fold: int
+    reference: Path
+    labels: dict[str, Path]
+    probabilities: dict[str, Path]
+
+
+def case_sources(paths: DatasetPaths, vc: ValidationCase, configurations: list[str]) -> CaseSources:
+    return CaseSources(
+        case=vc.case,
+        fold=vc.fold,
+        reference=vc.reference,
+        labels={c: paths.validation_prediction(c, vc.fold, vc.case) for c in configurations},
+        probabilities={
+            c: paths.validation_probabilities(c, vc.fold, vc.case) for c in configurations
+        },
+    )
+
+
+def metric_view(array: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, tuple[float, ...]]:
+    """The array and spacing (mm, array order) that metrics use: 2D images as (y, x)."""
+    if geometry.dimension == 2:
+        return array.reshape(array.shape[1:]), tuple(float(s) for s in geometry.spacing[::-1])
+    return array, geometry.spacing_zyx
+
+
+def read_label_map(path: Path) -> tuple[np.ndarray, Geometry]:
+    array, geometry = read_image(path)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ToolkitError(f"a label map must hold integers, not {array.dtype}", path)
+    if array.size and array.min() < 0:
+        raise ToolkitError("a label map must not hold negative values", path)
+    return array, geometry
+
+
+def read_probabilities(path: Path, num_classes: int, shape: tuple[int, ...]) -> np.ndarray:
+    if not path.is_file():
+        raise ToolkitError("probabilities not found (needed for an ensemble)", path)
+    try:
+        with np.load(path) as data:
+            if PROBABILITIES_KEY not in data:
+                raise ToolkitError(
+                    f"has no array {PROBABILITIES_KEY!r} (found {sorted(data.files)})", path
+                )
+            probabilities = data[PROBABILITIES_KEY]
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ToolkitError(f"unreadable probabilities ({exc})", path) from None
+    expected = (num_classes, *shape)
+    if probabilities.shape != expected:
+        raise ToolkitError(
+            f"probabilities have shape {probabilities.shape}, expected {expected} (classes, z, y, x) of the reference",
+            path,
+        )
+    return probabilities
+
+
+def ensemble_argmax(probabilities: list[np.ndarray], label_values: list[int]) -> np.ndarray:
+    """Argmax of the summed probabilities (same as of the mean), as label values."""
+    values = np.asarray(label_values, dtype=label_dtype(max(label_values)))
+    shape = probabilities[0].shape[1:]
+    out = np.empty(shape, dtype=values.dtype)
+    per_slice = max(1, int(np.prod(shape[1:])) * probabilities[0].shape[0])
+    step = max(1, _SLAB_VALUES // per_slice)
+    for start in range(0, shape[0], step):
+        stop = min(shape[0], start + step)
+        total = probabilities[0][:, start:stop].astype(np.float32)
+        for p in probabilities[1:]:
+            total += p[:, start:stop]
+        out[start:stop] = values[np.argmax(total, axis=0)]
+    return out
+
+
+class CaseLoader:
+    """One validation case: the reference, and each candidate's segmentation on demand."""
+
+    def __init__(self, sources: CaseSources, label_values: list[int]):
+        self.sources = sources
+        self.label_values = list(label_values)
+        self.reference, self.geometry = read_label_map(sources.reference)
+        self._check_values(self.reference, sources.reference)
+        self._probabilities: dict[str, np.ndarray] = {}
+
+    def _check_values(self, segmentation: np.ndarray, path: Path) -> None:
+        top = int(segmentation.max()) if segmentation.size else 0
+        if set(range(top + 1)) <= set(self.label_values):
+            return  # every value up to the largest is declared: nothing to look for
+        undeclared = sorted(set(np.unique(segmentation).tolist()) - set(self.label_values))
+        if undeclared:
+            raise ToolkitError(
+                f"holds label value(s) {undeclared} not declared in dataset.json", path
+            )
+
+    def _labels(self, config: str) -> np.ndarray:
+        path = self.sources.labels[config]
+        if not path.is_file():
+            raise ToolkitError("validation prediction not found", path)
+        array, geometry = read_label_map(path)
+        problem = self.geometry.matches(geometry)
+        if problem is not None:
+            raise ToolkitError(
+                f"does not match the geometry of its reference {self.sources.reference}: {problem}",
+                path,
+            )
+        self._check_values(array, path)
+        return array
+
+    def _probabilities_of(self, config: str) -> np.ndarray:
+        if config not in self._probabilities:
+            path = self.sources.probabilities[config]
+            self._probabilities[config] = read_probabilities(
+                path, len(self.label_values), self.reference.shape
+            )
+        return self._probabilities[config]
+
+    def segmentation(self, candidate: Candidate) -> np.ndarray:
+        if not candidate.is_ensemble:
+            return self._labels(candidate.configurations[0])
+        return ensemble_argmax(
+            [self._probabilities_of(c) for c in candidate.configurations], self.label_values
+        )

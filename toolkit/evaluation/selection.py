@@ -1,0 +1,182 @@
+"""``selection.json``: the chosen candidate, its folds and postprocessing, and why.
+
+What later stages read (the container export, run-all)::
+
+    selection = Selection.load(paths.selection_json)
+    selection.configurations   # ["3d_fullres"] or two names for an ensemble
+    selection.folds            # the folds whose models to use
+    selection.postprocessing   # toolkit.inference.postprocessing.Postprocessing
+
+The rest is the evidence: cross-validation Dice before and after postprocessing, every
+postprocessing step tried, the chosen candidate's bootstrap interval and rank-first
+frequency, and the table of every candidate behind the choice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from toolkit.errors import MissingStageError, ToolkitError
+from toolkit.evaluation.bootstrap import Interval
+from toolkit.evaluation.postprocessing import PostprocessingStep
+from toolkit.inference.postprocessing import Postprocessing
+from toolkit.io.atomic import write_json
+
+
+def _num(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+@dataclass
+class CandidateScore:
+    """One row of the table behind the choice."""
+
+    name: str
+    configurations: list[str]
+    mean_dice: float
+    interval: Interval
+    rank_first_frequency: float
+    difference_to_chosen: float  # chosen minus this candidate
+    difference_interval: Interval
+    chosen_better_fraction: float
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "configurations": list(self.configurations),
+            "mean_dice": self.mean_dice,
+            "interval": self.interval.to_list(),
+            "rank_first_frequency": self.rank_first_frequency,
+            "difference_to_chosen": self.difference_to_chosen,
+            "difference_interval": self.difference_interval.to_list(),
+            "chosen_better_fraction": self.chosen_better_fraction,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CandidateScore:
+        return cls(
+            name=str(data["name"]),
+            configurations=[str(c) for c in data["configurations"]],
+            mean_dice=_num(data["mean_dice"]),
+            interval=Interval.from_list(data["interval"]),
+            rank_first_frequency=float(data["rank_first_frequency"]),
+            difference_to_chosen=_num(data["difference_to_chosen"]),
+            difference_interval=Interval.from_list(data["difference_interval"]),
+            chosen_better_fraction=float(data["chosen_better_fraction"]),
+        )
+
+
+@dataclass
+class Selection:
+    dataset: str
+    candidate: str  # "3d_fullres", or "2d+3d_fullres" for an ensemble
+    configurations: list[str]
+    folds: list[int]
+    postprocessing: Postprocessing
+    mean_dice: float  # cross-validation mean foreground Dice, before postprocessing
+    mean_dice_postprocessed: float
+    class_dice: dict[int, float]
+    class_dice_postprocessed: dict[int, float]
+    interval: Interval  # bootstrap interval of mean_dice
+    rank_first_frequency: float  # fraction of virtual validation sets the chosen candidate wins
+    labels: dict[int, str] = field(default_factory=dict)
+    num_cases: int = 0
+    complete_cross_validation: bool = True
+    bootstrap_samples: int = 0
+    confidence: float = 0.95
+    tie_tolerance: float = 0.0005
+    postprocessing_steps: list[PostprocessingStep] = field(default_factory=list)
+    candidates: list[CandidateScore] = field(default_factory=list)
+    evaluation_digest: str = ""  # of the summary.json this selection was made from
+
+    @property
+    def is_ensemble(self) -> bool:
+        return len(self.configurations) > 1
+
+    def to_dict(self) -> dict:
+        return {
+            "dataset": self.dataset,
+            "candidate": self.candidate,
+            "configurations": list(self.configurations),
+            "folds": list(self.folds),
+            "postprocessing": self.postprocessing.to_dict(),
+            "mean_dice": self.mean_dice,
+            "mean_dice_postprocessed": self.mean_dice_postprocessed,
+            "class_dice": {str(k): v for k, v in self.class_dice.items()},
+            "class_dice_postprocessed": {
+                str(k): v for k, v in self.class_dice_postprocessed.items()
+            },
+            "interval": self.interval.to_list(),
+            "rank_first_frequency": self.rank_first_frequency,
+            "labels": {str(k): v for k, v in self.labels.items()},
+            "num_cases": self.num_cases,
+            "complete_cross_validation": self.complete_cross_validation,
+            "bootstrap_samples": self.bootstrap_samples,
+            "confidence": self.confidence,
+            "tie_tolerance": self.tie_tolerance,
+            "postprocessing_steps": [s.to_dict() for s in self.postprocessing_steps],
+            "candidates": [c.to_dict() for c in self.candidates],
+            "evaluation_digest": self.evaluation_digest,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str | Path | None = None) -> Selection:
+        try:
+            configurations = [str(c) for c in data["configurations"]]
+            folds = [int(f) for f in data["folds"]]
+            if not configurations or not folds:
+                raise ValueError("configurations and folds must not be empty")
+            return cls(
+                dataset=str(data["dataset"]),
+                candidate=str(data["candidate"]),
+                configurations=configurations,
+                folds=folds,
+                postprocessing=Postprocessing.from_dict(data["postprocessing"], source),
+                mean_dice=_num(data["mean_dice"]),
+                mean_dice_postprocessed=_num(data["mean_dice_postprocessed"]),
+                class_dice={int(k): _num(v) for k, v in data["class_dice"].items()},
+                class_dice_postprocessed={
+                    int(k): _num(v) for k, v in data["class_dice_postprocessed"].items()
+                },
+                interval=Interval.from_list(data["interval"]),
+                rank_first_frequency=float(data["rank_first_frequency"]),
+                labels={int(k): str(v) for k, v in data.get("labels", {}).items()},
+                num_cases=int(data.get("num_cases", 0)),
+                complete_cross_validation=bool(data.get("complete_cross_validation", True)),
+                bootstrap_samples=int(data.get("bootstrap_samples", 0)),
+                confidence=float(data.get("confidence", 0.95)),
+                tie_tolerance=float(data.get("tie_tolerance", 0.0005)),
+                postprocessing_steps=[
+                    PostprocessingStep.from_dict(s) for s in data.get("postprocessing_steps", [])
+                ],
+                candidates=[CandidateScore.from_dict(c) for c in data.get("candidates", [])],
+                evaluation_digest=str(data.get("evaluation_digest", "")),
+            )
+        except ToolkitError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ToolkitError(
+                f"is not a valid selection ({what}): run `toolkit select` again", source
+            ) from None
+
+    def save(self, path: str | Path) -> None:
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Selection:
+        path = Path(path)
+        if not path.is_file():
+            raise MissingStageError(path, f"toolkit select {path.parent.name}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ToolkitError(
+                f"is not valid JSON ({exc.msg}): run `toolkit select` again", path
+            ) from None
+        if not isinstance(data, dict):
+            raise ToolkitError("must hold a JSON object: run `toolkit select` again", path)
+        return cls.from_dict(data, path)
