@@ -1,0 +1,313 @@
+"""The dataset fingerprint: what planning needs to know about the training cases.
+
+Per case: spacing, the crop box of the non-zero region (all channels, holes filled), the
+shape before and after cropping, and voxel counts per label. Per channel: statistics of the
+foreground intensities (label > 0). The reference samples the same number of foreground
+voxels from every case, with replacement, about 1e8 in total; the statistics therefore weigh
+every case equally whatever its foreground size. We keep that weighting but take each case's
+foreground voxels without replacement (all of them when there are fewer than the per-case
+budget) and weigh each by ``1 / count``: the same statistics, without materialising 1e8
+duplicated values for small datasets.
+
+``fingerprint.json`` is written atomically; the arrays are in SimpleITK's ``(z, y, x)`` order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.errors import ToolkitError
+from toolkit.io.atomic import write_json
+from toolkit.io.dataset_json import CaseFiles, DatasetInfo, load_dataset_info, training_cases
+from toolkit.io.images import read_channels, read_image
+from toolkit.parallel import map_cases
+from toolkit.preprocessing.pipeline import crop_to_nonzero
+from toolkit.progress import default_workers, info
+from toolkit.workspace import DatasetPaths
+
+FINGERPRINT_FORMAT_VERSION = 1
+# foreground voxels sampled for the intensity statistics, over the whole dataset
+INTENSITY_SAMPLE_BUDGET = 100_000_000
+INTENSITY_SEED = 1234
+PERCENTILES = (0.5, 50.0, 99.5)
+
+
+@dataclass
+class IntensityStats:
+    """Foreground intensities of one channel (label > 0), every case weighted equally."""
+
+    mean: float
+    std: float
+    median: float
+    min: float
+    max: float
+    percentile_00_5: float
+    percentile_99_5: float
+    num_samples: int = 0
+
+
+@dataclass
+class CaseFingerprint:
+    case: str
+    spacing: list[float]  # (z, y, x); a 2D image's slice axis is 999
+    shape_before_cropping: list[int]  # (z, y, x)
+    crop_bbox: list[list[int]]  # half-open [[z0, z1], [y0, y1], [x0, x1]]
+    shape_after_cropping: list[int]
+    label_voxels: dict[str, int] = field(default_factory=dict)  # label value -> voxels
+
+    @property
+    def relative_size_after_cropping(self) -> float:
+        return float(
+            np.prod(self.shape_after_cropping, dtype=np.float64)
+            / np.prod(self.shape_before_cropping, dtype=np.float64)
+        )
+
+
+@dataclass
+class Fingerprint:
+    dataset_name: str
+    channel_names: dict[str, str]
+    labels: dict[str, int]
+    num_training: int
+    cases: list[CaseFingerprint]
+    intensity: list[IntensityStats]  # one per channel
+    median_relative_size_after_cropping: float
+    sampling: dict = field(default_factory=dict)  # budget and seed used for the intensities
+    format_version: int = FINGERPRINT_FORMAT_VERSION
+
+    @property
+    def spacings(self) -> list[list[float]]:
+        return [c.spacing for c in self.cases]
+
+    @property
+    def shapes_after_crop(self) -> list[list[int]]:
+        return [c.shape_after_cropping for c in self.cases]
+
+    @property
+    def is_2d(self) -> bool:
+        return all(c.shape_before_cropping[0] == 1 for c in self.cases)
+
+    def label_voxels(self) -> dict[str, int]:
+        """Voxels per label over all cases."""
+        total: dict[str, int] = {}
+        for c in self.cases:
+            for k, v in c.label_voxels.items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Fingerprint:
+        return cls(
+            dataset_name=d["dataset_name"],
+            channel_names={str(k): str(v) for k, v in d["channel_names"].items()},
+            labels={str(k): int(v) for k, v in d["labels"].items()},
+            num_training=int(d["num_training"]),
+            cases=[CaseFingerprint(**c) for c in d["cases"]],
+            intensity=[IntensityStats(**s) for s in d["intensity"]],
+            median_relative_size_after_cropping=float(d["median_relative_size_after_cropping"]),
+            sampling=dict(d.get("sampling", {})),
+            format_version=int(d.get("format_version", 0)),
+        )
+
+    def save(self, path: str | Path) -> None:
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Fingerprint:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ToolkitError(
+                "fingerprint not found: run `toolkit fingerprint` first", path
+            ) from None
+        except json.JSONDecodeError as exc:
+            raise ToolkitError(
+                f"is not valid JSON ({exc.msg} at line {exc.lineno})", path
+            ) from None
+        if data.get("format_version") != FINGERPRINT_FORMAT_VERSION:
+            raise ToolkitError(
+                f"fingerprint format version {data.get('format_version')} is not supported "
+                f"(expected {FINGERPRINT_FORMAT_VERSION}): run `toolkit fingerprint` again",
+                path,
+            )
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ToolkitError(
+                f"malformed fingerprint ({exc}): run `toolkit fingerprint` again", path
+            ) from None
+
+
+# pure parts ----------------------------------------------------------------------------
+
+
+@dataclass
+class CaseAnalysis:
+    """One case's fingerprint and its foreground samples per channel (for the statistics)."""
+
+    fingerprint: CaseFingerprint
+    samples: list[np.ndarray]  # float32 foreground values per channel
+
+
+def analyze_case(
+    image: np.ndarray,
+    seg: np.ndarray,
+    spacing_zyx: list[float],
+    case: str,
+    max_samples: int,
+    seed: int = INTENSITY_SEED,
+) -> CaseAnalysis:
+    """Fingerprint of one case from ``(c, z, y, x)`` image and ``(z, y, x)`` labels."""
+    cropped, cropped_seg, box = crop_to_nonzero(image, seg[None])
+    foreground = cropped_seg[0] > 0
+    rng = np.random.default_rng(seed)
+    n_fg = int(foreground.sum())
+    pick = None
+    if n_fg > max_samples:
+        pick = np.sort(rng.choice(n_fg, size=max_samples, replace=False))
+    samples = []
+    for c in range(cropped.shape[0]):
+        values = cropped[c][foreground].astype(np.float32, copy=False)
+        samples.append(values[pick] if pick is not None else values)
+    values, counts = np.unique(seg, return_counts=True)
+    fp = CaseFingerprint(
+        case=case,
+        spacing=[float(s) for s in spacing_zyx],
+        shape_before_cropping=[int(s) for s in image.shape[1:]],
+        crop_bbox=box,
+        shape_after_cropping=[int(s) for s in cropped.shape[1:]],
+        label_voxels={str(int(v)): int(n) for v, n in zip(values, counts, strict=True)},
+    )
+    return CaseAnalysis(fp, samples)
+
+
+def weighted_percentiles(
+    values: np.ndarray, weights: np.ndarray, percentiles: tuple[float, ...]
+) -> list[float]:
+    """Percentiles of weighted samples; with equal weights, numpy's default ('linear')."""
+    order = np.argsort(values, kind="stable")
+    v, w = values[order].astype(np.float64), weights[order].astype(np.float64)
+    cum = np.cumsum(w)
+    if len(v) == 1:
+        return [float(v[0])] * len(percentiles)
+    positions = (cum - w) / (cum[-1] - w[-1])
+    return [float(np.interp(p / 100.0, positions, v)) for p in percentiles]
+
+
+def intensity_statistics(per_case: list[np.ndarray]) -> IntensityStats:
+    """Statistics of one channel's foreground samples, every case with the same total weight."""
+    chunks = [s for s in per_case if s.size]
+    if not chunks:
+        nan = float("nan")
+        return IntensityStats(nan, nan, nan, nan, nan, nan, nan, 0)
+    values = np.concatenate(chunks).astype(np.float64)
+    weights = np.concatenate([np.full(s.size, 1.0 / s.size) for s in chunks])
+    total = weights.sum()
+    mean = float((values * weights).sum() / total)
+    std = float(math.sqrt(max(((values - mean) ** 2 * weights).sum() / total, 0.0)))
+    p_lo, median, p_hi = weighted_percentiles(values, weights, PERCENTILES)
+    return IntensityStats(
+        mean=mean,
+        std=std,
+        median=median,
+        min=float(values.min()),
+        max=float(values.max()),
+        percentile_00_5=p_lo,
+        percentile_99_5=p_hi,
+        num_samples=int(values.size),
+    )
+
+
+def summarize(
+    dataset_name: str, info_: DatasetInfo, analyses: list[CaseAnalysis], budget: int, seed: int
+) -> Fingerprint:
+    cases = [a.fingerprint for a in analyses]
+    channels = info_.num_channels
+    intensity = [intensity_statistics([a.samples[c] for a in analyses]) for c in range(channels)]
+    return Fingerprint(
+        dataset_name=dataset_name,
+        channel_names=dict(info_.channel_names),
+        labels=dict(info_.labels),
+        num_training=info_.num_training,
+        cases=cases,
+        intensity=intensity,
+        median_relative_size_after_cropping=float(
+            np.median([c.relative_size_after_cropping for c in cases])
+        ),
+        sampling={"budget": budget, "per_case": budget // max(len(cases), 1), "seed": seed},
+    )
+
+
+# I/O -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Job:
+    files: CaseFiles
+    labels: tuple[int, ...]
+    max_samples: int
+    seed: int
+
+
+def _run_job(job: _Job) -> CaseAnalysis:
+    files = job.files
+    if files.label is None:
+        raise ToolkitError("training case without a label file", files.images[0])
+    image, geometry = read_channels(files.images)
+    seg, seg_geometry = read_image(files.label)
+    problem = geometry.matches(seg_geometry)
+    if problem is not None:
+        raise ToolkitError(f"label does not match its image: {problem}", files.label)
+    if not np.issubdtype(seg.dtype, np.integer):
+        if not np.all(np.mod(seg, 1) == 0):
+            raise ToolkitError("label holds non-integer values", files.label)
+        seg = seg.astype(np.int32)
+    present = set(np.unique(seg).tolist())
+    unknown = sorted(present - set(job.labels))
+    if unknown:
+        raise ToolkitError(
+            f"label holds values {unknown} not declared in dataset.json (declared: {sorted(job.labels)})",
+            files.label,
+        )
+    if not np.all(np.isfinite(image)):
+        raise ToolkitError("image holds NaN or infinite values", files.images[0])
+    return analyze_case(
+        image, seg, list(geometry.spacing_zyx), files.case, job.max_samples, job.seed
+    )
+
+
+def extract_fingerprint(
+    paths: DatasetPaths,
+    workers: int | None = None,
+    quiet: bool = False,
+    budget: int = INTENSITY_SAMPLE_BUDGET,
+    seed: int = INTENSITY_SEED,
+) -> Fingerprint:
+    """Fingerprint every training case (in parallel) and write ``fingerprint.json``."""
+    paths.require_raw()
+    dataset = load_dataset_info(paths)
+    cases = training_cases(paths, dataset)
+    if not cases:
+        raise ToolkitError("no training cases in imagesTr/labelsTr", paths.raw)
+    per_case = max(1, budget // len(cases))
+    jobs = [_Job(c, tuple(dataset.label_values), per_case, seed) for c in cases]
+    analyses = map_cases(_run_job, jobs, default_workers(workers), "fingerprint", quiet)
+    fingerprint = summarize(paths.name, dataset, analyses, budget, seed)
+    fingerprint.save(paths.fingerprint_json)
+    if not quiet:
+        info(f"fingerprint of {len(cases)} cases written to {paths.fingerprint_json}")
+    return fingerprint
+
+
+def load_fingerprint(paths: DatasetPaths) -> Fingerprint:
+    paths.require(paths.fingerprint_json, f"toolkit fingerprint {paths.name}")
+    return Fingerprint.load(paths.fingerprint_json)
