@@ -1,0 +1,109 @@
+"""The cascade: ``3d_cascade_fullres`` sees the ``3d_lowres`` prediction as extra channels.
+
+As in the reference implementation, the first stage's predictions used for training the
+second are *out of fold*: at the end of training, ``3d_lowres`` fold ``k`` predicts its own
+validation cases (cases it never trained on), upsamples the probabilities to the
+full-resolution preprocessed grid and stores the argmax as ``CASE.npy`` (int8, ``(1, z, y,
+x)``, memory-mappable) in ``models/3d_lowres/predicted_next_stage/3d_cascade_fullres/``.
+After the five folds every training case has one. Training the second stage on the first
+stage's predictions of its own training cases would show it near-perfect inputs it never
+gets at test time, so it would learn to copy them; out-of-fold predictions have test-time
+quality. Consequently a cascade fold needs all five low-resolution folds trained first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from toolkit.errors import ToolkitError
+from toolkit.inference.sliding_window import WindowSettings, sliding_window_logits
+from toolkit.io.atomic import atomic_path
+from toolkit.planning.plans import Configuration, Plans
+from toolkit.preprocessing.pipeline import case_target_spacing
+from toolkit.preprocessing.resampling import resample_probabilities
+from toolkit.preprocessing.storage import load_case, load_properties
+from toolkit.training.splits import Split
+from toolkit.workspace import DatasetPaths
+
+PREDICTION_SUFFIX = ".npy"
+
+
+def prediction_path(folder: Path, case: str) -> Path:
+    return folder / f"{case}{PREDICTION_SUFFIX}"
+
+
+def require_previous_stage(
+    paths: DatasetPaths,
+    plans: Plans,
+    configuration: Configuration,
+    split: Split,
+    splits: list[Split],
+) -> Path:
+    """The folder of first-stage predictions, after checking every case of the fold has one."""
+    previous = configuration.previous_stage
+    assert previous is not None
+    plans.configuration(previous)
+    folder = paths.next_stage_dir(previous, configuration.name)
+    missing = [c for c in split.train + split.val if not prediction_path(folder, c).is_file()]
+    if missing:
+        folds = sorted({k for k, s in enumerate(splits) if set(s.val) & set(missing)})
+        commands = " and ".join(f"`toolkit train {paths.name} {previous} {k}`" for k in folds)
+        raise ToolkitError(
+            f"{len(missing)} case(s) have no {previous} prediction for the cascade (e.g. {missing[0]}): run {commands} first",
+            folder,
+        )
+    return folder
+
+
+def next_stages(plans: Plans, configuration: Configuration) -> list[Configuration]:
+    """Configurations that take this one's predictions as input."""
+    return [c for c in plans.configurations.values() if c.previous_stage == configuration.name]
+
+
+def export_case(
+    plans: Plans,
+    configuration: Configuration,
+    next_configuration: Configuration,
+    data_folder: Path,
+    next_data_folder: Path,
+    case: str,
+    network: torch.nn.Module,
+    device: torch.device,
+    precision: str,
+    out_folder: Path,
+    mirror_axes: tuple[int, ...],
+) -> Path:
+    """Predict one case on the first stage's grid and store its labels on the next stage's."""
+    data, _, props = load_case(data_folder, case)
+    next_props = load_properties(next_data_folder, case)
+    patch = tuple(configuration.patch_size)
+    if configuration.spatial_dims == 2:
+        patch = (1, *patch)
+        mirror_axes = tuple(a + 1 for a in mirror_axes)
+    settings = WindowSettings(tuple(int(p) for p in patch), 0.5, mirror_axes, 1, precision)
+    network.eval()
+    logits = sliding_window_logits(
+        [network],
+        torch.from_numpy(np.asarray(data)),
+        plans.num_classes,
+        settings,
+        device,
+        torch.device("cpu"),
+    )
+    probabilities = torch.softmax(torch.stack(logits), dim=0).numpy()
+    spacing_t = [props.spacing[a] for a in plans.transpose_forward]
+    upsampled = resample_probabilities(
+        probabilities,
+        next_props.shape_after_resampling,
+        case_target_spacing(configuration, spacing_t),
+        case_target_spacing(next_configuration, spacing_t),
+        configuration.resampling,
+    )
+    labels = upsampled.argmax(0).astype(np.int8 if plans.num_classes <= 127 else np.int16)[None]
+    target = prediction_path(out_folder, case)
+    with atomic_path(target) as tmp:
+        np.save(tmp, labels)
+    return target

@@ -1,0 +1,152 @@
+"""Checkpoints: one ``torch.save`` dict, written atomically, loadable with ``weights_only=True``.
+
+Keys (spelled once, here): ``network`` is the U-Net's state dict (plain tensors, the
+contract with inference); ``configuration`` the configuration's name and ``plans_configuration``
+its plan entry; ``epoch`` the number of completed epochs and ``iteration`` the training
+iterations already done in the next one (a checkpoint taken mid-epoch); the rest is the
+state ``--resume`` needs to continue the exact schedule: optimizer, gradient scaler, random
+number generator states (as tensors and plain numbers, no pickled objects), the epoch
+history, the pseudo-Dice averages and the losses of a partly done epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from toolkit.errors import ToolkitError
+from toolkit.io.atomic import write_with
+
+CHECKPOINT_FORMAT = 1
+
+KEY_FORMAT = "format_version"
+KEY_NETWORK = "network"
+KEY_CONFIGURATION = "configuration"
+KEY_PLANS_CONFIGURATION = "plans_configuration"
+KEY_EPOCH = "epoch"
+KEY_ITERATION = "iteration"
+KEY_FINISHED = "finished"
+KEY_OPTIMIZER = "optimizer"
+KEY_SCALER = "grad_scaler"
+KEY_RNG = "rng"
+KEY_HISTORY = "history"
+KEY_EMA = "ema_pseudo_dice"
+KEY_BEST_EMA = "best_ema_pseudo_dice"
+KEY_PARTIAL_LOSSES = "partial_train_losses"
+KEY_RUN = "run"  # seed, schedule and precision the run was started with
+
+
+@dataclass
+class TrainingState:
+    """Everything besides the weights and the optimiser that a resumed run needs."""
+
+    epoch: int = 0  # completed epochs
+    iteration: int = 0  # training iterations done in epoch ``epoch`` (mid-epoch checkpoint)
+    partial_train_losses: list[float] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    ema_pseudo_dice: float | None = None
+    best_ema_pseudo_dice: float | None = None
+    finished: bool = False
+
+
+def rng_state() -> dict[str, Any]:
+    """Global generator states as tensors and plain numbers."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    )
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+def build_checkpoint(
+    network_state: dict[str, torch.Tensor],
+    configuration_name: str,
+    plans_configuration: dict[str, Any],
+    optimizer_state: dict[str, Any],
+    scaler_state: dict[str, Any] | None,
+    state: TrainingState,
+    run: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        KEY_FORMAT: CHECKPOINT_FORMAT,
+        KEY_NETWORK: {k: v.detach().cpu().clone() for k, v in network_state.items()},
+        KEY_CONFIGURATION: configuration_name,
+        KEY_PLANS_CONFIGURATION: plans_configuration,
+        KEY_EPOCH: state.epoch,
+        KEY_ITERATION: state.iteration,
+        KEY_FINISHED: state.finished,
+        KEY_OPTIMIZER: optimizer_state,
+        KEY_SCALER: scaler_state,
+        KEY_RNG: rng_state(),
+        KEY_HISTORY: state.history,
+        KEY_EMA: state.ema_pseudo_dice,
+        KEY_BEST_EMA: state.best_ema_pseudo_dice,
+        KEY_PARTIAL_LOSSES: list(state.partial_train_losses),
+        KEY_RUN: run,
+    }
+
+
+def training_state(checkpoint: dict[str, Any]) -> TrainingState:
+    return TrainingState(
+        epoch=int(checkpoint[KEY_EPOCH]),
+        iteration=int(checkpoint.get(KEY_ITERATION, 0)),
+        partial_train_losses=[float(v) for v in checkpoint.get(KEY_PARTIAL_LOSSES, [])],
+        history=list(checkpoint.get(KEY_HISTORY, [])),
+        ema_pseudo_dice=checkpoint.get(KEY_EMA),
+        best_ema_pseudo_dice=checkpoint.get(KEY_BEST_EMA),
+        finished=bool(checkpoint.get(KEY_FINISHED, False)),
+    )
+
+
+def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
+    """Written to a temporary file and renamed: a kill leaves the old or the new file."""
+    write_with(path, lambda tmp: torch.save(checkpoint, tmp))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError("checkpoint not found", path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged or foreign file: name it, whatever torch raised
+        raise ToolkitError(
+            f"cannot be read as a checkpoint ({type(exc).__name__}: {exc})", path
+        ) from None
+    if not isinstance(checkpoint, dict) or KEY_NETWORK not in checkpoint:
+        raise ToolkitError("is not a toolkit checkpoint (no 'network' entry)", path)
+    version = checkpoint.get(KEY_FORMAT)
+    if version != CHECKPOINT_FORMAT:
+        raise ToolkitError(
+            f"checkpoint format {version} is not supported (expected {CHECKPOINT_FORMAT})", path
+        )
+    return checkpoint
+
+
+def plans_configuration_dict(configuration) -> dict[str, Any]:
+    return dataclasses.asdict(configuration)

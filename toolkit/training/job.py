@@ -1,0 +1,176 @@
+"""What one ``toolkit train DATASET CONFIG FOLD`` run is, resolved and checked up front.
+
+Everything a user can get wrong is found here, before any process is started or any file
+written: missing plans or preprocessing (the error says which command to run), an unknown
+configuration or fold, a cascade whose first stage has not been trained, a fold folder
+with checkpoints but no ``--resume``, a resume with a different schedule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from toolkit.errors import MissingStageError, ToolkitError
+from toolkit.io.atomic import write_text
+from toolkit.planning.plans import Configuration, Plans
+from toolkit.preprocessing.storage import complete_cases
+from toolkit.training import cascade
+from toolkit.training.checkpoint import KEY_RUN, load_checkpoint, training_state
+from toolkit.training.schedule import Schedule
+from toolkit.training.splits import Split, fold_split, load_or_create_splits
+from toolkit.workspace import (
+    CHECKPOINT_FINAL,
+    CHECKPOINT_LATEST,
+    MODEL_DATASET_JSON,
+    MODEL_PLANS,
+    DatasetPaths,
+)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    schedule: Schedule = Schedule()
+    device: str = "auto"
+    precision: str = "auto"  # auto: fp16 with gradient scaling on CUDA, fp32 on the CPU
+    compile: bool = False
+    resume: bool = False
+    seed: int = 0
+    devices: int = 1
+    checkpoint_every_s: float = 300.0  # latest checkpoint at least this often, also mid-epoch
+    validate: bool = True  # predict the fold's validation cases at the end
+    loader_threads: int = 1
+    prefetch: int = 3
+    quiet: bool = False
+
+    def run_settings(self) -> dict:
+        """What a resumed run must share with the run it continues."""
+        return {"seed": self.seed, "schedule": asdict(self.schedule)}
+
+
+@dataclass
+class TrainingJob:
+    paths: DatasetPaths
+    plans: Plans
+    configuration: Configuration
+    fold: int
+    split: Split
+    data_folder: Path
+    previous_folder: Path | None  # cascade: the first stage's predictions
+    options: TrainOptions
+    device: torch.device
+    start_from: Path | None  # checkpoint to resume from
+    only_validation: bool  # training finished, its final validation did not
+
+    @property
+    def fold_dir(self) -> Path:
+        return self.paths.fold_dir(self.configuration.name, self.fold)
+
+    @property
+    def model_dir(self) -> Path:
+        return self.paths.model_dir(self.configuration.name)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name not in DEVICES:
+        raise ToolkitError(f"--device must be one of {', '.join(DEVICES)}, not {name!r}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ToolkitError(
+            "--device cuda was asked for, but torch sees no CUDA device (use --device cpu)"
+        )
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name not in PRECISIONS:
+        raise ToolkitError(f"--precision must be one of {', '.join(PRECISIONS)}, not {name!r}")
+    if name == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise ToolkitError("--precision fp16 needs a CUDA device; on the CPU use bf16 or fp32")
+    return name
+
+
+def prepare(
+    paths: DatasetPaths, configuration_name: str, fold: int, options: TrainOptions
+) -> TrainingJob:
+    plans = Plans.load(paths.require(paths.plans_json, f"toolkit plan {paths.name}"))
+    configuration = plans.configuration(configuration_name)
+    device = resolve_device(options.device)
+    resolve_precision(options.precision, device)
+    if options.devices < 1:
+        raise ToolkitError(f"--devices must be at least 1, not {options.devices}")
+    if device.type == "cuda" and options.devices > torch.cuda.device_count():
+        raise ToolkitError(
+            f"--devices {options.devices} asks for more GPUs than the {torch.cuda.device_count()} torch sees"
+        )
+
+    data_folder = paths.preprocessed_dir(configuration.data_identifier)
+    cases = complete_cases(data_folder)
+    if not cases:
+        raise MissingStageError(
+            data_folder, f"toolkit preprocess {paths.name} --configs {configuration.name}"
+        )
+    splits = load_or_create_splits(paths.splits_json, cases)
+    split = fold_split(splits, fold, cases, paths.splits_json)
+
+    previous_folder = None
+    if configuration.is_cascade:
+        previous_folder = cascade.require_previous_stage(paths, plans, configuration, split, splits)
+
+    fold_dir = paths.fold_dir(configuration.name, fold)
+    latest, final = fold_dir / CHECKPOINT_LATEST, fold_dir / CHECKPOINT_FINAL
+    start_from = None
+    only_validation = False
+    existing = [p for p in (final, latest) if p.is_file()]
+    if existing and not options.resume:
+        raise ToolkitError(
+            f"fold {fold} of {configuration.name} already has {existing[0].name}: "
+            "add --resume to continue it, or delete the fold folder to start again",
+            fold_dir,
+        )
+    if options.resume and existing:
+        start_from = existing[0]
+        checkpoint = load_checkpoint(start_from)
+        stored = checkpoint.get(KEY_RUN, {})
+        wanted = options.run_settings()
+        if stored != wanted:
+            raise ToolkitError(
+                f"was trained with {_describe(stored)}; resume with the same options (asked for {_describe(wanted)})",
+                start_from,
+            )
+        only_validation = training_state(checkpoint).finished
+    return TrainingJob(
+        paths,
+        plans,
+        configuration,
+        fold,
+        split,
+        data_folder,
+        previous_folder,
+        options,
+        device,
+        start_from,
+        only_validation,
+    )
+
+
+def _describe(run: dict) -> str:
+    s = run.get("schedule", {})
+    return (
+        f"--seed {run.get('seed')} --epochs {s.get('epochs')} --iters-per-epoch {s.get('iterations_per_epoch')} "
+        f"--val-iters {s.get('validation_iterations')}"
+    )
+
+
+def write_model_folder(job: TrainingJob) -> None:
+    """Copies of ``plans.json`` and ``dataset.json`` so the model folder stands alone."""
+    job.plans.save(job.model_dir / MODEL_PLANS)
+    write_text(job.model_dir / MODEL_DATASET_JSON, job.paths.dataset_json.read_text())
