@@ -1,0 +1,215 @@
+"""Saved probabilities (``CASE.npz``) and ensembles of them.
+
+A probabilities file holds, without pickled objects:
+
+* ``probabilities``: float16 ``(num_classes, z, y, x)`` softmax probabilities in the original
+  image's array shape (channel ``k`` is label value ``k``);
+* ``geometry``: the original image's :class:`~toolkit.io.images.Geometry` as a JSON string,
+  so a label map can be written from the file alone, with exactly the input's spacing,
+  origin and direction.
+
+Files written elsewhere (nnU-Net v2's own ``.npz``) carry no geometry; the label image of the
+same case next to them (``CASE.nii.gz``, ``CASE.mha``, ...) then supplies it.
+
+An ensemble averages the probabilities of its members with equal weights (in float32),
+then takes the argmax.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.errors import ToolkitError
+from toolkit.inference.postprocessing import Postprocessing, apply_postprocessing
+from toolkit.io.atomic import atomic_path
+from toolkit.io.images import IMAGE_SUFFIXES, Geometry, label_dtype, read_sitk, write_image
+from toolkit.progress import track
+from toolkit.workspace import FILE_ENDING, PROBABILITIES_ENDING
+
+PROBABILITIES_KEY = "probabilities"
+GEOMETRY_KEY = "geometry"
+
+
+@dataclass
+class SavedProbabilities:
+    probabilities: np.ndarray  # (num_classes, z, y, x)
+    geometry: Geometry | None
+
+
+def save_probabilities(
+    path: str | Path, probabilities: np.ndarray, geometry: Geometry | None
+) -> None:
+    """Write ``CASE.npz`` atomically: float16 probabilities and the geometry as JSON."""
+    if probabilities.ndim != 4:
+        raise ValueError(
+            f"probabilities must be (classes, z, y, x), got shape {probabilities.shape}"
+        )
+    if geometry is not None and tuple(probabilities.shape[1:]) != geometry.shape_zyx:
+        raise ValueError(
+            f"probabilities of shape {probabilities.shape[1:]} do not fit geometry {geometry.shape_zyx}"
+        )
+    arrays = {PROBABILITIES_KEY: probabilities.astype(np.float16, copy=False)}
+    if geometry is not None:
+        arrays[GEOMETRY_KEY] = np.array(json.dumps(geometry.to_dict()))
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+
+
+def load_probabilities(
+    path: str | Path, dtype: np.dtype = np.dtype(np.float32)
+) -> SavedProbabilities:
+    """Read a probabilities file; the geometry comes from the file or from the case's label image beside it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError("probabilities file not found", path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if PROBABILITIES_KEY not in npz.files:
+                raise ToolkitError(
+                    f"has no '{PROBABILITIES_KEY}' array (found: {', '.join(npz.files) or 'none'})",
+                    path,
+                )
+            probabilities = npz[PROBABILITIES_KEY].astype(dtype, copy=False)
+            geometry = (
+                Geometry.from_dict(json.loads(str(npz[GEOMETRY_KEY])))
+                if GEOMETRY_KEY in npz.files
+                else None
+            )
+    except (OSError, ValueError, KeyError) as exc:
+        raise ToolkitError(f"is not a readable probabilities file ({exc})", path) from None
+    if probabilities.ndim != 4:
+        raise ToolkitError(
+            f"probabilities must be (classes, z, y, x), found shape {probabilities.shape}", path
+        )
+    if geometry is None:
+        geometry = _sidecar_geometry(path)
+    if geometry is not None and tuple(probabilities.shape[1:]) != geometry.shape_zyx:
+        raise ToolkitError(
+            f"probabilities of shape {probabilities.shape[1:]} do not fit the image size {geometry.size}",
+            path,
+        )
+    return SavedProbabilities(probabilities, geometry)
+
+
+def _sidecar_geometry(path: Path) -> Geometry | None:
+    case = (
+        path.name[: -len(PROBABILITIES_ENDING)]
+        if path.name.endswith(PROBABILITIES_ENDING)
+        else path.stem
+    )
+    for suffix in IMAGE_SUFFIXES:
+        candidate = path.with_name(case + suffix)
+        if candidate.is_file():
+            return Geometry.of(read_sitk(candidate))
+    return None
+
+
+def labels_from_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """Argmax over the class axis, as the smallest unsigned integer type that holds every label."""
+    return np.argmax(probabilities, axis=0).astype(label_dtype(probabilities.shape[0] - 1))
+
+
+def average_probabilities(members: Sequence[np.ndarray]) -> np.ndarray:
+    """Equal-weight mean of the members' probabilities, float32."""
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    total = np.zeros(members[0].shape, dtype=np.float32)
+    for m in members:
+        if m.shape != total.shape:
+            raise ValueError(f"ensemble members differ in shape: {m.shape} != {total.shape}")
+        total += m
+    total /= len(members)
+    return total
+
+
+def probability_files(folder: Path) -> dict[str, Path]:
+    """Case -> probabilities file of a folder (hidden files skipped)."""
+    if not folder.is_dir():
+        raise ToolkitError("folder not found", folder)
+    return {
+        p.name[: -len(PROBABILITIES_ENDING)]: p
+        for p in sorted(folder.iterdir())
+        if p.name.endswith(PROBABILITIES_ENDING) and not p.name.startswith(".") and p.is_file()
+    }
+
+
+def ensemble_case(files: Sequence[Path]) -> SavedProbabilities:
+    """Average one case's probabilities over the members, keeping at most two arrays in memory."""
+    total: np.ndarray | None = None
+    geometry: Geometry | None = None
+    for f in files:
+        saved = load_probabilities(f)
+        if total is None:
+            total, geometry = saved.probabilities, saved.geometry
+            continue
+        if saved.probabilities.shape != total.shape:
+            raise ToolkitError(
+                f"probabilities of shape {saved.probabilities.shape} differ from {total.shape} in {files[0]}",
+                f,
+            )
+        if geometry is None:
+            geometry = saved.geometry
+        elif (
+            saved.geometry is not None and (problem := geometry.matches(saved.geometry)) is not None
+        ):
+            raise ToolkitError(f"geometry differs from {files[0]}: {problem}", f)
+        total += saved.probabilities
+    assert total is not None
+    total /= len(files)
+    return SavedProbabilities(total, geometry)
+
+
+def ensemble_folders(
+    inputs: Sequence[str | Path],
+    output: str | Path,
+    file_ending: str = FILE_ENDING,
+    postprocessing: Postprocessing | None = None,
+    save_probabilities_too: bool = False,
+    quiet: bool = False,
+) -> list[Path]:
+    """Average the probabilities of every case in all ``inputs`` folders; write labels to ``output``.
+
+    Every folder must hold the same cases. Returns the label files written.
+    """
+    folders = [Path(p) for p in inputs]
+    if len(folders) < 2:
+        raise ToolkitError("an ensemble needs at least two folders of probabilities")
+    listings = [probability_files(f) for f in folders]
+    cases = sorted(set().union(*listings))
+    if not cases:
+        raise ToolkitError(
+            f"no probabilities files (*{PROBABILITIES_ENDING}) found; predict with --save-probabilities",
+            folders[0],
+        )
+    for folder, listing in zip(folders, listings, strict=True):
+        missing = [c for c in cases if c not in listing]
+        if missing:
+            raise ToolkitError(
+                f"has no probabilities for {len(missing)} case(s): {', '.join(missing[:5])}", folder
+            )
+    output = Path(output)
+    written = []
+    for case in track(cases, "ensembling", quiet=quiet):
+        result = ensemble_case([listing[case] for listing in listings])
+        if result.geometry is None:
+            raise ToolkitError(
+                "no geometry: the file has none and no label image of the case lies beside it",
+                listings[0][case],
+            )
+        labels = labels_from_probabilities(result.probabilities)
+        if postprocessing is not None and not postprocessing.is_identity:
+            labels = apply_postprocessing(labels, postprocessing)
+        target = output / f"{case}{file_ending}"
+        write_image(target, labels, result.geometry)
+        if save_probabilities_too:
+            save_probabilities(
+                output / f"{case}{PROBABILITIES_ENDING}", result.probabilities, result.geometry
+            )
+        written.append(target)
+    return written

@@ -1,0 +1,469 @@
+"""Models trained by nnU-Net v2, read into our :class:`Plans` and :class:`UNet`.
+
+An nnU-Net v2 model folder (``<Trainer>__<Plans>__<configuration>/``) holds ``plans.json``,
+``dataset.json``, ``dataset_fingerprint.json`` and ``fold_k/checkpoint_final.pth``. Its
+``PlainConvUNet`` is the same network as ours (strided-conv encoder, transposed-conv decoder,
+conv -> instance norm -> leaky ReLU blocks, one 1x1 head per decoder stage); only the names
+of the parameters differ, so its weights are renamed key by key and loaded strictly.
+
+Its ``plans.json`` maps onto ours: the configuration's spacing, patch, network topology,
+per-channel normalization (``CTNormalization`` with the plan's foreground intensity
+statistics, ``ZScoreNormalization`` with or without the non-zero mask, ``NoNormalization``)
+and resampling orders. Anything our pipeline would compute differently (another network
+class, region-based labels, other intensity schemes or resampling functions, a non-SimpleITK
+image reader) is refused with an error that names it, rather than predicted wrongly.
+
+nnU-Net checkpoints are pickles holding numpy scalars next to the weights; they are loaded
+with ``weights_only=True`` and only those numpy types allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from toolkit.errors import ToolkitError
+from toolkit.planning.plans import Architecture, Configuration, Normalization, Plans, Resampling
+
+PLANS_FILE = "plans.json"
+DATASET_FILE = "dataset.json"
+FINGERPRINT_FILE = "dataset_fingerprint.json"
+CHECKPOINT_SUFFIX = ".pth"
+SUPPORTED_NETWORK = "PlainConvUNet"
+SUPPORTED_RESAMPLING = "resample_data_or_seg_to_shape"
+SUPPORTED_READERS = ("SimpleITKIO", "SimpleITKIOWithReorient")
+ANISOTROPY_THRESHOLD = 3.0  # nnU-Net v2's ANISO_THRESHOLD
+LEAKY_RELU_SLOPE = 1e-2
+
+_NORMALIZATION = {
+    "CTNormalization": "ct",
+    "ZScoreNormalization": "zscore",
+    "NoNormalization": "none",
+}
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def is_nnunet_v2_model_dir(path: str | Path) -> bool:
+    """An nnU-Net v2 model folder: its plans (with ``plans_name``), dataset.json and ``fold_*/*.pth``."""
+    path = Path(path)
+    plans = path / PLANS_FILE
+    if not plans.is_file() or not (path / DATASET_FILE).is_file():
+        return False
+    try:
+        data = json.loads(plans.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if not isinstance(data, dict) or "plans_name" not in data or "format_version" in data:
+        return False
+    return any(path.glob(f"fold_*/*{CHECKPOINT_SUFFIX}"))
+
+
+# --------------------------------------------------------------------------- plans
+
+
+def _resolve(configurations: Mapping[str, Any], name: str, source: Path | None) -> dict[str, Any]:
+    """A configuration with its ``inherits_from`` chain applied."""
+    seen: list[str] = []
+    chain = []
+    current: str | None = name
+    while current is not None:
+        if current in seen:
+            raise ToolkitError(
+                f"configuration {name!r} inherits in a circle ({' -> '.join([*seen, current])})",
+                source,
+            )
+        if current not in configurations:
+            raise ToolkitError(
+                f"configuration {current!r} is not in the plans (available: {', '.join(configurations)})",
+                source,
+            )
+        seen.append(current)
+        chain.append(configurations[current])
+        current = configurations[current].get("inherits_from")
+    merged: dict[str, Any] = {}
+    for part in reversed(chain):
+        merged.update(part)
+    merged.pop("inherits_from", None)
+    return merged
+
+
+def _untranspose(values: list, transpose_forward: list[int]) -> list:
+    out = [None] * len(values)
+    for i, axis in enumerate(transpose_forward):
+        out[axis] = values[i]
+    return out
+
+
+def _normalizations(
+    config: Mapping[str, Any], intensity: Mapping[str, Any], channels: int, source: Path | None
+) -> list[Normalization]:
+    schemes = config.get("normalization_schemes", [])
+    masks = config.get("use_mask_for_norm", [False] * len(schemes))
+    if len(schemes) != channels:
+        raise ToolkitError(
+            f"plans give {len(schemes)} normalization schemes for {channels} input channels", source
+        )
+    result = []
+    for c, (scheme, mask) in enumerate(zip(schemes, masks, strict=True)):
+        if scheme not in _NORMALIZATION:
+            raise ToolkitError(
+                f"channel {c} uses normalization {scheme!r}, which the toolkit does not implement (supported: {', '.join(_NORMALIZATION)})",
+                source,
+            )
+        ours = _NORMALIZATION[scheme]
+        if ours == "ct":
+            props = intensity.get(str(c))
+            if props is None:
+                raise ToolkitError(
+                    f"CTNormalization of channel {c} needs foreground_intensity_properties_per_channel['{c}']",
+                    source,
+                )
+            result.append(
+                Normalization(
+                    "ct",
+                    use_nonzero_mask=bool(mask),
+                    mean=float(props["mean"]),
+                    std=float(props["std"]),
+                    lower_bound=float(props["percentile_00_5"]),
+                    upper_bound=float(props["percentile_99_5"]),
+                )
+            )
+        else:
+            result.append(Normalization(ours, use_nonzero_mask=bool(mask)))  # type: ignore[arg-type]
+    return result
+
+
+def _resampling(config: Mapping[str, Any], source: Path | None) -> Resampling:
+    for key in ("resampling_fn_data", "resampling_fn_seg", "resampling_fn_probabilities"):
+        fn = config.get(key, SUPPORTED_RESAMPLING)
+        if fn != SUPPORTED_RESAMPLING:
+            raise ToolkitError(f"{key} is {fn!r}; only {SUPPORTED_RESAMPLING} is supported", source)
+    data = config.get("resampling_fn_data_kwargs", {})
+    seg = config.get("resampling_fn_seg_kwargs", {})
+    prob = config.get("resampling_fn_probabilities_kwargs", {})
+    for name, kwargs in (("data", data), ("seg", seg), ("probabilities", prob)):
+        if kwargs.get("force_separate_z") is not None:
+            raise ToolkitError(
+                f"resampling_fn_{name}_kwargs forces separate z ({kwargs['force_separate_z']}); only the automatic rule is supported",
+                source,
+            )
+    orders_z = {int(k.get("order_z", 0)) for k in (data, seg, prob)}
+    if len(orders_z) != 1:
+        raise ToolkitError(
+            f"resampling uses different orders along the coarse axis {sorted(orders_z)}; one is supported",
+            source,
+        )
+    return Resampling(
+        image_order=int(data.get("order", 3)),
+        label_order=int(seg.get("order", 1)),
+        probability_order=int(prob.get("order", 1)),
+        coarse_axis_order=orders_z.pop(),
+        anisotropy_threshold=ANISOTROPY_THRESHOLD,
+    )
+
+
+def _architecture(config: Mapping[str, Any], source: Path | None) -> Architecture:
+    arch = config.get("architecture")
+    if not isinstance(arch, dict):
+        raise ToolkitError(
+            "configuration has no 'architecture' (nnU-Net < 2.4 plans are not supported)", source
+        )
+    cls = str(arch.get("network_class_name", ""))
+    if cls.rsplit(".", 1)[-1] != SUPPORTED_NETWORK:
+        raise ToolkitError(
+            f"network {cls!r} is not supported; only {SUPPORTED_NETWORK} maps onto the toolkit's U-Net",
+            source,
+        )
+    kw = arch["arch_kwargs"]
+    problems = []
+    if not kw.get("conv_bias", False):
+        problems.append("conv_bias is false")
+    if "InstanceNorm" not in str(kw.get("norm_op", "")):
+        problems.append(f"norm_op {kw.get('norm_op')}")
+    if not (kw.get("norm_op_kwargs") or {}).get("affine", False):
+        problems.append("instance norm without affine parameters")
+    if "LeakyReLU" not in str(kw.get("nonlin", "")):
+        problems.append(f"nonlin {kw.get('nonlin')}")
+    slope = (kw.get("nonlin_kwargs") or {}).get("negative_slope", LEAKY_RELU_SLOPE)
+    if abs(float(slope) - LEAKY_RELU_SLOPE) > 1e-12:
+        problems.append(f"leaky ReLU slope {slope}")
+    if kw.get("dropout_op"):
+        problems.append("dropout")
+    eps = float((kw.get("norm_op_kwargs") or {}).get("eps", 1e-5))
+    if abs(eps - 1e-5) > 1e-12:
+        problems.append(f"norm eps {eps}")
+    if problems:
+        raise ToolkitError(
+            f"{SUPPORTED_NETWORK} differs from the toolkit's U-Net: {', '.join(problems)}", source
+        )
+    n = int(kw["n_stages"])
+    n_conv = kw["n_conv_per_stage"]
+    n_conv_dec = kw["n_conv_per_stage_decoder"]
+    return Architecture(
+        features_per_stage=[int(f) for f in kw["features_per_stage"]],
+        kernel_sizes=[[int(k) for k in ks] for ks in kw["kernel_sizes"]],
+        strides=[[int(s) for s in st] for st in kw["strides"]],
+        n_conv_per_stage=[int(c) for c in (n_conv if isinstance(n_conv, list) else [n_conv] * n)],
+        n_conv_per_stage_decoder=[
+            int(c) for c in (n_conv_dec if isinstance(n_conv_dec, list) else [n_conv_dec] * (n - 1))
+        ],
+    )
+
+
+def _deep_supervision_scales(strides: list[list[int]]) -> list[list[float]]:
+    cumulative = np.cumprod(np.asarray(strides, dtype=np.float64), axis=0)
+    return [[float(v) for v in 1.0 / row] for row in cumulative[:-1]]
+
+
+def _labels(dataset: Mapping[str, Any], source: Path | None) -> dict[str, int]:
+    labels = dataset.get("labels")
+    if not isinstance(labels, dict) or not labels:
+        raise ToolkitError("dataset.json has no 'labels'", source)
+    if all(isinstance(v, str) for v in labels.values()):  # old style: value -> name
+        labels = {name: int(value) for value, name in labels.items()}
+    if "regions_class_order" in dataset or any(
+        isinstance(v, list | tuple) for v in labels.values()
+    ):
+        raise ToolkitError(
+            "region-based labels are not supported (the toolkit trains one class per label value)",
+            source,
+        )
+    if "ignore" in labels:
+        raise ToolkitError("an 'ignore' label is not supported", source)
+    return dict(sorted(((str(k), int(v)) for k, v in labels.items()), key=lambda kv: kv[1]))
+
+
+def convert_plans(
+    plans: Mapping[str, Any], dataset: Mapping[str, Any], source: Path | None = None
+) -> Plans:
+    """nnU-Net v2's ``plans.json`` + ``dataset.json`` as our :class:`Plans`.
+
+    Every configuration whose network maps onto ours is converted; the others are left out
+    (asking for one of them raises the reason). Spatial lists stay in transposed order, as
+    in both formats.
+    """
+    reader = str(plans.get("image_reader_writer", "SimpleITKIO"))
+    if reader not in SUPPORTED_READERS:
+        raise ToolkitError(
+            f"images were read with {reader}; only SimpleITK readers give the toolkit's axis order",
+            source,
+        )
+    channels = dataset.get("channel_names", dataset.get("modality"))
+    if not isinstance(channels, dict) or not channels:
+        raise ToolkitError("dataset.json has no 'channel_names'", source)
+    channel_names = {str(k): str(v) for k, v in sorted(channels.items(), key=lambda kv: int(kv[0]))}
+    transpose_forward = [int(a) for a in plans["transpose_forward"]]
+    transpose_backward = [int(a) for a in plans["transpose_backward"]]
+    median_spacing_t = [float(s) for s in plans["original_median_spacing_after_transp"]]
+    median_shape_t = [int(round(float(s))) for s in plans["original_median_shape_after_transp"]]
+    intensity = plans.get("foreground_intensity_properties_per_channel", {})
+
+    configurations: dict[str, Configuration] = {}
+    skipped: dict[str, str] = {}
+    for name in plans["configurations"]:
+        try:
+            config = _resolve(plans["configurations"], name, source)
+            configurations[name] = _configuration(
+                name,
+                config,
+                median_spacing_t,
+                median_shape_t,
+                intensity,
+                len(channel_names),
+                source,
+            )
+        except ToolkitError as exc:
+            skipped[name] = exc.message
+    return Plans(
+        dataset_name=str(plans.get("dataset_name", dataset.get("name", ""))),
+        channel_names=channel_names,
+        labels=_labels(dataset, source),
+        transpose_forward=transpose_forward,
+        transpose_backward=transpose_backward,
+        original_median_spacing=[
+            float(v) for v in _untranspose(median_spacing_t, transpose_forward)
+        ],
+        original_median_shape=[int(v) for v in _untranspose(median_shape_t, transpose_forward)],
+        configurations=configurations,
+        planner={
+            "source": "nnU-Net v2",
+            "plans_name": plans.get("plans_name"),
+            "experiment_planner": plans.get("experiment_planner_used"),
+            "not_converted": skipped,
+        },
+    )
+
+
+def _configuration(
+    name: str,
+    config: Mapping[str, Any],
+    median_spacing_t: list[float],
+    median_shape_t: list[int],
+    intensity: Mapping[str, Any],
+    channels: int,
+    source: Path | None,
+) -> Configuration:
+    patch = [int(p) for p in config["patch_size"]]
+    dims = len(patch)
+    if dims not in (2, 3):
+        raise ToolkitError(f"configuration {name!r} has a {dims}D patch", source)
+    spacing = [float(s) for s in config["spacing"]]
+    median = [int(round(float(s))) for s in config["median_image_size_in_voxels"]]
+    if dims == 2:
+        # a 2D configuration keeps each case's own spacing along the slice axis
+        spacing = [median_spacing_t[0], *spacing[-2:]]
+        median = [median_shape_t[0], *median[-2:]]
+    architecture = _architecture(config, source)
+    next_stage = config.get("next_stage")
+    if isinstance(next_stage, list):
+        next_stage = next_stage[0] if next_stage else None
+    return Configuration(
+        name=name,
+        data_identifier=str(config.get("data_identifier", name)),
+        spatial_dims=dims,  # type: ignore[arg-type]
+        target_spacing=spacing,
+        median_shape=median,
+        patch_size=patch,
+        batch_size=int(config.get("batch_size", 2)),
+        architecture=architecture,
+        normalization=_normalizations(config, intensity, channels, source),
+        resampling=_resampling(config, source),
+        batch_dice=bool(config.get("batch_dice", False)),
+        deep_supervision_scales=_deep_supervision_scales(architecture.strides),
+        previous_stage=config.get("previous_stage"),
+        next_stage=next_stage,
+    )
+
+
+def load_plans(model_dir: str | Path) -> Plans:
+    """The plans of an nnU-Net v2 model folder, as ours."""
+    model_dir = Path(model_dir)
+    plans = _read_json(model_dir / PLANS_FILE)
+    dataset = _read_json(model_dir / DATASET_FILE)
+    try:
+        return convert_plans(plans, dataset, model_dir / PLANS_FILE)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ToolkitError(f"malformed nnU-Net v2 plans ({exc})", model_dir / PLANS_FILE) from None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ToolkitError("not found", path) from None
+    except json.JSONDecodeError as exc:
+        raise ToolkitError(f"is not valid JSON ({exc.msg} at line {exc.lineno})", path) from None
+
+
+# --------------------------------------------------------------------------- weights
+
+_ENCODER = re.compile(r"^encoder\.stages\.(\d+)\.(\d+)\.convs\.(\d+)\.(conv|norm)\.(weight|bias)$")
+_DECODER = re.compile(r"^decoder\.stages\.(\d+)\.convs\.(\d+)\.(conv|norm)\.(weight|bias)$")
+_TRANSPOSED = re.compile(r"^decoder\.transpconvs\.(\d+)\.(weight|bias)$")
+_HEAD = re.compile(r"^decoder\.seg_layers\.(\d+)\.(weight|bias)$")
+# duplicates of the same tensors under a second name (a Sequential of the block's modules,
+# and the encoder referenced from the decoder)
+_ALIASES = re.compile(r"(\.all_modules\.\d+\.|^decoder\.encoder\.)")
+
+
+def convert_state_dict(
+    state: Mapping[str, torch.Tensor], source: Path | None = None
+) -> dict[str, torch.Tensor]:
+    """A ``PlainConvUNet`` state dict renamed to :class:`~toolkit.nets.unet.UNet`'s parameter names."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.").removeprefix("_orig_mod.")  # DDP / torch.compile wrappers
+        if _ALIASES.search(key):
+            continue
+        if m := _ENCODER.match(key):
+            stage, position, block, kind, param = m.groups()
+            if position != "0":
+                raise ToolkitError(
+                    f"parameter {key!r}: encoder stages with pooling layers are not supported",
+                    source,
+                )
+            out[f"encoder.{stage}.{block}.{kind}.{param}"] = value
+        elif m := _DECODER.match(key):
+            stage, block, kind, param = m.groups()
+            out[f"decoder.{stage}.{block}.{kind}.{param}"] = value
+        elif m := _TRANSPOSED.match(key):
+            out[f"upsamples.{m.group(1)}.{m.group(2)}"] = value
+        elif m := _HEAD.match(key):
+            out[f"heads.{m.group(1)}.{m.group(2)}"] = value
+        else:
+            raise ToolkitError(
+                f"parameter {key!r} has no counterpart in the toolkit's U-Net", source
+            )
+    return out
+
+
+def _numpy_safe_globals() -> list:
+    try:
+        from numpy._core.multiarray import scalar  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
+    dtypes = {
+        type(np.dtype(t))
+        for t in (np.float16, np.float32, np.float64, np.int32, np.int64, np.uint8, np.bool_)
+    }
+    return [scalar, np.dtype, *dtypes]
+
+
+@dataclass
+class NnUNetCheckpoint:
+    state_dict: dict[str, torch.Tensor]  # already renamed to our UNet's names
+    configuration: str
+    trainer_name: str
+    mirror_axes: (
+        tuple[int, ...] | None
+    )  # spatial axes of the network input; None = no mirroring allowed
+
+
+def load_checkpoint(path: str | Path) -> NnUNetCheckpoint:
+    """An nnU-Net v2 ``checkpoint_*.pth``: its weights renamed, its configuration and mirroring axes."""
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError("checkpoint not found", path)
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged or foreign file: torch raises many kinds
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ToolkitError(
+            f"cannot be loaded as an nnU-Net v2 checkpoint ({first[:200]})", path
+        ) from None
+    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
+        raise ToolkitError("is not an nnU-Net v2 checkpoint (no 'network_weights')", path)
+    init_args = checkpoint.get("init_args") or {}
+    axes = checkpoint.get("inference_allowed_mirroring_axes")
+    return NnUNetCheckpoint(
+        state_dict=convert_state_dict(checkpoint["network_weights"], path),
+        configuration=str(init_args.get("configuration", "")),
+        trainer_name=str(checkpoint.get("trainer_name", "")),
+        mirror_axes=None if axes is None else tuple(int(a) for a in axes),
+    )
+
+
+def checkpoint_file_name(checkpoint: str) -> str:
+    """``final`` -> ``checkpoint_final.pth`` (a full file name is kept)."""
+    return (
+        checkpoint
+        if checkpoint.endswith(CHECKPOINT_SUFFIX)
+        else f"checkpoint_{checkpoint}{CHECKPOINT_SUFFIX}"
+    )
+
+
+def sibling_model_dir(
+    model_dir: Path, trainer_name: str, plans_name: str, configuration: str
+) -> Path:
+    """The folder nnU-Net v2 gives the same trainer and plans for another configuration."""
+    return model_dir.parent / f"{trainer_name}__{plans_name}__{configuration}"
