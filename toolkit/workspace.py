@@ -187,6 +187,10 @@ class DatasetPaths:
         """A validation case's probabilities (``probabilities``: float16 (classes, z, y, x))."""
         return self.validation_dir(config, fold) / f"{case}{PROBABILITIES_ENDING}"
 
+    def validation_summary(self, config: str, fold: int) -> Path:
+        """Per-case and mean Dice of a fold's validation; written last, marks it complete."""
+        return self.validation_dir(config, fold) / "summary.json"
+
     # evaluation and beyond
     @property
     def evaluation(self) -> Path:
