@@ -155,6 +155,11 @@ def _blur(array: np.ndarray, sigma_voxels: float) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(image, sigma_voxels))
 
 
+def _erode(mask: np.ndarray, radius_xyz: tuple[int, ...]) -> np.ndarray:
+    image = sitk.GetImageFromArray(mask.astype(np.uint8), isVector=False)
+    return sitk.GetArrayFromImage(sitk.BinaryErode(image, radius_xyz, foregroundValue=1)).astype(bool)
+
+
 def _direction(dimension: int, case_index: int) -> tuple[float, ...]:
     """Identity for most cases; a flip or an in-plane rotation for some (both exact in NIfTI)."""
     kind = case_index % 3
@@ -211,7 +216,8 @@ def make_mr_case(
     )
     shift = [rng.uniform(-0.15, 0.15) * r for r in edema_radii]
     core_centre = tuple(c + s for c, s in zip(centre, shift, strict=True))
-    core = _blob(grid, core_centre, core_radii, angle + rng.uniform(-0.5, 0.5), 0.08, rng) & edema
+    core = _blob(grid, core_centre, core_radii, angle + rng.uniform(-0.5, 0.5), 0.08, rng)
+    core &= _erode(edema, (2, 2, 1))  # a rim of edema all round the core
 
     label = np.zeros(shape, dtype=np.float32)  # float labels: a quirk of real downloads
     label[edema] = 1
@@ -329,7 +335,7 @@ def make_2d_case(
     tissue = np.where(body, 1, 0).astype(np.int8)
     tissue[organ] = 2
     tissue[lesion] = 3
-    means = np.asarray([10.0, 300.0, 520.0, 180.0], dtype=np.float32)
+    means = np.asarray([10.0, 300.0, 520.0, 780.0], dtype=np.float32)
     texture = _smooth_field(grid, rng, (2.0, 6.0), 10)
     clean = _blur(means[tissue] + np.where(body, 25.0 * texture, 0.0), 0.7)
     bias = np.exp(0.1 * _smooth_field(grid, rng, (40.0, 80.0), 3))

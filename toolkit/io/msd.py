@@ -43,7 +43,8 @@ from toolkit.io.dataset_json import (
     write_dataset_info,
 )
 from toolkit.io.images import has_image_suffix, label_dtype, strip_image_suffix
-from toolkit.io.verify import Report, choose_workers, payload_problem, verify_dataset
+from toolkit.io.nifti_scan import scan
+from toolkit.io.verify import Report, choose_workers, verify_dataset
 from toolkit.parallel import map_cases
 from toolkit.progress import info, track
 from toolkit.workspace import (
@@ -359,9 +360,13 @@ def _read(path: Path) -> sitk.Image:
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
-        problem = payload_problem(path, reader)
-        if problem is not None:
-            raise ToolkitError(problem, path)
+        payload = scan(path)
+        if payload.problem is not None:
+            raise ToolkitError(payload.problem, path)
+        if payload.nonfinite:
+            raise ToolkitError(
+                f"holds {payload.nonfinite} NaN or inf values (they would be read as 0)", path
+            )
         image = reader.Execute()
     except RuntimeError:
         raise ToolkitError("unreadable image (not a file SimpleITK can read)", path) from None
@@ -570,6 +575,7 @@ def convert_task(
         if paths.dataset_json.is_file():
             return ConvertResult(paths, converted=False)
         raise ToolkitError("exists but holds no dataset.json; use --force to replace it", paths.raw)
+    created_root = not paths.root.exists()
     paths.root.mkdir(parents=True, exist_ok=True)
     _remove_stale(paths.root)
     extract_dir = paths.root / f"{_EXTRACT}{os.getpid()}"
@@ -592,6 +598,8 @@ def convert_task(
         for folder in (extract_dir, partial, old):
             if folder.exists():
                 shutil.rmtree(folder, ignore_errors=True)
+        if created_root and not any(paths.root.iterdir()):
+            paths.root.rmdir()  # a failed first convert leaves no empty dataset folder
     result.report = verify_dataset(paths, workers=workers, quiet=quiet)
     return result
 

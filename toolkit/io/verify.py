@@ -20,9 +20,7 @@ reads the directory listing.
 
 from __future__ import annotations
 
-import gzip
 import json
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
@@ -42,6 +40,7 @@ from toolkit.io.dataset_json import (
     training_cases,
 )
 from toolkit.io.images import Geometry
+from toolkit.io.nifti_scan import scan
 from toolkit.parallel import map_cases
 from toolkit.progress import default_workers
 from toolkit.workspace import DatasetPaths, RawFolder
@@ -50,7 +49,6 @@ CACHE_VERSION = 1
 SPACING_RTOL = 1e-4
 # below this much data, starting worker processes (about a second each) costs more than it saves
 PARALLEL_MIN_BYTES = 32 << 20
-_NIFTI_MIN_HEADER = 348
 
 
 class Severity(str, Enum):
@@ -163,55 +161,11 @@ def choose_workers(requested: int | None, files: list[Path]) -> int:
 # one file
 
 
-def _bytes_per_pixel(reader: sitk.ImageFileReader) -> int | None:
-    sizes = {
-        sitk.sitkUInt8: 1,
-        sitk.sitkInt8: 1,
-        sitk.sitkUInt16: 2,
-        sitk.sitkInt16: 2,
-        sitk.sitkUInt32: 4,
-        sitk.sitkInt32: 4,
-        sitk.sitkFloat32: 4,
-        sitk.sitkUInt64: 8,
-        sitk.sitkInt64: 8,
-        sitk.sitkFloat64: 8,
-    }
-    base = sizes.get(reader.GetPixelID())
-    return None if base is None else base * reader.GetNumberOfComponents()
-
-
-def payload_problem(path: Path, reader: sitk.ImageFileReader) -> str | None:
-    """Whether a NIfTI file holds all its pixel data (``None`` when it does).
-
-    SimpleITK reads a truncated ``.nii.gz`` or ``.nii`` without an error and fills the rest
-    with zeros, so the gzip stream is read to its end and the bytes are counted.
-    """
-    name = path.name.lower()
-    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
-        return None
-    per_pixel = _bytes_per_pixel(reader)
-    if per_pixel is None:
-        return None
-    expected = int(np.prod(reader.GetSize(), dtype=np.int64)) * per_pixel + _NIFTI_MIN_HEADER
-    if name.endswith(".gz"):
-        total = 0
-        try:
-            with gzip.open(path, "rb") as fh:
-                while chunk := fh.read(1 << 22):
-                    total += len(chunk)
-        except (EOFError, OSError, zlib.error) as exc:
-            return f"truncated or corrupt file (gzip: {exc})"
-    else:
-        total = path.stat().st_size
-    if total < expected:
-        return f"truncated file: {total} bytes where the header needs at least {expected}"
-    return None
-
-
 @dataclass
 class _ReadFile:
     geometry: Geometry | None = None
     array: np.ndarray | None = None
+    nonfinite: int = 0  # NaN/inf found in the file's bytes (SimpleITK reads NaN in NIfTI as 0)
     problems: list[str] = field(default_factory=list)
 
 
@@ -246,10 +200,11 @@ def _read_file(path: Path, pixels: bool) -> _ReadFile:
     )
     if any(s <= 0 for s in result.geometry.spacing):
         result.problems.append(f"spacing {result.geometry.spacing} is not positive")
-    problem = payload_problem(path, reader)
-    if problem is not None:
-        result.problems.append(problem)
+    payload = scan(path)
+    if payload.problem is not None:
+        result.problems.append(payload.problem)
         return result
+    result.nonfinite = payload.nonfinite
     if pixels:
         try:
             result.array = sitk.GetArrayFromImage(reader.Execute())
@@ -332,10 +287,11 @@ def check_case(check: CaseCheck) -> CaseOutcome:
             phrase = _geometry_phrase(read.geometry, *reference)
             if phrase is not None:
                 add(path, phrase)
+        bad = read.nonfinite
         if read.array is not None and read.array.dtype.kind in "fc":
-            bad = int(read.array.size - np.isfinite(read.array).sum())
-            if bad:
-                add(path, f"holds {bad} NaN or inf values")
+            bad = max(bad, int(read.array.size - np.isfinite(read.array).sum()))
+        if bad:
+            add(path, f"holds {bad} NaN or inf values")
     if check.label is not None:
         read = _read_file(check.label, pixels=True)
         for message in read.problems:
@@ -344,7 +300,12 @@ def check_case(check: CaseCheck) -> CaseOutcome:
             phrase = _geometry_phrase(read.geometry, *reference)
             if phrase is not None:
                 add(check.label, phrase)
-        if read.array is not None:
+        if read.nonfinite:
+            add(
+                check.label,
+                f"holds {read.nonfinite} NaN or inf values; labels must be whole numbers",
+            )
+        elif read.array is not None:
             values, phrase = _label_values(read.array)
             if phrase is not None:
                 add(check.label, phrase)
