@@ -28,7 +28,12 @@ WrongFn = Callable[[int, np.ndarray], np.ndarray]  # (case index, reference) -> 
 
 
 def geometry(shape=SHAPE) -> Geometry:
-    return Geometry(SPACING_XYZ, (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), tuple(shape[::-1]))
+    return Geometry(
+        SPACING_XYZ,
+        (0.0, 0.0, 0.0),
+        (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+        tuple(shape[::-1]),
+    )
 
 
 def case_name(i: int) -> str:
@@ -48,7 +53,11 @@ def reference(i: int) -> np.ndarray:
 
 def object_box(ref: np.ndarray) -> tuple[slice, ...]:
     zs, ys, xs = np.nonzero(ref)
-    return slice(zs.min(), zs.max() + 1), slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)
+    return (
+        slice(zs.min(), zs.max() + 1),
+        slice(ys.min(), ys.max() + 1),
+        slice(xs.min(), xs.max() + 1),
+    )
 
 
 def wrong_left(i: int, ref: np.ndarray) -> np.ndarray:
@@ -97,9 +106,13 @@ def probabilities(ref: np.ndarray, wrong: np.ndarray) -> np.ndarray:
     return np.where(wrong[None], bad, right).astype(np.float16)
 
 
-def make_dataset(root: Path, name: str = "Toy", n_cases: int = 10, n_folds: int = 5) -> DatasetPaths:
+def make_dataset(
+    root: Path, name: str = "Toy", n_cases: int = 10, n_folds: int = 5
+) -> DatasetPaths:
     paths = DatasetPaths(Path(root) / name)
-    info = DatasetInfo(channel_names={"0": "MR"}, labels=dict(LABELS), num_training=n_cases, name=name)
+    info = DatasetInfo(
+        channel_names={"0": "MR"}, labels=dict(LABELS), num_training=n_cases, name=name
+    )
     write_dataset_info(paths.dataset_json, info)
     geo = geometry()
     for i in range(n_cases):
@@ -137,4 +150,6 @@ def add_configuration(
         label = np.argmax(probs.astype(np.float32), axis=0).astype(np.uint8)
         write_image(paths.validation_prediction(config, fold, case), label, geo)
         if with_probabilities:
-            np.savez_compressed(paths.validation_probabilities(config, fold, case), probabilities=probs)
+            np.savez_compressed(
+                paths.validation_probabilities(config, fold, case), probabilities=probs
+            )
