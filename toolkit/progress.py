@@ -54,7 +54,7 @@ def track(items: Iterable[T], description: str, total: int | None = None, quiet:
 
 def info(message: str) -> None:
     """A line for the person at the terminal (stderr, so stdout stays for data)."""
-    console.print(message, highlight=False)
+    console.print(message, highlight=False, soft_wrap=True)  # never break a path across lines
 
 
 def default_workers(requested: int | None) -> int:

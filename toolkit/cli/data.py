@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from toolkit.cli.common import QuietOption, WorkersOption, WorkspaceOption
 from toolkit.errors import ToolkitError
@@ -16,7 +17,7 @@ def _print_report(report, dataset: str) -> None:
 
     for problem in report.problems:
         typer.echo(problem.line())
-    info(f"verify {dataset}: {report.summary()}")
+    info(escape(f"verify {dataset}: {report.summary()}"))
     if not report.ok:
         raise ToolkitError(invalid_message(report, dataset), report.folder)
 
@@ -49,10 +50,12 @@ def convert(
     paths = dataset_paths_for(task, workspace, name)
     result = convert_task(task, paths, workers=workers, force=force, quiet=quiet)
     if not result.converted:
-        info(f"dataset exists: {paths.raw} (nothing changed; use --force to convert again)")
+        info(escape(f"dataset exists: {paths.raw} (nothing changed; use --force to convert again)"))
         return
     info(
-        f"converted {result.training_cases} training and {result.test_cases} test cases into {paths.raw}"
+        escape(
+            f"converted {result.training_cases} training and {result.test_cases} test cases into {paths.raw}"
+        )
     )
     if result.report is not None:
         _print_report(result.report, paths.name)

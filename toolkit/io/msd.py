@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import SimpleITK as sitk
+from rich.markup import escape
 
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import atomic_path
@@ -589,7 +590,7 @@ def convert_task(
         else:
             task = open_source(source)
         for note in task.notes:
-            info(f"note: {note}")
+            info(escape(f"note: {note}"))
         result = _convert_into(task, source, partial, paths, workers, quiet)
         if paths.raw.exists():
             os.replace(paths.raw, old)
@@ -631,7 +632,7 @@ def _convert_into(
     failed = [r for r in results if r.problem is not None]
     if failed:
         for r in failed:
-            info(f"error: case {r.case}: {r.problem}")
+            info(escape(f"error: case {r.case}: {r.problem}"))
         raise ToolkitError(
             f"{len(failed)} of {len(results)} cases could not be converted (listed above; first: {failed[0].problem}); "
             "nothing was written",
