@@ -34,7 +34,6 @@ import SimpleITK as sitk
 from rich.markup import escape
 
 from toolkit.errors import ToolkitError
-from toolkit.io.atomic import atomic_path
 from toolkit.io.dataset_json import (
     DatasetInfo,
     parse_channel_names,
@@ -396,8 +395,9 @@ def _first_axes(image: sitk.Image, array: np.ndarray, dim: int, path: Path) -> s
 
 
 def _write(image: sitk.Image, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
+    # straight into the partial folder: renaming that whole folder is the atomic step, so a
+    # temporary file and fsync per image would only cost time
+    sitk.WriteImage(image, str(path), useCompression=True)
 
 
 def _split_channels(path: Path, num_channels: int) -> list[sitk.Image]:
