@@ -7,9 +7,20 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from toolkit.cli.common import QuietOption, WorkersOption, WorkspaceOption
+from toolkit.cli.common import QuietOption, WorkspaceOption
 from toolkit.errors import ToolkitError
 from toolkit.progress import info
+
+# convert and verify start worker processes only when there is enough data to repay them
+WorkersOption = typer.Option(
+    None,
+    "--workers",
+    "-j",
+    min=1,
+    help="Parallel worker processes. Default: the CPU cores (at most 8) for datasets over 32 MB, "
+    "else one.",
+    show_default=False,
+)
 
 
 def _print_report(report, dataset: str) -> None:

@@ -220,7 +220,10 @@ def _geometry_phrase(this: Geometry, reference: Geometry, reference_name: str) -
     problem = this.matches(reference, rtol=SPACING_RTOL)
     if problem is None:
         return None
-    return f"{problem} of {reference_name}" if "!=" in problem else f"{problem} ({reference_name})"
+    if " != " in problem:  # "spacing A != B"
+        mine, theirs = problem.split(" != ", 1)
+        return f"{mine} differs from {reference_name} ({theirs})"
+    return f"{problem} from {reference_name}"
 
 
 def _label_values(array: np.ndarray) -> tuple[np.ndarray | None, str | None]:
