@@ -157,7 +157,8 @@ def _blur(array: np.ndarray, sigma_voxels: float) -> np.ndarray:
 
 def _erode(mask: np.ndarray, radius_xyz: tuple[int, ...]) -> np.ndarray:
     image = sitk.GetImageFromArray(mask.astype(np.uint8), isVector=False)
-    return sitk.GetArrayFromImage(sitk.BinaryErode(image, radius_xyz, foregroundValue=1)).astype(bool)
+    eroded = sitk.BinaryErode(image, radius_xyz, foregroundValue=1)
+    return sitk.GetArrayFromImage(eroded).astype(bool)
 
 
 def _direction(dimension: int, case_index: int) -> tuple[float, ...]:
