@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from toolkit.io.images import Geometry, write_image
 from toolkit.planning.plans import Architecture, Configuration, Normalization, Plans
 from toolkit.preprocessing.storage import CaseProperties, save_case
 from toolkit.workspace import DatasetPaths
@@ -77,7 +78,12 @@ def tiny_plans(patch=(16, 16, 16), batch_size=2, cascade=False) -> Plans:
     )
 
 
-def write_case(folder, case, image, seg):
+def write_case(folder, case, image, seg, raw_labels=None):
+    geometry = Geometry(
+        (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()), tuple(image.shape[1:][::-1])
+    )
+    if raw_labels is not None:
+        write_image(raw_labels / f"{case}.nii.gz", seg[0].astype(np.uint8), geometry)
     locations = {str(v): np.argwhere(seg[0] == v)[:50].tolist() for v in (1, 2)}
     props = CaseProperties(
         case=case,
@@ -116,5 +122,7 @@ def tiny_dataset(workspace):
     rng = np.random.default_rng(0)
     for i in range(10):
         image, seg = blob_case(rng)
-        write_case(paths.preprocessed_dir("3d_fullres"), f"case_{i:02d}", image, seg)
+        write_case(
+            paths.preprocessed_dir("3d_fullres"), f"case_{i:02d}", image, seg, paths.labels_tr
+        )
     return paths

@@ -16,15 +16,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from toolkit.errors import ToolkitError
-from toolkit.inference.sliding_window import WindowSettings, sliding_window_logits
 from toolkit.io.atomic import atomic_path
 from toolkit.planning.plans import Configuration, Plans
 from toolkit.preprocessing.pipeline import case_target_spacing
 from toolkit.preprocessing.resampling import resample_probabilities
-from toolkit.preprocessing.storage import load_case, load_properties
+from toolkit.preprocessing.storage import load_properties
 from toolkit.training.splits import Split
 from toolkit.workspace import DatasetPaths
 
@@ -67,33 +65,18 @@ def export_case(
     plans: Plans,
     configuration: Configuration,
     next_configuration: Configuration,
-    data_folder: Path,
-    next_data_folder: Path,
+    paths: DatasetPaths,
     case: str,
-    network: torch.nn.Module,
-    device: torch.device,
-    precision: str,
-    out_folder: Path,
-    mirror_axes: tuple[int, ...],
+    probabilities: np.ndarray,
 ) -> Path:
-    """Predict one case on the first stage's grid and store its labels on the next stage's."""
-    data, _, props = load_case(data_folder, case)
-    next_props = load_properties(next_data_folder, case)
-    patch = tuple(configuration.patch_size)
-    if configuration.spatial_dims == 2:
-        patch = (1, *patch)
-        mirror_axes = tuple(a + 1 for a in mirror_axes)
-    settings = WindowSettings(tuple(int(p) for p in patch), 0.5, mirror_axes, 1, precision)
-    network.eval()
-    logits = sliding_window_logits(
-        [network],
-        torch.from_numpy(np.asarray(data)),
-        plans.num_classes,
-        settings,
-        device,
-        torch.device("cpu"),
-    )
-    probabilities = torch.softmax(torch.stack(logits), dim=0).numpy()
+    """Store one case's first-stage prediction on the next stage's preprocessed grid.
+
+    ``probabilities`` ``(classes, *grid)`` are on the first stage's preprocessed grid; they are
+    resampled (linearly, nearest along a coarse axis) to the next stage's grid of the same
+    case, and their argmax is written as ``(1, z, y, x)`` int8.
+    """
+    props = load_properties(paths.preprocessed_dir(configuration.data_identifier), case)
+    next_props = load_properties(paths.preprocessed_dir(next_configuration.data_identifier), case)
     spacing_t = [props.spacing[a] for a in plans.transpose_forward]
     upsampled = resample_probabilities(
         probabilities,
@@ -103,7 +86,9 @@ def export_case(
         configuration.resampling,
     )
     labels = upsampled.argmax(0).astype(np.int8 if plans.num_classes <= 127 else np.int16)[None]
-    target = prediction_path(out_folder, case)
+    target = prediction_path(
+        paths.next_stage_dir(configuration.name, next_configuration.name), case
+    )
     with atomic_path(target) as tmp:
         np.save(tmp, labels)
     return target

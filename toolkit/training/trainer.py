@@ -137,6 +137,8 @@ def _spawned(rank: int, world_size: int, job: TrainingJob) -> None:
 
 def run(job: TrainingJob, ctx: DistContext) -> FoldResult:
     device = _rank_device(job.device, ctx.local_rank)
+    if ctx.is_main:
+        remove_stale_temporaries(job.fold_dir)
     torch.manual_seed(job.options.seed)
     parts = build_parts(job, ctx, device)
     state = TrainingState()
@@ -167,6 +169,13 @@ def run(job: TrainingJob, ctx: DistContext) -> FoldResult:
 
         summary = validate_fold(job, ctx, parts.network, device, parts.precision)
     return FoldResult(job.fold_dir, state.epoch, False, summary)
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Temporary files of atomic writes cut short by a kill (the targets themselves are intact)."""
+    if folder.is_dir():
+        for stale in folder.glob(".*.tmp*"):
+            stale.unlink(missing_ok=True)
 
 
 def run_epoch(
@@ -371,9 +380,10 @@ def batch_makers(
     rules = spatial_rules(cfg.patch_size)
     start, stop = batch_share(cfg.batch_size, ctx.world_size, ctx.rank)
     flags = foreground_flags(cfg.batch_size)[start:stop]
-    open_cases = lambda names: [
-        CaseData.open(job.data_folder, c, job.previous_folder) for c in names
-    ]  # noqa: E731
+
+    def open_cases(names: list[str]) -> list[CaseData]:
+        return [CaseData.open(job.data_folder, c, job.previous_folder) for c in names]
+
     fg = sorted(v for v in job.plans.labels.values() if v > 0)
     masked = [i for i, n in enumerate(cfg.normalization) if n.use_nonzero_mask]
     cascade = job.previous_folder is not None

@@ -1,0 +1,108 @@
+"""Command of the training stage: ``train``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from toolkit.cli.common import DeviceOption, QuietOption, WorkspaceOption, dataset_argument
+
+
+def train(
+    dataset: str = dataset_argument(),
+    configuration: str = typer.Argument(
+        ...,
+        help="Configuration of the plan: 2d, 3d_fullres, 3d_lowres or 3d_cascade_fullres.",
+        show_default=False,
+    ),
+    fold: int = typer.Argument(
+        ...,
+        min=0,
+        help="Cross-validation fold, 0-4 (the split is written once to splits.json).",
+        show_default=False,
+    ),
+    workspace: Path | None = WorkspaceOption,
+    epochs: int = typer.Option(1000, "--epochs", min=1, help="Epochs (the method: 1000)."),
+    iters_per_epoch: int = typer.Option(
+        250, "--iters-per-epoch", min=1, help="Training iterations per epoch (the method: 250)."
+    ),
+    val_iters: int = typer.Option(
+        50,
+        "--val-iters",
+        min=0,
+        help="Validation patches' batches per epoch, for the pseudo-Dice (the method: 50).",
+    ),
+    device: str = DeviceOption,
+    precision: str = typer.Option(
+        "auto",
+        "--precision",
+        help="auto (fp16 with gradient scaling on CUDA, fp32 on the CPU), fp32, bf16 (autocast; also on the CPU) or fp16 (CUDA).",
+    ),
+    compile_network: bool = typer.Option(
+        False,
+        "--compile",
+        help="Compile the network with torch.compile (slow start, faster steps).",
+    ),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue from the fold's latest checkpoint (same epoch, optimizer, scaler and random state); a finished fold is left as it is.",
+    ),
+    devices: int = typer.Option(
+        1,
+        "--devices",
+        min=1,
+        help="Processes training this model together (one per GPU on CUDA; gloo on the CPU). torchrun is detected too.",
+    ),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed of the network's initialisation and of every batch."
+    ),
+    checkpoint_minutes: float = typer.Option(
+        5.0,
+        "--checkpoint-minutes",
+        min=0.0,
+        help="Save the latest checkpoint at least this often, also within an epoch.",
+    ),
+    validate: bool = typer.Option(
+        True,
+        "--validate/--no-validate",
+        help="Predict the fold's validation cases at the end (needed by evaluate and by a cascade's next stage).",
+    ),
+    loader_threads: int = typer.Option(
+        1, "--loader-threads", min=1, help="Background threads preparing batches."
+    ),
+    quiet: bool = QuietOption,
+) -> None:
+    """Train one fold of one configuration: `models/<config>/fold_<k>/` gets checkpoints, `log.jsonl`, `progress.png` and the validation predictions.
+
+    Patches are sampled from the preprocessed cases (a third forced onto foreground),
+    augmented on the training device, and fed to the plan's U-Net (Dice + cross-entropy over
+    the deep-supervision outputs, SGD with Nesterov momentum, poly learning rate). A killed
+    run continues with `--resume`.
+    """
+    from toolkit.training.job import TrainOptions
+    from toolkit.training.schedule import Schedule
+    from toolkit.training.trainer import train_fold
+    from toolkit.workspace import DatasetPaths
+
+    options = TrainOptions(
+        schedule=Schedule(
+            epochs=epochs, iterations_per_epoch=iters_per_epoch, validation_iterations=val_iters
+        ),
+        device=device,
+        precision=precision,
+        compile=compile_network,
+        resume=resume,
+        seed=seed,
+        devices=devices,
+        checkpoint_every_s=checkpoint_minutes * 60,
+        validate=validate,
+        loader_threads=loader_threads,
+        quiet=quiet,
+    )
+    train_fold(DatasetPaths.open(workspace, dataset), configuration, fold, options)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(no_args_is_help=True)(train)
