@@ -205,6 +205,14 @@ def test_source_inside_the_target_is_refused(converted_mr, tmp_path):
     assert paths.dataset_json.is_file()
 
 
+def test_workspace_inside_the_source_is_refused(msd_copy):
+    source = msd_copy("2d")
+    before = snapshot(source)
+    with pytest.raises(ToolkitError, match="inside the source folder"):
+        convert_task(source, DatasetPaths(source / "workspace" / "D"), workers=1, quiet=True)
+    assert snapshot(source) == before
+
+
 def test_parallel_workers_give_the_same_files(msd_tasks, tmp_path):
     one, two = DatasetPaths(tmp_path / "one"), DatasetPaths(tmp_path / "two")
     convert_task(msd_tasks["ct"], one, workers=1, quiet=True)

@@ -549,6 +549,12 @@ def _check_not_inside(source: Path, paths: DatasetPaths) -> None:
             "use another --name or --workspace",
             source,
         )
+    if src.is_dir() and src in dst.parents:
+        raise ToolkitError(
+            f"the dataset folder {paths.root} would lie inside the source folder, which convert never "
+            "modifies; use --workspace to put the workspace elsewhere",
+            source,
+        )
 
 
 def convert_task(
