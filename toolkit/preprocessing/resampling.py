@@ -17,15 +17,26 @@ reference. A tensor-product spline evaluated on a grid is separable, so we apply
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage
+from threadpoolctl import ThreadpoolController
 
 from toolkit.planning.plans import Resampling
 
 DEFAULT_ANISOTROPY_THRESHOLD = 3.0
+_THREADPOOLS: ThreadpoolController | None = None
+
+
+def _single_threaded_blas():
+    """The per-axis products are small: threaded BLAS only spins (badly, on a loaded machine)."""
+    global _THREADPOOLS
+    if _THREADPOOLS is None:
+        _THREADPOOLS = ThreadpoolController()
+    return _THREADPOOLS.limit(limits=1, user_api="blas")
 
 
 def compute_new_shape(
@@ -98,10 +109,14 @@ def _apply_axis(array: np.ndarray, axis: int, new_size: int, order: int) -> np.n
     if old_size == new_size:
         return array
     op = axis_operator(old_size, new_size, order).astype(array.dtype, copy=False)
-    moved = np.moveaxis(array, axis, 0)
-    flat = moved.reshape(old_size, -1)
-    out = (op @ flat).reshape((new_size, *moved.shape[1:]))
-    return np.moveaxis(out, 0, axis)
+    array = np.ascontiguousarray(array)
+    before = math.prod(array.shape[:axis])
+    after = math.prod(array.shape[axis + 1 :])
+    new_shape = (*array.shape[:axis], new_size, *array.shape[axis + 1 :])
+    if after == 1:  # last axis: one matrix product over all rows
+        return (array.reshape(before, old_size) @ op.T).reshape(new_shape)
+    # (n', n) @ (before, n, after): a batch of products, no transposed copies
+    return np.matmul(op, array.reshape(before, old_size, after)).reshape(new_shape)
 
 
 def _axis_orders(
@@ -129,8 +144,9 @@ def _resample_volume(
     out = volume
     # smallest output first keeps the intermediate arrays small
     axes = sorted(range(volume.ndim), key=lambda a: new_shape[a] / volume.shape[a])
-    for axis in axes:
-        out = _apply_axis(out, axis, int(new_shape[axis]), orders[axis])
+    with _single_threaded_blas():
+        for axis in axes:
+            out = _apply_axis(out, axis, int(new_shape[axis]), orders[axis])
     if not clip or all(o <= 1 for o in orders):
         return out  # linear and nearest interpolation never leave the input's range
     if coarse is not None and orders[coarse] == 0:

@@ -17,13 +17,13 @@ decompressing the whole case (see ``bench/storage.py`` for the comparison).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from toolkit.errors import ToolkitError
-from toolkit.io.atomic import atomic_path, write_json
+from toolkit.io.atomic import atomic_path, write_text
 from toolkit.io.images import Geometry
 
 DATA_SUFFIX = ".npy"
@@ -55,10 +55,16 @@ class CaseProperties:
 
 
 def case_paths(folder: Path, case: str) -> tuple[Path, Path, Path]:
-    return folder / f"{case}{DATA_SUFFIX}", folder / f"{case}{SEG_SUFFIX}", folder / f"{case}{PROPS_SUFFIX}"
+    return (
+        folder / f"{case}{DATA_SUFFIX}",
+        folder / f"{case}{SEG_SUFFIX}",
+        folder / f"{case}{PROPS_SUFFIX}",
+    )
 
 
-def save_case(folder: Path, case: str, data: np.ndarray, seg: np.ndarray, props: CaseProperties) -> None:
+def save_case(
+    folder: Path, case: str, data: np.ndarray, seg: np.ndarray, props: CaseProperties
+) -> None:
     """Write the three files atomically; the properties last, marking the case complete."""
     data_path, seg_path, props_path = case_paths(folder, case)
     if props_path.exists():
@@ -68,7 +74,22 @@ def save_case(folder: Path, case: str, data: np.ndarray, seg: np.ndarray, props:
     seg_dtype = np.int8 if seg.max(initial=0) <= 127 else np.int16
     with atomic_path(seg_path) as tmp:
         np.save(tmp, np.ascontiguousarray(seg, dtype=seg_dtype))
-    write_json(props_path, asdict(props))
+    write_text(props_path, properties_json(props))
+
+
+def _plain(value):
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def properties_json(props: CaseProperties) -> str:
+    """One key per line, values compact: the oversampling locations stay small and fast to write."""
+    lines = [
+        f"{json.dumps(f.name)}: {json.dumps(getattr(props, f.name), separators=(',', ':'), default=_plain, allow_nan=False)}"
+        for f in fields(props)
+    ]
+    return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
 def load_properties(folder: Path, case: str) -> CaseProperties:
@@ -76,10 +97,14 @@ def load_properties(folder: Path, case: str) -> CaseProperties:
     try:
         return CaseProperties.from_dict(json.loads(path.read_text()))
     except FileNotFoundError:
-        raise ToolkitError("preprocessed case not found: run `toolkit preprocess` first", path) from None
+        raise ToolkitError(
+            "preprocessed case not found: run `toolkit preprocess` first", path
+        ) from None
 
 
-def load_case(folder: Path, case: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray, CaseProperties]:
+def load_case(
+    folder: Path, case: str, mmap: bool = True
+) -> tuple[np.ndarray, np.ndarray, CaseProperties]:
     """Image ``(c, z, y, x)`` and labels ``(1, z, y, x)``, memory-mapped read-only by default."""
     props = load_properties(folder, case)
     data_path, seg_path, _ = case_paths(folder, case)
@@ -87,7 +112,9 @@ def load_case(folder: Path, case: str, mmap: bool = True) -> tuple[np.ndarray, n
     try:
         return np.load(data_path, mmap_mode=mode), np.load(seg_path, mmap_mode=mode), props
     except (FileNotFoundError, ValueError) as exc:
-        raise ToolkitError(f"preprocessed case is damaged ({exc}): run `toolkit preprocess` again", data_path) from None
+        raise ToolkitError(
+            f"preprocessed case is damaged ({exc}): run `toolkit preprocess` again", data_path
+        ) from None
 
 
 def complete_cases(folder: Path) -> list[str]:

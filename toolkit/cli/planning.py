@@ -1,0 +1,151 @@
+"""Commands of the planning stage: ``fingerprint``, ``plan``, ``preprocess``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from toolkit.cli.common import (
+    QuietOption,
+    WorkersOption,
+    WorkspaceOption,
+    dataset_argument,
+    parse_str_list,
+)
+from toolkit.progress import info
+
+
+def fingerprint(
+    dataset: str = dataset_argument(),
+    workspace: Path | None = WorkspaceOption,
+    workers: int | None = WorkersOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Measure the training cases: crop boxes, shapes, spacings, label voxels, foreground intensities.
+
+    Writes `<dataset>/fingerprint.json`, which `toolkit plan` reads.
+    """
+    from toolkit.fingerprint import extract_fingerprint
+    from toolkit.workspace import DatasetPaths
+
+    extract_fingerprint(DatasetPaths.open(workspace, dataset), workers=workers, quiet=quiet)
+
+
+def plan(
+    dataset: str = dataset_argument(),
+    workspace: Path | None = WorkspaceOption,
+    preset_name: str = typer.Option(
+        "default",
+        "--preset",
+        help="default: the method's plans (8 GB reference budget). cpu: a narrow network with small patches "
+        "and batches that trains on a CPU in minutes.",
+    ),
+    gpu_memory: float | None = typer.Option(
+        None,
+        "--gpu-memory",
+        min=0.1,
+        help="Memory budget in GB (the reference value stands for 8 GB).",
+    ),
+    memory_model: str | None = typer.Option(
+        None,
+        "--memory-model",
+        help="reference (default): the method's feature-map estimate. calibrated: bytes predicted from memory "
+        "measured by bench/calibrate_memory.py.",
+    ),
+    features_base: int | None = typer.Option(
+        None, "--features-base", min=1, help="Features of the first stage (32)."
+    ),
+    max_features: int | None = typer.Option(
+        None,
+        "--max-features",
+        min=1,
+        help="Cap on features per stage, 2D and 3D (320 for 3D, 512 for 2D).",
+    ),
+    max_patch_voxels: int | None = typer.Option(
+        None,
+        "--max-patch-voxels",
+        min=1,
+        help="Largest 3D patch, in voxels, on top of the memory budget.",
+    ),
+    max_patch_pixels: int | None = typer.Option(
+        None,
+        "--max-patch-pixels",
+        min=1,
+        help="Largest 2D patch, in pixels, on top of the memory budget.",
+    ),
+    max_batch_size: int | None = typer.Option(
+        None, "--max-batch-size", min=2, help="Largest batch size, 2D and 3D."
+    ),
+    show: bool = typer.Option(False, "--show", help="Print a table per configuration."),
+) -> None:
+    """Turn the fingerprint into `<dataset>/plans.json`: 2d, 3d_fullres and, when needed, 3d_lowres + 3d_cascade_fullres.
+
+    Each configuration holds its target spacing, axis order, normalization, network stages
+    (kernels, strides, features), patch and batch size, resampling and deep-supervision scales.
+    """
+    from rich.console import Console
+
+    from toolkit.planning.planner import preset
+    from toolkit.planning.show import planner_summary, plans_tables
+    from toolkit.planning.stage import plan_dataset
+    from toolkit.workspace import DatasetPaths
+
+    options = preset(
+        preset_name,
+        gpu_memory_gb=gpu_memory,
+        memory_model=memory_model,
+        features_base=features_base,
+        max_features_3d=max_features,
+        max_features_2d=max_features,
+        max_patch_voxels_3d=max_patch_voxels,
+        max_patch_voxels_2d=max_patch_pixels,
+        max_batch_size_3d=max_batch_size,
+        max_batch_size_2d=max_batch_size,
+    )
+    paths = DatasetPaths.open(workspace, dataset)
+    plans = plan_dataset(paths, options)
+    info(f"plans written to {paths.plans_json} ({planner_summary(plans)})")
+    if show:
+        console = Console()
+        for table in plans_tables(plans):
+            console.print(table)
+
+
+def preprocess(
+    dataset: str = dataset_argument(),
+    workspace: Path | None = WorkspaceOption,
+    configs: str | None = typer.Option(
+        None,
+        "--configs",
+        "-c",
+        help="Comma-separated configurations, e.g. 2d,3d_fullres. Default: all in the plans "
+        "(3d_cascade_fullres shares 3d_fullres's data).",
+    ),
+    workers: int | None = WorkersOption,
+    force: bool = typer.Option(
+        False, "--force", "-f", help="Recompute cases that are already complete."
+    ),
+    quiet: bool = QuietOption,
+) -> None:
+    """Crop, normalize, resample and store every training case under `<dataset>/preprocessed/`.
+
+    Resumable: cases already done for the current plans are skipped; cases made for older
+    plans are redone.
+    """
+    from toolkit.preprocessing.runner import preprocess_dataset
+    from toolkit.workspace import DatasetPaths
+
+    preprocess_dataset(
+        DatasetPaths.open(workspace, dataset),
+        configurations=parse_str_list(configs),
+        workers=workers,
+        force=force,
+        quiet=quiet,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(fingerprint)
+    app.command()(plan)
+    app.command()(preprocess)
