@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.inference.ensemble import save_probabilities
 from toolkit.io.dataset_json import DatasetInfo, write_dataset_info
 from toolkit.io.images import Geometry, write_image
 from toolkit.workspace import DatasetPaths, channel_file, label_file
@@ -150,6 +151,4 @@ def add_configuration(
         label = np.argmax(probs.astype(np.float32), axis=0).astype(np.uint8)
         write_image(paths.validation_prediction(config, fold, case), label, geo)
         if with_probabilities:
-            np.savez_compressed(
-                paths.validation_probabilities(config, fold, case), probabilities=probs
-            )
+            save_probabilities(paths.validation_probabilities(config, fold, case), probs, geo)

@@ -25,11 +25,12 @@ Empty masks are handled explicitly, never silently scored 0 or 1:
   largest distance possible inside the image), so a missed or hallucinated structure
   weighs as the worst possible distance.
 
-Why our own code and not a call into grand-challenge-metrics: those functions compute each
-distance transform over the whole image, and HD95 and NSD would each compute the same two
-transforms again. Here every class is cropped to the bounding box of reference and
-prediction (one voxel of margin: the numbers are identical, see the tests) and the two
-distance transforms serve both HD95 and NSD.
+Why our own code and not a call into grand-challenge-metrics: those functions compute a
+Euclidean distance transform over the whole image for each direction, and HD95 and NSD
+would each compute them again. Here every class is cropped to the bounding box of reference
+and prediction (one voxel of margin), the surface-to-surface distances are found with a k-d
+tree over the surface voxels (exact nearest neighbours: the same numbers, see the tests) and
+serve both HD95 and NSD. On a 120x256x256 CT-like case that is several times faster.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from toolkit.evaluation.defaults import NSD_TOLERANCE_MM as DEFAULT_NSD_TOLERANCE_MM
 
@@ -103,12 +105,19 @@ def surface(mask: np.ndarray) -> np.ndarray:
 def surface_distances(
     ref: np.ndarray, pred: np.ndarray, spacing: tuple[float, ...]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(distances from the reference surface to the prediction's, and back), both non-empty masks."""
-    ref_surface = surface(ref)
-    pred_surface = surface(pred)
-    to_pred = ndimage.distance_transform_edt(~pred_surface, sampling=spacing)
-    to_ref = ndimage.distance_transform_edt(~ref_surface, sampling=spacing)
-    return to_pred[ref_surface], to_ref[pred_surface]
+    """(distances from each reference surface voxel to the nearest prediction surface voxel,
+    and back) in mm; both masks non-empty.
+
+    Exact nearest-neighbour distances between the two sets of surface voxel centres (a k-d
+    tree), the same numbers as a Euclidean distance transform of the other surface, at a cost
+    that grows with the surfaces rather than with the box around them.
+    """
+    scale = np.asarray(spacing, dtype=np.float64)
+    ref_points = np.argwhere(surface(ref)) * scale
+    pred_points = np.argwhere(surface(pred)) * scale
+    ref_to_pred = cKDTree(pred_points).query(ref_points, k=1)[0]
+    pred_to_ref = cKDTree(ref_points).query(pred_points, k=1)[0]
+    return ref_to_pred, pred_to_ref
 
 
 def percentile_distance(

@@ -1,14 +1,14 @@
 """Reading one validation case: its reference and the segmentation of each candidate.
 
 A single configuration's segmentation is its label map ``CASE.nii.gz``. An ensemble's is
-the argmax of its members' averaged probabilities (``CASE.npz``, key ``probabilities``,
-float16 (classes, z, y, x)), computed slab by slab in float32 so memory stays near the size
+the argmax of its members' averaged probabilities (``CASE.npz``, read with
+:func:`toolkit.inference.ensemble.load_probabilities`: float16 (classes, z, y, x), channel k
+being the k-th declared label value), computed slab by slab in float32 so memory stays near the size
 of the probability files themselves. Every file is read at most once per case.
 """
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,10 +17,10 @@ import numpy as np
 from toolkit.errors import ToolkitError
 from toolkit.evaluation.candidates import Candidate
 from toolkit.evaluation.crossval import ValidationCase
+from toolkit.inference.ensemble import load_probabilities
 from toolkit.io.images import Geometry, label_dtype, read_image
 from toolkit.workspace import DatasetPaths
 
-PROBABILITIES_KEY = "probabilities"
 _SLAB_VALUES = 1 << 24  # float32 values summed at a time when ensembling
 
 
@@ -63,25 +63,23 @@ def read_label_map(path: Path) -> tuple[np.ndarray, Geometry]:
     return array, geometry
 
 
-def read_probabilities(path: Path, num_classes: int, shape: tuple[int, ...]) -> np.ndarray:
+def read_probabilities(path: Path, num_classes: int, reference_geometry: Geometry) -> np.ndarray:
+    """A validation case's probabilities (float16), checked against its reference's grid."""
     if not path.is_file():
         raise ToolkitError("probabilities not found (needed for an ensemble)", path)
-    try:
-        with np.load(path) as data:
-            if PROBABILITIES_KEY not in data:
-                raise ToolkitError(
-                    f"has no array {PROBABILITIES_KEY!r} (found {sorted(data.files)})", path
-                )
-            probabilities = data[PROBABILITIES_KEY]
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise ToolkitError(f"unreadable probabilities ({exc})", path) from None
-    expected = (num_classes, *shape)
-    if probabilities.shape != expected:
+    saved = load_probabilities(path, dtype=np.dtype(np.float16))
+    expected = (num_classes, *reference_geometry.shape_zyx)
+    if saved.probabilities.shape != expected:
         raise ToolkitError(
-            f"probabilities have shape {probabilities.shape}, expected {expected} (classes, z, y, x) of the reference",
+            f"probabilities have shape {saved.probabilities.shape}, expected {expected} "
+            "(classes, z, y, x) of the reference",
             path,
         )
-    return probabilities
+    if saved.geometry is not None:
+        problem = reference_geometry.matches(saved.geometry)
+        if problem is not None:
+            raise ToolkitError(f"does not match the geometry of its reference: {problem}", path)
+    return saved.probabilities
 
 
 def ensemble_argmax(probabilities: list[np.ndarray], label_values: list[int]) -> np.ndarray:
@@ -138,7 +136,7 @@ class CaseLoader:
         if config not in self._probabilities:
             path = self.sources.probabilities[config]
             self._probabilities[config] = read_probabilities(
-                path, len(self.label_values), self.reference.shape
+                path, len(self.label_values), self.geometry
             )
         return self._probabilities[config]
 
