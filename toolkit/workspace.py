@@ -251,3 +251,88 @@ CHECKPOINT_BEST = "checkpoint_best.pt"
 CHECKPOINT_FINAL = "checkpoint_final.pt"
 TRAINING_LOG = "log.jsonl"
 PROGRESS_PLOT = "progress.png"
+
+
+@dataclass(frozen=True)
+class ExportPaths:
+    """An export folder (``<dataset>/export/`` or ``export-container --out``).
+
+    ::
+
+        context/                 the image's build context
+            Dockerfile, .dockerignore, requirements.txt, wheels/*.whl,
+            entrypoint.py, algorithm.json
+            model/ensemble.json, model/<config>/plans.json, dataset.json,
+                  fold_<k>/checkpoint_final.pt
+        image.tar.gz             `docker save` archive for upload
+        model.tar.gz             the model for the platform's /opt/ml/model (--model-mode tarball)
+        build.log                the build's streamed log
+        export.json              what was exported, sizes and times
+        container-test.json      test-container's per-case results
+        runs/<case>/input, output   platform-style folders of the test runs
+    """
+
+    root: Path
+
+    @property
+    def context(self) -> Path:
+        return self.root / "context"
+
+    @property
+    def dockerfile(self) -> Path:
+        return self.context / "Dockerfile"
+
+    @property
+    def dockerignore(self) -> Path:
+        return self.context / ".dockerignore"
+
+    @property
+    def requirements(self) -> Path:
+        return self.context / "requirements.txt"
+
+    @property
+    def wheels(self) -> Path:
+        return self.context / "wheels"
+
+    @property
+    def entrypoint(self) -> Path:
+        return self.context / "entrypoint.py"
+
+    @property
+    def algorithm_json(self) -> Path:
+        return self.context / "algorithm.json"
+
+    @property
+    def model(self) -> Path:
+        return self.context / "model"
+
+    @property
+    def ensemble_json(self) -> Path:
+        return self.model / "ensemble.json"
+
+    @property
+    def image_archive(self) -> Path:
+        return self.root / "image.tar.gz"
+
+    @property
+    def model_tarball(self) -> Path:
+        return self.root / "model.tar.gz"
+
+    @property
+    def build_log(self) -> Path:
+        return self.root / "build.log"
+
+    @property
+    def record(self) -> Path:
+        return self.root / "export.json"
+
+    @property
+    def test_report(self) -> Path:
+        return self.root / "container-test.json"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    def run_dir(self, case: str) -> Path:
+        return self.runs / case

@@ -1,0 +1,314 @@
+"""The build context of an algorithm image: everything ``docker build`` needs, in one folder.
+
+::
+
+    context/Dockerfile          from containers/Dockerfile.template (two stages, non-root)
+    context/requirements.txt    pinned runtime requirements and the toolkit itself
+    context/wheels/             the toolkit wheel (+ every other wheel with a wheelhouse)
+    context/entrypoint.py       containers/entrypoint.py
+    context/algorithm.json      interfaces, labels, device
+    context/model/              ensemble.json + only the configurations and folds used
+
+The model goes into the image (``baked``) or into ``model.tar.gz`` for the platform's
+``/opt/ml/model`` (``tarball``; then ``.dockerignore`` keeps it out of the image).
+Checkpoints are copied without their training state (optimizer, scaler): inference needs
+the network's weights only, and the image is smaller for it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import toolkit
+from toolkit.container import wheels
+from toolkit.container.spec import AlgorithmSpec, EnsembleSpec, default_input_slugs, slugify
+from toolkit.errors import MissingStageError, ToolkitError
+from toolkit.io.atomic import atomic_path, write_text
+from toolkit.io.dataset_json import read_dataset_info
+from toolkit.workspace import (
+    CHECKPOINT_FINAL,
+    MODEL_DATASET_JSON,
+    MODEL_PLANS,
+    DatasetPaths,
+    ExportPaths,
+)
+
+MODEL_MODES = ("baked", "tarball")
+TEMPLATE_NAME = "Dockerfile.template"
+ENTRYPOINT_NAME = "entrypoint.py"
+# where the model lives in the image: baked in, or where the platform extracts model.tar.gz
+BAKED_MODEL_DIR = "/opt/algorithm/model"
+TARBALL_MODEL_DIR = "/opt/ml/model"
+DEFAULT_OUTPUT_SLUG = "segmentation"
+NETWORK_KEY = "network"
+
+
+def containers_dir() -> Path:
+    """``containers/`` of the toolkit's source tree (Dockerfile template, entrypoint)."""
+    folder = Path(toolkit.__file__).resolve().parents[1] / "containers"
+    if not (folder / TEMPLATE_NAME).is_file():
+        raise ToolkitError(
+            f"{TEMPLATE_NAME} not found: export-container needs the toolkit's source checkout (`pip install -e .`)",
+            folder,
+        )
+    return folder
+
+
+def default_tag(dataset_name: str) -> str:
+    return f"toolkit-{slugify(dataset_name)}:latest"
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    tag: str
+    base_image: str
+    model_mode: str = "baked"
+    input_slugs: list[str] | None = None  # default: one per channel, from the channel names
+    output_slug: str = DEFAULT_OUTPUT_SLUG
+    device: str = "cpu"
+    wheelhouse: Path | None = None  # download wheels here; the build then needs no network
+
+    def __post_init__(self) -> None:
+        if self.model_mode not in MODEL_MODES:
+            raise ToolkitError(
+                f"--model-mode must be one of {', '.join(MODEL_MODES)}, not {self.model_mode!r}"
+            )
+        if self.tag != self.tag.lower() or not self.tag:
+            raise ToolkitError(
+                f"--tag {self.tag!r} must be a lower-case image name such as 'my-algorithm:1.0'"
+            )
+
+    @property
+    def model_dir_in_image(self) -> str:
+        return BAKED_MODEL_DIR if self.model_mode == "baked" else TARBALL_MODEL_DIR
+
+
+@dataclass(frozen=True)
+class ContextSummary:
+    """What was written, for the export record and the command's report."""
+
+    context: Path
+    algorithm: AlgorithmSpec
+    ensemble: EnsembleSpec
+    requirements: list[str]
+    wheels: list[str]
+    model_bytes: int
+    model_tarball: Path | None = None
+    files: list[str] = field(default_factory=list)
+
+
+# --- pure parts ------------------------------------------------------------------------
+
+
+def render_dockerfile(template: str, values: dict[str, str]) -> str:
+    """Fill ``{{NAME}}`` placeholders; every placeholder must get a value."""
+    text = template
+    for key, value in values.items():
+        text = text.replace("{{" + key + "}}", value)
+    if "{{" in text:
+        start = text.index("{{")
+        raise ValueError(
+            f"Dockerfile template placeholder without a value: {text[start : text.index('}}', start) + 2]}"
+        )
+    return text
+
+
+def dockerfile_values(
+    options: ExportOptions, dataset_name: str, ensemble: EnsembleSpec
+) -> dict[str, str]:
+    if options.wheelhouse is not None:
+        pip_source = "--no-index"  # every wheel is in the context: no network during the build
+    elif options.device == "cpu":
+        pip_source = f"--extra-index-url {wheels.TORCH_CPU_INDEX}"
+    else:
+        pip_source = ""
+    model_copy = (
+        f"COPY model/ {BAKED_MODEL_DIR}/"
+        if options.model_mode == "baked"
+        else (
+            f"# the model comes as model.tar.gz, extracted by the platform to {TARBALL_MODEL_DIR}"
+        )
+    )
+    return {
+        "DATASET": dataset_name,
+        "TAG": options.tag,
+        "VERSION": toolkit.__version__,
+        "ENSEMBLE": " + ".join(ensemble.configurations),
+        "BASE_IMAGE": options.base_image,
+        "PIP_SOURCE": pip_source,
+        "MODEL_COPY": model_copy,
+        "MODEL_DIR": options.model_dir_in_image,
+    }
+
+
+def dockerignore_lines(options: ExportOptions) -> list[str]:
+    lines = ["**/__pycache__", "**/*.pyc"]
+    if options.model_mode == "tarball":
+        lines.append("model")
+    return lines
+
+
+def slim_checkpoint(checkpoint: dict) -> dict:
+    """The network's weights and the small metadata beside them, without training state."""
+    import torch
+
+    def holds_tensor(value) -> bool:
+        if isinstance(value, torch.Tensor):
+            return True
+        if isinstance(value, dict):
+            return any(holds_tensor(v) for v in value.values())
+        if isinstance(value, list | tuple):
+            return any(holds_tensor(v) for v in value)
+        return False
+
+    return {k: v for k, v in checkpoint.items() if k == NETWORK_KEY or not holds_tensor(v)}
+
+
+# --- I/O -------------------------------------------------------------------------------
+
+
+def copy_checkpoint(source: Path, target: Path) -> int:
+    import torch
+
+    try:
+        checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ToolkitError(f"unreadable checkpoint ({type(exc).__name__}: {exc})", source) from None
+    if not isinstance(checkpoint, dict) or NETWORK_KEY not in checkpoint:
+        raise ToolkitError(f"checkpoint has no {NETWORK_KEY!r} weights", source)
+    with atomic_path(target) as tmp:
+        torch.save(slim_checkpoint(checkpoint), tmp)
+    return target.stat().st_size
+
+
+def copy_models(paths: DatasetPaths, ensemble: EnsembleSpec, model_dir: Path) -> int:
+    """Plans, dataset.json and final checkpoints of the ensemble's configurations and folds."""
+    total = 0
+    for config in ensemble.model_configurations:
+        source = paths.model_dir(config)
+        target = model_dir / config
+        target.mkdir(parents=True, exist_ok=True)
+        for name in (MODEL_PLANS, MODEL_DATASET_JSON):
+            if not (source / name).is_file():
+                raise MissingStageError(source / name, f"toolkit train {paths.name} {config}")
+            shutil.copyfile(source / name, target / name)
+            total += (target / name).stat().st_size
+        for fold in ensemble.folds_of(config):
+            checkpoint = paths.fold_dir(config, fold) / CHECKPOINT_FINAL
+            if not checkpoint.is_file():
+                raise MissingStageError(
+                    checkpoint, f"toolkit train {paths.name} {config} --fold {fold}"
+                )
+            (target / f"fold_{fold}").mkdir(exist_ok=True)
+            total += copy_checkpoint(checkpoint, target / f"fold_{fold}" / CHECKPOINT_FINAL)
+    return total
+
+
+def make_readable(folder: Path) -> None:
+    """Files 0644, folders 0755: the image's non-root user must read what is copied in."""
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            os.chmod(Path(root) / d, 0o755)
+        for f in files:
+            os.chmod(Path(root) / f, 0o644)
+    os.chmod(folder, 0o755)
+
+
+def _tar_filter(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mode = 0o755 if info.isdir() else 0o644
+    return info
+
+
+def write_model_tarball(model_dir: Path, target: Path) -> Path:
+    """``model.tar.gz`` whose root is the model folder's content (what /opt/ml/model gets)."""
+    with atomic_path(target) as tmp:
+        with tarfile.open(tmp, "w:gz") as archive:
+            for child in sorted(model_dir.iterdir()):
+                archive.add(child, arcname=child.name, filter=_tar_filter)
+    return target
+
+
+def algorithm_spec(
+    paths: DatasetPaths, ensemble: EnsembleSpec, options: ExportOptions
+) -> AlgorithmSpec:
+    """Interfaces and labels, from the (self-contained) model folder's dataset.json."""
+    first = ensemble.configurations[0]
+    dataset_json = paths.model_dir(first) / MODEL_DATASET_JSON
+    if not dataset_json.is_file():
+        raise MissingStageError(dataset_json, f"toolkit train {paths.name} {first}")
+    info = read_dataset_info(dataset_json)
+    return AlgorithmSpec(
+        dataset_name=paths.name,
+        input_slugs=list(options.input_slugs)
+        if options.input_slugs
+        else default_input_slugs(info.channels),
+        output_slug=options.output_slug,
+        channel_names=info.channels,
+        labels=dict(info.labels),
+        device=options.device,
+    )
+
+
+def write_context(
+    paths: DatasetPaths, ensemble: EnsembleSpec, options: ExportOptions, export: ExportPaths
+) -> ContextSummary:
+    """Write ``export.context`` afresh (and ``model.tar.gz`` in tarball mode)."""
+    spec = algorithm_spec(paths, ensemble, options)
+    if max(spec.label_values) > 255:
+        raise ToolkitError(
+            f"labels go up to {max(spec.label_values)}; the platform's segmentations are uint8 (at most 255)"
+        )
+    source = containers_dir()
+    # written into a staging folder first, so an interrupted export never leaves half a context
+    staged = ExportPaths(export.root / ".partial")
+    if staged.root.exists():
+        shutil.rmtree(staged.root)
+    staged.model.mkdir(parents=True)
+
+    model_bytes = copy_models(paths, ensemble, staged.model)
+    ensemble.save(staged.ensemble_json)
+    spec.save(staged.algorithm_json)
+    shutil.copyfile(source / ENTRYPOINT_NAME, staged.entrypoint)
+
+    requirements = wheels.runtime_requirements(options.device)
+    own_wheel = wheels.build_toolkit_wheel(staged.wheels, requirements)
+    if options.wheelhouse is not None:
+        wheels.download_wheels(requirements, staged.wheels, Path(options.wheelhouse).expanduser())
+    write_text(staged.requirements, "\n".join(requirements + [wheels.toolkit_requirement()]) + "\n")
+    template = (source / TEMPLATE_NAME).read_text()
+    write_text(
+        staged.dockerfile,
+        render_dockerfile(template, dockerfile_values(options, paths.name, ensemble)),
+    )
+    write_text(staged.dockerignore, "\n".join(dockerignore_lines(options)) + "\n")
+    make_readable(staged.context)
+
+    if export.context.exists():
+        shutil.rmtree(export.context)
+    os.replace(staged.context, export.context)
+    shutil.rmtree(staged.root)
+
+    tarball = None
+    if options.model_mode == "tarball":
+        tarball = write_model_tarball(export.model, export.model_tarball)
+    elif export.model_tarball.exists():
+        export.model_tarball.unlink()  # a baked export has no separate model
+    files = sorted(
+        str(p.relative_to(export.context)) for p in export.context.rglob("*") if p.is_file()
+    )
+    return ContextSummary(
+        context=export.context,
+        algorithm=spec,
+        ensemble=ensemble,
+        requirements=requirements + [wheels.toolkit_requirement()],
+        wheels=sorted(p.name for p in export.wheels.glob("*.whl")) or [own_wheel.name],
+        model_bytes=model_bytes,
+        model_tarball=tarball,
+        files=files,
+    )

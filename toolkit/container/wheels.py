@@ -1,0 +1,200 @@
+"""What the image installs: the toolkit as a wheel, and its runtime requirements.
+
+The container needs only what inference imports (torch, numpy, scipy, SimpleITK, rich), each
+pinned to the version installed here, so the container computes what ``toolkit predict``
+computes on this machine. The ``cpu`` image uses PyTorch's CPU build (``torch==X+cpu``,
+about 190 MB instead of several GB of CUDA libraries).
+
+With a wheelhouse, every wheel is downloaded on the host (``pip download`` for the image's
+platform: Linux x86-64, CPython 3.11) and the image installs them with ``--no-index``: the
+build needs no network at all, which also suits machines behind TLS-intercepting proxies.
+The CPU build of torch lives on PyTorch's own index; where pip does not already find it
+(``pip config list``), set ``PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import toolkit
+from toolkit.errors import ToolkitError
+from toolkit.io.atomic import atomic_path
+
+PYTHON_VERSION = "3.11"
+IMPLEMENTATION = "cp"
+PLATFORMS = (
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+)
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+# distributions that inference imports (torch is pinned separately, by device)
+RUNTIME_DISTRIBUTIONS = ("numpy", "scipy", "SimpleITK", "rich")
+PACKAGE_NAME = "toolkit"
+
+
+def installed_version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        raise ToolkitError(
+            f"{distribution} is not installed in this Python ({sys.executable})"
+        ) from None
+
+
+def torch_requirement(device: str, torch_version: str | None = None) -> str:
+    """``torch==2.13.0+cpu`` for a CPU image, ``torch==2.13.0`` (CUDA build) for a GPU image."""
+    version = (torch_version or installed_version("torch")).split("+", 1)[0]
+    return f"torch=={version}+cpu" if device == "cpu" else f"torch=={version}"
+
+
+def runtime_requirements(device: str) -> list[str]:
+    """Pinned requirements of the image, without the toolkit itself."""
+    return [torch_requirement(device)] + [
+        f"{name}=={installed_version(name)}" for name in RUNTIME_DISTRIBUTIONS
+    ]
+
+
+def toolkit_requirement() -> str:
+    return f"{PACKAGE_NAME}=={toolkit.__version__}"
+
+
+def pip_download_command(
+    requirements: list[str], dest: Path, find_links: Path | None = None
+) -> list[str]:
+    """``pip download`` for the image's platform, not this machine's (pure function)."""
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--disable-pip-version-check",
+        "--dest",
+        str(dest),
+    ]
+    for platform in PLATFORMS:
+        command += ["--platform", platform]
+    command += [
+        "--python-version",
+        PYTHON_VERSION,
+        "--implementation",
+        IMPLEMENTATION,
+        "--only-binary=:all:",
+    ]
+    if find_links is not None:
+        command += ["--find-links", str(find_links)]
+    return command + list(requirements)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    if target.exists():
+        return
+    try:
+        os.link(source, target)
+    except OSError:
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
+
+
+def download_wheels(requirements: list[str], dest: Path, wheelhouse: Path) -> list[Path]:
+    """Put into ``dest`` exactly the wheels ``requirements`` need, through ``wheelhouse``.
+
+    Wheels already in the wheelhouse are reused; newly downloaded ones are added to it, so a
+    second export downloads nothing.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    wheelhouse.mkdir(parents=True, exist_ok=True)
+    command = pip_download_command(requirements, dest, find_links=wheelhouse)
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        lines = [
+            line
+            for line in (result.stderr or result.stdout).strip().splitlines()
+            if not line.startswith("WARNING: Location")
+        ]
+        hint = ""
+        if any("+cpu" in r for r in requirements):
+            hint = f"; the CPU build of torch is on PyTorch's index: set PIP_EXTRA_INDEX_URL={TORCH_CPU_INDEX}"
+        raise ToolkitError(f"pip download failed: {' | '.join(lines[-4:])}{hint}", wheelhouse)
+    wheels = sorted(dest.glob("*.whl"))
+    for wheel in wheels:
+        _link_or_copy(wheel, wheelhouse / wheel.name)
+    return wheels
+
+
+# --- the toolkit as a wheel -------------------------------------------------------------
+
+
+def _package_files(package_dir: Path) -> list[Path]:
+    files = []
+    for path in sorted(package_dir.rglob("*")):
+        if (
+            path.is_file()
+            and "__pycache__" not in path.parts
+            and path.suffix not in (".pyc", ".pyo")
+        ):
+            files.append(path)
+    return files
+
+
+def _record_hash(data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"sha256={digest}"
+
+
+def build_toolkit_wheel(dest: Path, requirements: list[str]) -> Path:
+    """A pure-Python wheel of the installed ``toolkit`` package (no build tools needed).
+
+    Built from the package's files as they are installed here (an editable checkout or a
+    regular install), with ``requirements`` as its declared dependencies; file times are
+    fixed so that the same sources give the same wheel.
+    """
+    package_dir = Path(toolkit.__file__).resolve().parent
+    version = toolkit.__version__
+    dist_info = f"{PACKAGE_NAME}-{version}.dist-info"
+    target = dest / f"{PACKAGE_NAME}-{version}-py3-none-any.whl"
+    metadata = "\n".join(
+        [
+            "Metadata-Version: 2.1",
+            f"Name: {PACKAGE_NAME}",
+            f"Version: {version}",
+            "Requires-Python: >=3.10",
+        ]
+        + [f"Requires-Dist: {r}" for r in requirements]
+    )
+    wheel_meta = "\n".join(
+        [
+            "Wheel-Version: 1.0",
+            "Generator: toolkit.container.wheels",
+            "Root-Is-Purelib: true",
+            "Tag: py3-none-any",
+        ]
+    )
+    entries: list[tuple[str, bytes]] = []
+    for path in _package_files(package_dir):
+        entries.append(
+            (f"{PACKAGE_NAME}/{path.relative_to(package_dir).as_posix()}", path.read_bytes())
+        )
+    entries.append((f"{dist_info}/METADATA", (metadata + "\n").encode()))
+    entries.append((f"{dist_info}/WHEEL", (wheel_meta + "\n").encode()))
+    record = [f"{name},{_record_hash(data)},{len(data)}" for name, data in entries]
+    record.append(f"{dist_info}/RECORD,,")
+    entries.append((f"{dist_info}/RECORD", ("\n".join(record) + "\n").encode()))
+    dest.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for name, data in entries:
+                entry = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+                entry.external_attr = 0o644 << 16
+                entry.compress_type = zipfile.ZIP_DEFLATED
+                archive.writestr(entry, data)
+    return target
