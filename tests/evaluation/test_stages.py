@@ -23,7 +23,10 @@ from toolkit.evaluation.report import current_selection
 from toolkit.evaluation.selection import Selection
 from toolkit.evaluation.stages import EvaluationOptions, evaluate_dataset, select_dataset
 from toolkit.evaluation.tables import CSV_COLUMNS, EvaluationSummary, read_cases_csv
-from toolkit.io.images import write_image
+from toolkit.inference.ensemble import save_probabilities
+from toolkit.io.dataset_json import DatasetInfo, write_dataset_info
+from toolkit.io.images import Geometry, write_image
+from toolkit.workspace import DatasetPaths, label_file
 
 
 @pytest.fixture
@@ -202,3 +205,28 @@ def test_files_are_consistent(toy):
     # per-fold means partition the cases
     for c in summary.candidates:
         assert sorted(c.fold_mean_dice) == [0, 1, 2, 3, 4]
+
+
+def test_two_dimensional_dataset(tmp_path):
+    # 2D images are read as (1, y, x); metrics run in 2D and volumes are areas in mm^2
+    paths = DatasetPaths(tmp_path / "Flat")
+    write_dataset_info(paths.dataset_json, DatasetInfo({"0": "X"}, {"background": 0, "cell": 1}, 5))
+    geo = Geometry((0.5, 0.5), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0), (20, 16))
+    cases = [f"img{i}" for i in range(5)]
+    for i, case in enumerate(cases):
+        ref = np.zeros((1, 16, 20), np.uint8)
+        ref[0, 4:10, 4 + i : 12 + i] = 1
+        pred = np.roll(ref, 1, axis=1)
+        write_image(paths.labels_tr / label_file(case), ref, geo)
+        write_image(paths.validation_prediction("2d", i, case), pred, geo)
+        probs = np.stack([1.0 - pred, pred]).astype(np.float16)
+        save_probabilities(paths.validation_probabilities("2d", i, case), probs, geo)
+    split = [{"train": [c for c in cases if c != v], "val": [v]} for v in cases]
+    paths.splits_json.write_text(json.dumps(split))
+    summary = evaluate_dataset(paths, workers=1, quiet=True)
+    assert summary.candidate_names == ["2d"]
+    row = read_cases_csv(paths.evaluation_cases_csv)[0]
+    assert row.ref_volume_mm3 == pytest.approx(48 * 0.25)
+    assert row.dice == pytest.approx(2 * 40 / 96)
+    assert row.hd95_mm == pytest.approx(0.5)
+    assert select_dataset(paths, workers=1, quiet=True).candidate == "2d"
