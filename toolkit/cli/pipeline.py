@@ -1,0 +1,89 @@
+"""``run-all`` and ``status``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from toolkit.cli.common import DeviceOption, QuietOption, WorkersOption, WorkspaceOption, parse_int_list, parse_str_list
+from toolkit.pipeline.presets import PRESETS
+from toolkit.workspace import DatasetPaths
+
+_PRESETS_HELP = "; ".join(f"**{p.name}**: {p.description}" for p in PRESETS.values())
+
+
+def run_all(
+    dataset: str = typer.Argument(..., help="Dataset name in the workspace (after `toolkit convert`), or its folder."),
+    configs: str = typer.Option(None, "--configs", help="Comma-separated configurations to train, e.g. 2d,3d_fullres. Default: the preset's (paper: every planned one)."),
+    folds: str = typer.Option(None, "--folds", help="Comma-separated folds, e.g. 0,1. Default: 0,1,2,3,4."),
+    preset: str = typer.Option("paper", "--preset", help=f"Budget. {_PRESETS_HELP}."),
+    epochs: int = typer.Option(None, "--epochs", min=1, help="Epochs per model (overrides the preset)."),
+    iters_per_epoch: int = typer.Option(None, "--iters-per-epoch", min=1, help="Training iterations per epoch (overrides the preset)."),
+    val_iters: int = typer.Option(None, "--val-iters", min=1, help="Validation iterations per epoch (overrides the preset)."),
+    device: str = DeviceOption,
+    executor: str = typer.Option("local", "--executor", help="local: one training at a time per device; ray: trainings as Ray tasks (pip install 'toolkit[ray]')."),
+    ray_address: str = typer.Option(None, "--ray-address", help="Address of an existing Ray cluster (e.g. 10.0.0.5:6379); default: start a local Ray instance."),
+    workers: int = WorkersOption,
+    seed: int = typer.Option(0, "--seed", help="Seed of the trainings."),
+    workspace: Path = WorkspaceOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Run the whole method: verify, fingerprint, plan, preprocess, train every configuration and
+    fold, evaluate with bootstrap intervals, select the best candidate and its postprocessing.
+
+    Resumable: run it again after an interruption and it skips what is complete and valid,
+    resumes trainings from their checkpoints and redoes what changed.
+
+    Example: `toolkit run-all Task04_Hippocampus --preset quick`
+    """
+    from toolkit.pipeline.runner import RunOptions, run_all as run
+    from toolkit.pipeline.status import dataset_status, render
+    from toolkit.progress import info
+
+    paths = DatasetPaths.open(workspace, dataset)
+    fold_list = parse_int_list(folds, "--folds")
+    config_list = parse_str_list(configs)
+    options = RunOptions(
+        preset=preset,
+        configs=tuple(config_list) if config_list else None,
+        folds=tuple(fold_list) if fold_list else None,
+        epochs=epochs,
+        iters_per_epoch=iters_per_epoch,
+        val_iters=val_iters,
+        device=device,
+        executor=executor,
+        ray_address=ray_address,
+        workers=workers,
+        seed=seed,
+        quiet=quiet,
+    )
+    summary = run(paths, options)
+    info(
+        f"run-all finished in {summary.seconds:.0f} s: {len(summary.ran)} stage(s) run, "
+        f"{len(summary.skipped)} already complete; chosen: {summary.selection}"
+    )
+    if not quiet:
+        render(dataset_status(paths))
+        info(f"report: {paths.evaluation / 'report.md'}   selection: {paths.selection_json}")
+
+
+def status(
+    dataset: str = typer.Argument(..., help="Dataset name in the workspace, or its folder."),
+    workspace: Path = WorkspaceOption,
+) -> None:
+    """Show the stages and trainings of a dataset: state, epoch, best pseudo-Dice, time spent and
+    left, and the chosen candidate once selected.
+
+    Example: `toolkit status Task04_Hippocampus`
+    """
+    from toolkit.pipeline.status import dataset_status, render
+
+    paths = DatasetPaths.open(workspace, dataset)
+    paths.require_raw()
+    render(dataset_status(paths))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run-all")(run_all)
+    app.command("status")(status)

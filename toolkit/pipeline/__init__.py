@@ -1,0 +1,1 @@
+"""``run-all``: the stage graph, completion records, executors and the status view."""

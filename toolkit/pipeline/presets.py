@@ -1,0 +1,36 @@
+"""Budget presets of ``run-all``: the method's full budget, and small ones for CPUs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from toolkit.errors import ToolkitError
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    plan_preset: str  # planning preset (`toolkit plan --preset`)
+    epochs: int
+    iters_per_epoch: int
+    val_iters: int
+    folds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    configs: tuple[str, ...] | None = None  # None: every configuration of the plan
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("paper", "the method's full budget: 1000 epochs x 250 iterations per model (GPU hours)", "default", 1000, 250, 50),
+        Preset("quick", "a CPU run of a small task in well under an hour: small plans, 10 x 25 iterations", "cpu", 10, 25, 5),
+        Preset("smoke", "a few minutes on a CPU: small plans, 2 x 4 iterations, 2d and 3d_fullres", "cpu", 2, 4, 2, configs=("2d", "3d_fullres")),
+    )
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ToolkitError(f"--preset must be one of {', '.join(PRESETS)}, not {name!r}") from None

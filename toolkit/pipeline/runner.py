@@ -1,0 +1,318 @@
+"""``run-all``: every stage of the method in order, skipping what is complete and valid.
+
+verify -> fingerprint -> plan -> preprocess (per data identifier) -> train (per configuration
+and fold; the cascade after its low-res fold) -> evaluate (+ bootstrap) -> select
+(+ postprocessing).
+
+Each stage's key is a digest of what it is computed from: the raw files' names, sizes and
+times; the fingerprint file; the planning options; the configuration's part of the plan;
+the training budget and seed; the keys of the stages before it. A re-run recomputes the
+keys and redoes exactly the stages whose key changed (and, through the keys, everything
+downstream of them). A training that was interrupted resumes from its latest checkpoint
+when it was started with the same key; one started with another key (a changed plan) is
+thrown away and trained again.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from toolkit.errors import ToolkitError
+from toolkit.io.atomic import write_json
+from toolkit.pipeline import records
+from toolkit.pipeline.presets import Preset, get_preset
+from toolkit.planning.plans import Plans
+from toolkit.progress import info
+from toolkit.workspace import CHECKPOINT_FINAL, CHECKPOINT_LATEST, DatasetPaths
+
+CASCADE = "3d_cascade_fullres"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    preset: str = "paper"
+    configs: tuple[str, ...] | None = None  # None: the preset's, else every planned one
+    folds: tuple[int, ...] | None = None  # None: the preset's (all five)
+    epochs: int | None = None
+    iters_per_epoch: int | None = None
+    val_iters: int | None = None
+    device: str = "auto"
+    executor: str = "local"  # local | ray
+    ray_address: str | None = None
+    workers: int | None = None
+    seed: int = 0
+    quiet: bool = False
+
+    def check(self) -> RunOptions:
+        get_preset(self.preset)
+        if self.executor not in ("local", "ray"):
+            raise ToolkitError(f"--executor must be local or ray, not {self.executor!r}")
+        if self.ray_address and self.executor != "ray":
+            raise ToolkitError("--ray-address needs --executor ray")
+        for name in ("epochs", "iters_per_epoch", "val_iters", "workers"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ToolkitError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+        if self.folds is not None and (not self.folds or any(f < 0 or f > 4 for f in self.folds)):
+            raise ToolkitError(f"--folds must be fold numbers between 0 and 4, not {list(self.folds)}")
+        return self
+
+
+@dataclass(frozen=True)
+class TrainTask:
+    """One (configuration, fold) training, with everything a worker needs to run it."""
+
+    dataset_root: str
+    configuration: str
+    fold: int
+    key: str
+    epochs: int
+    iters_per_epoch: int
+    val_iters: int
+    seed: int
+    device: str
+    quiet: bool
+    after: tuple[str, ...] = ()  # stages that must finish first (the cascade's low-res fold)
+
+    @property
+    def stage(self) -> str:
+        return train_stage(self.configuration, self.fold)
+
+
+@dataclass
+class RunSummary:
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    selection: str | None = None
+
+
+def train_stage(configuration: str, fold: int) -> str:
+    return f"train:{configuration}:{fold}"
+
+
+def preprocess_stage(data_identifier: str) -> str:
+    return f"preprocess:{data_identifier}"
+
+
+def selected_configurations(plans: Plans, options: RunOptions, preset: Preset) -> list[str]:
+    """The configurations to train, in plan order; the cascade brings its low-res stage."""
+    wanted = options.configs or preset.configs
+    if wanted is None:
+        return list(plans.configurations)
+    if options.configs:
+        for name in options.configs:
+            plans.configuration(name)  # an unknown name is an error the user sees
+    chosen = [c for c in wanted if c in plans.configurations]
+    for name in list(chosen):
+        previous = plans.configurations[name].previous_stage
+        if previous and previous not in chosen:
+            chosen.append(previous)
+    if not chosen:
+        raise ToolkitError(
+            f"none of the configurations {list(wanted)} is in the plans (planned: {', '.join(plans.configurations)})"
+        )
+    return [c for c in plans.configurations if c in chosen]
+
+
+class Stages:
+    """Runs one dataset's stages; knows their keys and records."""
+
+    def __init__(self, paths: DatasetPaths, options: RunOptions):
+        self.paths = paths
+        self.options = options.check()
+        self.preset = get_preset(options.preset)
+        self.summary = RunSummary()
+
+    # one stage ----------------------------------------------------------------------------
+    def stage(self, name: str, key: str, work: Callable[[], object], details: Callable[[], dict] | None = None) -> bool:
+        """Run ``work`` unless the stage is complete with ``key``; True when it ran."""
+        if records.is_valid(self.paths, name, key):
+            self.summary.skipped.append(name)
+            return False
+        if not self.options.quiet:
+            info(f"[bold cyan]{name}[/]")
+        started = time.time()
+        records.mark_started(self.paths, name, key)
+        work()
+        records.write_record(self.paths, name, key, started, details() if details else None)
+        self.summary.ran.append(name)
+        return True
+
+    # keys ---------------------------------------------------------------------------------
+    def raw_key(self) -> str:
+        return records.digest(
+            records.file_digest(self.paths.dataset_json),
+            records.tree_stat_digest(self.paths.images_tr),
+            records.tree_stat_digest(self.paths.labels_tr),
+        )
+
+    def planner_options(self):
+        from toolkit.planning.planner import preset as planner_preset
+
+        return planner_preset(self.preset.plan_preset)
+
+    def schedule(self) -> tuple[int, int, int]:
+        p = self.preset
+        o = self.options
+        return (o.epochs or p.epochs, o.iters_per_epoch or p.iters_per_epoch, o.val_iters or p.val_iters)
+
+    def folds(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.options.folds or self.preset.folds)))
+
+    # the run ------------------------------------------------------------------------------
+    def run(self) -> RunSummary:
+        from toolkit.evaluation.stages import EvaluationOptions, evaluate_dataset, select_dataset
+        from toolkit.fingerprint import extract_fingerprint
+        from toolkit.io.verify import require_valid
+        from toolkit.planning.stage import load_plans, plan_dataset
+        from toolkit.preprocessing.pipeline import source_record
+        from toolkit.preprocessing.runner import preprocess_dataset
+
+        start = time.time()
+        paths, o = self.paths, self.options
+        paths.require_raw()
+        raw_key = self.raw_key()
+        self.stage("verify", raw_key, lambda: require_valid(paths, o.workers, quiet=o.quiet))
+        fingerprint_key = records.digest("fingerprint", raw_key)
+        self.stage("fingerprint", fingerprint_key, lambda: extract_fingerprint(paths, o.workers, quiet=o.quiet))
+        planner_options = self.planner_options()
+        plan_key = records.digest("plan", records.file_digest(paths.fingerprint_json), asdict(planner_options))
+        self.stage("plan", plan_key, lambda: plan_dataset(paths, planner_options))
+        plans = load_plans(paths)
+        configs = selected_configurations(plans, o, self.preset)
+        epochs, iters, val_iters = self.schedule()
+        write_json(
+            paths.pipeline / "run.json",
+            {
+                "preset": o.preset,
+                "configurations": configs,
+                "folds": list(self.folds()),
+                "epochs": epochs,
+                "iters_per_epoch": iters,
+                "val_iters": val_iters,
+                "executor": o.executor,
+                "started_at": start,
+            },
+        )
+
+        preprocess_keys: dict[str, str] = {}
+        for name in configs:
+            configuration = plans.configuration(name)
+            data_id = configuration.data_identifier
+            if data_id in preprocess_keys:
+                continue
+            key = records.digest("preprocess", source_record(plans, configuration)["hash"], raw_key)
+            preprocess_keys[data_id] = key
+            self.stage(
+                preprocess_stage(data_id),
+                key,
+                lambda name=name: preprocess_dataset(paths, [name], o.workers, quiet=o.quiet),
+            )
+
+        tasks = self.training_tasks(plans, configs, preprocess_keys)
+        pending = [t for t in tasks if not records.is_valid(paths, t.stage, t.key)]
+        self.summary.skipped += [t.stage for t in tasks if t not in pending]
+        if pending:
+            executor = make_executor(o)
+            executor.run(pending)
+            self.summary.ran += [t.stage for t in pending]
+
+        folds = self.folds()
+        evaluate_key = records.digest("evaluate", sorted(t.key for t in tasks), list(folds), configs)
+        self.stage(
+            "evaluate",
+            evaluate_key,
+            lambda: evaluate_dataset(
+                paths,
+                EvaluationOptions(folds=list(folds), configurations=list(configs)),
+                o.workers,
+                quiet=o.quiet,
+            ),
+        )
+        select_key = records.digest("select", evaluate_key)
+        self.stage("select", select_key, lambda: select_dataset(paths, o.workers, quiet=o.quiet))
+        from toolkit.evaluation.selection import Selection
+
+        self.summary.selection = Selection.load(paths.selection_json).candidate
+        self.summary.seconds = time.time() - start
+        return self.summary
+
+    def training_tasks(self, plans: Plans, configs: list[str], preprocess_keys: dict[str, str]) -> list[TrainTask]:
+        from toolkit.training.checkpoint import plans_configuration_dict
+
+        epochs, iters, val_iters = self.schedule()
+        o = self.options
+        keys: dict[tuple[str, int], str] = {}
+        tasks = []
+        # first stages before the stages that read their predictions
+        ordered = sorted(configs, key=lambda c: plans.configurations[c].previous_stage is not None)
+        for name in ordered:
+            configuration = plans.configuration(name)
+            for fold in self.folds():
+                after: tuple[str, ...] = ()
+                upstream = ""
+                if configuration.previous_stage:
+                    after = (train_stage(configuration.previous_stage, fold),)
+                    upstream = keys[(configuration.previous_stage, fold)]
+                key = records.digest(
+                    "train",
+                    plans_configuration_dict(configuration),
+                    preprocess_keys[configuration.data_identifier],
+                    [epochs, iters, val_iters, o.seed],
+                    upstream,
+                )
+                keys[(name, fold)] = key
+                tasks.append(
+                    TrainTask(str(self.paths.root), name, fold, key, epochs, iters, val_iters, o.seed, o.device, o.quiet, after)
+                )
+        return tasks
+
+
+def run_training_task(task: TrainTask) -> str:
+    """Train one fold (resuming it when it was started with the same key); record completion."""
+    from toolkit.training.job import TrainOptions
+    from toolkit.training.schedule import Schedule
+    from toolkit.training.trainer import train_fold
+
+    paths = DatasetPaths(Path(task.dataset_root))
+    if records.is_valid(paths, task.stage, task.key):
+        return task.stage
+    fold_dir = paths.fold_dir(task.configuration, task.fold)
+    previous_key = records.mark_started(paths, task.stage, task.key)
+    has_checkpoint = (fold_dir / CHECKPOINT_LATEST).is_file() or (fold_dir / CHECKPOINT_FINAL).is_file()
+    if has_checkpoint and previous_key is not None and previous_key != task.key:
+        # this pipeline trained the fold from other inputs (a changed plan): start again
+        shutil.rmtree(fold_dir)
+        has_checkpoint = False
+    started = time.time()
+    options = TrainOptions(
+        schedule=Schedule(epochs=task.epochs, iterations_per_epoch=task.iters_per_epoch, validation_iterations=task.val_iters),
+        device=task.device,
+        resume=has_checkpoint,
+        seed=task.seed,
+        quiet=task.quiet,
+    )
+    train_fold(paths, task.configuration, task.fold, options)
+    records.write_record(paths, task.stage, task.key, started)
+    return task.stage
+
+
+def make_executor(options: RunOptions):
+    from toolkit.pipeline.executors import LocalExecutor, RayExecutor
+
+    if options.executor == "ray":
+        return RayExecutor(options.ray_address, options.device)
+    return LocalExecutor()
+
+
+def run_all(paths: DatasetPaths, options: RunOptions) -> RunSummary:
+    return Stages(paths, options).run()
+
+
+def with_overrides(options: RunOptions, **changes) -> RunOptions:
+    return replace(options, **{k: v for k, v in changes.items() if v is not None})
