@@ -85,11 +85,15 @@ def evaluate(
     from toolkit.evaluation.tables import load_evaluation
 
     _, bootstrap = load_evaluation(paths)
-    chosen = bootstrap.candidate(summary.chosen)
+    for b in sorted(bootstrap.candidates, key=lambda c: -c.mean_dice):
+        mark = "*" if b.name == summary.chosen else " "
+        info(
+            f"{mark} {b.name:<32} mean foreground Dice {b.mean_dice:.4f} "
+            f"[{b.interval.low:.4f}, {b.interval.high:.4f}]  chosen in {b.rank_first_frequency:6.1%}"
+        )
     info(
-        f"best: {summary.chosen}, mean foreground Dice {chosen.mean_dice:.4f} "
-        f"[{chosen.interval.low:.4f}, {chosen.interval.high:.4f}], chosen in "
-        f"{chosen.rank_first_frequency:.1%} of {bootstrap.samples} virtual validation sets"
+        f"best: {summary.chosen} (* above; {bootstrap.samples} virtual validation sets, "
+        f"{bootstrap.confidence:.0%} intervals)"
     )
     info(f"report: {paths.evaluation_report}")
 
