@@ -78,25 +78,20 @@ def tiny_plans(patch=(16, 16, 16), batch_size=2, cascade=False) -> Plans:
     )
 
 
-def write_case(folder, case, image, seg, raw_labels=None):
-    geometry = Geometry(
-        (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()), tuple(image.shape[1:][::-1])
-    )
+def write_case(folder, case, image, seg, raw_labels=None, original_shape=None):
+    """A preprocessed case; ``original_shape`` when it was resampled from another grid."""
+    original = [int(v) for v in (original_shape or image.shape[1:])]
+    geometry = Geometry((1.0,) * 3, (0.0,) * 3, tuple(np.eye(3).ravel()), tuple(original[::-1]))
     if raw_labels is not None:
         write_image(raw_labels / f"{case}.nii.gz", seg[0].astype(np.uint8), geometry)
     locations = {str(v): np.argwhere(seg[0] == v)[:50].tolist() for v in (1, 2)}
     props = CaseProperties(
         case=case,
-        geometry={
-            "spacing": [1.0] * 3,
-            "origin": [0.0] * 3,
-            "direction": list(np.eye(3).ravel()),
-            "size": list(image.shape[1:][::-1]),
-        },
+        geometry=geometry.to_dict(),
         spacing=[1.0] * 3,
-        shape_before_cropping=list(image.shape[1:]),
-        crop_bbox=[[0, s] for s in image.shape[1:]],
-        shape_after_cropping=list(image.shape[1:]),
+        shape_before_cropping=original,
+        crop_bbox=[[0, s] for s in original],
+        shape_after_cropping=original,
         shape_after_resampling=list(image.shape[1:]),
         class_locations=locations,
     )

@@ -250,7 +250,13 @@ def test_cascade_trains_on_out_of_fold_low_resolution_predictions(tiny_dataset):
     rng = np.random.default_rng(1)
     for i in range(10):
         image, seg = blob_case(rng, shape=(14, 16, 16))
-        write_case(tiny_dataset.preprocessed_dir("3d_lowres"), f"case_{i:02d}", image, seg)
+        write_case(
+            tiny_dataset.preprocessed_dir("3d_lowres"),
+            f"case_{i:02d}",
+            image,
+            seg,
+            original_shape=(20, 24, 24),
+        )
     one = options(schedule=Schedule(1, 1, 1), validate=True)
     for fold in range(5):
         trainer.train_fold(tiny_dataset, "3d_lowres", fold, one)
