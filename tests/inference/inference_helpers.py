@@ -11,8 +11,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from toolkit.io.images import Geometry, write_image
+from toolkit.nets.unet import build_network
+from toolkit.planning.plans import Architecture, Configuration, Normalization, Plans
 
 LABELS = {"background": 0, "organ": 1, "lesion": 2}
 FLIPPED_DIRECTION = (-1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0)  # x flipped, y and z swapped
@@ -71,3 +74,85 @@ def write_raw_dataset(
     }
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
     return folder
+
+
+def make_plans(
+    spatial_dims: int = 3,
+    patch=(16, 32, 32),
+    target_spacing=(2.5, 0.9, 0.8),
+    transpose_forward=(0, 1, 2),
+    features=(4, 8, 16),
+    channels: int = 1,
+    cascade: bool = False,
+) -> Plans:
+    """A small plan: ``3d_fullres`` (or ``2d``), and with ``cascade`` a ``3d_lowres`` + ``3d_cascade_fullres``."""
+    n = len(features)
+    if spatial_dims == 3:
+        kernels = [[1, 3, 3]] + [[3, 3, 3]] * (n - 1)
+        strides = [[1, 1, 1], [1, 2, 2]] + [[2, 2, 2]] * (n - 2)
+    else:
+        kernels = [[3, 3]] * n
+        strides = [[1, 1]] + [[2, 2]] * (n - 1)
+    architecture = Architecture(list(features), kernels, strides, [2] * n, [2] * (n - 1))
+    norm = [Normalization("ct", False, 100.0, 50.0, -200.0, 300.0)] + [Normalization("zscore")] * (
+        channels - 1
+    )
+    transpose_backward = [int(i) for i in np.argsort(transpose_forward)]
+
+    def config(name, spacing, previous=None, next_stage=None, dims=spatial_dims, p=patch):
+        return Configuration(
+            name=name,
+            data_identifier=name,
+            spatial_dims=dims,
+            target_spacing=list(spacing),
+            median_shape=[20, 48, 40],
+            patch_size=list(p),
+            batch_size=2,
+            architecture=architecture,
+            normalization=norm,
+            previous_stage=previous,
+            next_stage=next_stage,
+        )
+
+    name = "3d_fullres" if spatial_dims == 3 else "2d"
+    configurations = {name: config(name, target_spacing)}
+    if cascade:
+        low = [s * 2 for s in target_spacing]
+        configurations["3d_lowres"] = config("3d_lowres", low, next_stage="3d_cascade_fullres")
+        configurations["3d_cascade_fullres"] = config(
+            "3d_cascade_fullres", target_spacing, previous="3d_lowres"
+        )
+    return Plans(
+        dataset_name="Synth",
+        channel_names={str(i): ("CT" if i == 0 else f"ch{i}") for i in range(channels)},
+        labels=dict(LABELS),
+        transpose_forward=list(transpose_forward),
+        transpose_backward=transpose_backward,
+        original_median_spacing=[2.5, 0.9, 0.8],
+        original_median_shape=[20, 48, 40],
+        configurations=configurations,
+    )
+
+
+def save_model_dir(
+    model_dir: Path, plans: Plans, configuration: str, folds=(0,), seed: int = 0
+) -> Path:
+    """A model folder as training writes it, with randomly initialised networks."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    plans.save(model_dir / "plans.json")
+    dataset = {
+        "channel_names": plans.channel_names,
+        "labels": plans.labels,
+        "numTraining": 8,
+        "file_ending": ".nii.gz",
+    }
+    (model_dir / "dataset.json").write_text(json.dumps(dataset))
+    for k in folds:
+        torch.manual_seed(seed + k)
+        network = build_network(plans, plans.configuration(configuration), deep_supervision=True)
+        (model_dir / f"fold_{k}").mkdir(exist_ok=True)
+        torch.save(
+            {"network": network.state_dict(), "configuration": configuration, "epoch": 1},
+            model_dir / f"fold_{k}" / "checkpoint_final.pt",
+        )
+    return model_dir

@@ -1,0 +1,204 @@
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from inference_helpers import FLIPPED_DIRECTION, make_case, make_plans, save_model_dir
+
+from toolkit.errors import ToolkitError
+from toolkit.inference.ensemble import load_probabilities
+from toolkit.inference.export import logits_to_original
+from toolkit.inference.predictor import Predictor, predict_with_ensemble
+from toolkit.io.images import Geometry, read_image, write_image
+from toolkit.preprocessing.pipeline import preprocess_case, revert_to_original
+
+
+def _geometry_of(path):
+    return Geometry.of(sitk.ReadImage(str(path)))
+
+
+def _assert_same_geometry(a: Geometry, b: Geometry):
+    assert a.size == b.size
+    assert np.allclose(a.spacing, b.spacing, rtol=0, atol=1e-6)
+    assert np.allclose(a.origin, b.origin, rtol=0, atol=1e-6)
+    assert np.allclose(a.direction, b.direction, rtol=0, atol=1e-9)
+
+
+@pytest.fixture
+def model_3d(tmp_path):
+    # target spacing differs from the images' so that both resampling directions are exercised
+    plans = make_plans(target_spacing=(3.0, 1.1, 1.0))
+    return save_model_dir(tmp_path / "models" / "3d_fullres", plans, "3d_fullres", folds=(0, 1))
+
+
+def test_output_geometry_equals_input_for_non_identity_direction_and_anisotropic_spacing(
+    tmp_path, model_3d
+):
+    image, _, geometry = make_case(1, shape=(13, 37, 29), spacing_zyx=(3.3, 0.7, 0.9))
+    assert geometry.direction == FLIPPED_DIRECTION
+    source = tmp_path / "in" / "case_0000.nii.gz"
+    write_image(source, image, geometry)
+    predictor = Predictor.from_model_dir(model_3d, device="cpu")
+    reports = predictor.predict_paths(source, tmp_path / "out", quiet=True)
+    assert [r.case for r in reports] == ["case"]
+    out = tmp_path / "out" / "case.nii.gz"
+    _assert_same_geometry(_geometry_of(out), _geometry_of(source))
+    labels, _ = read_image(out)
+    assert labels.shape == image.shape
+    assert set(np.unique(labels)) <= {0, 1, 2}
+
+
+@pytest.mark.parametrize("transpose", [(0, 1, 2), (2, 0, 1)])
+def test_probabilities_are_saved_with_their_geometry(tmp_path, transpose):
+    plans = make_plans(
+        transpose_forward=transpose, target_spacing=(1.0, 2.0, 1.5), patch=(16, 16, 16)
+    )
+    model = save_model_dir(tmp_path / "models" / "3d_fullres", plans, "3d_fullres")
+    image, _, geometry = make_case(0, shape=(14, 30, 22), spacing_zyx=(2.0, 1.0, 1.5))
+    source = tmp_path / "in" / "a.mha"
+    write_image(source, image, geometry)
+    Predictor.from_model_dir(model, device="cpu", use_mirroring=False).predict_paths(
+        source, tmp_path / "out", save_probabilities=True, quiet=True
+    )
+    saved = load_probabilities(tmp_path / "out" / "a.npz")
+    assert saved.probabilities.shape == (3, *image.shape)
+    assert np.allclose(saved.probabilities.sum(0), 1.0, atol=3e-3)  # float16 on disk
+    _assert_same_geometry(saved.geometry, geometry)
+    labels, _ = read_image(tmp_path / "out" / "a.mha")  # the input's format is kept
+    agree = labels == saved.probabilities.argmax(0)
+    assert agree.mean() > 0.999  # float16 rounding may flip exact ties
+
+
+def test_predict_case_returns_original_shape_and_probabilities(model_3d):
+    image, _, geometry = make_case(2)
+    predictor = Predictor.from_model_dir(model_3d, device="cpu", use_mirroring=False)
+    assert len(predictor.networks) == 2
+    prediction = predictor.predict_case(image[None], geometry)
+    assert prediction.labels.shape == image.shape and prediction.labels.dtype == np.uint8
+    assert prediction.probabilities.shape == (3, *image.shape)
+    assert np.allclose(prediction.probabilities.sum(0), 1.0, atol=1e-5)
+    assert np.array_equal(prediction.labels, prediction.probabilities.argmax(0))
+    without = predictor.predict_case(image[None], geometry, with_probabilities=False)
+    assert without.probabilities is None
+    assert np.array_equal(without.labels, prediction.labels)
+
+
+def test_predict_preprocessed_equals_predict_case(model_3d):
+    image, _, geometry = make_case(3)
+    predictor = Predictor.from_model_dir(model_3d, device="cpu", use_mirroring=False)
+    data, _, props = preprocess_case(
+        image[None], geometry, predictor.plans, predictor.configuration
+    )
+    a = predictor.predict_preprocessed(data, props)
+    b = predictor.predict_case(image[None], geometry)
+    assert np.array_equal(a.labels, b.labels)
+    assert np.allclose(a.probabilities, b.probabilities, atol=1e-6)
+
+
+def test_export_matches_the_preprocessing_inverse(tmp_path):
+    """Without resampling, our per-class export equals revert_to_original of the softmax."""
+    plans = make_plans(transpose_forward=(2, 0, 1), target_spacing=(0.8, 2.5, 0.9))
+    configuration = plans.configuration("3d_fullres")
+    image, _, geometry = make_case(4, shape=(12, 30, 26))
+    image[:, :3] = 0  # a border of zeros: the crop box is smaller than the image
+    image[:, :, -4:] = 0
+    data, _, props = preprocess_case(image[None], geometry, plans, configuration)
+    assert props.shape_after_cropping != props.shape_before_cropping
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, *data.shape[1:])).astype(np.float32)
+    labels, probabilities = logits_to_original(list(logits.copy()), props, plans, configuration)
+    softmax = torch.softmax(torch.from_numpy(logits), 0).numpy()
+    expected = revert_to_original(softmax, props, plans, configuration)
+    assert np.allclose(probabilities, expected, atol=1e-6)
+    assert np.array_equal(labels, expected.argmax(0))
+    labels_only, none = logits_to_original(
+        list(logits.copy()), props, plans, configuration, with_probabilities=False
+    )
+    assert none is None and np.array_equal(labels_only, labels)
+
+
+def test_folds_are_chosen_and_missing_ones_reported(model_3d):
+    assert len(Predictor.from_model_dir(model_3d, folds=[1], device="cpu").networks) == 1
+    with pytest.raises(ToolkitError, match="fold 3 has no checkpoint_final.pt"):
+        Predictor.from_model_dir(model_3d, folds=[3], device="cpu")
+    with pytest.raises(ToolkitError, match="not a model folder"):
+        Predictor.from_model_dir(model_3d.parent, device="cpu")
+
+
+def test_mirroring_axes_default_and_off(model_3d):
+    assert Predictor.from_model_dir(model_3d, device="cpu").mirror_axes == (0, 1, 2)
+    assert Predictor.from_model_dir(model_3d, device="cpu", use_mirroring=False).mirror_axes == ()
+
+
+def test_2d_configuration_predicts_a_volume_slice_by_slice(tmp_path):
+    plans = make_plans(spatial_dims=2, patch=(32, 32), features=(4, 8, 16))
+    model = save_model_dir(tmp_path / "models" / "2d", plans, "2d")
+    predictor = Predictor.from_model_dir(model, device="cpu")
+    assert predictor.mirror_axes == (1, 2) and predictor.patch_size == (1, 32, 32)
+    image, _, geometry = make_case(5, shape=(7, 40, 36))
+    prediction = predictor.predict_case(image[None], geometry)
+    assert prediction.labels.shape == image.shape
+
+
+def test_cascade_runs_the_low_resolution_stage_first(tmp_path):
+    plans = make_plans(cascade=True)
+    models = tmp_path / "Synth" / "models"
+    save_model_dir(models / "3d_lowres", plans, "3d_lowres")
+    save_model_dir(models / "3d_cascade_fullres", plans, "3d_cascade_fullres", seed=7)
+    predictor = Predictor.from_model_dir(
+        models / "3d_cascade_fullres", device="cpu", use_mirroring=False
+    )
+    assert (
+        predictor.previous_stage is not None
+        and predictor.previous_stage.configuration.name == "3d_lowres"
+    )
+    image, label, geometry = make_case(6)
+    counted = []
+    automatic = predictor.predict_case(image[None], geometry, on_windows=counted.append)
+    assert automatic.labels.shape == image.shape
+    assert sum(counted) == predictor.estimate_windows(image.shape, geometry)
+    # given the first stage's labels instead, the second stage uses them as its extra channels
+    given = predictor.predict_case(image[None], geometry, previous_stage=label)
+    empty = predictor.predict_case(image[None], geometry, previous_stage=np.zeros_like(label))
+    assert given.labels.shape == image.shape
+    assert not np.allclose(given.probabilities, empty.probabilities)
+
+
+def test_cascade_without_its_first_stage_says_so(tmp_path):
+    plans = make_plans(cascade=True)
+    model = save_model_dir(
+        tmp_path / "Synth" / "models" / "3d_cascade_fullres", plans, "3d_cascade_fullres"
+    )
+    with pytest.raises(ToolkitError, match="3d_lowres must be trained"):
+        Predictor.from_model_dir(model, device="cpu")
+
+
+def test_from_networks_for_validation(model_3d):
+    loaded = Predictor.from_model_dir(model_3d, device="cpu", use_mirroring=False)
+    again = Predictor.from_networks(
+        loaded.plans, "3d_fullres", loaded.networks, device="cpu", use_mirroring=False
+    )
+    image, _, geometry = make_case(7)
+    assert np.array_equal(
+        loaded.predict_case(image[None], geometry).labels,
+        again.predict_case(image[None], geometry).labels,
+    )
+
+
+def test_configuration_ensemble_averages_probabilities(tmp_path, model_3d):
+    image, _, geometry = make_case(8)
+    a = Predictor.from_model_dir(model_3d, folds=[0], device="cpu", use_mirroring=False)
+    b = Predictor.from_model_dir(model_3d, folds=[1], device="cpu", use_mirroring=False)
+    pa, pb = a.predict_case(image[None], geometry), b.predict_case(image[None], geometry)
+    both = predict_with_ensemble([a, b], image[None], geometry)
+    assert np.allclose(both.probabilities, (pa.probabilities + pb.probabilities) / 2, atol=1e-6)
+    assert np.array_equal(both.labels, both.probabilities.argmax(0))
+
+
+def test_damaged_checkpoint_is_a_one_line_error(model_3d):
+    (model_3d / "fold_0" / "checkpoint_final.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ToolkitError, match="cannot be loaded as a checkpoint"):
+        Predictor.from_model_dir(model_3d, folds=[0], device="cpu")
+    plans = json.loads((model_3d / "plans.json").read_text())
+    assert plans["format_version"] == 1

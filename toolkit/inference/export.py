@@ -1,0 +1,124 @@
+"""From logits on the preprocessed grid to a label map (and probabilities) on the input's grid.
+
+The way back mirrors :mod:`toolkit.preprocessing.pipeline` (and gives what its
+``revert_to_original`` gives): resample to the cropped shape (linearly, nearest along a coarse
+axis: ``Resampling.probability_order``), undo the axis transpose, paste into the uncropped
+extent (outside the crop box: background with probability 1). What is resampled is the
+logits; softmax comes after, so a voxel's class is the argmax of the resampled logits.
+
+Memory: one class at a time is resampled and its preprocessed-grid logits are released, so
+beside the input's-grid result only one class is ever held twice. Without probabilities,
+only a running maximum and the label map are kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableSequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from toolkit.inference.ensemble import save_probabilities
+from toolkit.inference.postprocessing import Postprocessing, apply_postprocessing
+from toolkit.io.images import Geometry, label_dtype, write_image
+from toolkit.planning.plans import Configuration, Plans
+from toolkit.preprocessing.pipeline import box_slices, case_target_spacing, transpose_spatial
+from toolkit.preprocessing.resampling import resample_probabilities
+from toolkit.preprocessing.storage import CaseProperties
+
+
+@dataclass
+class Prediction:
+    """One case's prediction on the input image's grid."""
+
+    labels: np.ndarray  # (z, y, x) uint8 (uint16 beyond 255 classes), the input's array shape
+    geometry: Geometry  # the input image's
+    probabilities: np.ndarray | None = None  # (num_classes, z, y, x) float32 softmax, or None
+
+    def postprocessed(self, postprocessing: Postprocessing | None) -> Prediction:
+        if postprocessing is None or postprocessing.is_identity:
+            return self
+        return Prediction(
+            apply_postprocessing(self.labels, postprocessing), self.geometry, self.probabilities
+        )
+
+    def save(self, label_path: str | Path, probabilities_path: str | Path | None = None) -> None:
+        """The label map with the input's exact geometry; the probabilities (float16 ``.npz``) if asked."""
+        if probabilities_path is not None:
+            if self.probabilities is None:
+                raise ValueError("this prediction was made without probabilities")
+            save_probabilities(probabilities_path, self.probabilities, self.geometry)
+        write_image(label_path, self.labels, self.geometry)
+
+
+def _as_numpy(array: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(array, torch.Tensor):
+        return array.detach().to("cpu", torch.float32).numpy()
+    return np.asarray(array, dtype=np.float32)
+
+
+def logits_to_original(
+    logits: MutableSequence[np.ndarray | torch.Tensor],
+    props: CaseProperties,
+    plans: Plans,
+    configuration: Configuration,
+    with_probabilities: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-class logits on the preprocessed grid -> (labels ``(z, y, x)``, probabilities ``(k, z, y, x)`` or None).
+
+    ``logits`` holds one spatial array per class and is emptied as it is consumed (entries
+    become ``None``) so that each class's memory is released once resampled.
+    """
+    k = len(logits)
+    grid = tuple(int(s) for s in props.shape_after_resampling)
+    spacing_t = [props.spacing[a] for a in plans.transpose_forward]
+    current = case_target_spacing(configuration, spacing_t)
+    shape_t = [props.shape_after_cropping[a] for a in plans.transpose_forward]
+    box = box_slices(props.crop_bbox)
+    dtype = label_dtype(k - 1)
+
+    def resampled(c: int) -> np.ndarray:
+        array = _as_numpy(logits[c])
+        logits[c] = None  # type: ignore[call-overload]
+        if tuple(array.shape) != grid:
+            raise ValueError(
+                f"logits of shape {array.shape} are not on the preprocessed grid {grid}"
+            )
+        return resample_probabilities(
+            array[None], shape_t, current, spacing_t, configuration.resampling
+        )[0]
+
+    labels = np.zeros(props.shape_before_cropping, dtype=dtype)
+    labels_t = transpose_spatial(labels[None][(slice(None), *box)], plans.transpose_forward)[0]
+    if not with_probabilities:
+        best = resampled(0)
+        for c in range(1, k):
+            values = resampled(c)
+            better = values > best
+            labels_t[better] = c
+            np.maximum(best, values, out=best)
+        return labels, None
+
+    probabilities = np.zeros((k, *props.shape_before_cropping), dtype=np.float32)
+    probabilities[0] = 1.0  # outside the crop box: background
+    inside = transpose_spatial(probabilities[(slice(None), *box)], plans.transpose_forward)
+    for c in range(k):
+        inside[c] = resampled(c)
+    _softmax_inplace(inside)
+    labels_t[...] = np.argmax(inside, axis=0)
+    return labels, probabilities
+
+
+def _softmax_inplace(values: np.ndarray) -> None:
+    """Softmax over axis 0, in place, one class at a time (no ``(k, ...)`` temporaries)."""
+    peak = values.max(axis=0)
+    total = np.zeros_like(peak)
+    for c in range(values.shape[0]):
+        channel = values[c]
+        channel -= peak
+        np.exp(channel, out=channel)
+        total += channel
+    for c in range(values.shape[0]):
+        values[c] /= total
