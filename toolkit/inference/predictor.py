@@ -629,40 +629,66 @@ class Predictor:
         postprocessing: Postprocessing | None = None,
         quiet: bool = False,
     ) -> list[CaseReport]:
-        """Predict a file or a folder (see :mod:`toolkit.inference.inputs`) into ``output``.
+        """Predict a file or a folder into ``output``: see :func:`predict_paths`."""
+        return predict_paths([self], input_path, output, save_probabilities, postprocessing, quiet)
 
-        ``output`` is a folder (``CASE<ending>`` per case, ``CASE.npz`` with probabilities), or
-        a file name when the input is one case.
-        """
-        cases = find_input_cases(input_path, self.num_input_channels)
-        targets = _output_paths(cases, Path(output))
-        reports = []
-        with progress_bar(quiet) as bar:
-            case_task = bar.add_task("cases", total=len(cases))
-            window_task = bar.add_task("windows", total=None)
-            for case, target in zip(cases, targets, strict=True):
-                start = time.perf_counter()
-                image, geometry = read_input_case(case, self.num_input_channels)
-                windows = self.estimate_windows(image.shape[1:], geometry)
-                bar.reset(window_task, total=windows, description=f"{case.case}")
-                counted = []
 
-                def advance(n: int, counted=counted) -> None:
-                    counted.append(n)
-                    bar.advance(window_task, n)
+def predict_paths(
+    predictors: Sequence[Predictor],
+    input_path: str | Path,
+    output: str | Path,
+    save_probabilities: bool = False,
+    postprocessing: Postprocessing | None = None,
+    quiet: bool = False,
+) -> list[CaseReport]:
+    """Predict a file or a folder (see :mod:`toolkit.inference.inputs`) into ``output``.
 
-                prediction = self.predict_case(
+    Several predictors (configurations) form an ensemble: their probabilities are averaged.
+    ``output`` is a folder (``CASE<ending>`` per case, ``CASE.npz`` with probabilities), or a
+    file name when the input is one case. Cases are read, predicted and written one at a
+    time.
+    """
+    if not predictors:
+        raise ValueError("predict_paths needs at least one predictor")
+    channels = {p.num_input_channels for p in predictors}
+    if len(channels) != 1:
+        raise ToolkitError(
+            f"the ensemble's models need different numbers of channels: {sorted(channels)}"
+        )
+    num_channels = channels.pop()
+    cases = find_input_cases(input_path, num_channels)
+    targets = _output_paths(cases, Path(output))
+    reports = []
+    with progress_bar(quiet) as bar:
+        case_task = bar.add_task("cases", total=len(cases))
+        window_task = bar.add_task("windows", total=None)
+        for case, target in zip(cases, targets, strict=True):
+            start = time.perf_counter()
+            image, geometry = read_input_case(case, num_channels)
+            windows = sum(p.estimate_windows(image.shape[1:], geometry) for p in predictors)
+            bar.reset(window_task, total=windows, description=case.case)
+            counted: list[int] = []
+
+            def advance(n: int, counted=counted) -> None:
+                counted.append(n)
+                bar.advance(window_task, n)
+
+            if len(predictors) == 1:
+                prediction = predictors[0].predict_case(
                     image, geometry, with_probabilities=save_probabilities, on_windows=advance
                 )
-                del image
-                prediction = prediction.postprocessed(postprocessing)
-                probabilities_path = _probabilities_path(target) if save_probabilities else None
-                prediction.save(target, probabilities_path)
-                reports.append(
-                    CaseReport(case.case, time.perf_counter() - start, sum(counted), target)
+            else:
+                prediction = predict_with_ensemble(
+                    predictors, image, geometry, save_probabilities, advance
                 )
-                bar.advance(case_task)
-        return reports
+            del image
+            prediction = prediction.postprocessed(postprocessing)
+            probabilities_path = _probabilities_path(target) if save_probabilities else None
+            prediction.save(target, probabilities_path)
+            del prediction
+            reports.append(CaseReport(case.case, time.perf_counter() - start, sum(counted), target))
+            bar.advance(case_task)
+    return reports
 
 
 def predict_with_ensemble(

@@ -1,0 +1,153 @@
+"""What ``toolkit predict`` and ``toolkit ensemble`` do, apart from parsing options.
+
+``predict`` takes its model from ``--model DIR`` (a model folder, ours or nnU-Net v2's), or
+from a dataset in the workspace: ``--config`` names one configuration or several (an
+ensemble, comma-separated); without it the dataset's ``selection.json`` decides
+(configurations, folds and postprocessing chosen by ``toolkit select``), and without a
+selection ``3d_fullres`` (else ``2d``) is used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolkit.errors import MissingStageError, ToolkitError
+from toolkit.inference.ensemble import ensemble_folders
+from toolkit.inference.postprocessing import Postprocessing
+from toolkit.inference.predictor import CaseReport, Predictor, predict_paths, summarize
+from toolkit.progress import info
+from toolkit.workspace import FILE_ENDING, MODEL_PLANS, DatasetPaths
+
+DEFAULT_CONFIGURATIONS = ("3d_fullres", "2d")
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    folds: list[int] | None = None
+    checkpoint: str = "final"
+    device: str = "auto"
+    use_mirroring: bool = True
+    step_size: float = 0.5
+    precision: str = "auto"
+    save_probabilities: bool = False
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    model_dirs: list[Path]
+    folds: list[int] | None
+    postprocessing: Postprocessing | None
+    origin: str  # said to the user: where the choice came from
+
+
+def choose_models(
+    paths: DatasetPaths, configurations: list[str] | None, folds: list[int] | None
+) -> ModelChoice:
+    """The model folders of a dataset to predict with (see the module's docstring)."""
+    if configurations:
+        dirs = [paths.model_dir(c) for c in configurations]
+        origin = f"configuration{'s' if len(dirs) > 1 else ''} {', '.join(configurations)}"
+        postprocessing = None
+    elif paths.selection_json.is_file():
+        from toolkit.evaluation.selection import Selection
+
+        selection = Selection.load(paths.selection_json)
+        dirs = [paths.model_dir(c) for c in selection.configurations]
+        folds = folds if folds is not None else list(selection.folds)
+        postprocessing = selection.postprocessing
+        origin = f"selection.json ({selection.candidate})"
+    else:
+        trained = [
+            c for c in DEFAULT_CONFIGURATIONS if (paths.model_dir(c) / MODEL_PLANS).is_file()
+        ]
+        if not trained:
+            raise MissingStageError(
+                paths.model_dir(DEFAULT_CONFIGURATIONS[0]),
+                f"toolkit train {paths.name} 3d_fullres FOLD",
+            )
+        dirs = [paths.model_dir(trained[0])]
+        postprocessing = None
+        origin = f"configuration {trained[0]} (no selection.json)"
+    for d in dirs:
+        if not (d / MODEL_PLANS).is_file():
+            raise MissingStageError(d, f"toolkit train {paths.name} {d.name} FOLD")
+    return ModelChoice(dirs, folds, postprocessing, origin)
+
+
+def load_predictors(
+    model_dirs: list[Path], options: PredictOptions, folds: list[int] | None
+) -> list[Predictor]:
+    return [
+        Predictor.from_model_dir(
+            d,
+            folds=folds,
+            checkpoint=options.checkpoint,
+            device=options.device,
+            use_mirroring=options.use_mirroring,
+            step_size=options.step_size,
+            precision=options.precision,
+        )
+        for d in model_dirs
+    ]
+
+
+def run_predict(
+    input_path: Path,
+    output: Path,
+    options: PredictOptions,
+    model: Path | None = None,
+    dataset: str | None = None,
+    workspace: Path | None = None,
+    configurations: list[str] | None = None,
+    postprocess: Path | None = None,
+) -> list[CaseReport]:
+    if (model is None) == (dataset is None):
+        raise ToolkitError("give either --model DIR or --dataset NAME")
+    if model is not None and configurations:
+        raise ToolkitError("--config goes with --dataset; a --model folder holds one configuration")
+    if model is not None:
+        predictors = load_predictors([model], options, options.folds)
+        postprocessing = None
+        origin = str(model)
+    else:
+        assert dataset is not None
+        choice = choose_models(DatasetPaths.open(workspace, dataset), configurations, options.folds)
+        predictors = load_predictors(choice.model_dirs, options, choice.folds)
+        postprocessing = choice.postprocessing
+        origin = choice.origin
+    if postprocess is not None:
+        postprocessing = Postprocessing.load(postprocess)
+    if not options.quiet:
+        for p in predictors:
+            info(f"model: {origin}: {p.describe()}")
+        if postprocessing is not None and not postprocessing.is_identity:
+            info(f"postprocessing: {postprocessing.to_dict()}")
+    reports = predict_paths(
+        predictors, input_path, output, options.save_probabilities, postprocessing, options.quiet
+    )
+    if not options.quiet:
+        summarize(reports)
+    return reports
+
+
+def run_ensemble(
+    inputs: list[Path],
+    output: Path,
+    postprocess: Path | None = None,
+    save_probabilities: bool = False,
+    file_ending: str = FILE_ENDING,
+    quiet: bool = False,
+) -> list[Path]:
+    postprocessing = Postprocessing.load(postprocess) if postprocess is not None else None
+    if not file_ending.startswith("."):
+        raise ToolkitError(
+            f"--file-ending must start with a dot, like .nii.gz, not {file_ending!r}"
+        )
+    written = ensemble_folders(
+        inputs, output, file_ending, postprocessing, save_probabilities, quiet
+    )
+    if not quiet:
+        info(f"ensembled {len(written)} case(s) from {len(inputs)} folders into {output}")
+    return written
