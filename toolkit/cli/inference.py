@@ -125,7 +125,10 @@ def ensemble(
         show_default=False,
     ),
     more_inputs: list[Path] | None = typer.Argument(
-        None, help="More folders (so that `-i DIR1 DIR2 DIR3` works).", show_default=False
+        None,
+        metavar="DIR...",
+        help="More folders (so that `-i DIR1 DIR2 DIR3` works).",
+        show_default=False,
     ),
     output: Path = typer.Option(
         ..., "--output", "-o", help="Folder for the ensembled label maps.", show_default=False
