@@ -283,7 +283,11 @@ def run_training_task(task: TrainTask) -> str:
     if records.is_valid(paths, task.stage, task.key):
         return task.stage
     fold_dir = paths.fold_dir(task.configuration, task.fold)
+    finished_before = records.read_record(paths, task.stage)
     previous_key = records.mark_started(paths, task.stage, task.key)
+    if finished_before is not None:
+        previous_key = finished_before.key
+        records.invalidate(paths, task.stage)
     has_checkpoint = (fold_dir / CHECKPOINT_LATEST).is_file() or (fold_dir / CHECKPOINT_FINAL).is_file()
     if has_checkpoint and previous_key is not None and previous_key != task.key:
         # this pipeline trained the fold from other inputs (a changed plan): start again
