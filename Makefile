@@ -23,7 +23,13 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/toolkit demo-data $(DEMO_DIR)/source --task mr --cases 12 --force
 	$(BIN)/toolkit convert $(DEMO_DIR)/source/Task901_SynthMR --workspace $(DEMO_DIR)/workspace --force
-	@echo "demo: converted dataset in $(DEMO_DIR)/workspace/Task901_SynthMR"
+	$(BIN)/toolkit run-all Task901_SynthMR --workspace $(DEMO_DIR)/workspace --preset smoke
+	@echo
+	@echo "demo finished:"
+	@echo "  dataset:    $(DEMO_DIR)/workspace/Task901_SynthMR"
+	@echo "  report:     $(DEMO_DIR)/workspace/Task901_SynthMR/evaluation/report.md"
+	@echo "  selection:  $(DEMO_DIR)/workspace/Task901_SynthMR/selection.json"
+	@echo "  status:     $(BIN)/toolkit status Task901_SynthMR --workspace $(DEMO_DIR)/workspace"
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
