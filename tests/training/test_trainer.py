@@ -267,3 +267,37 @@ def test_cascade_trains_on_out_of_fold_low_resolution_predictions(tiny_dataset):
     final = load_checkpoint(tiny_dataset.fold_dir("3d_cascade_fullres", 0) / CHECKPOINT_FINAL)
     assert final["network"]["encoder.0.0.conv.weight"].shape[1] == 1 + 2  # image + one-hot classes
     assert tiny_dataset.validation_summary("3d_cascade_fullres", 0).is_file()
+
+
+# CUDA (runs where a GPU is present) ---------------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@needs_cuda
+def test_cuda_training_in_mixed_precision_with_validation(tiny_dataset):
+    trainer.train_fold(tiny_dataset, "3d_fullres", 0, options(device="cuda", validate=True))
+    final = load_checkpoint(tiny_dataset.fold_dir("3d_fullres", 0) / CHECKPOINT_FINAL)
+    assert final["grad_scaler"] is not None and all(
+        np.isfinite(r["train_loss"]) for r in final["history"]
+    )
+    assert all(v.device.type == "cpu" for v in final["network"].values())
+    assert tiny_dataset.validation_summary("3d_fullres", 0).is_file()
+
+
+@needs_cuda
+def test_augmentation_on_cuda_matches_the_cpu():
+    from toolkit.training import augmentation as A
+    from toolkit.training.spatial import spatial_rules
+
+    rules = spatial_rules((12, 14, 16))
+    aug = A.Augmenter(rules)
+    aug.transforms = [t for t in aug.transforms if t.name != "noise"]  # device generators differ
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand((6, 2, *rules.crop_size), generator=g)
+    labels = torch.randint(-1, 3, (6, 1, *rules.crop_size), generator=g, dtype=torch.int16)
+    params = aug.sample(np.random.SeedSequence(4), 6, 2)
+    cpu = aug.apply(A.Batch(image.clone(), labels.clone()), params)
+    gpu = aug.apply(A.Batch(image.cuda(), labels.cuda()), params)
+    assert torch.allclose(cpu.image, gpu.image.cpu(), atol=1e-3)
+    assert (cpu.labels == gpu.labels.cpu()).float().mean() > 0.999

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -144,8 +145,8 @@ def spawn(world_size: int, fn: Callable[..., Any], args: tuple) -> None:
             start_method="spawn",
         )
     except mp.ProcessRaisedException as exc:
-        text = str(exc)
-        marker = "toolkit.errors.ToolkitError: "
-        if marker in text:
-            raise ToolkitError(text.rsplit(marker, 1)[1].strip()) from None
+        # the worker's traceback as text; its last line names a user error's class
+        found = re.findall(r"^toolkit\.errors\.\w+: (.+)$", str(exc), flags=re.MULTILINE)
+        if found:
+            raise ToolkitError(found[-1].strip()) from None
         raise

@@ -1,0 +1,384 @@
+"""Training iterations per second, ours vs nnU-Net v2, on the same plan: ``python -m bench.train``.
+
+Both tools train the same network (nnU-Net v2's plan of the synthetic MR task, converted to
+ours with :func:`toolkit.nets.nnunet_v2.convert_plans`: same patch, batch size, topology,
+features) on the same cases, each with its own preprocessing and data pipeline. Measured
+per iteration after a warm-up: the time the loop waits for its batch, and the step
+(forward, loss, backward, optimiser, loss back on the CPU). Ours also reports where a
+batch's preparation goes (sampling crops from the memory maps, moving to the device and
+augmenting there; done in a background thread, so it only costs the loop what it waits).
+Peak memory: resident set of the process, and on CUDA the largest GPU allocation.
+
+    python -m bench.train                          # CPU, this machine
+    python -m bench.train --device cuda            # GPU (see --help for a machine without internet)
+    python -m bench.train --prepare-only           # data and plans only (to carry elsewhere)
+
+The reference runs in its own venv (``bench/.venv-nnunet``, made by the harness), or with
+``--nnunet-python`` (e.g. a GPU machine's python with nnU-Net's wheels installed).
+Writes ``bench/results/train_<device>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from bench.harness import (
+    WORK,
+    NnunetFolders,
+    ensure_nnunet,
+    log,
+    machine,
+    markdown_table,
+    measure,
+    write_results,
+)
+
+DATASET_ID = 990
+TASK = "Task901_SynthMR"
+CONFIGURATION = "3d_fullres"
+
+
+def work_dir() -> Path:
+    return WORK / "train"
+
+
+def prepare(cases: int, nnunet_python: Path) -> tuple[Path, NnunetFolders]:
+    """Synthetic task -> our workspace and nnU-Net's folders; nnU-Net's plan converted to ours."""
+    from bench.harness import export_nnunet_raw, nnunet_dataset_name
+    from datasets.synthetic import generate_task
+    from toolkit.io.msd import convert_task
+    from toolkit.nets.nnunet_v2 import convert_plans
+    from toolkit.preprocessing.runner import preprocess_dataset
+    from toolkit.workspace import DatasetPaths
+
+    work = work_dir()
+    paths = DatasetPaths(work / "workspace" / TASK)
+    folders = NnunetFolders(work / "nnunet")
+    if not paths.dataset_json.is_file():
+        source = generate_task("mr", work / "source", n_cases=cases, seed=0, force=True)
+        convert_task(source, paths, force=True, quiet=True)
+    name = nnunet_dataset_name(DATASET_ID, paths.name)
+    nnunet_plans = folders.preprocessed / name / "nnUNetPlans.json"
+    if not (folders.preprocessed / name / "nnUNetPlans_3d_fullres").is_dir():
+        export_nnunet_raw(paths, folders, DATASET_ID)
+        command = [
+            str(nnunet_python.parent / "nnUNetv2_plan_and_preprocess"),
+            "-d",
+            str(DATASET_ID),
+            "-c",
+            CONFIGURATION,
+            "-np",
+            "2",
+        ]
+        log("nnU-Net v2: fingerprint, plan, preprocess")
+        measure(command, work / "logs" / "nnunet_prepare.log", env=folders.env()).check()
+    plans = convert_plans(
+        json.loads(nnunet_plans.read_text()),
+        json.loads(paths.dataset_json.read_text()),
+        nnunet_plans,
+    )
+    plans.configurations = {CONFIGURATION: plans.configuration(CONFIGURATION)}
+    plans.configurations[CONFIGURATION].data_identifier = CONFIGURATION
+    plans.save(paths.plans_json)
+    log("ours: preprocess with nnU-Net's plan")
+    preprocess_dataset(paths, [CONFIGURATION], workers=2, quiet=True)
+    return paths.root, folders
+
+
+# our side: runs in a subprocess (python -m bench.train --measure-ours ...) ------------------
+
+
+def measure_ours(
+    dataset: Path, device_name: str, iterations: int, warmup: int, precision: str, threads: int
+) -> dict:
+    import torch
+
+    from toolkit.training.distributed import DistContext
+    from toolkit.training.job import TrainOptions, prepare
+    from toolkit.training.loader import TRAIN, BatchKey, Prefetcher
+    from toolkit.training.schedule import Schedule
+    from toolkit.training.trainer import batch_makers, build_parts, train_step
+    from toolkit.workspace import DatasetPaths
+
+    options = TrainOptions(
+        schedule=Schedule(),
+        device=device_name,
+        precision=precision,
+        validate=False,
+        quiet=True,
+        loader_threads=threads,
+    )
+    job = prepare(DatasetPaths(dataset), CONFIGURATION, 0, options)
+    device = job.device
+    torch.manual_seed(0)
+    parts = build_parts(job, DistContext(), device)
+    # the breakdown needs each batch's preparation timed to its end on the device
+    parts.train_maker, _ = batch_makers(job, DistContext(), device, synchronize_timings=True)
+    total = warmup + iterations
+    keys = (BatchKey(0, TRAIN, i) for i in range(total))
+    waits, steps, samples, augments = [], [], [], []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    parts.model.train()
+    with Prefetcher(parts.train_maker, keys, depth=3, threads=threads) as batches:
+        start = None
+        for i in range(total):
+            if i == warmup:
+                start = time.perf_counter()
+            t0 = time.perf_counter()
+            batch = next(batches)
+            batch.wait()
+            t1 = time.perf_counter()
+            train_step(parts, batch, 12.0)  # returns the loss as a float: synchronises
+            t2 = time.perf_counter()
+            if i >= warmup:
+                waits.append(t1 - t0)
+                steps.append(t2 - t1)
+                samples.append(batch.timings["sample_s"])
+                augments.append(batch.timings["augment_s"])
+        elapsed = time.perf_counter() - start
+    cfg = job.configuration
+    return {
+        "tool": "toolkit",
+        "device": str(device),
+        "precision": parts.precision,
+        "loader_threads": threads,
+        "patch_size": cfg.patch_size,
+        "batch_size": cfg.batch_size,
+        "iterations": iterations,
+        "iterations_per_s": iterations / elapsed,
+        "seconds_per_iteration": statistics.median(
+            [w + s for w, s in zip(waits, steps, strict=True)]
+        ),
+        "data_wait_s": statistics.median(waits),
+        "step_s": statistics.median(steps),
+        "sample_s": statistics.median(samples),
+        "augment_s": statistics.median(augments),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+        "parameters": sum(p.numel() for p in parts.network.parameters()),
+        "torch": torch.__version__,
+    }
+
+
+def _json_line(text: str) -> dict:
+    for line in reversed(text.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError(f"no result line in:\n{text[-2000:]}")
+
+
+def run_ours(dataset: Path, args: argparse.Namespace, precision: str) -> dict:
+    log(f"ours: {args.iterations} iterations on {args.device} ({precision})")
+    command = [
+        sys.executable,
+        "-m",
+        "bench.train",
+        "--measure-ours",
+        str(dataset),
+        "--device",
+        args.device,
+        "--iterations",
+        str(args.iterations),
+        "--warmup",
+        str(args.warmup),
+        "--precision",
+        precision,
+        "--threads",
+        str(args.threads),
+    ]
+    logfile = work_dir() / "logs" / f"ours_{args.device}_{precision}.log"
+    m = measure(command, logfile, env={**os.environ, "TOOLKIT_QUIET": "1"}).check()
+    result = _json_line(Path(m.log).read_text())
+    result["process_peak_rss_mb"] = m.peak_rss_mb
+    return result
+
+
+def run_nnunet(
+    python: Path, folders: NnunetFolders, args: argparse.Namespace, workers: int
+) -> dict:
+    log(
+        f"nnU-Net v2: {args.iterations} iterations on {args.device}, {workers} augmentation workers"
+    )
+    script = Path(__file__).with_name("nnunet_train_steps.py")
+    command = [
+        str(python),
+        str(script),
+        "--root",
+        str(folders.root),
+        "--dataset-id",
+        str(DATASET_ID),
+        "--configuration",
+        CONFIGURATION,
+        "--iterations",
+        str(args.iterations),
+        "--warmup",
+        str(args.warmup),
+        "--device",
+        args.device,
+        "--workers",
+        str(workers),
+    ]
+    logfile = work_dir() / "logs" / f"nnunet_{args.device}_{workers}.log"
+    m = measure(command, logfile, env=folders.env()).check()
+    result = _json_line(Path(m.log).read_text())
+    result["process_peak_rss_mb"] = m.peak_rss_mb
+    return result
+
+
+def report(results: list[dict], args: argparse.Namespace) -> str:
+    reference = next((r for r in results if r["tool"] == "nnU-Net v2"), None)
+    rows = []
+    for r in results:
+        name = r["tool"] + (
+            f", {r['augmentation_workers']} aug. workers"
+            if "augmentation_workers" in r
+            else f", {r['precision']}"
+        )
+        speedup = (
+            r["iterations_per_s"] / reference["iterations_per_s"] if reference else float("nan")
+        )
+        rows.append(
+            [
+                name,
+                r["iterations_per_s"],
+                f"{speedup:.2f}x",
+                r["seconds_per_iteration"],
+                r["data_wait_s"],
+                r.get("augment_s", "-") if "augment_s" in r else "-",
+                r["step_s"],
+                r["process_peak_rss_mb"],
+                "-" if r.get("peak_gpu_mb") is None else r["peak_gpu_mb"],
+            ]
+        )
+    first = results[0]
+    header = (
+        f"# Training iterations, ours vs nnU-Net v2 ({args.device})\n\n"
+        f"Same plan (nnU-Net v2's {CONFIGURATION} for {TASK}, patch {first['patch_size']}, batch {first['batch_size']}, "
+        f"{first['parameters']:,} parameters), {args.iterations} iterations after {args.warmup} warm-up, medians per iteration. "
+        "`wait` is the time the loop waited for its batch; `augment` (ours) is the batch's transfer and augmentation on the "
+        "device, done in a background thread; `step` is forward + loss + backward + optimiser.\n\n"
+    )
+    table = markdown_table(
+        [
+            "run",
+            "iterations/s",
+            "vs nnU-Net",
+            "s/iteration",
+            "wait s",
+            "augment s",
+            "step s",
+            "peak RSS MB",
+            "peak GPU MB",
+        ],
+        rows,
+    )
+    return header + table + f"\n\nMachine: {json.dumps(machine())}\n"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="Measured iterations (default: 6 on the CPU, 60 on CUDA).",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="Iterations before measuring (default: 2 on the CPU, 15 on CUDA).",
+    )
+    parser.add_argument("--cases", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1, help="Our background batch threads.")
+    parser.add_argument(
+        "--precision",
+        default=None,
+        help="Ours: default auto on CUDA; on the CPU fp32 and bf16 are both measured.",
+    )
+    parser.add_argument(
+        "--nnunet-workers",
+        type=int,
+        nargs="*",
+        default=None,
+        help="nnU-Net's nnUNet_n_proc_DA values to measure (default: 0 and 2 on the CPU, 12 on CUDA).",
+    )
+    parser.add_argument(
+        "--nnunet-python",
+        default=None,
+        help="A Python with nnunetv2 (default: the harness's bench/.venv-nnunet).",
+    )
+    parser.add_argument("--skip-nnunet", action="store_true")
+    parser.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="Write the data, plans and preprocessed cases, then stop.",
+    )
+    parser.add_argument("--measure-ours", metavar="DATASET", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    gpu = args.device == "cuda"
+    args.iterations = args.iterations or (60 if gpu else 6)
+    args.warmup = args.warmup if args.warmup is not None else (15 if gpu else 2)
+
+    if args.measure_ours:
+        print(
+            json.dumps(
+                measure_ours(
+                    Path(args.measure_ours),
+                    args.device,
+                    args.iterations,
+                    args.warmup,
+                    args.precision or "auto",
+                    args.threads,
+                )
+            ),
+            flush=True,
+        )
+        return 0
+
+    nnunet_python = Path(args.nnunet_python) if args.nnunet_python else None
+    if nnunet_python is None and not args.skip_nnunet:
+        nnunet_python = ensure_nnunet()
+    dataset = work_dir() / "workspace" / TASK
+    folders = NnunetFolders(work_dir() / "nnunet")
+    if not (dataset / "preprocessed" / CONFIGURATION).is_dir() or args.prepare_only:
+        if nnunet_python is None:
+            raise SystemExit(
+                "preparing the data needs nnU-Net v2 (its plan is the common plan): drop --skip-nnunet"
+            )
+        dataset, folders = prepare(args.cases, nnunet_python)
+    if args.prepare_only:
+        log(f"prepared {dataset} and {folders.root}")
+        return 0
+
+    results = []
+    precisions = [args.precision] if args.precision else (["auto"] if gpu else ["fp32", "bf16"])
+    for precision in precisions:
+        results.append(run_ours(dataset, args, precision))
+    if not args.skip_nnunet:
+        workers = (
+            args.nnunet_workers if args.nnunet_workers is not None else ([12] if gpu else [0, 2])
+        )
+        for w in workers:
+            results.append(run_nnunet(nnunet_python, folders, args, w))
+    markdown = report(results, args)
+    write_results(f"train_{args.device}", {"machine": machine(), "results": results}, markdown)
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
