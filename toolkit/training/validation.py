@@ -1,9 +1,10 @@
 """The fold's final validation: every validation case predicted whole, in its original geometry.
 
 As the reference does, cases are predicted from their preprocessed arrays (no second
-preprocessing pass) with the full sliding window (step 0.5, Gaussian weighting, mirroring
-over every axis), then exported like any prediction: probabilities resampled back to the
-cropped shape, un-transposed, pasted into the uncropped extent. Written per case:
+preprocessing pass) by the inference :class:`~toolkit.inference.predictor.Predictor` (full
+sliding window: step 0.5, Gaussian weighting, mirroring over every axis), then exported as
+any prediction is (:mod:`toolkit.inference.export`): resampled back to the cropped shape,
+un-transposed, pasted into the uncropped extent. Written per case:
 ``validation/CASE.nii.gz`` (labels, the input's exact geometry) and ``CASE.npz``
 (``probabilities``, float16 ``(classes, z, y, x)``); then ``summary.json`` with each case's
 Dice per class against ``raw/labelsTr`` and the means, written last so its presence marks
@@ -20,19 +21,16 @@ import numpy as np
 import torch
 
 from toolkit.evaluation.metrics import case_metrics
-from toolkit.inference.sliding_window import WindowSettings, sliding_window_logits
-from toolkit.io.atomic import atomic_path, write_json
-from toolkit.io.images import Geometry, read_image, write_image
-from toolkit.preprocessing.pipeline import revert_to_original
+from toolkit.inference.export import Prediction, logits_to_original
+from toolkit.inference.predictor import Predictor
+from toolkit.io.atomic import write_json
+from toolkit.io.images import read_image
 from toolkit.preprocessing.storage import load_case
 from toolkit.progress import info, track
 from toolkit.training import cascade
 from toolkit.training.distributed import DistContext
 from toolkit.training.job import TrainingJob
-from toolkit.training.spatial import spatial_rules
 from toolkit.workspace import label_file
-
-PROBABILITIES_KEY = "probabilities"
 
 
 def validation_complete(job: TrainingJob) -> bool:
@@ -51,17 +49,6 @@ def network_input(job: TrainingJob, case: str) -> tuple[np.ndarray, object]:
     return data, props
 
 
-def window_settings(job: TrainingJob, precision: str) -> WindowSettings:
-    cfg = job.configuration
-    mirror = spatial_rules(cfg.patch_size).mirror_axes
-    patch = tuple(int(p) for p in cfg.patch_size)
-    if cfg.spatial_dims == 2:
-        patch, mirror = (1, *patch), tuple(a + 1 for a in mirror)
-    # a forward pass takes one training batch worth of windows (mirrored copies included)
-    per_forward = max(cfg.batch_size, 2 ** len(mirror))
-    return WindowSettings(patch, 0.5, mirror, per_forward, precision)  # type: ignore[arg-type]
-
-
 def validate_fold(
     job: TrainingJob,
     ctx: DistContext,
@@ -70,9 +57,8 @@ def validate_fold(
     precision: str,
 ) -> dict | None:
     cfg, plans = job.configuration, job.plans
-    network.eval()
     network.deep_supervision = False
-    settings = window_settings(job, precision)
+    predictor = Predictor.from_networks(plans, cfg, [network], device=device, precision=precision)
     followers = cascade.next_stages(plans, cfg)
     labels = sorted(v for v in plans.labels.values() if v > 0)
     mine = job.split.val[ctx.rank :: ctx.world_size]
@@ -81,24 +67,20 @@ def validate_fold(
         mine, f"validating {cfg.name} fold {job.fold}", quiet=job.options.quiet or not ctx.is_main
     ):
         data, props = network_input(job, case)
-        logits = sliding_window_logits(
-            [network],
-            torch.from_numpy(data),
-            plans.num_classes,
-            settings,
-            device,
-            torch.device("cpu"),
+        logits = predictor.predict_logits(data)
+        if followers:
+            on_grid = torch.softmax(torch.stack([t.float().cpu() for t in logits]), dim=0).numpy()
+            for follower in followers:
+                cascade.export_case(plans, cfg, follower, job.paths, case, on_grid)
+            del on_grid
+        prediction, probabilities = logits_to_original(
+            logits, props, plans, cfg, with_probabilities=True
         )
-        probabilities = torch.softmax(torch.stack(logits), dim=0).numpy()
-        del logits
-        full = revert_to_original(probabilities, props, plans, cfg)
-        prediction = full.argmax(0).astype(np.uint8 if plans.num_classes <= 255 else np.uint16)
-        geometry = Geometry.from_dict(props.geometry)
-        write_image(job.paths.validation_prediction(cfg.name, job.fold, case), prediction, geometry)
-        with atomic_path(job.paths.validation_probabilities(cfg.name, job.fold, case)) as tmp:
-            np.savez_compressed(tmp, **{PROBABILITIES_KEY: full.astype(np.float16)})
-        for follower in followers:
-            cascade.export_case(plans, cfg, follower, job.paths, case, probabilities)
+        geometry = props.original_geometry
+        Prediction(prediction, geometry, probabilities).save(
+            job.paths.validation_prediction(cfg.name, job.fold, case),
+            job.paths.validation_probabilities(cfg.name, job.fold, case),
+        )
         reference, _ = read_image(job.paths.labels_tr / label_file(case))
         metrics = case_metrics(reference, prediction, labels, geometry.spacing_zyx)
         rows.append({"case": case, "dice": {str(m.label): _finite(m.dice) for m in metrics}})
