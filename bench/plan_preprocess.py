@@ -21,6 +21,7 @@ from pathlib import Path
 
 from bench.harness import (
     BENCH,
+    RESULTS,
     WORK,
     NnunetFolders,
     ensure_nnunet,
@@ -365,20 +366,26 @@ def render(result: dict) -> str:
             f"Plans: {sum(r['equal'] for r in task['plans'])} of {len(task['plans'])} fields equal."
         )
         lines.append("")
+        plan_rows = []
+        for r in task["plans"]:
+            note = r["note"]
+            if not r["equal"] and note != "UNEXPLAINED":
+                note = "explained below"
+                if "relative_difference" in r:
+                    note = f"relative difference {r['relative_difference']:.1e}, explained below"
+            plan_rows.append(
+                [
+                    r["configuration"],
+                    r["field"],
+                    str(r["ours"]),
+                    str(r["nnunet"]),
+                    "yes" if r["equal"] else "**no**",
+                    note,
+                ]
+            )
         lines.append(
             markdown_table(
-                ["configuration", "field", "ours", "nnU-Net", "equal", "note"],
-                [
-                    [
-                        r["configuration"],
-                        r["field"],
-                        r["ours"],
-                        r["nnunet"],
-                        "yes" if r["equal"] else "**no**",
-                        r["note"],
-                    ]
-                    for r in task["plans"]
-                ],
+                ["configuration", "field", "ours", "nnU-Net", "equal", "note"], plan_rows
             )
         )
         lines.append("")
@@ -414,7 +421,9 @@ def render(result: dict) -> str:
             )
             lines.append("")
         if diffs:
-            lines.append("Differences: " + "; ".join(sorted({r["note"] for r in diffs})))
+            lines.append("Differences, explained:")
+            lines.append("")
+            lines += [f"- {note}" for note in sorted({r["note"] for r in diffs})]
             lines.append("")
     return "\n".join(lines)
 
@@ -422,12 +431,19 @@ def render(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
+        "--render", action="store_true", help="only rewrite the Markdown from the last JSON result"
+    )
+    parser.add_argument(
         "--tasks", default="ct,mr", help="synthetic task kinds, comma-separated (ct, mr, 2d)"
     )
     parser.add_argument("--cases", type=int, default=30, help="training cases per task")
     parser.add_argument("--workers", type=int, default=2, help="worker processes for both tools")
     parser.add_argument("--repeat", type=int, default=1, help="repetitions; medians are reported")
     args = parser.parse_args(argv)
+    if args.render:
+        result = json.loads((RESULTS / f"{NAME}.json").read_text())
+        write_results(NAME, result, render(result))
+        return 0
     ensure_nnunet()
     result = {"machine": machine(), "nnunet": nnunet_versions(), "tasks": []}
     for kind in [k for k in args.tasks.split(",") if k]:
