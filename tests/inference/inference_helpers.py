@@ -35,7 +35,7 @@ def make_case(
     radii = [rng.uniform(0.22, 0.3) * min(extent[1:]) for _ in range(3)]
     radii[0] = max(radii[0], 2.5 * spacing_zyx[0])
     organ = sum(((m - c) / r) ** 2 for m, c, r in zip(mm, centre, radii, strict=True)) < 1
-    lesion = sum(((m - c) / (0.45 * r)) ** 2 for m, c, r in zip(mm, centre, radii, strict=True)) < 1
+    lesion = sum(((m - c) / (0.6 * r)) ** 2 for m, c, r in zip(mm, centre, radii, strict=True)) < 1
     image = np.full(shape, -1000.0, dtype=np.float32)
     image[body] = 40.0
     image[organ] = 120.0
