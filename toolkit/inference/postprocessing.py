@@ -35,10 +35,14 @@ class Postprocessing:
         known = {"largest_component_foreground", "largest_component_classes"}
         unknown = set(data) - known
         if unknown:
-            raise ToolkitError(f"unknown postprocessing keys {sorted(unknown)} (known: {sorted(known)})", source)
+            raise ToolkitError(
+                f"unknown postprocessing keys {sorted(unknown)} (known: {sorted(known)})", source
+            )
         classes = data.get("largest_component_classes", [])
         if not isinstance(classes, list) or not all(isinstance(c, int) and c > 0 for c in classes):
-            raise ToolkitError("largest_component_classes must be a list of positive label values", source)
+            raise ToolkitError(
+                "largest_component_classes must be a list of positive label values", source
+            )
         return cls(bool(data.get("largest_component_foreground", False)), sorted(classes))
 
     def save(self, path: str | Path) -> None:

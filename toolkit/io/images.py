@@ -122,7 +122,9 @@ def read_sitk(path: str | Path) -> sitk.Image:
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()
         detail = next((line for line in reason if "ERROR" in line or "rror" in line), "")
-        raise ToolkitError(f"unreadable image ({_short(detail) or 'SimpleITK could not read it'})", path) from None
+        raise ToolkitError(
+            f"unreadable image ({_short(detail) or 'SimpleITK could not read it'})", path
+        ) from None
 
 
 def _short(text: str) -> str:
@@ -174,11 +176,15 @@ def make_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
         array = array[0]
     image = sitk.GetImageFromArray(np.ascontiguousarray(array))
     if tuple(image.GetSize()) != tuple(geometry.size):
-        raise ValueError(f"array of shape {array.shape} does not fit geometry of size {geometry.size}")
+        raise ValueError(
+            f"array of shape {array.shape} does not fit geometry of size {geometry.size}"
+        )
     return geometry.apply_to(image)
 
 
-def write_image(path: str | Path, array: np.ndarray, geometry: Geometry, compress: bool = True) -> None:
+def write_image(
+    path: str | Path, array: np.ndarray, geometry: Geometry, compress: bool = True
+) -> None:
     """Write atomically with exactly ``geometry``'s spacing, origin and direction."""
     image = make_sitk(array, geometry)
     with atomic_path(path) as tmp:
