@@ -233,3 +233,12 @@ def test_calibrated_memory_model_uses_measured_bytes():
     )
     with pytest.raises(ToolkitError, match="calibration"):
         plan_experiment(golden.hippocampus(), PlannerOptions(memory_model="calibrated"))
+
+
+def test_shipped_calibration_loads_and_plans(tmp_path):
+    cal = Calibration.load()
+    assert cal.bytes_per_feature_voxel > 0 and cal.num_measurements > 0 and cal.measured_on
+    plans = plan_experiment(golden.hippocampus(), PlannerOptions(memory_model="calibrated"), cal)
+    assert plans.configuration("3d_fullres").batch_size >= 2
+    with pytest.raises(ToolkitError, match="calibrate_memory"):
+        Calibration.load(tmp_path / "missing.json")
