@@ -70,7 +70,9 @@ def test_workspace_resolution(monkeypatch, tmp_path):
     assert resolve_workspace(None) == tmp_path
     assert resolve_workspace(tmp_path / "x") == tmp_path / "x"
     paths = DatasetPaths.open(None, "Task04_Hippocampus")
-    assert paths.fold_dir("3d_fullres", 2) == tmp_path / "Task04_Hippocampus/models/3d_fullres/fold_2"
+    assert (
+        paths.fold_dir("3d_fullres", 2) == tmp_path / "Task04_Hippocampus/models/3d_fullres/fold_2"
+    )
     with pytest.raises(MissingStageError, match="toolkit convert"):
         paths.require_raw()
     with pytest.raises(ToolkitError, match="dataset name"):
@@ -79,8 +81,27 @@ def test_workspace_resolution(monkeypatch, tmp_path):
 
 def _plans():
     arch = Architecture([32, 64], [[3, 3, 3]] * 2, [[1, 1, 1], [2, 2, 2]], [2, 2], [2])
-    cfg = Configuration("3d_fullres", "3d_fullres", 3, [1.0] * 3, [36, 50, 35], [40, 56, 40], 2, arch, [Normalization("zscore")])
-    return Plans("x", {"0": "T2"}, {"background": 0, "a": 1, "b": 2}, [0, 1, 2], [0, 1, 2], [1.0] * 3, [36, 50, 35], {"3d_fullres": cfg})
+    cfg = Configuration(
+        "3d_fullres",
+        "3d_fullres",
+        3,
+        [1.0] * 3,
+        [36, 50, 35],
+        [40, 56, 40],
+        2,
+        arch,
+        [Normalization("zscore")],
+    )
+    return Plans(
+        "x",
+        {"0": "T2"},
+        {"background": 0, "a": 1, "b": 2},
+        [0, 1, 2],
+        [0, 1, 2],
+        [1.0] * 3,
+        [36, 50, 35],
+        {"3d_fullres": cfg},
+    )
 
 
 def test_plans_json_round_trip_and_errors(tmp_path):
@@ -99,7 +120,9 @@ def test_plans_json_round_trip_and_errors(tmp_path):
 
 @pytest.mark.parametrize("dims", [2, 3])
 def test_unet_shapes_and_deep_supervision(dims):
-    arch = Architecture([8, 16, 32], [[3] * dims] * 3, [[1] * dims, [2] * dims, [2] * dims], [2, 2, 2], [2, 2])
+    arch = Architecture(
+        [8, 16, 32], [[3] * dims] * 3, [[1] * dims, [2] * dims, [2] * dims], [2, 2, 2], [2, 2]
+    )
     net = UNet(2, 3, arch, dims)
     x = torch.randn(2, 2, *([16] * dims))
     outs = net(x)

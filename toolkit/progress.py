@@ -42,7 +42,9 @@ def progress_bar(quiet: bool = False) -> Progress:
     )
 
 
-def track(items: Iterable[T], description: str, total: int | None = None, quiet: bool = False) -> Iterator[T]:
+def track(
+    items: Iterable[T], description: str, total: int | None = None, quiet: bool = False
+) -> Iterator[T]:
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
     with progress_bar(quiet) as bar:

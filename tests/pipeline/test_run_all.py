@@ -24,9 +24,33 @@ from toolkit.workspace import DatasetPaths
 pytestmark = pytest.mark.slow
 
 # tiny: 6 cases of 16x32x32, two folds, one epoch of two iterations per model
-OPTIONS = RunOptions(preset="smoke", folds=(0, 1), epochs=1, iters_per_epoch=2, val_iters=1, device="cpu", workers=1, quiet=True)
-CLI_ARGS = ["--preset", "smoke", "--folds", "0,1", "--epochs", "1", "--iters-per-epoch", "2", "--val-iters", "1",
-            "--device", "cpu", "--workers", "1", "--quiet"]
+OPTIONS = RunOptions(
+    preset="smoke",
+    folds=(0, 1),
+    epochs=1,
+    iters_per_epoch=2,
+    val_iters=1,
+    device="cpu",
+    workers=1,
+    quiet=True,
+)
+CLI_ARGS = [
+    "--preset",
+    "smoke",
+    "--folds",
+    "0,1",
+    "--epochs",
+    "1",
+    "--iters-per-epoch",
+    "2",
+    "--val-iters",
+    "1",
+    "--device",
+    "cpu",
+    "--workers",
+    "1",
+    "--quiet",
+]
 
 
 def _make_dataset(root: Path) -> DatasetPaths:
@@ -38,7 +62,9 @@ def _make_dataset(root: Path) -> DatasetPaths:
 
 def _selection(paths: DatasetPaths) -> dict:
     data = json.loads(paths.selection_json.read_text())
-    return {k: data[k] for k in ("candidate", "configurations", "folds", "postprocessing", "mean_dice")}
+    return {
+        k: data[k] for k in ("candidate", "configurations", "folds", "postprocessing", "mean_dice")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +87,17 @@ def test_smoke_run_all_produces_selection_report_and_status(finished):
     report = (paths.evaluation / "report.md").read_text()
     assert "![" in report and any(p.suffix == ".png" for p in paths.evaluation.iterdir())
     assert summary.selection == json.loads(paths.selection_json.read_text())["candidate"]
-    for stage in ("verify", "fingerprint", "plan", "preprocess:2d", "preprocess:3d_fullres",
-                  "train:2d:0", "train:3d_fullres:1", "evaluate", "select"):
+    for stage in (
+        "verify",
+        "fingerprint",
+        "plan",
+        "preprocess:2d",
+        "preprocess:3d_fullres",
+        "train:2d:0",
+        "train:3d_fullres:1",
+        "evaluate",
+        "select",
+    ):
         assert stage in summary.ran
     status = dataset_status(paths)
     assert {t.state for t in status.trainings} == {"done"}
@@ -91,7 +126,9 @@ def test_changed_training_budget_retrains_but_keeps_preprocessing(finished, tmp_
     paths = _copy(finished[0], tmp_path)
     summary = run_all(paths, RunOptions(**{**OPTIONS.__dict__, "iters_per_epoch": 3}))
     assert "preprocess:2d" not in summary.ran and "plan" not in summary.ran
-    assert {"train:2d:0", "train:2d:1", "train:3d_fullres:0", "train:3d_fullres:1"} <= set(summary.ran)
+    assert {"train:2d:0", "train:2d:1", "train:3d_fullres:0", "train:3d_fullres:1"} <= set(
+        summary.ran
+    )
 
 
 def test_sigkill_during_training_then_rerun_gives_the_same_selection(finished, tmp_path):
@@ -102,12 +139,16 @@ def test_sigkill_during_training_then_rerun_gives_the_same_selection(finished, t
             shutil.rmtree(child) if child.is_dir() else child.unlink()
     env = {**os.environ, "TOOLKIT_QUIET": "1"}
     cmd = [sys.executable, "-m", "toolkit", "run-all", str(paths.root), *CLI_ARGS]
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     target = paths.fold_dir("3d_fullres", 0) / "log.jsonl"
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None and not target.exists():
         time.sleep(0.2)
-    assert proc.poll() is None, f"run-all ended before the kill: {proc.stderr.read().decode()[-2000:]}"
+    assert proc.poll() is None, (
+        f"run-all ended before the kill: {proc.stderr.read().decode()[-2000:]}"
+    )
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not paths.selection_json.exists()

@@ -15,12 +15,20 @@ WorkspaceOption = typer.Option(
 )
 QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 WorkersOption = typer.Option(
-    None, "--workers", "-j", min=1, help="Parallel worker processes. Default: number of CPU cores (at most 8)."
+    None,
+    "--workers",
+    "-j",
+    min=1,
+    help="Parallel worker processes. Default: number of CPU cores (at most 8).",
 )
-DeviceOption = typer.Option("auto", "--device", help="auto (CUDA when available, else CPU), cpu or cuda.")
+DeviceOption = typer.Option(
+    "auto", "--device", help="auto (CUDA when available, else CPU), cpu or cuda."
+)
 
 
-def dataset_argument(help_text: str = "Dataset name in the workspace (or the path of its folder).") -> typer.models.ArgumentInfo:
+def dataset_argument(
+    help_text: str = "Dataset name in the workspace (or the path of its folder).",
+) -> typer.models.ArgumentInfo:
     return typer.Argument(..., help=help_text, show_default=False)
 
 
@@ -31,7 +39,9 @@ def parse_int_list(text: str | None, what: str) -> list[int] | None:
     try:
         return [int(v) for v in text.replace(" ", "").split(",") if v != ""]
     except ValueError:
-        raise typer.BadParameter(f"{what} must be comma-separated integers such as 0,1,2, not {text!r}") from None
+        raise typer.BadParameter(
+            f"{what} must be comma-separated integers such as 0,1,2, not {text!r}"
+        ) from None
 
 
 def parse_str_list(text: str | None) -> list[str] | None:

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import typer
 
-from toolkit.cli.common import DeviceOption, QuietOption, WorkersOption, WorkspaceOption, parse_int_list, parse_str_list
+from toolkit.cli.common import (
+    DeviceOption,
+    QuietOption,
+    WorkersOption,
+    WorkspaceOption,
+    parse_int_list,
+    parse_str_list,
+)
 from toolkit.pipeline.presets import PRESETS
 from toolkit.workspace import DatasetPaths
 
@@ -14,16 +21,41 @@ _PRESETS_HELP = "; ".join(f"**{p.name}**: {p.description}" for p in PRESETS.valu
 
 
 def run_all(
-    dataset: str = typer.Argument(..., help="Dataset name in the workspace (after `toolkit convert`), or its folder."),
-    configs: str = typer.Option(None, "--configs", help="Comma-separated configurations to train, e.g. 2d,3d_fullres. Default: the preset's (paper: every planned one)."),
-    folds: str = typer.Option(None, "--folds", help="Comma-separated folds, e.g. 0,1. Default: 0,1,2,3,4."),
+    dataset: str = typer.Argument(
+        ..., help="Dataset name in the workspace (after `toolkit convert`), or its folder."
+    ),
+    configs: str = typer.Option(
+        None,
+        "--configs",
+        help="Comma-separated configurations to train, e.g. 2d,3d_fullres. Default: the preset's (paper: every planned one).",
+    ),
+    folds: str = typer.Option(
+        None, "--folds", help="Comma-separated folds, e.g. 0,1. Default: 0,1,2,3,4."
+    ),
     preset: str = typer.Option("paper", "--preset", help=f"Budget. {_PRESETS_HELP}."),
-    epochs: int = typer.Option(None, "--epochs", min=1, help="Epochs per model (overrides the preset)."),
-    iters_per_epoch: int = typer.Option(None, "--iters-per-epoch", min=1, help="Training iterations per epoch (overrides the preset)."),
-    val_iters: int = typer.Option(None, "--val-iters", min=1, help="Validation iterations per epoch (overrides the preset)."),
+    epochs: int = typer.Option(
+        None, "--epochs", min=1, help="Epochs per model (overrides the preset)."
+    ),
+    iters_per_epoch: int = typer.Option(
+        None,
+        "--iters-per-epoch",
+        min=1,
+        help="Training iterations per epoch (overrides the preset).",
+    ),
+    val_iters: int = typer.Option(
+        None, "--val-iters", min=1, help="Validation iterations per epoch (overrides the preset)."
+    ),
     device: str = DeviceOption,
-    executor: str = typer.Option("local", "--executor", help="local: one training at a time per device; ray: trainings as Ray tasks (pip install 'toolkit[ray]')."),
-    ray_address: str = typer.Option(None, "--ray-address", help="Address of an existing Ray cluster (e.g. 10.0.0.5:6379); default: start a local Ray instance."),
+    executor: str = typer.Option(
+        "local",
+        "--executor",
+        help="local: one training at a time per device; ray: trainings as Ray tasks (pip install 'toolkit[ray]').",
+    ),
+    ray_address: str = typer.Option(
+        None,
+        "--ray-address",
+        help="Address of an existing Ray cluster (e.g. 10.0.0.5:6379); default: start a local Ray instance.",
+    ),
     workers: int = WorkersOption,
     seed: int = typer.Option(0, "--seed", help="Seed of the trainings."),
     workspace: Path = WorkspaceOption,
@@ -37,7 +69,8 @@ def run_all(
 
     Example: `toolkit run-all Task04_Hippocampus --preset quick`
     """
-    from toolkit.pipeline.runner import RunOptions, run_all as run
+    from toolkit.pipeline.runner import RunOptions
+    from toolkit.pipeline.runner import run_all as run
     from toolkit.pipeline.status import dataset_status, render
     from toolkit.progress import info
 

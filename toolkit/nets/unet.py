@@ -33,10 +33,14 @@ def _transp_cls(dims: int) -> type[nn.Module]:
 
 
 class ConvBlock(nn.Module):
-    def __init__(self, dims: int, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int]):
+    def __init__(
+        self, dims: int, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int]
+    ):
         super().__init__()
         padding = [(k - 1) // 2 for k in kernel]
-        self.conv = _conv_cls(dims)(cin, cout, tuple(kernel), tuple(stride), tuple(padding), bias=True)
+        self.conv = _conv_cls(dims)(
+            cin, cout, tuple(kernel), tuple(stride), tuple(padding), bias=True
+        )
         self.norm = _norm_cls(dims)(cout, eps=NORM_EPS, affine=True)
         self.act = nn.LeakyReLU(NEGATIVE_SLOPE, inplace=True)
 
@@ -44,7 +48,9 @@ class ConvBlock(nn.Module):
         return self.act(self.norm(self.conv(x)))
 
 
-def _stage(dims: int, cin: int, cout: int, n_conv: int, kernel: Sequence[int], stride: Sequence[int]) -> nn.Sequential:
+def _stage(
+    dims: int, cin: int, cout: int, n_conv: int, kernel: Sequence[int], stride: Sequence[int]
+) -> nn.Sequential:
     blocks = [ConvBlock(dims, cin, cout, kernel, stride)]
     blocks += [ConvBlock(dims, cout, cout, kernel, [1] * dims) for _ in range(n_conv - 1)]
     return nn.Sequential(*blocks)
@@ -63,9 +69,13 @@ class UNet(nn.Module):
         a = architecture
         n = a.n_stages
         if not (len(a.kernel_sizes) == len(a.strides) == len(a.n_conv_per_stage) == n):
-            raise ValueError("architecture: features_per_stage, kernel_sizes, strides and n_conv_per_stage need one entry per stage")
+            raise ValueError(
+                "architecture: features_per_stage, kernel_sizes, strides and n_conv_per_stage need one entry per stage"
+            )
         if len(a.n_conv_per_stage_decoder) != n - 1:
-            raise ValueError(f"architecture: n_conv_per_stage_decoder needs {n - 1} entries, got {len(a.n_conv_per_stage_decoder)}")
+            raise ValueError(
+                f"architecture: n_conv_per_stage_decoder needs {n - 1} entries, got {len(a.n_conv_per_stage_decoder)}"
+            )
         self.spatial_dims = spatial_dims
         self.num_classes = num_classes
         self.deep_supervision = deep_supervision
@@ -74,7 +84,11 @@ class UNet(nn.Module):
         self.encoder = nn.ModuleList()
         cin = in_channels
         for s in range(n):
-            self.encoder.append(_stage(spatial_dims, cin, f[s], a.n_conv_per_stage[s], a.kernel_sizes[s], a.strides[s]))
+            self.encoder.append(
+                _stage(
+                    spatial_dims, cin, f[s], a.n_conv_per_stage[s], a.kernel_sizes[s], a.strides[s]
+                )
+            )
             cin = f[s]
 
         # decoder index d works on encoder stage s = n - 2 - d (deepest first)
@@ -84,9 +98,18 @@ class UNet(nn.Module):
         for d in range(n - 1):
             s = n - 2 - d
             stride = tuple(a.strides[s + 1])
-            self.upsamples.append(_transp_cls(spatial_dims)(f[s + 1], f[s], stride, stride, bias=True))
+            self.upsamples.append(
+                _transp_cls(spatial_dims)(f[s + 1], f[s], stride, stride, bias=True)
+            )
             self.decoder.append(
-                _stage(spatial_dims, 2 * f[s], f[s], a.n_conv_per_stage_decoder[s], a.kernel_sizes[s], [1] * spatial_dims)
+                _stage(
+                    spatial_dims,
+                    2 * f[s],
+                    f[s],
+                    a.n_conv_per_stage_decoder[s],
+                    a.kernel_sizes[s],
+                    [1] * spatial_dims,
+                )
             )
             self.heads.append(_conv_cls(spatial_dims)(f[s], num_classes, 1, 1, 0, bias=True))
         self.apply(_he_init)
@@ -99,7 +122,9 @@ class UNet(nn.Module):
         x = skips.pop()
         outputs = []
         last = len(self.decoder) - 1
-        for d, (up, stage, head) in enumerate(zip(self.upsamples, self.decoder, self.heads, strict=True)):
+        for d, (up, stage, head) in enumerate(
+            zip(self.upsamples, self.decoder, self.heads, strict=True)
+        ):
             x = stage(torch.cat((up(x), skips.pop()), dim=1))
             if self.deep_supervision or d == last:
                 outputs.append(head(x))
@@ -120,7 +145,9 @@ def input_channels(plans: Plans, configuration: Configuration) -> int:
     return plans.num_input_channels + extra
 
 
-def build_network(plans: Plans, configuration: Configuration, deep_supervision: bool = True) -> UNet:
+def build_network(
+    plans: Plans, configuration: Configuration, deep_supervision: bool = True
+) -> UNet:
     return UNet(
         in_channels=input_channels(plans, configuration),
         num_classes=plans.num_classes,

@@ -51,7 +51,9 @@ class RayExecutor:
             ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = self.address or "a local Ray instance"
-            raise ToolkitError(f"could not connect to {where}: {str(exc).splitlines()[0]}") from None
+            raise ToolkitError(
+                f"could not connect to {where}: {str(exc).splitlines()[0]}"
+            ) from None
         return True
 
     def resources(self) -> dict:

@@ -22,9 +22,31 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("paper", "the method's full budget: 1000 epochs x 250 iterations per model (GPU hours)", "default", 1000, 250, 50),
-        Preset("quick", "a CPU run of a small task in well under an hour: small plans, 10 x 25 iterations", "cpu", 10, 25, 5),
-        Preset("smoke", "a few minutes on a CPU: small plans, 2 x 4 iterations, 2d and 3d_fullres", "cpu", 2, 4, 2, configs=("2d", "3d_fullres")),
+        Preset(
+            "paper",
+            "the method's full budget: 1000 epochs x 250 iterations per model (GPU hours)",
+            "default",
+            1000,
+            250,
+            50,
+        ),
+        Preset(
+            "quick",
+            "a CPU run of a small task in well under an hour: small plans, 10 x 25 iterations",
+            "cpu",
+            10,
+            25,
+            5,
+        ),
+        Preset(
+            "smoke",
+            "a few minutes on a CPU: small plans, 2 x 4 iterations, 2d and 3d_fullres",
+            "cpu",
+            2,
+            4,
+            2,
+            configs=("2d", "3d_fullres"),
+        ),
     )
 }
 

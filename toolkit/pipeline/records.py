@@ -77,7 +77,9 @@ def is_valid(paths: DatasetPaths, stage: str, key: str) -> bool:
     return record is not None and record.key == key
 
 
-def write_record(paths: DatasetPaths, stage: str, key: str, started: float, details: dict | None = None) -> StageRecord:
+def write_record(
+    paths: DatasetPaths, stage: str, key: str, started: float, details: dict | None = None
+) -> StageRecord:
     record = StageRecord(stage, key, time.time(), time.time() - started, details or {})
     write_json(record_path(paths, stage), asdict(record))
     started_file = started_path(paths, stage)

@@ -58,7 +58,9 @@ class RunOptions:
             if value is not None and value < 1:
                 raise ToolkitError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
         if self.folds is not None and (not self.folds or any(f < 0 or f > 4 for f in self.folds)):
-            raise ToolkitError(f"--folds must be fold numbers between 0 and 4, not {list(self.folds)}")
+            raise ToolkitError(
+                f"--folds must be fold numbers between 0 and 4, not {list(self.folds)}"
+            )
         return self
 
 
@@ -129,7 +131,13 @@ class Stages:
         self.summary = RunSummary()
 
     # one stage ----------------------------------------------------------------------------
-    def stage(self, name: str, key: str, work: Callable[[], object], details: Callable[[], dict] | None = None) -> bool:
+    def stage(
+        self,
+        name: str,
+        key: str,
+        work: Callable[[], object],
+        details: Callable[[], dict] | None = None,
+    ) -> bool:
         """Run ``work`` unless the stage is complete with ``key``; True when it ran."""
         if records.is_valid(self.paths, name, key):
             self.summary.skipped.append(name)
@@ -159,7 +167,11 @@ class Stages:
     def schedule(self) -> tuple[int, int, int]:
         p = self.preset
         o = self.options
-        return (o.epochs or p.epochs, o.iters_per_epoch or p.iters_per_epoch, o.val_iters or p.val_iters)
+        return (
+            o.epochs or p.epochs,
+            o.iters_per_epoch or p.iters_per_epoch,
+            o.val_iters or p.val_iters,
+        )
 
     def folds(self) -> tuple[int, ...]:
         return tuple(sorted(set(self.options.folds or self.preset.folds)))
@@ -179,9 +191,15 @@ class Stages:
         raw_key = self.raw_key()
         self.stage("verify", raw_key, lambda: require_valid(paths, o.workers, quiet=o.quiet))
         fingerprint_key = records.digest("fingerprint", raw_key)
-        self.stage("fingerprint", fingerprint_key, lambda: extract_fingerprint(paths, o.workers, quiet=o.quiet))
+        self.stage(
+            "fingerprint",
+            fingerprint_key,
+            lambda: extract_fingerprint(paths, o.workers, quiet=o.quiet),
+        )
         planner_options = self.planner_options()
-        plan_key = records.digest("plan", records.file_digest(paths.fingerprint_json), asdict(planner_options))
+        plan_key = records.digest(
+            "plan", records.file_digest(paths.fingerprint_json), asdict(planner_options)
+        )
         self.stage("plan", plan_key, lambda: plan_dataset(paths, planner_options))
         plans = load_plans(paths)
         configs = selected_configurations(plans, o, self.preset)
@@ -223,7 +241,9 @@ class Stages:
             self.summary.ran += [t.stage for t in pending]
 
         folds = self.folds()
-        evaluate_key = records.digest("evaluate", sorted(t.key for t in tasks), list(folds), configs)
+        evaluate_key = records.digest(
+            "evaluate", sorted(t.key for t in tasks), list(folds), configs
+        )
         self.stage(
             "evaluate",
             evaluate_key,
@@ -242,7 +262,9 @@ class Stages:
         self.summary.seconds = time.time() - start
         return self.summary
 
-    def training_tasks(self, plans: Plans, configs: list[str], preprocess_keys: dict[str, str]) -> list[TrainTask]:
+    def training_tasks(
+        self, plans: Plans, configs: list[str], preprocess_keys: dict[str, str]
+    ) -> list[TrainTask]:
         from toolkit.training.checkpoint import plans_configuration_dict
 
         epochs, iters, val_iters = self.schedule()
@@ -268,7 +290,19 @@ class Stages:
                 )
                 keys[(name, fold)] = key
                 tasks.append(
-                    TrainTask(str(self.paths.root), name, fold, key, epochs, iters, val_iters, o.seed, o.device, o.quiet, after)
+                    TrainTask(
+                        str(self.paths.root),
+                        name,
+                        fold,
+                        key,
+                        epochs,
+                        iters,
+                        val_iters,
+                        o.seed,
+                        o.device,
+                        o.quiet,
+                        after,
+                    )
                 )
         return tasks
 
@@ -288,14 +322,20 @@ def run_training_task(task: TrainTask) -> str:
     if finished_before is not None:
         previous_key = finished_before.key
         records.invalidate(paths, task.stage)
-    has_checkpoint = (fold_dir / CHECKPOINT_LATEST).is_file() or (fold_dir / CHECKPOINT_FINAL).is_file()
+    has_checkpoint = (fold_dir / CHECKPOINT_LATEST).is_file() or (
+        fold_dir / CHECKPOINT_FINAL
+    ).is_file()
     if has_checkpoint and previous_key is not None and previous_key != task.key:
         # this pipeline trained the fold from other inputs (a changed plan): start again
         shutil.rmtree(fold_dir)
         has_checkpoint = False
     started = time.time()
     options = TrainOptions(
-        schedule=Schedule(epochs=task.epochs, iterations_per_epoch=task.iters_per_epoch, validation_iterations=task.val_iters),
+        schedule=Schedule(
+            epochs=task.epochs,
+            iterations_per_epoch=task.iters_per_epoch,
+            validation_iterations=task.val_iters,
+        ),
         device=task.device,
         resume=has_checkpoint,
         seed=task.seed,

@@ -64,7 +64,9 @@ def _read_log(path: Path) -> list[dict]:
     return rows
 
 
-def training_row(paths: DatasetPaths, configuration: str, fold: int, epochs: int | None) -> TrainingRow:
+def training_row(
+    paths: DatasetPaths, configuration: str, fold: int, epochs: int | None
+) -> TrainingRow:
     from toolkit.pipeline.runner import train_stage
 
     fold_dir = paths.fold_dir(configuration, fold)
@@ -79,7 +81,11 @@ def training_row(paths: DatasetPaths, configuration: str, fold: int, epochs: int
             per_epoch = row.seconds / max(1, len(log))
             row.seconds_left = max(0, epochs - row.epoch) * per_epoch
     done = records.read_record(paths, train_stage(configuration, fold)) is not None
-    if done or (fold_dir / CHECKPOINT_FINAL).is_file() and paths.validation_summary(configuration, fold).is_file():
+    if (
+        done
+        or (fold_dir / CHECKPOINT_FINAL).is_file()
+        and paths.validation_summary(configuration, fold).is_file()
+    ):
         row.state = "done"
         row.seconds_left = 0.0
     elif log:
@@ -104,7 +110,9 @@ def dataset_status(paths: DatasetPaths) -> Status:
         configs = list(plans.configurations)
         data_ids = []
         if status.run:
-            configs = [c for c in status.run.get("configurations", configs) if c in plans.configurations]
+            configs = [
+                c for c in status.run.get("configurations", configs) if c in plans.configurations
+            ]
             folds = status.run.get("folds", folds)
             epochs = status.run.get("epochs")
         for c in configs:
@@ -130,7 +138,13 @@ def _duration(seconds: float | None) -> str:
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
-STATE_STYLE = {"done": "green", "running": "cyan", "started": "yellow", "interrupted": "yellow", "pending": "dim"}
+STATE_STYLE = {
+    "done": "green",
+    "running": "cyan",
+    "started": "yellow",
+    "interrupted": "yellow",
+    "pending": "dim",
+}
 
 
 def render(status: Status) -> None:
@@ -148,15 +162,29 @@ def render(status: Status) -> None:
     console.print(stages)
     if status.trainings:
         trainings = Table(title="trainings", title_justify="left")
-        for col, justify in (("configuration", "left"), ("fold", "right"), ("state", "left"), ("epoch", "right"),
-                             ("best EMA pseudo-Dice", "right"), ("time", "right"), ("time left", "right")):
+        for col, justify in (
+            ("configuration", "left"),
+            ("fold", "right"),
+            ("state", "left"),
+            ("epoch", "right"),
+            ("best EMA pseudo-Dice", "right"),
+            ("time", "right"),
+            ("time left", "right"),
+        ):
             trainings.add_column(col, justify=justify)  # type: ignore[arg-type]
         for t in status.trainings:
             style = STATE_STYLE.get(t.state, "")
             epoch = f"{t.epoch}/{t.epochs}" if t.epochs else str(t.epoch)
             dice = f"{t.best_ema_dice:.4f}" if t.best_ema_dice is not None else "-"
-            trainings.add_row(t.configuration, str(t.fold), f"[{style}]{t.state}[/]", epoch, dice,
-                              _duration(t.seconds), _duration(t.seconds_left) if t.state != "pending" else "-")
+            trainings.add_row(
+                t.configuration,
+                str(t.fold),
+                f"[{style}]{t.state}[/]",
+                epoch,
+                dice,
+                _duration(t.seconds),
+                _duration(t.seconds_left) if t.state != "pending" else "-",
+            )
         console.print(trainings)
     if status.selection:
         s = status.selection
@@ -176,4 +204,6 @@ def render(status: Status) -> None:
             f"{s.get('mean_dice_postprocessed', float('nan')):.4f}"
         )
     else:
-        console.print("[dim]no selection yet: `toolkit run-all` (or `toolkit evaluate` then `toolkit select`) makes one[/]")
+        console.print(
+            "[dim]no selection yet: `toolkit run-all` (or `toolkit evaluate` then `toolkit select`) makes one[/]"
+        )

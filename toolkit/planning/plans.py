@@ -71,7 +71,9 @@ class Architecture:
 @dataclass
 class Configuration:
     name: str
-    data_identifier: str  # folder under preprocessed/ (the cascade's full-res stage shares 3d_fullres's)
+    data_identifier: (
+        str  # folder under preprocessed/ (the cascade's full-res stage shares 3d_fullres's)
+    )
     spatial_dims: Literal[2, 3]
     target_spacing: list[float]  # 3 values, transposed order
     median_shape: list[int]  # 3 values, voxels after resampling to target_spacing
@@ -118,7 +120,9 @@ class Plans:
             return self.configurations[name]
         except KeyError:
             available = ", ".join(self.configurations) or "none"
-            raise ToolkitError(f"configuration {name!r} is not in the plans (available: {available})") from None
+            raise ToolkitError(
+                f"configuration {name!r} is not in the plans (available: {available})"
+            ) from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -138,10 +142,15 @@ class Plans:
         except FileNotFoundError:
             raise ToolkitError("plans not found: run `toolkit plan` first", path) from None
         except json.JSONDecodeError as exc:
-            raise ToolkitError(f"is not valid JSON ({exc.msg} at line {exc.lineno})", path) from None
+            raise ToolkitError(
+                f"is not valid JSON ({exc.msg} at line {exc.lineno})", path
+            ) from None
         version = data.get("format_version")
         if version != PLANS_FORMAT_VERSION:
-            raise ToolkitError(f"plans format version {version} is not supported (expected {PLANS_FORMAT_VERSION})", path)
+            raise ToolkitError(
+                f"plans format version {version} is not supported (expected {PLANS_FORMAT_VERSION})",
+                path,
+            )
         try:
             return cls.from_dict(data)
         except (TypeError, KeyError, ValueError) as exc:
