@@ -12,10 +12,11 @@ Peak memory: resident set of the process, and on CUDA the largest GPU allocation
     python -m bench.train                          # CPU, this machine
     python -m bench.train --device cuda            # GPU (see --help for a machine without internet)
     python -m bench.train --prepare-only           # data and plans only (to carry elsewhere)
+    python -m bench.train --device cuda --task ct --shape 160 192 192 --cases 8   # a realistic plan
 
 The reference runs in its own venv (``bench/.venv-nnunet``, made by the harness), or with
 ``--nnunet-python`` (e.g. a GPU machine's python with nnU-Net's wheels installed).
-Writes ``bench/results/train_<device>.json`` and ``.md``.
+Writes ``bench/results/train_<device>[_<task>_<shape>].json`` and ``.md``; data in ``bench/work/train_<task>[_<shape>]``.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 from bench.harness import (
+    TIME,
     WORK,
     NnunetFolders,
     ensure_nnunet,
@@ -41,15 +44,20 @@ from bench.harness import (
 )
 
 DATASET_ID = 990
-TASK = "Task901_SynthMR"
+TASKS = {"mr": "Task901_SynthMR", "ct": "Task902_SynthCT"}
 CONFIGURATION = "3d_fullres"
 
 
-def work_dir() -> Path:
-    return WORK / "train"
+def work_dir(task: str = "mr", shape: list[int] | None = None) -> Path:
+    if task == "mr" and shape is None:
+        return WORK / "train"
+    tag = "" if shape is None else "_" + "x".join(map(str, shape))
+    return WORK / f"train_{task}{tag}"
 
 
-def prepare(cases: int, nnunet_python: Path) -> tuple[Path, NnunetFolders]:
+def prepare(
+    work: Path, task: str, cases: int, shape: list[int] | None, nnunet_python: Path
+) -> tuple[Path, NnunetFolders]:
     """Synthetic task -> our workspace and nnU-Net's folders; nnU-Net's plan converted to ours."""
     from bench.harness import export_nnunet_raw, nnunet_dataset_name
     from datasets.synthetic import generate_task
@@ -58,27 +66,35 @@ def prepare(cases: int, nnunet_python: Path) -> tuple[Path, NnunetFolders]:
     from toolkit.preprocessing.runner import preprocess_dataset
     from toolkit.workspace import DatasetPaths
 
-    work = work_dir()
-    paths = DatasetPaths(work / "workspace" / TASK)
+    paths = DatasetPaths(work / "workspace" / TASKS[task])
     folders = NnunetFolders(work / "nnunet")
     if not paths.dataset_json.is_file():
-        source = generate_task("mr", work / "source", n_cases=cases, seed=0, force=True)
+        source = generate_task(
+            task, work / "source", n_cases=cases, seed=0, shape=shape, force=True
+        )
         convert_task(source, paths, force=True, quiet=True)
     name = nnunet_dataset_name(DATASET_ID, paths.name)
     nnunet_plans = folders.preprocessed / name / "nnUNetPlans.json"
     if not (folders.preprocessed / name / "nnUNetPlans_3d_fullres").is_dir():
         export_nnunet_raw(paths, folders, DATASET_ID)
+        # the entry point of nnUNetv2_plan_and_preprocess, through whichever python holds nnunetv2
+        entry = (
+            "import sys; from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints import "
+            "plan_and_preprocess_entry as main; sys.argv[0] = 'nnUNetv2_plan_and_preprocess'; main()"
+        )
         command = [
-            str(nnunet_python.parent / "nnUNetv2_plan_and_preprocess"),
+            str(nnunet_python),
+            "-c",
+            entry,
             "-d",
             str(DATASET_ID),
             "-c",
             CONFIGURATION,
             "-np",
-            "2",
+            str(min(8, os.cpu_count() or 2)),
         ]
         log("nnU-Net v2: fingerprint, plan, preprocess")
-        measure(command, work / "logs" / "nnunet_prepare.log", env=folders.env()).check()
+        _measure(command, work / "logs" / "nnunet_prepare.log", folders.env())
     plans = convert_plans(
         json.loads(nnunet_plans.read_text()),
         json.loads(paths.dataset_json.read_text()),
@@ -88,7 +104,7 @@ def prepare(cases: int, nnunet_python: Path) -> tuple[Path, NnunetFolders]:
     plans.configurations[CONFIGURATION].data_identifier = CONFIGURATION
     plans.save(paths.plans_json)
     log("ours: preprocess with nnU-Net's plan")
-    preprocess_dataset(paths, [CONFIGURATION], workers=2, quiet=True)
+    preprocess_dataset(paths, [CONFIGURATION], workers=min(8, os.cpu_count() or 2), quiet=True)
     return paths.root, folders
 
 
@@ -168,6 +184,19 @@ def measure_ours(
     }
 
 
+def _measure(command: list[str], logfile: Path, env: dict) -> tuple[str, float]:
+    """The command's output and peak resident memory (GNU time where installed, else rusage)."""
+    if Path(TIME).exists():
+        m = measure(command, logfile, env=env).check()
+        return Path(m.log).read_text(), m.peak_rss_mb
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    logfile.write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        raise RuntimeError(f"`{' '.join(command)}` failed:\n{(done.stdout + done.stderr)[-2000:]}")
+    return done.stdout, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
 def _json_line(text: str) -> dict:
     for line in reversed(text.splitlines()):
         if line.startswith("{"):
@@ -194,10 +223,10 @@ def run_ours(dataset: Path, args: argparse.Namespace, precision: str) -> dict:
         "--threads",
         str(args.threads),
     ]
-    logfile = work_dir() / "logs" / f"ours_{args.device}_{precision}.log"
-    m = measure(command, logfile, env={**os.environ, "TOOLKIT_QUIET": "1"}).check()
-    result = _json_line(Path(m.log).read_text())
-    result["process_peak_rss_mb"] = m.peak_rss_mb
+    logfile = args.work / "logs" / f"ours_{args.device}_{precision}.log"
+    output, peak = _measure(command, logfile, {**os.environ, "TOOLKIT_QUIET": "1"})
+    result = _json_line(output)
+    result["process_peak_rss_mb"] = peak
     return result
 
 
@@ -226,10 +255,10 @@ def run_nnunet(
         "--workers",
         str(workers),
     ]
-    logfile = work_dir() / "logs" / f"nnunet_{args.device}_{workers}.log"
-    m = measure(command, logfile, env=folders.env()).check()
-    result = _json_line(Path(m.log).read_text())
-    result["process_peak_rss_mb"] = m.peak_rss_mb
+    logfile = args.work / "logs" / f"nnunet_{args.device}_{workers}.log"
+    output, peak = _measure(command, logfile, folders.env())
+    result = _json_line(output)
+    result["process_peak_rss_mb"] = peak
     return result
 
 
@@ -261,7 +290,7 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
     first = results[0]
     header = (
         f"# Training iterations, ours vs nnU-Net v2 ({args.device})\n\n"
-        f"Same plan (nnU-Net v2's {CONFIGURATION} for {TASK}, patch {first['patch_size']}, batch {first['batch_size']}, "
+        f"Same plan (nnU-Net v2's {CONFIGURATION} for {TASKS[args.task]}, patch {first['patch_size']}, batch {first['batch_size']}, "
         f"{first['parameters']:,} parameters), {args.iterations} iterations after {args.warmup} warm-up, medians per iteration. "
         "`wait` is the time the loop waited for its batch; `augment` (ours) is the batch's transfer and augmentation on the "
         "device, done in a background thread; `step` is forward + loss + backward + optimiser.\n\n"
@@ -301,6 +330,20 @@ def main(argv: list[str]) -> int:
         type=int,
         default=None,
         help="Iterations before measuring (default: 2 on the CPU, 15 on CUDA).",
+    )
+    parser.add_argument(
+        "--task",
+        default="mr",
+        choices=sorted(TASKS),
+        help="Synthetic task (datasets/synthetic.py).",
+    )
+    parser.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("Z", "Y", "X"),
+        help="Case shape (default: the task's); larger shapes give the larger plans of real tasks.",
     )
     parser.add_argument("--cases", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1, help="Our background batch threads.")
@@ -352,14 +395,15 @@ def main(argv: list[str]) -> int:
     nnunet_python = Path(args.nnunet_python) if args.nnunet_python else None
     if nnunet_python is None and not args.skip_nnunet:
         nnunet_python = ensure_nnunet()
-    dataset = work_dir() / "workspace" / TASK
-    folders = NnunetFolders(work_dir() / "nnunet")
+    args.work = work_dir(args.task, args.shape)
+    dataset = args.work / "workspace" / TASKS[args.task]
+    folders = NnunetFolders(args.work / "nnunet")
     if not (dataset / "preprocessed" / CONFIGURATION).is_dir() or args.prepare_only:
         if nnunet_python is None:
             raise SystemExit(
                 "preparing the data needs nnU-Net v2 (its plan is the common plan): drop --skip-nnunet"
             )
-        dataset, folders = prepare(args.cases, nnunet_python)
+        dataset, folders = prepare(args.work, args.task, args.cases, args.shape, nnunet_python)
     if args.prepare_only:
         log(f"prepared {dataset} and {folders.root}")
         return 0
@@ -375,7 +419,12 @@ def main(argv: list[str]) -> int:
         for w in workers:
             results.append(run_nnunet(nnunet_python, folders, args, w))
     markdown = report(results, args)
-    write_results(f"train_{args.device}", {"machine": machine(), "results": results}, markdown)
+    name = f"train_{args.device}" + (
+        ""
+        if args.task == "mr" and args.shape is None
+        else "_" + args.work.name.removeprefix("train_")
+    )
+    write_results(name, {"machine": machine(), "results": results}, markdown)
     print(markdown)
     return 0
 

@@ -112,8 +112,11 @@ class DeepSupervisionLoss:
             )
         total = outputs[0].new_zeros((), dtype=torch.float32)
         for weight, out, tgt in zip(self.weights, outputs, targets, strict=True):
-            # a zero weight still joins the graph, so every parameter receives a gradient
-            # (distributed training requires it)
+            if weight == 0.0:
+                # not computed, but joined to the graph so that every parameter receives a
+                # (zero) gradient, which distributed training requires
+                total = total + 0.0 * out.float().sum()
+                continue
             total = total + weight * dice_ce(out, tgt, self.batch_dice, self.reduce_group)
         return total
 

@@ -365,7 +365,13 @@ def build_parts(job: TrainingJob, ctx: DistContext, device: torch.device) -> Par
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    optimizer = make_optimizer(network.parameters(), job.options.schedule)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = (
+            True  # the patch size never changes: pick the fastest kernels once
+        )
+    optimizer = make_optimizer(
+        network.parameters(), job.options.schedule, fused=device.type == "cuda"
+    )
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     group = torch.distributed.group.WORLD if ctx.enabled else None
     loss = DeepSupervisionLoss(deep_supervision_scales(cfg), cfg.batch_dice, reduce_group=group)
