@@ -260,7 +260,8 @@ class ExportPaths:
     ::
 
         context/                 the image's build context
-            Dockerfile, .dockerignore, requirements.txt, wheels/*.whl,
+            Dockerfile, .dockerignore, requirements.txt (third-party, pinned),
+            wheels/*.whl (with a wheelhouse), toolkit-wheel/toolkit-*.whl,
             entrypoint.py, algorithm.json
             model/ensemble.json, model/<config>/plans.json, dataset.json,
                   fold_<k>/checkpoint_final.pt
@@ -270,6 +271,7 @@ class ExportPaths:
         export.json              what was exported, sizes and times
         container-test.json      test-container's per-case results
         runs/<case>/input, output   platform-style folders of the test runs
+        model-extracted/         model.tar.gz as the platform extracts it (test runs)
     """
 
     root: Path
@@ -293,6 +295,10 @@ class ExportPaths:
     @property
     def wheels(self) -> Path:
         return self.context / "wheels"
+
+    @property
+    def toolkit_wheel(self) -> Path:
+        return self.context / "toolkit-wheel"
 
     @property
     def entrypoint(self) -> Path:
@@ -336,3 +342,8 @@ class ExportPaths:
 
     def run_dir(self, case: str) -> Path:
         return self.runs / case
+
+    @property
+    def extracted_model(self) -> Path:
+        """model.tar.gz extracted, as the platform's /opt/ml/model (test runs, tarball mode)."""
+        return self.root / "model-extracted"

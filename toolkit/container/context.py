@@ -29,6 +29,7 @@ from toolkit.container.spec import AlgorithmSpec, EnsembleSpec, default_input_sl
 from toolkit.errors import MissingStageError, ToolkitError
 from toolkit.io.atomic import atomic_path, write_text
 from toolkit.io.dataset_json import read_dataset_info
+from toolkit.planning.plans import Plans
 from toolkit.workspace import (
     CHECKPOINT_FINAL,
     MODEL_DATASET_JSON,
@@ -45,6 +46,7 @@ BAKED_MODEL_DIR = "/opt/algorithm/model"
 TARBALL_MODEL_DIR = "/opt/ml/model"
 DEFAULT_OUTPUT_SLUG = "segmentation"
 NETWORK_KEY = "network"
+CONTEXT_MTIME = 946684800  # 2000-01-01: every context file gets this time stamp
 
 
 def containers_dir() -> Path:
@@ -142,6 +144,7 @@ def dockerfile_values(
         "PIP_SOURCE": pip_source,
         "MODEL_COPY": model_copy,
         "MODEL_DIR": options.model_dir_in_image,
+        "PYTHON_VERSION": wheels.PYTHON_VERSION,
     }
 
 
@@ -185,12 +188,17 @@ def copy_checkpoint(source: Path, target: Path) -> int:
     return target.stat().st_size
 
 
-def copy_models(paths: DatasetPaths, ensemble: EnsembleSpec, model_dir: Path) -> int:
-    """Plans, dataset.json and final checkpoints of the ensemble's configurations and folds."""
+def copy_models(paths: DatasetPaths, ensemble: EnsembleSpec, model_root: Path) -> int:
+    """Plans, dataset.json and final checkpoints of the ensemble's configurations and folds.
+
+    ``model_root`` gets the workspace's layout (``models/<config>/fold_<k>/``), which is what
+    the predictor expects, a cascade's first stage beside its second.
+    """
+    bundle = DatasetPaths(model_root)
     total = 0
     for config in ensemble.model_configurations:
         source = paths.model_dir(config)
-        target = model_dir / config
+        target = bundle.model_dir(config)
         target.mkdir(parents=True, exist_ok=True)
         for name in (MODEL_PLANS, MODEL_DATASET_JSON):
             if not (source / name).is_file():
@@ -203,19 +211,49 @@ def copy_models(paths: DatasetPaths, ensemble: EnsembleSpec, model_dir: Path) ->
                 raise MissingStageError(
                     checkpoint, f"toolkit train {paths.name} {config} --fold {fold}"
                 )
-            (target / f"fold_{fold}").mkdir(exist_ok=True)
-            total += copy_checkpoint(checkpoint, target / f"fold_{fold}" / CHECKPOINT_FINAL)
+            bundle.fold_dir(config, fold).mkdir(exist_ok=True)
+            total += copy_checkpoint(checkpoint, bundle.fold_dir(config, fold) / CHECKPOINT_FINAL)
     return total
 
 
-def make_readable(folder: Path) -> None:
-    """Files 0644, folders 0755: the image's non-root user must read what is copied in."""
+def ensemble_from_selection(paths: DatasetPaths) -> EnsembleSpec:
+    """The chosen configurations, folds and postprocessing of ``selection.json``."""
+    from toolkit.evaluation.selection import Selection
+
+    selection = Selection.load(paths.selection_json)
+    previous_stages = {}
+    for config in selection.configurations:
+        plans_path = paths.model_dir(config) / MODEL_PLANS
+        if not plans_path.is_file():
+            raise MissingStageError(plans_path, f"toolkit train {paths.name} {config}")
+        previous = Plans.load(plans_path).configuration(config).previous_stage
+        if previous:
+            previous_stages[config] = previous
+    return EnsembleSpec(
+        configurations=list(selection.configurations),
+        folds={c: list(selection.folds) for c in selection.configurations},
+        postprocessing=selection.postprocessing,
+        previous_stages=previous_stages,
+    )
+
+
+def make_reproducible(folder: Path) -> None:
+    """Files 0644, folders 0755, one fixed time stamp.
+
+    The image's non-root user must read what is copied in; and engines key their build cache
+    on file metadata too, so an unchanged context must look unchanged to reuse the layers.
+    """
     for root, dirs, files in os.walk(folder):
-        for d in dirs:
-            os.chmod(Path(root) / d, 0o755)
-        for f in files:
-            os.chmod(Path(root) / f, 0o644)
+        for name in dirs:
+            os.chmod(Path(root) / name, 0o755)
+        for name in files:
+            os.chmod(Path(root) / name, 0o644)
+            os.utime(Path(root) / name, (CONTEXT_MTIME, CONTEXT_MTIME))
+    for root, dirs, _files in os.walk(folder, topdown=False):
+        for name in dirs:
+            os.utime(Path(root) / name, (CONTEXT_MTIME, CONTEXT_MTIME))
     os.chmod(folder, 0o755)
+    os.utime(folder, (CONTEXT_MTIME, CONTEXT_MTIME))
 
 
 def _tar_filter(info: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -277,17 +315,18 @@ def write_context(
     shutil.copyfile(source / ENTRYPOINT_NAME, staged.entrypoint)
 
     requirements = wheels.runtime_requirements(options.device)
-    own_wheel = wheels.build_toolkit_wheel(staged.wheels, requirements)
+    own_wheel = wheels.build_toolkit_wheel(staged.toolkit_wheel, requirements)
+    staged.wheels.mkdir()
     if options.wheelhouse is not None:
         wheels.download_wheels(requirements, staged.wheels, Path(options.wheelhouse).expanduser())
-    write_text(staged.requirements, "\n".join(requirements + [wheels.toolkit_requirement()]) + "\n")
+    write_text(staged.requirements, "\n".join(requirements) + "\n")
     template = (source / TEMPLATE_NAME).read_text()
     write_text(
         staged.dockerfile,
         render_dockerfile(template, dockerfile_values(options, paths.name, ensemble)),
     )
     write_text(staged.dockerignore, "\n".join(dockerignore_lines(options)) + "\n")
-    make_readable(staged.context)
+    make_reproducible(staged.context)
 
     if export.context.exists():
         shutil.rmtree(export.context)
@@ -306,8 +345,8 @@ def write_context(
         context=export.context,
         algorithm=spec,
         ensemble=ensemble,
-        requirements=requirements + [wheels.toolkit_requirement()],
-        wheels=sorted(p.name for p in export.wheels.glob("*.whl")) or [own_wheel.name],
+        requirements=requirements,
+        wheels=sorted(p.name for p in export.wheels.glob("*.whl")) + [own_wheel.name],
         model_bytes=model_bytes,
         model_tarball=tarball,
         files=files,

@@ -295,10 +295,10 @@ class Engine:
         return time.perf_counter() - start
 
     def load(self, archive: Path) -> list[str]:
-        """Load a saved archive (``.tar``, ``.tar.gz``); returns the tags it holds."""
-        opener = gzip.open if archive.name.endswith(".gz") else open
-        with opener(archive, "rb") as stream:
-            images = self.client.images.load(stream.read())
+        """Load a saved archive (``.tar`` or compressed); returns the tags it holds."""
+        with open(archive, "rb") as stream:
+            # a generator: streamed to the engine (chunked), never read whole into memory
+            images = self.client.images.load(iter(lambda: stream.read(SAVE_CHUNK), b""))
         return [t for image in images for t in image.tags]
 
     # containers

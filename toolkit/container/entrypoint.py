@@ -34,6 +34,7 @@ from toolkit.container.spec import AlgorithmSpec, EnsembleSpec
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
 from toolkit.io.images import Geometry, read_channels, write_image
+from toolkit.workspace import DatasetPaths
 
 INPUTS_JSON = "inputs.json"
 RESULTS_JSON = "results.json"
@@ -208,12 +209,31 @@ def choose_device(requested: str) -> str:
 
 
 def predict_labels(
-    model_dir: Path, ensemble: EnsembleSpec, image: np.ndarray, geometry: Geometry, device: str
+    model_root: Path, ensemble: EnsembleSpec, image: np.ndarray, geometry: Geometry, device: str
 ) -> np.ndarray:
-    """The ensemble's postprocessed label map, ``(z, y, x)`` in the input's geometry."""
-    from toolkit.container.ensemble import predict_ensemble
+    """The ensemble's postprocessed label map, ``(z, y, x)`` in the input's geometry.
 
-    return predict_ensemble(model_dir, ensemble, image, geometry, device)
+    ``model_root`` holds ``models/<config>/`` as a dataset's workspace folder does, so the
+    same call predicts from the workspace (the reference ``test-container`` compares with)
+    and from the exported model. One configuration is predicted exactly as ``toolkit
+    predict`` does; several are averaged by :func:`predict_with_ensemble`.
+    """
+    from toolkit.inference.predictor import Predictor, predict_with_ensemble
+
+    predictors = [
+        Predictor.from_model_dir(
+            DatasetPaths(model_root).model_dir(config),
+            folds=ensemble.folds_of(config),
+            device=device,
+            use_mirroring=ensemble.use_mirroring,
+        )
+        for config in ensemble.configurations
+    ]
+    if len(predictors) == 1:
+        prediction = predictors[0].predict_case(image, geometry, with_probabilities=False)
+    else:
+        prediction = predict_with_ensemble(predictors, image, geometry, with_probabilities=False)
+    return prediction.postprocessed(ensemble.postprocessing).labels
 
 
 # --- the job ---------------------------------------------------------------------------

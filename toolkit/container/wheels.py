@@ -1,7 +1,8 @@
 """What the image installs: the toolkit as a wheel, and its runtime requirements.
 
-The container needs only what inference imports (torch, numpy, scipy, SimpleITK, rich), each
-pinned to the version installed here, so the container computes what ``toolkit predict``
+The container needs only what its entrypoint imports (torch, numpy, scipy, SimpleITK and the
+few small packages the toolkit's inference modules use, found by importing them in a fresh
+interpreter), each pinned to the version installed here, so the container computes what ``toolkit predict``
 computes on this machine. The ``cpu`` image uses PyTorch's CPU build (``torch==X+cpu``,
 about 190 MB instead of several GB of CUDA libraries).
 
@@ -37,8 +38,10 @@ PLATFORMS = (
     "manylinux2014_x86_64",
 )
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-# distributions that inference imports (torch is pinned separately, by device)
-RUNTIME_DISTRIBUTIONS = ("numpy", "scipy", "SimpleITK", "rich")
+# always in the image; the rest is what the entrypoint's imports pull in (see below)
+BASE_DISTRIBUTIONS = ("numpy", "scipy", "SimpleITK")
+# modules the container's job imports: their distributions are what the image installs
+ENTRYPOINT_MODULES = ("toolkit.container.entrypoint", "toolkit.inference.predictor")
 PACKAGE_NAME = "toolkit"
 
 
@@ -57,15 +60,36 @@ def torch_requirement(device: str, torch_version: str | None = None) -> str:
     return f"torch=={version}+cpu" if device == "cpu" else f"torch=={version}"
 
 
-def runtime_requirements(device: str) -> list[str]:
-    """Pinned requirements of the image, without the toolkit itself."""
-    return [torch_requirement(device)] + [
-        f"{name}=={installed_version(name)}" for name in RUNTIME_DISTRIBUTIONS
-    ]
+def imported_distributions(modules: tuple[str, ...] = ENTRYPOINT_MODULES) -> list[str]:
+    """Distributions whose packages a fresh interpreter loads when it imports ``modules``.
+
+    Measured rather than listed by hand, so a new import in inference reaches the image
+    without anyone remembering to add it here.
+    """
+    probe = "import importlib, sys\n" + "".join(
+        f"importlib.import_module({m!r})\n" for m in modules
+    )
+    probe += "print('\\n'.join(sorted({name.split('.')[0] for name in sys.modules})))"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        tail = " | ".join(result.stderr.strip().splitlines()[-3:])
+        raise ToolkitError(f"importing the container's modules failed here: {tail}")
+    owners = importlib.metadata.packages_distributions()
+    found = {dist for top in result.stdout.split() for dist in owners.get(top, [])}
+    return sorted(found, key=str.lower)
 
 
-def toolkit_requirement() -> str:
-    return f"{PACKAGE_NAME}=={toolkit.__version__}"
+def runtime_requirements(device: str, distributions: list[str] | None = None) -> list[str]:
+    """Pinned requirements of the image (torch by device), without the toolkit itself."""
+    names = {d.lower(): d for d in BASE_DISTRIBUTIONS}
+    for dist in imported_distributions() if distributions is None else distributions:
+        names.setdefault(dist.lower(), dist)
+    names.pop(PACKAGE_NAME, None)
+    names.pop("torch", None)
+    pinned = [f"{names[key]}=={installed_version(names[key])}" for key in sorted(names)]
+    return [torch_requirement(device)] + pinned
 
 
 def pip_download_command(

@@ -29,7 +29,7 @@ from toolkit.workspace import (
 )
 
 CONFIG = "3d_fullres"
-SHAPE = (12, 20, 18)  # (z, y, x)
+SHAPE = (8, 16, 16)  # (z, y, x): one window of the patch
 SPACING_XYZ = (0.8, 0.9, 2.5)
 CASES = [f"case_{i:03d}" for i in range(5)]
 LABELS = {"background": 0, "blob": 1, "rim": 2}
@@ -71,7 +71,9 @@ def case_arrays(seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     z, y, x = np.indices(SHAPE)
     centre = np.array(SHAPE) / 2 + rng.uniform(-2, 2, 3)
-    distance = np.sqrt(((z - centre[0]) * 2.5) ** 2 + ((y - centre[1]) * 0.9) ** 2 + ((x - centre[2]) * 0.8) ** 2)
+    distance = np.sqrt(
+        ((z - centre[0]) * 2.5) ** 2 + ((y - centre[1]) * 0.9) ** 2 + ((x - centre[2]) * 0.8) ** 2
+    )
     label = np.where(distance < 4, 1, np.where(distance < 6, 2, 0)).astype(np.uint8)
     image = (label * 40.0 + rng.normal(100, 10, SHAPE)).astype(np.float32)
     return image, label
@@ -79,10 +81,14 @@ def case_arrays(seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def geometry() -> Geometry:
     direction = (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0)  # not the identity, on purpose
-    return Geometry(spacing=SPACING_XYZ, origin=(10.0, -5.0, 3.0), direction=direction, size=SHAPE[::-1])
+    return Geometry(
+        spacing=SPACING_XYZ, origin=(10.0, -5.0, 3.0), direction=direction, size=SHAPE[::-1]
+    )
 
 
-def make_dataset(workspace: Path, name: str = "Dataset900_Tiny", folds: tuple[int, ...] = (0, 1)) -> DatasetPaths:
+def make_dataset(
+    workspace: Path, name: str = "Dataset900_Tiny", folds: tuple[int, ...] = (0, 1)
+) -> DatasetPaths:
     paths = DatasetPaths(workspace / name)
     info = DatasetInfo(channel_names={"0": "MR"}, labels=dict(LABELS), num_training=len(CASES))
     write_dataset_info(paths.dataset_json, info)
@@ -90,7 +96,9 @@ def make_dataset(workspace: Path, name: str = "Dataset900_Tiny", folds: tuple[in
         image, label = case_arrays(k)
         write_image(paths.images_tr / channel_file(case, 0), image, geometry())
         write_image(paths.labels_tr / label_file(case), label, geometry())
-    write_json(paths.splits_json, [{"train": [c for c in CASES if c != v], "val": [v]} for v in CASES])
+    write_json(
+        paths.splits_json, [{"train": [c for c in CASES if c != v], "val": [v]} for v in CASES]
+    )
     plans = tiny_plans(name)
     plans.save(paths.plans_json)
     model = paths.model_dir(CONFIG)
@@ -102,7 +110,8 @@ def make_dataset(workspace: Path, name: str = "Dataset900_Tiny", folds: tuple[in
         optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.99)
         checkpoint = {
             "network": network.state_dict(),
-            "optimizer": optimizer.state_dict() | {"state": {0: {"momentum_buffer": torch.zeros(3)}}},
+            "optimizer": optimizer.state_dict()
+            | {"state": {0: {"momentum_buffer": torch.zeros(3)}}},
             "configuration": CONFIG,
             "epoch": 1,
         }
@@ -118,3 +127,27 @@ def tiny_ensemble(folds: tuple[int, ...] = (0, 1)) -> EnsembleSpec:
         folds={CONFIG: list(folds)},
         postprocessing=Postprocessing(largest_component_foreground=True),
     )
+
+
+def write_selection(
+    paths: DatasetPaths, folds: tuple[int, ...] = (0, 1), mirroring: bool = True
+) -> None:
+    """A ``selection.json`` as ``toolkit select`` writes it, choosing the tiny configuration."""
+    from toolkit.evaluation.bootstrap import Interval
+    from toolkit.evaluation.selection import Selection
+
+    Selection(
+        dataset=paths.name,
+        candidate=CONFIG,
+        configurations=[CONFIG],
+        folds=list(folds),
+        postprocessing=Postprocessing(largest_component_foreground=True),
+        mean_dice=0.5,
+        mean_dice_postprocessed=0.52,
+        class_dice={1: 0.5, 2: 0.5},
+        class_dice_postprocessed={1: 0.52, 2: 0.52},
+        interval=Interval(0.4, 0.6),
+        rank_first_frequency=1.0,
+        labels={1: "blob", 2: "rim"},
+        num_cases=len(CASES),
+    ).save(paths.selection_json)

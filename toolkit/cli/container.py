@@ -1,0 +1,173 @@
+"""Commands of the container stage: ``export-container``, ``test-container``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from toolkit.cli.common import QuietOption, WorkspaceOption, dataset_argument
+
+EngineOption = typer.Option(
+    "auto",
+    "--engine",
+    help="docker (DOCKER_HOST or the local Docker engine), podman (a private podman service "
+    "started for this command, storage under ~/.cache/toolkit), or auto (Docker when found, else podman).",
+)
+MemoryOption = typer.Option(
+    "8g", "--memory", help="Memory limit of each test run, as on the platform (default 8g)."
+)
+TimeLimitOption = typer.Option(
+    3600.0, "--time-limit", help="Seconds a test run may take before it is stopped."
+)
+OutOption = typer.Option(
+    None,
+    "--out",
+    help="Export folder. Default: <dataset>/export/ in the workspace.",
+    show_default=False,
+)
+
+
+def export_container(
+    dataset: str = dataset_argument(),
+    workspace: Path | None = WorkspaceOption,
+    out: Path | None = OutOption,
+    tag: str | None = typer.Option(
+        None, "--tag", help="Image name. Default: toolkit-<dataset>:latest.", show_default=False
+    ),
+    base_image: str | None = typer.Option(
+        None,
+        "--base-image",
+        help="Base image with Python 3.11. Default: python:3.11-slim-bookworm with Docker; "
+        "with podman localhost/toolkit-base:bookworm, made once with debootstrap (no registry needed).",
+        show_default=False,
+    ),
+    model_mode: str = typer.Option(
+        "baked",
+        "--model-mode",
+        help="baked: the model inside the image; tarball: a separate model.tar.gz for the "
+        "platform's /opt/ml/model (the image then needs no rebuild for new weights).",
+    ),
+    input_slugs: list[str] | None = typer.Option(
+        None,
+        "--input-slug",
+        help="Platform input interface, once per channel in channel order (e.g. --input-slug "
+        "t2-weighted-mri --input-slug adc-map). Default: <channel name>-image.",
+        show_default=False,
+    ),
+    output_slug: str = typer.Option(
+        "segmentation", "--output-slug", help="Platform output interface of the label image."
+    ),
+    device: str = typer.Option(
+        "cpu",
+        "--device",
+        help="cpu: PyTorch's CPU build (small image); cuda: the CUDA build (several GB), "
+        "falling back to the CPU when the job has no GPU.",
+    ),
+    build: bool = typer.Option(
+        True,
+        "--build/--no-build",
+        help="--no-build: write the context only and dry-run its entrypoint in a subprocess "
+        "(no container engine needed).",
+    ),
+    save: bool = typer.Option(
+        True,
+        "--save/--no-save",
+        help="Save the image as image.tar.gz and check it as the platform does.",
+    ),
+    wheelhouse: Path | None = typer.Option(
+        None,
+        "--wheelhouse",
+        help="Download every wheel here on this machine (reused next time); the image is then "
+        "built with --no-index, without network.",
+        show_default=False,
+    ),
+    engine: str = EngineOption,
+    memory: str = MemoryOption,
+    time_limit: float = TimeLimitOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Build the selected model (ensemble and postprocessing of `selection.json`) as a Grand
+    Challenge algorithm image.
+
+    Writes a build context to `<dataset>/export/context/`, builds the image through the Docker
+    SDK (log in `export/build.log`), runs it on a cross-validation case laid out as on the
+    platform (no network, memory limit, read-only /input) and checks the output against the
+    prediction made here, then saves `export/image.tar.gz` and checks it as the platform does
+    (one image, non-root user, amd64).
+    """
+    from toolkit.container.context import ExportOptions, default_tag
+    from toolkit.container.export import export_container as run_export
+    from toolkit.progress import enabled
+    from toolkit.workspace import DatasetPaths
+
+    paths = DatasetPaths.open(workspace, dataset)
+    options = ExportOptions(
+        tag=tag or default_tag(paths.name),
+        base_image=base_image,
+        model_mode=model_mode,
+        input_slugs=list(input_slugs) if input_slugs else None,
+        output_slug=output_slug,
+        device=device,
+        wheelhouse=wheelhouse,
+    )
+    echo = (lambda line: typer.echo(f"  | {line}", err=True)) if enabled(quiet) else None
+    run_export(
+        paths,
+        options,
+        out=out,
+        build=build,
+        save=save,
+        engine=engine,
+        memory=memory,
+        time_limit=time_limit,
+        echo=echo,
+    )
+
+
+def test_container(
+    dataset: str = dataset_argument(),
+    workspace: Path | None = WorkspaceOption,
+    out: Path | None = OutOption,
+    cases: int = typer.Option(
+        3, "--cases", "-n", min=1, help="Cross-validation cases to run (one per fold, in turn)."
+    ),
+    case: list[str] | None = typer.Option(
+        None, "--case", help="Run this case (repeatable) instead of --cases.", show_default=False
+    ),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Run the exported entrypoint in a subprocess instead of the image (no engine needed).",
+    ),
+    engine: str = EngineOption,
+    memory: str = MemoryOption,
+    time_limit: float = TimeLimitOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Run the exported image on cross-validation cases as the platform would, and check it.
+
+    Each case is laid out as on the platform (`input/images/<slug>/<uuid>.mha`,
+    `inputs.json`); the image runs with no network, a memory limit and read-only /input. Every
+    output must be a valid platform output and equal, voxel for voxel, the same ensemble
+    predicted here. Reports time and peak memory per case; writes `export/container-test.json`.
+    """
+    from toolkit.container.export import test_container as run_test
+    from toolkit.workspace import DatasetPaths
+
+    run_test(
+        DatasetPaths.open(workspace, dataset),
+        out=out,
+        cases=cases,
+        case_names=list(case) if case else None,
+        engine=engine,
+        memory=memory,
+        time_limit=time_limit,
+        dry_run=dry_run,
+        quiet=quiet,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export-container")(export_container)
+    app.command("test-container")(test_container)

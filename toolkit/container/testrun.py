@@ -1,0 +1,360 @@
+"""Test runs of an exported algorithm, on cases laid out exactly as the platform lays them out.
+
+Per case: ``runs/<case>/input/images/<slug>/<uuid>.mha`` (one folder per channel, a file name
+that is not fixed) with ``input/inputs.json``, and an empty ``output/`` writable by the
+image's user. The job runs in the image (no network, a memory limit, read-only input) or,
+without an engine, as a subprocess of the exported entrypoint. Its output must be what the
+platform accepts (exactly one single-channel uint8 image with the input's geometry and only
+declared label values, valid ``results.json``) and must equal, voxel for voxel, the same
+ensemble predicted here from the workspace's models by the predictor ``toolkit predict``
+uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from toolkit.container.entrypoint import (
+    INPUTS_JSON,
+    OUTPUT_IMAGE,
+    RESULTS_JSON,
+    predict_labels,
+)
+from toolkit.container.spec import AlgorithmSpec, EnsembleSpec
+from toolkit.errors import ToolkitError
+from toolkit.io.atomic import write_json
+from toolkit.io.dataset_json import CaseFiles, load_dataset_info, training_cases
+from toolkit.io.images import Geometry, make_sitk, read_channels, read_image
+from toolkit.workspace import DatasetPaths, ExportPaths
+
+UUID_NAMESPACE = uuid.UUID("6f1c5a52-8f0e-4a4e-9d1e-2f6f3f0c9a11")
+SEGMENTATION_DTYPES = (sitk.sitkUInt8, sitk.sitkInt8)
+
+
+@dataclass
+class CaseResult:
+    case: str
+    mode: str  # "container" or "dry-run"
+    exit_code: int
+    seconds: float
+    peak_memory_mb: float | None
+    memory_source: str
+    reference_seconds: float | None = None
+    identical: bool | None = None
+    differing_voxels: int | None = None
+    oom_killed: bool = False
+    problems: list[str] = field(default_factory=list)
+    stderr_tail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.problems and self.identical is not False
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"ok": self.ok}
+
+    def summary_line(self) -> str:
+        """One line for the person at the terminal."""
+        memory = "unknown" if self.peak_memory_mb is None else f"{self.peak_memory_mb:.0f} MB"
+        if self.ok:
+            verdict = "ok, identical to the reference" if self.identical else "ok"
+        else:
+            reasons = list(self.problems)
+            if self.identical is False:
+                reasons.append(
+                    f"{self.differing_voxels} voxel(s) differ from the reference prediction"
+                )
+            verdict = "FAILED: " + "; ".join(reasons)
+        return f"{self.case}: {self.seconds:.1f} s, peak memory {memory}, {verdict}"
+
+
+# --- choosing and laying out cases -----------------------------------------------------
+
+
+def cross_validation_cases(
+    paths: DatasetPaths, count: int, names: list[str] | None = None
+) -> list[CaseFiles]:
+    """``names`` if given; else ``count`` validation cases taken round-robin over the folds."""
+    cases = {c.case: c for c in training_cases(paths, load_dataset_info(paths))}
+    if names:
+        unknown = [n for n in names if n not in cases]
+        if unknown:
+            raise ToolkitError(
+                f"case(s) {unknown} are not training cases of {paths.name}", paths.images_tr
+            )
+        return [cases[n] for n in names]
+    order: list[str] = []
+    if paths.splits_json.is_file():
+        from toolkit.training.splits import read_splits
+
+        folds = [s.val for s in read_splits(paths.splits_json)]
+        for k in range(max((len(v) for v in folds), default=0)):
+            order += [v[k] for v in folds if k < len(v) and v[k] in cases]
+    order += [c for c in sorted(cases) if c not in order]
+    if not order:
+        raise ToolkitError("no training case to test with", paths.images_tr)
+    return [cases[c] for c in order[:count]]
+
+
+def case_uuid(case: str, channel: int) -> str:
+    return str(uuid.uuid5(UUID_NAMESPACE, f"{case}/{channel}"))
+
+
+def inputs_json_document(case: str, spec: AlgorithmSpec, files: list[str]) -> list[dict]:
+    """The platform's ``inputs.json`` for one case: one image interface per channel."""
+    entries = []
+    for channel, (slug, name) in enumerate(zip(spec.input_slugs, files, strict=True)):
+        entries.append(
+            {
+                "pk": case_uuid(case, channel + 1000),
+                "interface": {
+                    "slug": slug,
+                    "kind": "Image",
+                    "super_kind": "Image",
+                    "relative_path": f"images/{slug}",
+                    "title": spec.channel_names[channel],
+                },
+                "image": {"pk": case_uuid(case, channel), "name": name},
+                "value": None,
+                "file": None,
+            }
+        )
+    return entries
+
+
+def lay_out_case(case: CaseFiles, spec: AlgorithmSpec, run_dir: Path) -> tuple[Path, Path]:
+    """``run_dir/input`` as the platform fills it and an empty ``run_dir/output``."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    input_dir, output_dir = run_dir / "input", run_dir / "output"
+    names = []
+    for channel, (slug, source) in enumerate(zip(spec.input_slugs, case.images, strict=True)):
+        folder = input_dir / "images" / slug
+        folder.mkdir(parents=True)
+        name = f"{case_uuid(case.case, channel)}.mha"
+        # pixels and geometry only: the source format's metadata has no place in a .mha
+        array, geometry = read_image(source)
+        sitk.WriteImage(make_sitk(array, geometry), str(folder / name), useCompression=True)
+        names.append(name)
+    write_json(input_dir / INPUTS_JSON, inputs_json_document(case.case, spec, names))
+    output_dir.mkdir(parents=True)
+    for root, _dirs, files in os.walk(input_dir):
+        os.chmod(root, 0o755)
+        for f in files:
+            os.chmod(Path(root) / f, 0o644)
+    # the image's user is not this machine's: the platform's /output is writable to it
+    os.chmod(output_dir, 0o777)
+    return input_dir, output_dir
+
+
+# --- checking an output ----------------------------------------------------------------
+
+
+def check_output(
+    output_dir: Path, spec: AlgorithmSpec, geometry: Geometry
+) -> tuple[np.ndarray | None, list[str]]:
+    """What the platform would say about a job's output: the label array and the problems."""
+    problems: list[str] = []
+    folder = output_dir / spec.output_relative_path
+    files = sorted(p for p in folder.iterdir()) if folder.is_dir() else []
+    if len(files) != 1:
+        problems.append(
+            f"{spec.output_relative_path}/ holds {len(files)} files ({', '.join(p.name for p in files) or 'none'}); the platform needs exactly one image"
+        )
+    expected = {folder / OUTPUT_IMAGE, output_dir / RESULTS_JSON}
+    stray = sorted(
+        str(p.relative_to(output_dir))
+        for p in output_dir.rglob("*")
+        if p.is_file() and p not in expected
+    )
+    if stray:
+        problems.append(f"unexpected files in /output: {', '.join(stray)}")
+    results = output_dir / RESULTS_JSON
+    if not results.is_file():
+        problems.append(f"no {RESULTS_JSON}")
+    else:
+        try:
+            json.loads(results.read_text(), parse_constant=_reject_constant)
+        except (ValueError, UnicodeDecodeError) as exc:
+            problems.append(f"{RESULTS_JSON} is not valid JSON ({exc})")
+    image_path = folder / OUTPUT_IMAGE
+    if not image_path.is_file():
+        problems.append(f"no {spec.output_relative_path}/{OUTPUT_IMAGE}")
+        return None, problems
+    image = sitk.ReadImage(str(image_path))
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        problems.append(
+            f"the output has {image.GetNumberOfComponentsPerPixel()} components; a segmentation has one"
+        )
+    if image.GetPixelID() not in SEGMENTATION_DTYPES:
+        problems.append(
+            f"the output is {image.GetPixelIDTypeAsString()}; a segmentation is uint8 or int8"
+        )
+    mismatch = geometry.matches(Geometry.of(image))
+    if mismatch is not None:
+        problems.append(f"the output's geometry differs from the input's: {mismatch}")
+    labels = sitk.GetArrayFromImage(image)
+    if labels.ndim == 2:
+        labels = labels[None]
+    undeclared = sorted(set(np.unique(labels).tolist()) - set(spec.label_values))
+    if undeclared:
+        problems.append(f"the output holds undeclared label values {undeclared}")
+    return labels, problems
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+# --- running one case ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    exit_code: int
+    seconds: float
+    peak_memory_mb: float | None
+    memory_source: str
+    stderr: str
+    oom_killed: bool = False
+
+
+def run_dry(export: ExportPaths, input_dir: Path, output_dir: Path, timeout: float) -> JobOutcome:
+    """The exported entrypoint as a subprocess of this Python, folders given as options."""
+    env = dict(os.environ, TOOLKIT_QUIET="1", PYTHONUNBUFFERED="1")
+    command = [
+        sys.executable,
+        str(export.entrypoint),
+        "--input",
+        str(input_dir),
+        "--output",
+        str(output_dir),
+        "--model",
+        str(export.model),
+        "--algorithm",
+        str(export.algorithm_json),
+    ]
+    start = time.perf_counter()
+    with open(output_dir.parent / "stderr.txt", "w+b") as err:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        deadline = start + timeout
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid != 0:
+                break
+            if time.perf_counter() > deadline:
+                process.kill()
+                pid, status, usage = os.wait4(process.pid, 0)
+                break
+            time.sleep(0.05)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
+    return JobOutcome(
+        exit_code=process.returncode,
+        seconds=time.perf_counter() - start,
+        peak_memory_mb=usage.ru_maxrss / 1024.0,
+        memory_source="peak resident memory of the entrypoint process (wait4)",
+        stderr=stderr,
+    )
+
+
+def run_container(
+    engine,
+    tag: str,
+    input_dir: Path,
+    output_dir: Path,
+    model_dir: Path | None,
+    memory: str,
+    timeout: float,
+) -> JobOutcome:
+    from toolkit.container.engine import Mounts
+
+    result = engine.run(
+        tag, Mounts(input_dir, output_dir, model_dir), memory=memory, timeout=timeout
+    )
+    return JobOutcome(
+        exit_code=result.exit_code,
+        seconds=result.seconds,
+        peak_memory_mb=None
+        if result.peak_memory_bytes is None
+        else result.peak_memory_bytes / 1024**2,
+        memory_source=result.memory_source,
+        stderr=result.stderr,
+        oom_killed=result.oom_killed,
+    )
+
+
+def extract_model_tarball(tarball: Path, target: Path) -> Path:
+    """What the platform puts in ``/opt/ml/model``: the tarball extracted."""
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    with tarfile.open(tarball, "r:gz") as archive:
+        archive.extractall(target, filter="data")
+    for root, _dirs, files in os.walk(target):
+        os.chmod(root, 0o755)
+        for f in files:
+            os.chmod(Path(root) / f, 0o644)
+    return target
+
+
+def test_case(
+    case: CaseFiles,
+    paths: DatasetPaths,
+    export: ExportPaths,
+    run,
+    mode: str,
+    compare: bool = True,
+) -> CaseResult:
+    """Lay out one case, run the job (``run(input_dir, output_dir) -> JobOutcome``), check it."""
+    spec = AlgorithmSpec.load(export.algorithm_json)
+    ensemble = EnsembleSpec.load(export.ensemble_json)
+    input_dir, output_dir = lay_out_case(case, spec, export.run_dir(case.case))
+    outcome: JobOutcome = run(input_dir, output_dir)
+    result = CaseResult(
+        case=case.case,
+        mode=mode,
+        exit_code=outcome.exit_code,
+        seconds=round(outcome.seconds, 3),
+        peak_memory_mb=None if outcome.peak_memory_mb is None else round(outcome.peak_memory_mb, 1),
+        memory_source=outcome.memory_source,
+        oom_killed=outcome.oom_killed,
+        stderr_tail="\n".join(outcome.stderr.strip().splitlines()[-5:]),
+    )
+    if outcome.exit_code != 0:
+        reason = (
+            "killed for memory (exit 137)"
+            if outcome.oom_killed
+            else f"exit code {outcome.exit_code}"
+        )
+        result.problems.append(f"the job failed: {reason}: {result.stderr_tail or 'no stderr'}")
+        return result
+    image, geometry = read_channels(list(case.images))
+    labels, problems = check_output(output_dir, spec, geometry)
+    result.problems += problems
+    if compare and labels is not None:
+        start = time.perf_counter()
+        reference = predict_labels(paths.root, ensemble, image, geometry, "cpu")
+        result.reference_seconds = round(time.perf_counter() - start, 3)
+        if reference.shape != labels.shape:
+            result.identical, result.differing_voxels = False, int(max(reference.size, labels.size))
+        else:
+            differing = int(np.count_nonzero(reference.astype(np.int64) != labels.astype(np.int64)))
+            result.identical, result.differing_voxels = differing == 0, differing
+    return result
+
+
+test_case.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
