@@ -22,6 +22,18 @@ def test_atomic_json_leaves_no_temp_and_rejects_nan(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["x.json"]
 
 
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        atomic.write_text(tmp_path / "x.txt", "x")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "x.txt").stat().st_mode) == 0o644
+
+
 def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
     target = tmp_path / "x.txt"
     target.write_text("old")

@@ -31,12 +31,20 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp makes 0600 files: give the new file the mode a plain open() would
+        os.chmod(tmp_path, 0o666 & ~_umask())
         _fsync(tmp_path)
         os.replace(tmp_path, target)
         _fsync_dir(target.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(target: str | Path, data: bytes) -> None:
