@@ -295,6 +295,20 @@ def compare_folders(ours: Path, theirs: Path, labels: list[int]) -> dict:
     }
 
 
+def nnunet_python() -> Path:
+    """The reference's Python: ``$TOOLKIT_NNUNET_PYTHON`` (e.g. on a GPU machine), else the bench venv."""
+    override = os.environ.get("TOOLKIT_NNUNET_PYTHON")
+    return Path(override) if override else harness.ensure_nnunet()
+
+
+def nnunet_versions() -> dict:
+    code = "import importlib.metadata as m, json; print(json.dumps({p: m.version(p) for p in ('nnunetv2', 'torch', 'dynamic-network-architectures')}))"
+    out = subprocess.run(
+        [str(nnunet_python()), "-c", code], capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def prepare_task(cases: int, iterations: int, device: str) -> tuple[Path, Path]:
     """The synthetic task converted, and nnU-Net v2's trained model folder (reused when present)."""
     from datasets.synthetic import generate_task
@@ -317,7 +331,7 @@ def prepare_task(cases: int, iterations: int, device: str) -> tuple[Path, Path]:
         return test_images, Path(json.loads(stamp.read_text())["model"])
     if nnunet_root.exists():
         shutil.rmtree(nnunet_root)
-    python = harness.ensure_nnunet()
+    python = nnunet_python()
     harness.log("nnU-Net v2: fingerprint, plan, preprocess")
     run_measured(
         [
@@ -361,7 +375,7 @@ def prepare_task(cases: int, iterations: int, device: str) -> tuple[Path, Path]:
 def predict_runs(
     test_images: Path, model: Path, device: str, repeats: int, cases: int
 ) -> tuple[list[dict], dict]:
-    python = str(harness.ensure_nnunet())
+    python = str(nnunet_python())
     ours_python = sys.executable
     rows, outputs = [], {}
     settings = [("mirroring", False), ("no mirroring", True)]
@@ -621,9 +635,8 @@ def main(argv: list[str] | None = None) -> int:
 
     data: dict = {"device": args.device, "machine": harness.machine()}
     if not args.ct_only:
-        data["nnunet"] = harness.nnunet_versions() if harness.nnunet_python().exists() else {}
         test_images, model = prepare_task(args.cases, args.iterations, args.device)
-        data["nnunet"] = harness.nnunet_versions()
+        data["nnunet"] = nnunet_versions()
         plans = json.loads((model / "plans.json").read_text())["configurations"]["3d_fullres"]
         rows, agreement = predict_runs(test_images, model, args.device, args.repeats, args.cases)
         data["speed"] = {
