@@ -112,7 +112,12 @@ def prepare(
 
 
 def measure_ours(
-    dataset: Path, device_name: str, iterations: int, warmup: int, precision: str, threads: int
+    dataset: Path,
+    device_name: str,
+    iterations: int,
+    warmup: int,
+    precision: str,
+    threads: int | None,
 ) -> dict:
     import torch
 
@@ -143,6 +148,7 @@ def measure_ours(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     parts.model.train()
+    threads = options.threads_for(device)
     with Prefetcher(parts.train_maker, keys, depth=3, threads=threads) as batches:
         start = None
         for i in range(total):
@@ -220,8 +226,7 @@ def run_ours(dataset: Path, args: argparse.Namespace, precision: str) -> dict:
         str(args.warmup),
         "--precision",
         precision,
-        "--threads",
-        str(args.threads),
+        *(["--threads", str(args.threads)] if args.threads else []),
     ]
     logfile = args.work / "logs" / f"ours_{args.device}_{precision}.log"
     output, peak = _measure(command, logfile, {**os.environ, "TOOLKIT_QUIET": "1"})
@@ -346,7 +351,12 @@ def main(argv: list[str]) -> int:
         help="Case shape (default: the task's); larger shapes give the larger plans of real tasks.",
     )
     parser.add_argument("--cases", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=1, help="Our background batch threads.")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="Our background batch threads (default: the trainer's, 1 on the CPU, 2 on CUDA).",
+    )
     parser.add_argument(
         "--precision",
         default=None,

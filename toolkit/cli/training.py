@@ -69,8 +69,12 @@ def train(
         "--validate/--no-validate",
         help="Predict the fold's validation cases at the end (needed by evaluate and by a cascade's next stage).",
     ),
-    loader_threads: int = typer.Option(
-        1, "--loader-threads", min=1, help="Background threads preparing batches."
+    loader_threads: int | None = typer.Option(
+        None,
+        "--loader-threads",
+        min=1,
+        help="Background threads preparing batches. Default: 1 on the CPU, 2 on CUDA.",
+        show_default=False,
     ),
     quiet: bool = QuietOption,
 ) -> None:

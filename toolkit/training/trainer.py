@@ -155,7 +155,7 @@ def run(job: TrainingJob, ctx: DistContext) -> FoldResult:
             state, schedule.epochs, schedule.iterations_per_epoch, schedule.validation_iterations
         )
         with Prefetcher(
-            lambda k: make(parts, k), keys, job.options.prefetch, job.options.loader_threads
+            lambda k: make(parts, k), keys, job.options.prefetch, job.options.threads_for(device)
         ) as batches:
             for epoch in range(state.epoch, schedule.epochs):
                 last_save = run_epoch(job, ctx, parts, state, batches, epoch, last_save)
