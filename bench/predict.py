@@ -134,6 +134,15 @@ def run_measured(command: list[str], log_path: Path, env: dict | None = None) ->
     }
 
 
+def _env() -> dict:
+    """This process's environment with the repository first on the import path."""
+    extra = os.environ.get("PYTHONPATH")
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(harness.ROOT), *([extra] if extra else [])]),
+    }
+
+
 # --------------------------------------------------------------------------- programs run as subprocesses
 
 
@@ -152,13 +161,12 @@ def _ours(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     reports = run_predict(Path(args.input), Path(args.output), options, model=Path(args.model))
     seconds = time.perf_counter() - start
-    print(
-        "RESULT "
-        + json.dumps(
-            {"cases": len(reports), "seconds": seconds, "windows": sum(r.windows for r in reports)}
-        ),
-        flush=True,
-    )
+    result = {"cases": len(reports), "seconds": seconds, "windows": sum(r.windows for r in reports)}
+    if args.device == "cuda":
+        import torch
+
+        result["gpu_peak_gb"] = torch.cuda.max_memory_allocated() / GB
+    print("RESULT " + json.dumps(result), flush=True)
 
 
 def ct_plans(features: tuple[int, ...]):
@@ -423,7 +431,7 @@ def predict_runs(
                     run_measured(
                         cmd,
                         WORK / "logs" / f"{tool.split()[0]}_{label.replace(' ', '_')}_{r}.log",
-                        env={**os.environ, "PYTHONPATH": str(harness.ROOT)},
+                        env=_env(),
                     )
                 )
                 outputs[(tool, label)] = out
@@ -470,9 +478,7 @@ def bf16_run(test_images: Path, model: Path, cases: int, reference_out: Path) ->
         "bf16",
     ]
     harness.log("toolkit, mirroring, bf16 autocast")
-    run = run_measured(
-        cmd, WORK / "logs" / "toolkit_bf16.log", env={**os.environ, "PYTHONPATH": str(harness.ROOT)}
-    )
+    run = run_measured(cmd, WORK / "logs" / "toolkit_bf16.log", env=_env())
     return {
         "seconds_per_case": run["result"]["seconds"] / cases,
         "tree_peak_gb": run["tree_peak_gb"],
@@ -481,7 +487,7 @@ def bf16_run(test_images: Path, model: Path, cases: int, reference_out: Path) ->
 
 
 def ct_run(device: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(harness.ROOT)}
+    env = _env()
     image = WORK / "ct" / "ct_large_0000.nii.gz"
     model = WORK / "ct" / "models" / "3d_fullres"
     harness.log(f"CT-sized volume {CT_SHAPE}: writing the image and a model of the CT plan")
