@@ -37,7 +37,8 @@ def train(
     precision: str = typer.Option(
         "auto",
         "--precision",
-        help="auto (fp16 with gradient scaling on CUDA, fp32 on the CPU), fp32, bf16 (autocast; also on the CPU) or fp16 (CUDA).",
+        help="auto (fp16 with gradient scaling on CUDA, fp32 on the CPU), fp32, bf16 (autocast) or fp16 (CUDA). "
+        "bf16 also runs on the CPU, but there its 3D backward pass is much slower than fp32 (torch 2.13).",
     ),
     compile_network: bool = typer.Option(
         False,
