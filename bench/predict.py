@@ -546,7 +546,7 @@ def markdown(data: dict) -> str:
     lines = [f"# Prediction: toolkit vs nnU-Net v2 ({data['device']})", ""]
     lines.append(
         f"Machine: {data['machine']['cpus']} CPUs, load average {data['machine']['load_average']} at start, {data['machine']['date']}. "
-        f"nnU-Net: {data.get('nnunet', {})} in its own venv (`bench/.venv-nnunet`), driven through its Python API "
+        f"nnU-Net: {data.get('nnunet', {})} ({data.get('reference_python', 'its own venv, bench/.venv-nnunet')}), driven through its Python API "
         "(`bench/nnunet_v2_reference.py`: `nnUNetPredictor.predict_from_files`, 1 preprocessing and 1 export process); the toolkit "
         "reads the same nnU-Net v2 model folder (identical weights). One process per run; peak memory = the sum of the resident "
         "memory of the process tree (sampled every 0.1 s) and the largest single process. Seconds per case are measured inside "
@@ -611,7 +611,7 @@ def markdown(data: dict) -> str:
         c = data["ct"]
         lines += [
             "",
-            f"## CT-sized volume {c['shape_zyx'][0]}x{c['shape_zyx'][1]}x{c['shape_zyx'][2]} ({c['voxels'] / 1e6:.0f} M voxels) on the {data['device']}",
+            f"## CT-sized volume {c['shape_zyx'][0]}x{c['shape_zyx'][1]}x{c['shape_zyx'][2]} ({c['voxels'] / 1e6:.0f} M voxels) on the {'GPU' if data['device'] == 'cuda' else 'CPU'}",
             "",
             f"Plan: patch {c['patch']}, 6 stages, features {c['features']}, 3 classes, no mirroring, {c['windows']} windows. "
             f"End to end (read .nii.gz, preprocess, sliding window, export, write): {c['seconds']:.0f} s, "
@@ -643,6 +643,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.ct_only:
         test_images, model = prepare_task(args.cases, args.iterations, args.device)
         data["nnunet"] = nnunet_versions()
+        data["reference_python"] = (
+            f"Python {os.environ['TOOLKIT_NNUNET_PYTHON']} with nnU-Net's packages added"
+            if os.environ.get("TOOLKIT_NNUNET_PYTHON")
+            else "its own venv, bench/.venv-nnunet"
+        )
         plans = json.loads((model / "plans.json").read_text())["configurations"]["3d_fullres"]
         rows, agreement = predict_runs(test_images, model, args.device, args.repeats, args.cases)
         data["speed"] = {
