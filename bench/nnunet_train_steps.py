@@ -38,13 +38,16 @@ def run(argv: list[str]) -> dict:
         default=0,
         help="nnUNet_n_proc_DA: 0 = augmentation in the main process",
     )
+    parser.add_argument(
+        "--compile", action="store_true", help="nnUNet_compile=true (its default on CUDA)"
+    )
     args = parser.parse_args(argv)
 
     root = Path(args.root).resolve()
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         os.environ[name] = str(root / name)
     os.environ["nnUNet_n_proc_DA"] = str(args.workers)
-    os.environ.setdefault("nnUNet_compile", "false")
+    os.environ["nnUNet_compile"] = "true" if args.compile else "false"
 
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args
@@ -80,6 +83,7 @@ def run(argv: list[str]) -> dict:
         "device": str(device),
         "precision": "fp16 autocast" if device.type == "cuda" else "fp32",
         "augmentation_workers": args.workers,
+        "compiled": args.compile,
         "patch_size": list(config.patch_size),
         "batch_size": trainer.batch_size,
         "iterations": args.iterations,

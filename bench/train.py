@@ -118,6 +118,7 @@ def measure_ours(
     warmup: int,
     precision: str,
     threads: int | None,
+    compile_network: bool = False,
 ) -> dict:
     import torch
 
@@ -135,6 +136,7 @@ def measure_ours(
         validate=False,
         quiet=True,
         loader_threads=threads,
+        compile=compile_network,
     )
     job = prepare(DatasetPaths(dataset), CONFIGURATION, 0, options)
     device = job.device
@@ -172,6 +174,7 @@ def measure_ours(
         "device": str(device),
         "precision": parts.precision,
         "loader_threads": threads,
+        "compiled": compile_network,
         "patch_size": cfg.patch_size,
         "batch_size": cfg.batch_size,
         "iterations": iterations,
@@ -227,8 +230,13 @@ def run_ours(dataset: Path, args: argparse.Namespace, precision: str) -> dict:
         "--precision",
         precision,
         *(["--threads", str(args.threads)] if args.threads else []),
+        *(["--compile"] if args.compile else []),
     ]
-    logfile = args.work / "logs" / f"ours_{args.device}_{precision}.log"
+    logfile = (
+        args.work
+        / "logs"
+        / f"ours_{args.device}_{precision}{'_compiled' if args.compile else ''}.log"
+    )
     output, peak = _measure(command, logfile, {**os.environ, "TOOLKIT_QUIET": "1"})
     result = _json_line(output)
     result["process_peak_rss_mb"] = peak
@@ -259,8 +267,13 @@ def run_nnunet(
         args.device,
         "--workers",
         str(workers),
+        *(["--compile"] if args.compile else []),
     ]
-    logfile = args.work / "logs" / f"nnunet_{args.device}_{workers}.log"
+    logfile = (
+        args.work
+        / "logs"
+        / f"nnunet_{args.device}_{workers}{'_compiled' if args.compile else ''}.log"
+    )
     output, peak = _measure(command, logfile, folders.env())
     result = _json_line(output)
     result["process_peak_rss_mb"] = peak
@@ -271,10 +284,14 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
     reference = next((r for r in results if r["tool"] == "nnU-Net v2"), None)
     rows = []
     for r in results:
-        name = r["tool"] + (
-            f", {r['augmentation_workers']} aug. workers"
-            if "augmentation_workers" in r
-            else f", {r['precision']}"
+        name = (
+            r["tool"]
+            + (
+                f", {r['augmentation_workers']} aug. workers"
+                if "augmentation_workers" in r
+                else f", {r['precision']}"
+            )
+            + (", compiled" if r.get("compiled") else "")
         )
         speedup = (
             r["iterations_per_s"] / reference["iterations_per_s"] if reference else float("nan")
@@ -360,7 +377,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--precision",
         default=None,
-        help="Ours: default auto on CUDA; on the CPU fp32 and bf16 are both measured.",
+        help="Ours: auto (fp16 on CUDA, fp32 on the CPU), fp32, bf16 or fp16.",
     )
     parser.add_argument(
         "--nnunet-workers",
@@ -373,6 +390,11 @@ def main(argv: list[str]) -> int:
         "--nnunet-python",
         default=None,
         help="A Python with nnunetv2 (default: the harness's bench/.venv-nnunet).",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="Both tools with torch.compile (nnU-Net v2's default on CUDA; off by default here).",
     )
     parser.add_argument("--skip-nnunet", action="store_true")
     parser.add_argument(
@@ -396,6 +418,7 @@ def main(argv: list[str]) -> int:
                     args.warmup,
                     args.precision or "auto",
                     args.threads,
+                    args.compile,
                 )
             ),
             flush=True,
@@ -419,9 +442,10 @@ def main(argv: list[str]) -> int:
         return 0
 
     results = []
-    precisions = [args.precision] if args.precision else (["auto"] if gpu else ["fp32", "bf16"])
+    precisions = [args.precision] if args.precision else ["auto"]
     for precision in precisions:
         results.append(run_ours(dataset, args, precision))
+
     if not args.skip_nnunet:
         workers = (
             args.nnunet_workers if args.nnunet_workers is not None else ([12] if gpu else [0, 2])
@@ -429,10 +453,14 @@ def main(argv: list[str]) -> int:
         for w in workers:
             results.append(run_nnunet(nnunet_python, folders, args, w))
     markdown = report(results, args)
-    name = f"train_{args.device}" + (
-        ""
-        if args.task == "mr" and args.shape is None
-        else "_" + args.work.name.removeprefix("train_")
+    name = (
+        f"train_{args.device}"
+        + (
+            ""
+            if args.task == "mr" and args.shape is None
+            else "_" + args.work.name.removeprefix("train_")
+        )
+        + ("_compiled" if args.compile else "")
     )
     write_results(name, {"machine": machine(), "results": results}, markdown)
     print(markdown)
