@@ -53,6 +53,10 @@ def run(argv: list[str]) -> dict:
     from nnunetv2.run.run_training import get_trainer_from_args
 
     device = torch.device(args.device)
+    if device.type == "cuda":
+        # what nnUNetv2_train does before it builds the trainer
+        torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.benchmark = True
     trainer = get_trainer_from_args(
         str(args.dataset_id), args.configuration, args.fold, device=device
     )
