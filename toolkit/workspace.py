@@ -271,6 +271,7 @@ class ExportPaths:
         export.json              what was exported, sizes and times
         container-test.json      test-container's per-case results
         runs/<case>/input, output   platform-style folders of the test runs
+        runs/<case>/reference/   `toolkit predict` of the same case, for comparison
         model-extracted/         model.tar.gz as the platform extracts it (test runs)
     """
 
@@ -342,6 +343,10 @@ class ExportPaths:
 
     def run_dir(self, case: str) -> Path:
         return self.runs / case
+
+    def reference_dir(self, case: str) -> Path:
+        """`toolkit predict`'s output for a test case, what the job's output must equal."""
+        return self.run_dir(case) / "reference"
 
     @property
     def extracted_model(self) -> Path:

@@ -124,7 +124,7 @@ def make_dataset(
 def tiny_ensemble(folds: tuple[int, ...] = (0, 1)) -> EnsembleSpec:
     return EnsembleSpec(
         configurations=[CONFIG],
-        folds={CONFIG: list(folds)},
+        folds=list(folds),
         postprocessing=Postprocessing(largest_component_foreground=True),
     )
 

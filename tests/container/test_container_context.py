@@ -154,7 +154,7 @@ def test_slim_checkpoint_drops_only_training_state():
 def test_ensemble_from_selection(dataset):
     write_selection(dataset, folds=(0, 1))
     ensemble = ensemble_from_selection(dataset)
-    assert ensemble.configurations == [CONFIG] and ensemble.folds == {CONFIG: [0, 1]}
+    assert ensemble.configurations == [CONFIG] and ensemble.folds == [0, 1]
     assert ensemble.postprocessing.largest_component_foreground
 
 
@@ -203,15 +203,14 @@ def test_slugs():
 def test_ensemble_spec_cascade_needs_its_first_stage(tmp_path):
     spec = EnsembleSpec(
         configurations=["3d_cascade_fullres", "2d"],
-        folds={"3d_cascade_fullres": [0, 1], "2d": [0]},
+        folds=[0, 1],
         previous_stages={"3d_cascade_fullres": "3d_lowres"},
     )
     assert spec.model_configurations == ["3d_lowres", "3d_cascade_fullres", "2d"]
-    assert spec.folds_of("3d_lowres") == [0, 1]
     spec.save(tmp_path / "e.json")
     assert EnsembleSpec.load(tmp_path / "e.json") == spec
     (tmp_path / "bad.json").write_text(
-        json.dumps({"format_version": 1, "configurations": ["2d"], "folds": {}})
+        json.dumps({"format_version": 1, "configurations": ["2d"], "folds": []})
     )
-    with pytest.raises(ToolkitError, match="no folds"):
+    with pytest.raises(ToolkitError, match="at least one fold"):
         EnsembleSpec.load(tmp_path / "bad.json")

@@ -23,7 +23,7 @@ TimeLimitOption = typer.Option(
 OutOption = typer.Option(
     None,
     "--out",
-    help="Export folder. Default: <dataset>/export/ in the workspace.",
+    help="Export folder. Default: `<dataset>/export/` in the workspace.",
     show_default=False,
 )
 
@@ -33,7 +33,7 @@ def export_container(
     workspace: Path | None = WorkspaceOption,
     out: Path | None = OutOption,
     tag: str | None = typer.Option(
-        None, "--tag", help="Image name. Default: toolkit-<dataset>:latest.", show_default=False
+        None, "--tag", help="Image name. Default: `toolkit-<dataset>:latest`.", show_default=False
     ),
     base_image: str | None = typer.Option(
         None,
@@ -52,7 +52,7 @@ def export_container(
         None,
         "--input-slug",
         help="Platform input interface, once per channel in channel order (e.g. --input-slug "
-        "t2-weighted-mri --input-slug adc-map). Default: <channel name>-image.",
+        "t2-weighted-mri --input-slug adc-map). Default: `<channel name>-image`.",
         show_default=False,
     ),
     output_slug: str = typer.Option(
@@ -92,8 +92,8 @@ def export_container(
 
     Writes a build context to `<dataset>/export/context/`, builds the image through the Docker
     SDK (log in `export/build.log`), runs it on a cross-validation case laid out as on the
-    platform (no network, memory limit, read-only /input) and checks the output against the
-    prediction made here, then saves `export/image.tar.gz` and checks it as the platform does
+    platform (no network, memory limit, read-only /input) and checks that the output is
+    identical to `toolkit predict`'s, then saves `export/image.tar.gz` and checks it as the platform does
     (one image, non-root user, amd64).
     """
     from toolkit.container.context import ExportOptions, default_tag

@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from toolkit.container.podman import find_tool
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import atomic_path
 from toolkit.progress import info
@@ -78,7 +79,7 @@ def file_lock(path: Path, waiting_message: str) -> Iterator[None]:
 
 
 def debootstrap_unavailable_reason() -> str | None:
-    if shutil.which("debootstrap") is None:
+    if find_tool("debootstrap") is None:
         return "debootstrap is not installed (Debian/Ubuntu: `apt-get install debootstrap`)"
     if os.geteuid() != 0:
         return "debootstrap needs root"
@@ -87,7 +88,7 @@ def debootstrap_unavailable_reason() -> str | None:
 
 def debootstrap_command(target: Path, mirror: str) -> list[str]:
     return [
-        "debootstrap",
+        find_tool("debootstrap") or "debootstrap",
         "--variant=minbase",
         f"--include={','.join(BASE_PACKAGES)}",
         DEBIAN_SUITE,

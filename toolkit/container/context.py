@@ -205,7 +205,7 @@ def copy_models(paths: DatasetPaths, ensemble: EnsembleSpec, model_root: Path) -
                 raise MissingStageError(source / name, f"toolkit train {paths.name} {config}")
             shutil.copyfile(source / name, target / name)
             total += (target / name).stat().st_size
-        for fold in ensemble.folds_of(config):
+        for fold in ensemble.folds:
             checkpoint = paths.fold_dir(config, fold) / CHECKPOINT_FINAL
             if not checkpoint.is_file():
                 raise MissingStageError(
@@ -231,7 +231,7 @@ def ensemble_from_selection(paths: DatasetPaths) -> EnsembleSpec:
             previous_stages[config] = previous
     return EnsembleSpec(
         configurations=list(selection.configurations),
-        folds={c: list(selection.folds) for c in selection.configurations},
+        folds=list(selection.folds),
         postprocessing=selection.postprocessing,
         previous_stages=previous_stages,
     )

@@ -18,13 +18,13 @@ import contextlib
 import gzip
 import os
 import queue
-import shutil
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from toolkit.container.base import cache_dir, ensure_base_image
 from toolkit.container.podman import PodmanService, podman_unavailable_reason
@@ -197,53 +197,61 @@ class Engine:
         ensure_base_image(self.client, image)
 
     def build(
-        self, context: Path, tag: str, log_path: Path, echo: Callable[[str], None] | None = None
+        self,
+        context: Path,
+        tag: str,
+        log: TextIO,
+        echo: Callable[[str], None] | None = None,
+        target: str | None = None,
     ) -> BuildResult:
-        """Build with the log streamed to ``log_path`` (and ``echo``); errors end the build."""
+        """Build (up to stage ``target``) with the log streamed to ``log`` and ``echo``.
+
+        The log is written as the build goes, so a person can follow it (``tail -f``);
+        an error in the stream ends the build with the last steps in the message.
+        """
         start = time.perf_counter()
         image_id = ""
         lines: list[str] = []
-        with atomic_path(log_path) as tmp, open(tmp, "w") as log:
-            try:
-                stream = self.client.api.build(
-                    path=str(context),
-                    tag=tag,
-                    rm=True,
-                    forcerm=True,
-                    decode=True,
-                    platform=PLATFORM,
-                    pull=False,
-                )
-                for chunk in stream:
-                    text = chunk.get("stream") or chunk.get("status") or ""
-                    if "error" in chunk or "errorDetail" in chunk:
-                        message = chunk.get("error") or (chunk.get("errorDetail") or {}).get(
-                            "message", ""
-                        )
-                        log.write(f"ERROR: {message}\n")
-                        log.flush()
-                        raise ToolkitError(
-                            f"image build failed: {message.strip()} (last steps: {' | '.join(lines[-3:])})",
-                            log_path,
-                        )
-                    if "aux" in chunk and isinstance(chunk["aux"], dict):
-                        image_id = chunk["aux"].get("ID", image_id)
-                    if text:
-                        log.write(text)
-                        log.flush()
-                        for line in text.splitlines():
-                            if line.strip():
-                                lines.append(line.rstrip())
-                                if echo is not None:
-                                    echo(line.rstrip())
-            except ToolkitError:
-                shutil.copyfile(tmp, log_path)
-                raise
-            except Exception as exc:
-                log.write(f"ERROR: {exc}\n")
-                log.flush()
-                shutil.copyfile(tmp, log_path)
-                raise ToolkitError(f"image build failed: {_api_message(exc)}", log_path) from None
+        log_name = getattr(log, "name", None)
+        try:
+            stream = self.client.api.build(
+                path=str(context),
+                tag=tag,
+                target=target,
+                rm=True,
+                forcerm=True,
+                decode=True,
+                platform=PLATFORM,
+                pull=False,
+            )
+            for chunk in stream:
+                if "error" in chunk or "errorDetail" in chunk:
+                    message = chunk.get("error") or (chunk.get("errorDetail") or {}).get(
+                        "message", ""
+                    )
+                    log.write(f"ERROR: {message}\n")
+                    log.flush()
+                    raise ToolkitError(
+                        f"image build failed: {message.strip()} (last steps: {' | '.join(lines[-3:])})",
+                        log_name,
+                    )
+                if isinstance(chunk.get("aux"), dict):
+                    image_id = chunk["aux"].get("ID", image_id)
+                text = chunk.get("stream") or chunk.get("status") or ""
+                if text:
+                    log.write(text)
+                    log.flush()
+                    for line in text.splitlines():
+                        if line.strip():
+                            lines.append(line.rstrip())
+                            if echo is not None:
+                                echo(line.rstrip())
+        except ToolkitError:
+            raise
+        except Exception as exc:
+            log.write(f"ERROR: {exc}\n")
+            log.flush()
+            raise ToolkitError(f"image build failed: {_api_message(exc)}", log_name) from None
         seconds = time.perf_counter() - start
         image = self.client.images.get(tag)
         attrs = image.attrs
@@ -255,6 +263,18 @@ class Engine:
             user=str((attrs.get("Config") or {}).get("User") or ""),
             architecture=str(attrs.get("Architecture") or ""),
         )
+
+    def prune_dangling_images(self) -> int:
+        """Remove untagged images (older builds of a tag); only for our private storage."""
+        import docker
+
+        if not self.private_podman:
+            return 0  # a user's Docker engine holds other projects' images too
+        try:
+            result = self.client.images.prune(filters={"dangling": True})
+        except docker.errors.APIError:
+            return 0
+        return len((result or {}).get("ImagesDeleted") or [])
 
     def image_size(self, tag: str) -> int:
         return int(self.client.images.get(tag).attrs.get("Size") or 0)

@@ -171,7 +171,7 @@ def results_document(
         "output": f"{spec.output_relative_path}/{OUTPUT_IMAGE}",
         "labels": [v.__dict__ for v in label_volumes(labels, geometry, spec)],
         "configurations": list(ensemble.configurations),
-        "folds": {c: ensemble.folds_of(c) for c in ensemble.configurations},
+        "folds": list(ensemble.folds),
         "postprocessing": ensemble.postprocessing.to_dict(),
         "seconds": round(seconds, 3),
     }
@@ -223,7 +223,7 @@ def predict_labels(
     predictors = [
         Predictor.from_model_dir(
             DatasetPaths(model_root).model_dir(config),
-            folds=ensemble.folds_of(config),
+            folds=ensemble.folds,
             device=device,
             use_mirroring=ensemble.use_mirroring,
         )

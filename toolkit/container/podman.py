@@ -49,9 +49,19 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
 
 
+# runc and debootstrap live in sbin, which a non-login PATH may lack
+SYSTEM_PATHS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
+def find_tool(name: str) -> str | None:
+    """A program on PATH or in the system folders."""
+    search = os.pathsep.join([os.environ.get("PATH", ""), *SYSTEM_PATHS])
+    return shutil.which(name, path=search)
+
+
 def missing_podman_tools() -> list[str]:
     """The programs a private podman service needs that are not installed."""
-    return [tool for tool in ("podman", "runc") if shutil.which(tool) is None]
+    return [tool for tool in ("podman", "runc") if find_tool(tool) is None]
 
 
 def podman_unavailable_reason() -> str | None:
@@ -121,12 +131,13 @@ class PodmanService:
         """Environment for podman commands that must see this service's configuration."""
         env = dict(os.environ)
         env["CONTAINERS_CONF"] = str(self.layout.containers_conf)
+        env["PATH"] = os.pathsep.join([env.get("PATH", ""), *SYSTEM_PATHS])
         return env
 
     def podman_command(self, *args: str) -> list[str]:
         """A ``podman`` command line on this service's storage (for the CLI, not the API)."""
         return [
-            "podman",
+            find_tool("podman") or "podman",
             "--root",
             str(self.layout.storage),
             "--runroot",

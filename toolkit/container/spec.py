@@ -145,10 +145,13 @@ class AlgorithmSpec:
 
 @dataclass(frozen=True)
 class EnsembleSpec:
-    """What to run: configurations (probabilities averaged), their folds, postprocessing."""
+    """What to run: configurations (probabilities averaged), their folds, postprocessing.
+
+    Every configuration uses the same folds (the selection's), a cascade's first stage too.
+    """
 
     configurations: list[str]
-    folds: dict[str, list[int]]  # configuration -> folds whose logits are averaged
+    folds: list[int]  # folds whose logits are averaged, in every configuration
     postprocessing: Postprocessing = field(default_factory=Postprocessing)
     # configurations that run first for a cascade (their models are shipped too)
     previous_stages: dict[str, str] = field(default_factory=dict)
@@ -158,10 +161,8 @@ class EnsembleSpec:
     def __post_init__(self) -> None:
         if not self.configurations:
             raise ToolkitError("an ensemble needs at least one configuration")
-        for config in self.configurations:
-            folds = self.folds.get(config)
-            if not folds:
-                raise ToolkitError(f"configuration {config!r} has no folds in the ensemble")
+        if not self.folds:
+            raise ToolkitError("an ensemble needs at least one fold")
 
     @property
     def model_configurations(self) -> list[str]:
@@ -176,20 +177,11 @@ class EnsembleSpec:
                     needed.append(c)
         return needed
 
-    def folds_of(self, config: str) -> list[int]:
-        """Folds of ``config``; a cascade's previous stage uses the folds of the stage it feeds."""
-        if config in self.folds:
-            return list(self.folds[config])
-        for later, previous in self.previous_stages.items():
-            if previous == config:
-                return self.folds_of(later)
-        raise ToolkitError(f"configuration {config!r} is not part of the ensemble")
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "format_version": self.format_version,
             "configurations": list(self.configurations),
-            "folds": {k: list(v) for k, v in self.folds.items()},
+            "folds": list(self.folds),
             "postprocessing": self.postprocessing.to_dict(),
             "previous_stages": dict(self.previous_stages),
             "use_mirroring": self.use_mirroring,
@@ -202,16 +194,12 @@ class EnsembleSpec:
     def load(cls, path: str | Path) -> EnsembleSpec:
         path = Path(path)
         data = _read_json(path, "ensemble.json")
-        folds = _require(data, "folds", dict, path)
-        try:
-            parsed_folds = {str(k): [int(f) for f in v] for k, v in folds.items()}
-        except (TypeError, ValueError):
-            raise ToolkitError(
-                "'folds' must map each configuration to a list of fold numbers", path
-            ) from None
+        folds = _require(data, "folds", list, path)
+        if not all(isinstance(f, int) and not isinstance(f, bool) for f in folds):
+            raise ToolkitError("'folds' must be a list of fold numbers", path)
         return cls(
             configurations=[str(c) for c in _require(data, "configurations", list, path)],
-            folds=parsed_folds,
+            folds=list(folds),
             postprocessing=Postprocessing.from_dict(data.get("postprocessing") or {}, path),
             previous_stages={
                 str(k): str(v) for k, v in (data.get("previous_stages") or {}).items()

@@ -5,9 +5,9 @@ that is not fixed) with ``input/inputs.json``, and an empty ``output/`` writable
 image's user. The job runs in the image (no network, a memory limit, read-only input) or,
 without an engine, as a subprocess of the exported entrypoint. Its output must be what the
 platform accepts (exactly one single-channel uint8 image with the input's geometry and only
-declared label values, valid ``results.json``) and must equal, voxel for voxel, the same
-ensemble predicted here from the workspace's models by the predictor ``toolkit predict``
-uses.
+declared label values, valid ``results.json``) and must equal, voxel for voxel, what
+``toolkit predict`` writes for the same case with the same configurations, folds and
+postprocessing, from the workspace's models.
 """
 
 from __future__ import annotations
@@ -26,18 +26,13 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from toolkit.container.entrypoint import (
-    INPUTS_JSON,
-    OUTPUT_IMAGE,
-    RESULTS_JSON,
-    predict_labels,
-)
+from toolkit.container.entrypoint import INPUTS_JSON, OUTPUT_IMAGE, RESULTS_JSON
 from toolkit.container.spec import AlgorithmSpec, EnsembleSpec
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
 from toolkit.io.dataset_json import CaseFiles, load_dataset_info, training_cases
 from toolkit.io.images import Geometry, make_sitk, read_channels, read_image
-from toolkit.workspace import DatasetPaths, ExportPaths
+from toolkit.workspace import FILE_ENDING, DatasetPaths, ExportPaths
 
 UUID_NAMESPACE = uuid.UUID("6f1c5a52-8f0e-4a4e-9d1e-2f6f3f0c9a11")
 SEGMENTATION_DTYPES = (sitk.sitkUInt8, sitk.sitkInt8)
@@ -311,6 +306,35 @@ def extract_model_tarball(tarball: Path, target: Path) -> Path:
     return target
 
 
+def reference_labels(
+    paths: DatasetPaths, ensemble: EnsembleSpec, case: CaseFiles, folder: Path
+) -> np.ndarray:
+    """What ``toolkit predict --dataset D --config C --folds F --postprocess P`` writes for the case.
+
+    Run through the command's own code (on this machine's CPU, from the workspace's models),
+    so the job's output is compared with what a user of ``toolkit predict`` gets.
+    """
+    from toolkit.inference.commands import PredictOptions, run_predict
+
+    folder.mkdir(parents=True, exist_ok=True)
+    postprocessing = folder / "postprocessing.json"
+    ensemble.postprocessing.save(postprocessing)
+    target = folder / f"{case.case}{FILE_ENDING}"
+    options = PredictOptions(
+        folds=list(ensemble.folds), device="cpu", use_mirroring=ensemble.use_mirroring, quiet=True
+    )
+    run_predict(
+        case.images[0],
+        target,
+        options,
+        dataset=str(paths.root),
+        configurations=list(ensemble.configurations),
+        postprocess=postprocessing,
+    )
+    labels, _ = read_image(target)
+    return labels
+
+
 def test_case(
     case: CaseFiles,
     paths: DatasetPaths,
@@ -342,12 +366,12 @@ def test_case(
         )
         result.problems.append(f"the job failed: {reason}: {result.stderr_tail or 'no stderr'}")
         return result
-    image, geometry = read_channels(list(case.images))
+    _, geometry = read_channels(list(case.images))
     labels, problems = check_output(output_dir, spec, geometry)
     result.problems += problems
     if compare and labels is not None:
         start = time.perf_counter()
-        reference = predict_labels(paths.root, ensemble, image, geometry, "cpu")
+        reference = reference_labels(paths, ensemble, case, export.reference_dir(case.case))
         result.reference_seconds = round(time.perf_counter() - start, 3)
         if reference.shape != labels.shape:
             result.identical, result.differing_voxels = False, int(max(reference.size, labels.size))
