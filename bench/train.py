@@ -280,6 +280,14 @@ def run_nnunet(
     return result
 
 
+def median_run(repeats: list[dict]) -> dict:
+    """The repeat with the median iterations per second, with every repeat's figure kept."""
+    ordered = sorted(repeats, key=lambda r: r["iterations_per_s"])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["repeats_iterations_per_s"] = [r["iterations_per_s"] for r in repeats]
+    return chosen
+
+
 def report(results: list[dict], args: argparse.Namespace) -> str:
     reference = next((r for r in results if r["tool"] == "nnU-Net v2"), None)
     rows = []
@@ -313,7 +321,8 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
     header = (
         f"# Training iterations, ours vs nnU-Net v2 ({args.device})\n\n"
         f"Same plan (nnU-Net v2's {CONFIGURATION} for {TASKS[args.task]}, patch {first['patch_size']}, batch {first['batch_size']}, "
-        f"{first['parameters']:,} parameters), {args.iterations} iterations after {args.warmup} warm-up, medians per iteration. "
+        f"{first['parameters']:,} parameters), {args.iterations} iterations after {args.warmup} warm-up, medians per iteration; "
+        f"each run is the median of {args.repeats} alternating repeat(s) (every repeat in the JSON). "
         "`wait` is the time the loop waited for its batch; `augment` (ours) is the batch's transfer and augmentation on the "
         "device, done in a background thread; `step` is forward + loss + backward + optimiser.\n\n"
     )
@@ -407,6 +416,7 @@ def main(argv: list[str]) -> int:
     gpu = args.device == "cuda"
     args.iterations = args.iterations or (60 if gpu else 6)
     args.warmup = args.warmup if args.warmup is not None else (15 if gpu else 2)
+    args.repeats = args.repeats or (1 if gpu else 3)
 
     if args.measure_ours:
         print(
@@ -441,17 +451,20 @@ def main(argv: list[str]) -> int:
         log(f"prepared {dataset} and {folders.root}")
         return 0
 
-    results = []
     precisions = [args.precision] if args.precision else ["auto"]
-    for precision in precisions:
-        results.append(run_ours(dataset, args, precision))
-
-    if not args.skip_nnunet:
-        workers = (
-            args.nnunet_workers if args.nnunet_workers is not None else ([12] if gpu else [0, 2])
-        )
-        for w in workers:
-            results.append(run_nnunet(nnunet_python, folders, args, w))
+    workers = (
+        []
+        if args.skip_nnunet
+        else (args.nnunet_workers if args.nnunet_workers is not None else ([12] if gpu else [0, 2]))
+    )
+    # the runs alternate, repeat after repeat, so that a change in the machine's load hits both tools
+    runs: list[list[dict]] = [[] for _ in range(len(precisions) + len(workers))]
+    for _ in range(args.repeats):
+        for k, precision in enumerate(precisions):
+            runs[k].append(run_ours(dataset, args, precision))
+        for k, w in enumerate(workers):
+            runs[len(precisions) + k].append(run_nnunet(nnunet_python, folders, args, w))
+    results = [median_run(r) for r in runs]
     markdown = report(results, args)
     name = (
         f"train_{args.device}"
