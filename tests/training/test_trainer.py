@@ -301,3 +301,37 @@ def test_augmentation_on_cuda_matches_the_cpu():
     gpu = aug.apply(A.Batch(image.cuda(), labels.cuda()), params)
     assert torch.allclose(cpu.image, gpu.image.cpu(), atol=1e-3)
     assert (cpu.labels == gpu.labels.cpu()).float().mean() > 0.999
+
+
+@pytest.mark.slow
+def test_started_by_torchrun(tiny_dataset):
+    command, env = _cli(
+        tiny_dataset,
+        "3d_fullres",
+        "3",
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+        "--iters-per-epoch",
+        "1",
+        "--val-iters",
+        "1",
+        "--no-validate",
+    )
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "toolkit",
+    ]
+    done = subprocess.run(
+        launcher + command[3:], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    final = load_checkpoint(tiny_dataset.fold_dir("3d_fullres", 3) / CHECKPOINT_FINAL)
+    assert final["epoch"] == 1

@@ -99,13 +99,13 @@ def init_process(rank: int, world_size: int, local_rank: int, device: torch.devi
     return DistContext(rank, world_size, local_rank)
 
 
+def torchrun_local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
 def context_from_torchrun(device: torch.device) -> DistContext:
-    return init_process(
-        int(os.environ["RANK"]),
-        int(os.environ["WORLD_SIZE"]),
-        int(os.environ.get("LOCAL_RANK", 0)),
-        device,
-    )
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    return init_process(rank, world_size, torchrun_local_rank(), device)
 
 
 def shutdown() -> None:

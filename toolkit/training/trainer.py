@@ -106,20 +106,16 @@ def train_fold(
         return FoldResult(job.fold_dir, job.options.schedule.epochs, True, None)
     write_model_folder(job)
     if distributed.launched_by_torchrun():
-        return run(
-            job,
-            distributed.context_from_torchrun(_rank_device(job.device, int(_env("LOCAL_RANK", 0)))),
-        )
+        device = _rank_device(job.device, distributed.torchrun_local_rank())
+        ctx = distributed.context_from_torchrun(device)
+        try:
+            return run(job, ctx)
+        finally:
+            distributed.shutdown()
     if options.devices > 1:
         distributed.spawn(options.devices, _spawned, (job,))
         return FoldResult(job.fold_dir, options.schedule.epochs, False, None)
     return run(job, DistContext())
-
-
-def _env(name: str, default) -> str:
-    import os
-
-    return os.environ.get(name, str(default))
 
 
 def _rank_device(device: torch.device, local_rank: int) -> torch.device:
