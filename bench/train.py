@@ -412,6 +412,12 @@ def main(argv: list[str]) -> int:
         help="Write the data, plans and preprocessed cases, then stop.",
     )
     parser.add_argument("--measure-ours", metavar="DATASET", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="Alternating repeats of every run, the median reported (default: 3 on the CPU, 1 on CUDA).",
+    )
     args = parser.parse_args(argv)
     gpu = args.device == "cuda"
     args.iterations = args.iterations or (60 if gpu else 6)
