@@ -24,11 +24,13 @@ demo: install
 	$(BIN)/toolkit demo-data $(DEMO_DIR)/source --task mr --cases 12 --force
 	$(BIN)/toolkit convert $(DEMO_DIR)/source/Task901_SynthMR --workspace $(DEMO_DIR)/workspace --force
 	$(BIN)/toolkit run-all Task901_SynthMR --workspace $(DEMO_DIR)/workspace --preset smoke
+	$(BIN)/toolkit export-container Task901_SynthMR --workspace $(DEMO_DIR)/workspace --no-build
 	@echo
 	@echo "demo finished:"
 	@echo "  dataset:    $(DEMO_DIR)/workspace/Task901_SynthMR"
 	@echo "  report:     $(DEMO_DIR)/workspace/Task901_SynthMR/evaluation/report.md"
 	@echo "  selection:  $(DEMO_DIR)/workspace/Task901_SynthMR/selection.json"
+	@echo "  container:  $(DEMO_DIR)/workspace/Task901_SynthMR/export/context (build it: toolkit export-container Task901_SynthMR -w $(DEMO_DIR)/workspace)"
 	@echo "  status:     $(BIN)/toolkit status Task901_SynthMR --workspace $(DEMO_DIR)/workspace"
 
 test: install
