@@ -166,6 +166,7 @@ def test_dry_run_writes_a_valid_output_equal_to_the_reference(exported):
     assert result.ok, result
     assert result.identical and result.differing_voxels == 0
     assert result.peak_memory_mb and result.peak_memory_mb > 50
+    assert result.process_peak_mb and 0 < result.job_seconds <= result.seconds
     output = export.run_dir(case.case) / "output"
     image = sitk.ReadImage(str(output / "images/segmentation/output.mha"))
     assert image.GetPixelIDTypeAsString() == "8-bit unsigned integer"

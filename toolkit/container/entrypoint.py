@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import sys
 import time
@@ -50,6 +51,10 @@ DEFAULT_INPUT = Path("/input")
 DEFAULT_OUTPUT = Path("/output")
 DEFAULT_MODEL_DIR = Path("/opt/ml/model")
 DEFAULT_ALGORITHM_JSON = Path("/opt/algorithm/algorithm.json")
+
+# the job's last stderr line; test runs read the time and peak memory from it
+DONE_LINE = "wrote {output} in {seconds:.1f} s (peak memory {peak_mb:.0f} MB)"
+DONE_PATTERN = re.compile(r"wrote \S+ in (?P<seconds>[\d.]+) s \(peak memory (?P<peak_mb>\d+) MB\)")
 
 EXIT_USER_ERROR = 2
 EXIT_FAILURE = 1
@@ -326,8 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         print(f"error: prediction failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    print(
-        f"wrote {results['output']} in {results['seconds']:.1f} s (peak memory {peak_rss_mb():.0f} MB)",
-        file=sys.stderr,
+    done = DONE_LINE.format(
+        output=results["output"], seconds=results["seconds"], peak_mb=peak_rss_mb()
     )
+    print(done, file=sys.stderr)
     return 0

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from toolkit.container.entrypoint import INPUTS_JSON, OUTPUT_IMAGE, RESULTS_JSON
+from toolkit.container.entrypoint import DONE_PATTERN, INPUTS_JSON, OUTPUT_IMAGE, RESULTS_JSON
 from toolkit.container.spec import AlgorithmSpec, EnsembleSpec
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
@@ -46,6 +46,8 @@ class CaseResult:
     seconds: float
     peak_memory_mb: float | None
     memory_source: str
+    job_seconds: float | None = None  # inside the job, as the entrypoint measured it
+    process_peak_mb: float | None = None  # the entrypoint process's own peak resident memory
     reference_seconds: float | None = None
     identical: bool | None = None
     differing_voxels: int | None = None
@@ -63,6 +65,8 @@ class CaseResult:
     def summary_line(self) -> str:
         """One line for the person at the terminal."""
         memory = "unknown" if self.peak_memory_mb is None else f"{self.peak_memory_mb:.0f} MB"
+        if self.process_peak_mb is not None and self.mode == "container":
+            memory += f" (the entrypoint process alone: {self.process_peak_mb:.0f} MB resident)"
         if self.ok:
             verdict = "ok, identical to the reference" if self.identical else "ok"
         else:
@@ -358,6 +362,10 @@ def test_case(
         oom_killed=outcome.oom_killed,
         stderr_tail="\n".join(outcome.stderr.strip().splitlines()[-5:]),
     )
+    done = DONE_PATTERN.search(outcome.stderr)
+    if done is not None:
+        result.job_seconds = float(done.group("seconds"))
+        result.process_peak_mb = float(done.group("peak_mb"))
     if outcome.exit_code != 0:
         reason = (
             "killed for memory (exit 137)"
