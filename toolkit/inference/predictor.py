@@ -99,6 +99,16 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX-512 BF16 or AMX: without either, torch emulates bf16 and autocast is many times slower."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "").split()
+    except OSError:
+        return True  # not Linux: no way to tell, trust the user's choice
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def default_images_per_forward(configuration: Configuration, device: torch.device) -> int:
     """Images per forward pass: a GPU takes every mirrored copy of a window at once."""
     if device.type == "cuda":
@@ -142,6 +152,10 @@ class Predictor:
             raise ToolkitError(f"--step must be in (0, 1], not {step_size}")
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
+        if self.precision == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
+            info(
+                "warning: this CPU has no native bf16 (avx512_bf16/amx_bf16); bf16 autocast will be slower than fp32"
+            )
         self.networks = [n.to(self.device).eval() for n in networks]
         dims = self.configuration.spatial_dims
         if mirror_axes is None:
