@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import blob_case, tiny_plans, write_case
+from training_helpers import blob_case, tiny_plans, write_case
 
 from toolkit.errors import ToolkitError
 from toolkit.training import trainer
