@@ -70,6 +70,11 @@ def train(
         "--validate/--no-validate",
         help="Predict the fold's validation cases at the end (needed by evaluate and by a cascade's next stage).",
     ),
+    validation_tta: bool = typer.Option(
+        True,
+        "--validation-tta/--no-validation-tta",
+        help="Mirroring over every axis in the final validation prediction (the method's; off only for quick smoke runs).",
+    ),
     loader_threads: int | None = typer.Option(
         None,
         "--loader-threads",
@@ -103,6 +108,7 @@ def train(
         devices=devices,
         checkpoint_every_s=checkpoint_minutes * 60,
         validate=validate,
+        validation_mirroring=validation_tta,
         loader_threads=loader_threads,
         quiet=quiet,
     )

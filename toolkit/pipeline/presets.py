@@ -17,6 +17,7 @@ class Preset:
     val_iters: int
     folds: tuple[int, ...] = (0, 1, 2, 3, 4)
     configs: tuple[str, ...] | None = None  # None: every configuration of the plan
+    validation_mirroring: bool = True  # test-time mirroring in each fold's final validation
 
 
 PRESETS: dict[str, Preset] = {
@@ -40,12 +41,13 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "smoke",
-            "a few minutes on a CPU: small plans, 2 x 4 iterations, 2d and 3d_fullres",
+            "a few minutes on a CPU: small plans, 2 x 4 iterations, 2d and 3d_fullres, validation without mirroring",
             "cpu",
             2,
             4,
             2,
             configs=("2d", "3d_fullres"),
+            validation_mirroring=False,
         ),
     )
 }

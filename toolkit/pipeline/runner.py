@@ -29,7 +29,7 @@ from toolkit.planning.plans import Plans
 from toolkit.progress import info
 from toolkit.workspace import CHECKPOINT_FINAL, CHECKPOINT_LATEST, DatasetPaths
 
-CASCADE = "3d_cascade_fullres"
+ALL_FOLDS = (0, 1, 2, 3, 4)
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,7 @@ class TrainTask:
     seed: int
     device: str
     quiet: bool
+    validation_mirroring: bool = True
     after: tuple[str, ...] = ()  # stages that must finish first (the cascade's low-res fold)
 
     @property
@@ -273,19 +274,29 @@ class Stages:
         tasks = []
         # first stages before the stages that read their predictions
         ordered = sorted(configs, key=lambda c: plans.configurations[c].previous_stage is not None)
+        # a cascade reads its first stage's out-of-fold predictions of every training case,
+        # so each of its folds needs all five folds of the first stage
+        first_stages = {
+            plans.configurations[c].previous_stage
+            for c in configs
+            if plans.configurations[c].previous_stage
+        }
         for name in ordered:
             configuration = plans.configuration(name)
-            for fold in self.folds():
+            folds = ALL_FOLDS if name in first_stages else self.folds()
+            if name in first_stages and folds != self.folds() and not o.quiet:
+                info(f"{name}: training all five folds, the cascade needs every case's prediction")
+            for fold in folds:
                 after: tuple[str, ...] = ()
-                upstream = ""
+                upstream: list[str] = []
                 if configuration.previous_stage:
-                    after = (train_stage(configuration.previous_stage, fold),)
-                    upstream = keys[(configuration.previous_stage, fold)]
+                    after = tuple(train_stage(configuration.previous_stage, f) for f in ALL_FOLDS)
+                    upstream = [keys[(configuration.previous_stage, f)] for f in ALL_FOLDS]
                 key = records.digest(
                     "train",
                     plans_configuration_dict(configuration),
                     preprocess_keys[configuration.data_identifier],
-                    [epochs, iters, val_iters, o.seed],
+                    [epochs, iters, val_iters, o.seed, self.preset.validation_mirroring],
                     upstream,
                 )
                 keys[(name, fold)] = key
@@ -301,6 +312,7 @@ class Stages:
                         o.seed,
                         o.device,
                         o.quiet,
+                        self.preset.validation_mirroring,
                         after,
                     )
                 )
@@ -340,6 +352,7 @@ def run_training_task(task: TrainTask) -> str:
         resume=has_checkpoint,
         seed=task.seed,
         quiet=task.quiet,
+        validation_mirroring=task.validation_mirroring,
     )
     train_fold(paths, task.configuration, task.fold, options)
     records.write_record(paths, task.stage, task.key, started)

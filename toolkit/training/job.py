@@ -44,6 +44,7 @@ class TrainOptions:
     devices: int = 1
     checkpoint_every_s: float = 300.0  # latest checkpoint at least this often, also mid-epoch
     validate: bool = True  # predict the fold's validation cases at the end
+    validation_mirroring: bool = True  # test-time mirroring in that prediction (the method's)
     loader_threads: int | None = None  # None: 1 on the CPU (it shares the cores), 2 on CUDA
     prefetch: int = 3
     quiet: bool = False

@@ -58,7 +58,14 @@ def validate_fold(
 ) -> dict | None:
     cfg, plans = job.configuration, job.plans
     network.deep_supervision = False
-    predictor = Predictor.from_networks(plans, cfg, [network], device=device, precision=precision)
+    predictor = Predictor.from_networks(
+        plans,
+        cfg,
+        [network],
+        device=device,
+        precision=precision,
+        use_mirroring=job.options.validation_mirroring,
+    )
     followers = cascade.next_stages(plans, cfg)
     labels = sorted(v for v in plans.labels.values() if v > 0)
     mine = job.split.val[ctx.rank :: ctx.world_size]
