@@ -25,6 +25,7 @@ from pathlib import Path
 
 import toolkit
 from toolkit.container import wheels
+from toolkit.container.base import PULLED_IMAGE
 from toolkit.container.spec import AlgorithmSpec, EnsembleSpec, default_input_slugs, slugify
 from toolkit.errors import MissingStageError, ToolkitError
 from toolkit.io.atomic import atomic_path, write_text
@@ -67,7 +68,7 @@ def default_tag(dataset_name: str) -> str:
 @dataclass(frozen=True)
 class ExportOptions:
     tag: str
-    base_image: str
+    base_image: str | None  # None: the engine's default (export_container resolves it)
     model_mode: str = "baked"
     input_slugs: list[str] | None = None  # default: one per channel, from the channel names
     output_slug: str = DEFAULT_OUTPUT_SLUG
@@ -140,7 +141,7 @@ def dockerfile_values(
         "TAG": options.tag,
         "VERSION": toolkit.__version__,
         "ENSEMBLE": " + ".join(ensemble.configurations),
-        "BASE_IMAGE": options.base_image,
+        "BASE_IMAGE": options.base_image or PULLED_IMAGE,
         "PIP_SOURCE": pip_source,
         "MODEL_COPY": model_copy,
         "MODEL_DIR": options.model_dir_in_image,
