@@ -41,11 +41,12 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "smoke",
-            "a few minutes on a CPU: small plans, 2 x 4 iterations, 2d and 3d_fullres, validation without mirroring",
+            "a few minutes on a CPU: small plans, 2 x 4 iterations, 2d and 3d_fullres, folds 0 and 1, validation without mirroring",
             "cpu",
             2,
             4,
             2,
+            folds=(0, 1),
             configs=("2d", "3d_fullres"),
             validation_mirroring=False,
         ),
