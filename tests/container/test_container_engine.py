@@ -90,3 +90,48 @@ def test_cgroup_peak_v2_and_no_controller(tmp_path):
     assert not probe.memory_dir.exists()
     with pytest.raises(OSError):
         CgroupPeak(root=tmp_path / "nothing")
+
+
+class FakeEngine:
+    def __init__(self, current, after_load=None):
+        self.ids = {"algo:1": current}
+        self.after_load = after_load
+        self.loaded = []
+
+    def image_id(self, tag):
+        return self.ids.get(tag)
+
+    def load(self, archive):
+        self.loaded.append(archive)
+        self.ids["algo:1"] = self.after_load
+
+
+def export_record(image_id):
+    from toolkit.container.export import ExportRecord
+
+    return ExportRecord(
+        dataset="D", tag="algo:1", base_image="b", model_mode="baked", device="cpu",
+        engine="podman", built=True, configurations=["3d_fullres"], folds=[0],
+        input_slugs=["x-image"], output_slug="segmentation", model_bytes=1,
+        context_seconds=0.1, image_id=image_id,
+    )  # fmt: skip
+
+
+def test_exported_image_is_loaded_when_the_tag_moved(tmp_path):
+    from toolkit.container.export import ensure_exported_image
+    from toolkit.workspace import ExportPaths
+
+    export = ExportPaths(tmp_path)
+    engine = FakeEngine("sha256:a")
+    ensure_exported_image(engine, export_record("sha256:a"), export)
+    assert engine.loaded == []  # the tag still names the exported image
+    engine = FakeEngine("sha256:b")
+    with pytest.raises(ToolkitError, match="names another image now and there is no saved archive"):
+        ensure_exported_image(engine, export_record("sha256:a"), export)
+    export.image_archive.write_bytes(b"archive")
+    engine = FakeEngine(None, after_load="sha256:a")
+    ensure_exported_image(engine, export_record("sha256:a"), export)
+    assert engine.loaded == [export.image_archive]
+    engine = FakeEngine("sha256:b", after_load="sha256:c")
+    with pytest.raises(ToolkitError, match="not the exported sha256:a"):
+        ensure_exported_image(engine, export_record("sha256:a"), export)

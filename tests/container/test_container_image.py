@@ -4,8 +4,9 @@ A smoke-trained model (`run-all --preset smoke` on a small synthetic two-channel
 3d_fullres, fold 0) is exported: its image is built (CPU torch from a host wheelhouse, base
 made with debootstrap), run offline on a cross-validation case laid out as on the platform,
 compared with `toolkit predict`, saved as `.tar.gz` and checked as the platform checks
-uploads. Then a `--model-mode tarball` export runs with the model mounted at /opt/ml/model,
-and `test-container` runs that image on another case. The base image, the wheelhouse and
+uploads. Then a `--model-mode tarball` export runs with the model mounted at /opt/ml/model
+(under the same tag), and `test-container` runs the first export on another case, loading
+its saved archive because the tag has moved. The base image, the wheelhouse and
 the third-party layers are cached under the toolkit cache folder ($TOOLKIT_CACHE, else
 ~/.cache/toolkit), so a second run builds only the small layers.
 """
@@ -91,7 +92,8 @@ def test_smoke_trained_image_is_built_run_offline_saved_and_accepted(tmp_path):
         f"toolkit predict here {run['reference_seconds']} s"
     )
 
-    # the model outside the image, mounted where the platform extracts model.tar.gz
+    # the model outside the image, mounted where the platform extracts model.tar.gz; the same
+    # tag now names this second image
     out = tmp_path / "tarball-export"
     invoke(
         "export-container",
@@ -111,20 +113,20 @@ def test_smoke_trained_image_is_built_run_offline_saved_and_accepted(tmp_path):
     assert record["model_mode"] == "tarball" and record["test_run"]["identical"]
     assert record["model_tarball_bytes"] > 0 and not tarball.image_archive.exists()
 
+    # test-container of the first export sees the tag moved and loads its saved archive
+    # (the tarball image would fail here: nothing is mounted at /opt/ml/model)
     other = next(c.case for c in training_cases(paths) if c.case != run["case"])
     invoke(
         "test-container",
         paths.name,
         "-w",
         str(paths.root.parent),
-        "--out",
-        str(out),
         "--engine",
         "podman",
         "--case",
         other,
         "-q",
     )
-    tested = json.loads(tarball.test_report.read_text())
+    tested = json.loads(export.test_report.read_text())
     assert tested["ok"] and [c["case"] for c in tested["cases"]] == [other]
     assert tested["cases"][0]["identical"] and tested["cases"][0]["peak_memory_mb"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import lzma
 import os
 import queue
 import threading
@@ -185,13 +186,16 @@ class Engine:
 
     # images
     def has_image(self, tag: str) -> bool:
+        return self.image_id(tag) is not None
+
+    def image_id(self, tag: str) -> str | None:
+        """The id of the image ``tag`` names now, or ``None``."""
         import docker
 
         try:
-            self.client.images.get(tag)
-            return True
+            return str(self.client.images.get(tag).id)
         except docker.errors.ImageNotFound:
-            return False
+            return None
 
     def ensure_base_image(self, image: str) -> None:
         ensure_base_image(self.client, image)
@@ -315,10 +319,28 @@ class Engine:
         return time.perf_counter() - start
 
     def load(self, archive: Path) -> list[str]:
-        """Load a saved archive (``.tar`` or compressed); returns the tags it holds."""
-        with open(archive, "rb") as stream:
-            # a generator: streamed to the engine (chunked), never read whole into memory
-            images = self.client.images.load(iter(lambda: stream.read(SAVE_CHUNK), b""))
+        """Load a saved archive (``.tar``, ``.tar.gz``, ``.tar.xz``); returns its tags.
+
+        Decompressed here and streamed (chunked): podman's API takes a plain tar only.
+        """
+        import docker
+
+        opener = (
+            gzip.open
+            if archive.name.endswith((".gz", ".tgz"))
+            else lzma.open
+            if archive.name.endswith(".xz")
+            else open
+        )
+        try:
+            with opener(archive, "rb") as stream:
+                images = self.client.images.load(iter(lambda: stream.read(SAVE_CHUNK), b""))
+        except (OSError, EOFError, lzma.LZMAError) as exc:
+            raise ToolkitError(f"unreadable image archive ({exc})", archive) from None
+        except docker.errors.APIError as exc:
+            raise ToolkitError(
+                f"the engine could not load the image ({_api_message(exc)})", archive
+            ) from None
         return [t for image in images for t in image.tags]
 
     # containers

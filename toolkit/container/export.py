@@ -72,6 +72,7 @@ class ExportRecord:
     model_bytes: int
     context_seconds: float
     build_seconds: float | None = None
+    image_id: str = ""
     image_bytes: int | None = None
     image_user: str = ""
     image_architecture: str = ""
@@ -169,6 +170,7 @@ def export_container(
             )
             built = eng.build(export.context, options.tag, log, echo)
         record.built = True
+        record.image_id = eng.image_id(options.tag) or ""
         record.build_seconds = round(stage.seconds + built.seconds, 1)
         record.image_bytes = built.size_bytes
         record.image_user = built.user
@@ -208,6 +210,32 @@ def export_container(
 
 def _mb(value: float | None) -> str:
     return "unknown" if value is None else f"{value:.0f} MB"
+
+
+def ensure_exported_image(eng, record: ExportRecord, export: ExportPaths) -> None:
+    """The engine's ``record.tag`` must be the exported image; else load the saved archive.
+
+    The tag may be missing (another engine, a cleaned storage) or name a later build (another
+    export with the same tag).
+    """
+    current = eng.image_id(record.tag)
+    if current is not None and (not record.image_id or current == record.image_id):
+        return
+    if not export.image_archive.is_file():
+        what = "is not in the engine" if current is None else "names another image now"
+        raise ToolkitError(
+            f"the exported image {record.tag} {what} and there is no saved archive: "
+            f"run `toolkit export-container {record.dataset}` again",
+            export.image_archive,
+        )
+    info(f"loading {export.image_archive.name} into the engine")
+    eng.load(export.image_archive)
+    loaded = eng.image_id(record.tag)
+    if record.image_id and loaded != record.image_id:
+        raise ToolkitError(
+            f"holds image {loaded}, not the exported {record.image_id}: export again",
+            export.image_archive,
+        )
 
 
 @dataclass
@@ -265,13 +293,7 @@ def test_container(
     else:
         with connect(engine) as eng:
             report.engine = eng.description
-            if not eng.has_image(record.tag):
-                if not export.image_archive.is_file():
-                    raise MissingStageError(
-                        export.image_archive, f"toolkit export-container {paths.name}"
-                    )
-                info(f"loading {export.image_archive.name} into the engine")
-                eng.load(export.image_archive)
+            ensure_exported_image(eng, record, export)
             model_mount = (
                 extract_model_tarball(export.model_tarball, export.extracted_model)
                 if record.model_mode == "tarball"
