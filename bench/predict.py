@@ -681,6 +681,7 @@ def main(argv: list[str] | None = None) -> int:
             "rows": rows,
             "agreement": agreement,
         }
+        harness.write_results(name, data, markdown(data))  # kept if the CT part is stopped
         if args.device == "cpu" and not args.no_bf16:
             if native_bf16():
                 data["speed"]["bf16"] = bf16_run(
