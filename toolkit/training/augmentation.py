@@ -19,6 +19,7 @@ brightness, contrast, low-resolution simulation, inverted gamma, gamma, mirrorin
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -91,7 +92,7 @@ class Selection:
         return torch.as_tensor(self.samples, dtype=torch.long, device=device)
 
 
-class RandomTransform:
+class RandomTransform(ABC):
     """Owns the call sequence: draw which samples are transformed, then their numbers."""
 
     name = "transform"
@@ -106,10 +107,16 @@ class RandomTransform:
         return self.make_params(rng, chosen, num_channels)
 
     def make_params(self, rng: np.random.Generator, samples: np.ndarray, num_channels: int):
-        raise NotImplementedError
+        """Concrete numbers for the chosen ``samples`` (plain numbers, on the CPU).
 
+        Subclasses implement this, or override :meth:`sample` as a whole (the spatial
+        transform draws its own per-sample choices).
+        """
+        raise TypeError(f"{type(self).__name__} must implement make_params or sample")
+
+    @abstractmethod
     def apply(self, batch: Batch, params) -> Batch:
-        raise NotImplementedError
+        """Apply ``params`` to the batch on its device."""
 
 
 # rotation + scaling -------------------------------------------------------------------------
