@@ -19,7 +19,6 @@ brightness, contrast, low-resolution simulation, inverted gamma, gamma, mirrorin
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -92,7 +91,7 @@ class Selection:
         return torch.as_tensor(self.samples, dtype=torch.long, device=device)
 
 
-class RandomTransform(ABC):
+class RandomTransform:
     """Owns the call sequence: draw which samples are transformed, then their numbers."""
 
     name = "transform"
@@ -114,9 +113,9 @@ class RandomTransform(ABC):
         """
         raise TypeError(f"{type(self).__name__} must implement make_params or sample")
 
-    @abstractmethod
     def apply(self, batch: Batch, params) -> Batch:
-        """Apply ``params`` to the batch on its device."""
+        """Apply ``params`` to the batch on its device (transforms of image batches)."""
+        raise TypeError(f"{type(self).__name__} does not transform image batches")
 
 
 # rotation + scaling -------------------------------------------------------------------------
