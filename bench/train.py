@@ -43,6 +43,8 @@ from bench.harness import (
     write_results,
 )
 
+IS_BENCHMARK = True
+
 DATASET_ID = 990
 TASKS = {"mr": "Task901_SynthMR", "ct": "Task902_SynthCT"}
 CONFIGURATION = "3d_fullres"
