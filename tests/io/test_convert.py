@@ -58,7 +58,7 @@ def test_convert_each_synthetic_task(msd_tasks, tmp_path, kind):
     assert meta["source"] == str(source.resolve())
     info = load_dataset_info(paths)
 
-    # junk skipped: only CASE_XXXX files and CASE labels
+    # junk skipped: only CASE_NNNN files and CASE labels
     assert not any(
         p.name.startswith(".") for p in paths.raw.rglob("*") if p.name != ".verified.json"
     )

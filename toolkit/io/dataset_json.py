@@ -265,7 +265,7 @@ def _is_hidden(path: Path) -> bool:
 
 
 def cases_in_images_folder(folder: Path, file_ending: str) -> list[str]:
-    """Case identifiers of the ``CASE_XXXX<ending>`` files in ``folder`` (hidden files skipped)."""
+    """Case identifiers of the ``CASE_NNNN<ending>`` files in ``folder`` (hidden files skipped)."""
     if not folder.is_dir():
         return []
     pattern = _channel_pattern(file_ending)

@@ -446,7 +446,7 @@ def _folder_problems(
                     Problem(
                         "",
                         path,
-                        f"is not a channel file CASE_XXXX{info.file_ending}; ignored",
+                        f"is not a channel file CASE_NNNN{info.file_ending}; ignored",
                         Severity.WARNING,
                     )
                 )
