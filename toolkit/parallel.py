@@ -3,14 +3,37 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-from typing import TypeVar
+from contextlib import contextmanager
+from typing import Protocol, TypeVar
 
 from toolkit.progress import progress_bar
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+class CaseBackend(Protocol):
+    """Somewhere else to run per-case work (a Ray cluster): ``map`` keeps the order of items."""
+
+    def map(
+        self, fn: Callable[[T], R], items: Sequence[T], description: str, quiet: bool
+    ) -> list[R]: ...
+
+
+_backend: CaseBackend | None = None
+
+
+@contextmanager
+def case_backend(backend: CaseBackend | None) -> Iterator[None]:
+    """Within the block, :func:`map_cases` hands its work to ``backend`` (None: local processes)."""
+    global _backend
+    previous, _backend = _backend, backend
+    try:
+        yield
+    finally:
+        _backend = previous
 
 
 def map_cases(
@@ -24,8 +47,12 @@ def map_cases(
 
     The first exception stops the work and is raised here (a ToolkitError keeps its one-line
     message). Results keep the order of ``items``. Workers are started with ``spawn`` so a
-    parent that has already started torch's thread pools is safe.
+    parent that has already started torch's thread pools is safe. Inside
+    :func:`case_backend` the items go to that backend instead (``workers`` is then the
+    backend's business).
     """
+    if _backend is not None and len(items) > 1:
+        return _backend.map(fn, items, description, quiet)
     results: list[R] = []
     with progress_bar(quiet) as bar:
         task = bar.add_task(description, total=len(items))

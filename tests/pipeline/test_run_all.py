@@ -172,5 +172,12 @@ def test_ray_executor_gives_the_same_selection(finished, tmp_path):
     finally:
         ray.shutdown()
     assert "train:3d_fullres:1" in summary.ran
+    # the trainings and the per-case work ran as Ray tasks: 2 configurations x 2 folds; the
+    # fingerprint and preprocessing of the 6 cases; evaluation and postprocessing of the
+    # validation cases of folds 0-1 (verify was cached by the conversion)
+    tasks = summary.ray_tasks
+    assert tasks["training"] == 4
+    assert tasks["fingerprint"] == tasks["preprocess 2d"] == tasks["preprocess 3d_fullres"] == 6
+    assert tasks["evaluate"] == tasks["postprocessing"] > 0
     assert _selection(paths)["candidate"] == _selection(finished[0])["candidate"]
     assert _selection(paths)["postprocessing"] == _selection(finished[0])["postprocessing"]

@@ -49,7 +49,7 @@ def run_all(
     executor: str = typer.Option(
         "local",
         "--executor",
-        help="local: one training at a time per device; ray: trainings as Ray tasks (pip install 'toolkit[ray]').",
+        help="local: one training at a time per device; ray: trainings and per-case work as Ray tasks (pip install 'toolkit[ray]').",
     ),
     ray_address: str = typer.Option(
         None,

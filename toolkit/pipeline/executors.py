@@ -1,4 +1,4 @@
-"""Where trainings run: one at a time in this process, or as tasks on a Ray cluster.
+"""Where trainings (and per-case work) run: in this process, or as tasks on a Ray cluster.
 
 Both executors run the same function (:func:`toolkit.pipeline.runner.run_training_task`) on
 the same task description, so a result does not depend on where it ran. The workspace
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from toolkit.errors import ToolkitError
-from toolkit.progress import info
+from toolkit.progress import info, progress_bar
 
 
 class LocalExecutor:
@@ -24,10 +24,15 @@ class LocalExecutor:
 
 
 class RayExecutor:
-    """Each training a Ray task asking for one GPU (or CPUs when there is none).
+    """Trainings and per-case work as tasks on a Ray cluster.
 
-    A cascade fold waits for its low-res fold: the low-res task's result is passed as an
-    argument, which Ray resolves before starting the dependent task.
+    Each training asks for one GPU (or every CPU of a node when the cluster has no GPU); each
+    per-case job of the other stages (verify, fingerprint, preprocess, evaluate,
+    postprocessing) asks for one CPU, through :func:`toolkit.parallel.case_backend`. A cascade
+    fold waits for its low-res folds: their tasks' results are passed as arguments, which Ray
+    resolves before starting the dependent task. Use it as a context manager around the whole
+    run: it connects (or starts a local instance) on entry and disconnects on exit when it
+    connected.
     """
 
     def __init__(self, address: str | None, device: str, cpus_per_task: int | None = None):
@@ -39,6 +44,22 @@ class RayExecutor:
         self.address = address
         self.device = device
         self.cpus_per_task = cpus_per_task
+        self.started_here = False
+        self.depth = 0
+        self.tasks: dict[str, int] = {"training": 0, "case": 0}
+        self.case_tasks: dict[str, int] = {}  # per-case tasks by what they did
+
+    def __enter__(self) -> RayExecutor:
+        if self.depth == 0:
+            self.started_here = self._init()
+        self.depth += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.depth -= 1
+        if self.depth == 0 and self.started_here:
+            self.ray.shutdown()
+            self.started_here = False
 
     def _init(self) -> bool:
         ray = self.ray
@@ -65,8 +86,8 @@ class RayExecutor:
         return {"num_gpus": 0, "num_cpus": cpus}
 
     def run(self, tasks) -> None:
-        started_here = self._init()
-        try:
+        """Every training as a task, dependencies respected; the first failure is raised."""
+        with self:
             ray = self.ray
             resources = self.resources()
             info(f"ray: {len(tasks)} training(s), each with {resources}")
@@ -75,16 +96,44 @@ class RayExecutor:
             for task in _dependency_order(tasks):
                 deps = [refs[s] for s in task.after if s in refs]
                 refs[task.stage] = remote.remote(task, *deps)
-            try:
-                ray.get(list(refs.values()))
-            except ray.exceptions.RayTaskError as exc:
-                cause = exc.cause if hasattr(exc, "cause") else exc
-                if isinstance(cause, ToolkitError):
-                    raise cause from None
-                raise
-        finally:
-            if started_here:
-                self.ray.shutdown()
+            self.tasks["training"] += len(refs)
+            self._get(list(refs.values()))
+
+    def map(self, fn, items, description: str, quiet: bool) -> list:
+        """``[fn(x) for x in items]``, one Ray task (one CPU) per item, in order, with progress."""
+        with self:
+            ray = self.ray
+            remote = ray.remote(num_cpus=1)(_ray_case)
+            refs = [remote.remote(fn, item) for item in items]
+            self.tasks["case"] += len(refs)
+            self.case_tasks[description] = self.case_tasks.get(description, 0) + len(refs)
+            with progress_bar(quiet) as bar:
+                progress = bar.add_task(f"{description} (ray)", total=len(refs))
+                pending = list(refs)
+                try:
+                    while pending:
+                        done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+                        if done:
+                            self._get(done)
+                            bar.advance(progress, len(done))
+                except BaseException:
+                    for ref in pending:
+                        ray.cancel(ref)
+                    raise
+            return self._get(refs)
+
+    def _get(self, refs: list) -> list:
+        try:
+            return self.ray.get(refs)
+        except self.ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, ToolkitError):
+                raise cause from None
+            raise
+
+
+def _ray_case(fn, item):
+    return fn(item)
 
 
 def _ray_train(task, *_dependencies):

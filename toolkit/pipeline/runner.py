@@ -92,6 +92,7 @@ class RunSummary:
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
     selection: str | None = None
+    ray_tasks: dict[str, int] = field(default_factory=dict)  # "training" / per-case work -> tasks
 
 
 def train_stage(configuration: str, fold: int) -> str:
@@ -179,6 +180,23 @@ class Stages:
 
     # the run ------------------------------------------------------------------------------
     def run(self) -> RunSummary:
+        """Every stage; with the Ray executor, per-case work and trainings are Ray tasks."""
+        from toolkit.parallel import case_backend
+
+        executor = make_executor(self.options)
+        if self.options.executor != "ray":
+            return self._run(executor)
+        with executor, case_backend(executor):
+            summary = self._run(executor)
+        summary.ray_tasks = {"training": executor.tasks["training"], **executor.case_tasks}
+        if not self.options.quiet:
+            info(
+                f"ray: {executor.tasks['training']} training task(s), "
+                f"{executor.tasks['case']} per-case task(s)"
+            )
+        return summary
+
+    def _run(self, executor) -> RunSummary:
         from toolkit.evaluation.stages import EvaluationOptions, evaluate_dataset, select_dataset
         from toolkit.fingerprint import extract_fingerprint
         from toolkit.io.verify import require_valid
@@ -237,7 +255,6 @@ class Stages:
         pending = [t for t in tasks if not records.is_valid(paths, t.stage, t.key)]
         self.summary.skipped += [t.stage for t in tasks if t not in pending]
         if pending:
-            executor = make_executor(o)
             executor.run(pending)
             self.summary.ran += [t.stage for t in pending]
 
