@@ -36,10 +36,10 @@ from bench.harness import (
     nnunet_versions,
     write_results,
 )
-from datasets.synthetic import generate_task
 from toolkit.fingerprint import Fingerprint
 from toolkit.io.msd import convert_task
 from toolkit.planning.plans import Plans
+from toolkit.synthetic import generate_task
 from toolkit.workspace import DatasetPaths
 
 IS_BENCHMARK = True

@@ -2,7 +2,7 @@
 
 ``python -m bench.predict`` (also run by ``make bench``):
 
-1. A synthetic CT task (``datasets.synthetic``, 64x80x72 voxels) is converted into a
+1. A synthetic CT task (``toolkit.synthetic``, 64x80x72 voxels) is converted into a
    workspace; nnU-Net v2 (its own venv, :mod:`bench.harness`) plans, preprocesses and trains a
    full-width ``3d_fullres`` model for one short epoch (``--iterations``).
 2. Both tools predict the same test cases with that model's weights, the toolkit reading the
@@ -319,8 +319,8 @@ def nnunet_versions() -> dict:
 
 def prepare_task(cases: int, iterations: int, device: str) -> tuple[Path, Path]:
     """The synthetic task converted, and nnU-Net v2's trained model folder (reused when present)."""
-    from datasets.synthetic import generate_task
     from toolkit.io.msd import convert_task
+    from toolkit.synthetic import generate_task
     from toolkit.workspace import DatasetPaths
 
     source = generate_task("ct", WORK / "source", n_cases=8, n_test=cases, seed=0, force=True)

@@ -62,10 +62,10 @@ def prepare(
 ) -> tuple[Path, NnunetFolders]:
     """Synthetic task -> our workspace and nnU-Net's folders; nnU-Net's plan converted to ours."""
     from bench.harness import export_nnunet_raw, nnunet_dataset_name
-    from datasets.synthetic import generate_task
     from toolkit.io.msd import convert_task
     from toolkit.nets.nnunet_v2 import convert_plans
     from toolkit.preprocessing.runner import preprocess_dataset
+    from toolkit.synthetic import generate_task
     from toolkit.workspace import DatasetPaths
 
     paths = DatasetPaths(work / "workspace" / TASKS[task])
@@ -368,7 +368,7 @@ def main(argv: list[str]) -> int:
         "--task",
         default="mr",
         choices=sorted(TASKS),
-        help="Synthetic task (datasets/synthetic.py).",
+        help="Synthetic task (toolkit/synthetic.py).",
     )
     parser.add_argument(
         "--shape",

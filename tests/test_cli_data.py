@@ -25,7 +25,7 @@ def run(capsys, *args):
 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
-    from datasets.synthetic import generate_task
+    from toolkit.synthetic import generate_task
 
     # smaller than the default, so the module stays fast
     return generate_task(

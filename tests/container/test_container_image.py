@@ -16,7 +16,6 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from datasets.synthetic import generate_task
 from toolkit.cli import app
 from toolkit.container.archive import validate_archive
 from toolkit.container.base import ROOTFS_TARBALL, cache_dir, debootstrap_unavailable_reason
@@ -24,6 +23,7 @@ from toolkit.container.podman import podman_unavailable_reason
 from toolkit.io.dataset_json import training_cases
 from toolkit.io.msd import convert_task
 from toolkit.pipeline.runner import RunOptions, run_all
+from toolkit.synthetic import generate_task
 from toolkit.workspace import DatasetPaths, ExportPaths
 
 pytestmark = [pytest.mark.slow, pytest.mark.container, pytest.mark.timeout(2400)]

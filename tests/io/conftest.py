@@ -4,8 +4,8 @@ import shutil
 
 import pytest
 
-from datasets.synthetic import generate_task
 from toolkit.io.msd import convert_task
+from toolkit.synthetic import generate_task
 from toolkit.workspace import DatasetPaths
 
 SMALL = {"mr": (10, 32, 32), "ct": (12, 32, 32), "2d": (32, 32)}

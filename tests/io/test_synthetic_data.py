@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from datasets.synthetic import TASKS, generate_task, generate_tasks, make_case
 from toolkit.errors import ToolkitError
+from toolkit.synthetic import TASKS, generate_task, generate_tasks, make_case
 
 
 def test_same_seed_same_case_different_seed_different_case():

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from datasets.synthetic import generate_task
 from toolkit.io.msd import convert_task
 from toolkit.pipeline.runner import RunOptions, run_all
 from toolkit.pipeline.status import dataset_status
 from toolkit.planning.plans import Plans
+from toolkit.synthetic import generate_task
 from toolkit.workspace import DatasetPaths
 
 pytestmark = pytest.mark.slow

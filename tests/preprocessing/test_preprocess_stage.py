@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from datasets.synthetic import generate_task
 from toolkit.cli import app
 from toolkit.errors import MissingStageError, ToolkitError
 from toolkit.fingerprint import Fingerprint, extract_fingerprint
@@ -19,6 +18,7 @@ from toolkit.planning.stage import load_plans, plan_dataset
 from toolkit.preprocessing.pipeline import revert_labels
 from toolkit.preprocessing.runner import preprocess_dataset
 from toolkit.preprocessing.storage import case_paths, complete_cases, load_case
+from toolkit.synthetic import generate_task
 from toolkit.workspace import DatasetPaths
 
 SMALL = {"mr": (10, 32, 32), "ct": (12, 32, 32), "2d": (40, 40)}

@@ -127,7 +127,7 @@ def demo_data(
     Made with the quirks of real downloads (4D multi-modal images, float labels, `._` junk
     files, non-identity directions), so `toolkit convert` on them works as on a real task.
     """
-    from datasets.synthetic import generate_tasks
+    from toolkit.synthetic import generate_tasks
 
     kinds = [k for value in task for k in value.replace(" ", "").split(",") if k]
     for folder in generate_tasks(

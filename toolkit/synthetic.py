@@ -9,7 +9,8 @@ fast to make (numpy and SimpleITK only, no data files in the repository):
   skull-stripped style zero background, a smooth bias field, texture and noise.
 * ``ct`` -> ``Task902_SynthCT``: 3D single-channel CT in Hounsfield units: air around a body
   with a fat rim, soft tissue, a vertebra, an ``organ`` (label 1) holding a ``lesion``
-  (label 2); near-isotropic spacing that varies a little between cases.
+  (label 2); spacing that differs between cases (slices 1.5-2.5 mm, in-plane 1.1-1.5 mm),
+  so every case is resampled to the planned spacing.
 * ``2d`` -> ``Task903_Synth2D``: 2D images (2D NIfTI), an ``organ`` (1) and a ``lesion`` (2).
 
 Objects differ from their surroundings in intensity and texture, so a small network learns
@@ -417,7 +418,7 @@ def msd_dataset_json(spec: TaskSpec, train: list[str], test: list[str]) -> dict:
     return {
         "name": spec.folder.split("_", 1)[1],
         "description": spec.description,
-        "reference": "toolkit datasets.synthetic (generated, not real patients)",
+        "reference": "toolkit toolkit.synthetic (generated, not real patients)",
         "licence": "CC-BY-SA 4.0",
         "release": "1.0",
         "tensorImageSize": {1: "3D", 2: "4D"}[len(spec.modality)] if spec.dimension == 3 else "2D",
