@@ -24,13 +24,13 @@ WorkersOption = typer.Option(
 
 
 def _print_report(report, dataset: str) -> None:
-    from toolkit.io.verify import invalid_message
+    from toolkit.io.verify import listed_message
 
     for problem in report.problems:
         typer.echo(problem.line())
     info(escape(f"verify {dataset}: {report.summary()}"))
     if not report.ok:
-        raise ToolkitError(invalid_message(report, dataset), report.folder)
+        raise ToolkitError(listed_message(report), report.folder)
 
 
 def convert(

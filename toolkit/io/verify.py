@@ -570,6 +570,13 @@ def require_valid(paths: DatasetPaths, workers: int | None = None, quiet: bool =
     return report
 
 
+def listed_message(report: Report) -> str:
+    """The closing line of a report whose problems were just printed one per line."""
+    cases = report.broken_cases
+    scope = f" in {_count(len(cases), 'case')}" if cases else ""
+    return f"{_count(len(report.errors), 'error')}{scope}, listed above"
+
+
 def invalid_message(report: Report, dataset: str) -> str:
     first = report.errors[0]
     where = f"case {first.case}: " if first.case else ""
