@@ -202,3 +202,36 @@ def test_damaged_checkpoint_is_a_one_line_error(model_3d):
         Predictor.from_model_dir(model_3d, folds=[0], device="cpu")
     plans = json.loads((model_3d / "plans.json").read_text())
     assert plans["format_version"] == 1
+
+
+def test_gpu_accumulation_rule():
+    """A CT-sized volume (1 channel, 3 classes, 400x512x512) needs 1.7 GB of accumulators."""
+    from toolkit.inference.predictor import accumulation_bytes, fits_on_gpu
+
+    shape, patch = (1, 400, 512, 512), (128, 128, 128)
+    assert accumulation_bytes(shape, patch, 3) == 4 * 400 * 512 * 512 * 4
+    assert fits_on_gpu(shape, patch, 3, free_bytes=75 * 2**30)
+    assert not fits_on_gpu(shape, patch, 3, free_bytes=3 * 2**30)  # half is for activations
+    # a volume smaller than the patch is padded to it
+    assert accumulation_bytes((2, 10, 20, 30), (16, 32, 32), 2) == 4 * 16 * 32 * 32 * 4
+
+
+def test_out_of_gpu_memory_falls_back_to_accumulating_on_the_cpu(model_3d, monkeypatch):
+    import toolkit.inference.predictor as predictor_module
+
+    predictor = Predictor.from_model_dir(model_3d, device="cpu", use_mirroring=False)
+    image, _, geometry = make_case(3)
+    expected = predictor.predict_case(image[None], geometry).labels
+    real = predictor_module.sliding_window_logits
+    places = []
+
+    def sliding_window(networks, data, num_classes, settings, device, where, on_windows):
+        places.append(where.type)
+        if where.type == "cuda":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(networks, data, num_classes, settings, device, where, on_windows)
+
+    monkeypatch.setattr(predictor_module, "sliding_window_logits", sliding_window)
+    monkeypatch.setattr(predictor, "_accumulate_device", lambda shape: torch.device("cuda"))
+    assert np.array_equal(predictor.predict_case(image[None], geometry).labels, expected)
+    assert places == ["cuda", "cpu"]

@@ -99,6 +99,25 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def accumulation_bytes(
+    data_shape: Sequence[int], patch_size: Sequence[int], num_classes: int
+) -> int:
+    """Bytes of the padded float32 input ``(c, ...)`` and one float32 accumulator per class."""
+    voxels = math.prod(max(int(s), int(p)) for s, p in zip(data_shape[1:], patch_size, strict=True))
+    return (int(data_shape[0]) + num_classes) * voxels * 4
+
+
+def fits_on_gpu(
+    data_shape: Sequence[int], patch_size: Sequence[int], num_classes: int, free_bytes: int
+) -> bool:
+    """Whether the volume and its accumulators may live on the GPU: within
+    ``GPU_ACCUMULATION_SHARE`` of its free memory, the rest left to the network's activations."""
+    return (
+        accumulation_bytes(data_shape, patch_size, num_classes)
+        < GPU_ACCUMULATION_SHARE * free_bytes
+    )
+
+
 def cpu_has_native_bf16() -> bool:
     """AVX-512 BF16 or AMX: without either, torch emulates bf16 and autocast is many times slower."""
     try:
@@ -442,12 +461,9 @@ class Predictor:
     def _accumulate_device(self, data_shape: Sequence[int]) -> torch.device:
         if self.device.type != "cuda":
             return torch.device("cpu")
-        voxels = math.prod(
-            max(int(s), int(p)) for s, p in zip(data_shape[1:], self.patch_size, strict=True)
-        )
-        needed = (int(data_shape[0]) + self.num_classes) * voxels * 4
         free, _ = torch.cuda.mem_get_info(self.device)
-        return self.device if needed < GPU_ACCUMULATION_SHARE * free else torch.device("cpu")
+        fits = fits_on_gpu(data_shape, self.patch_size, self.num_classes, free)
+        return self.device if fits else torch.device("cpu")
 
     def predict_logits(
         self, data: np.ndarray | torch.Tensor, on_windows: Callable[[int], None] | None = None
