@@ -99,6 +99,28 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+@dataclass(frozen=True)
+class _LoadOptions:
+    """What :meth:`Predictor.from_model_dir` was asked for; a cascade's first stage gets the same."""
+
+    folds: Sequence[int | str] | None
+    checkpoint: str
+    device: str | torch.device
+    use_mirroring: bool
+    step_size: float
+    precision: str
+    images_per_forward: int | None
+
+    def predictor_options(self) -> dict:
+        return {
+            "use_mirroring": self.use_mirroring,
+            "step_size": self.step_size,
+            "device": self.device,
+            "precision": self.precision,
+            "images_per_forward": self.images_per_forward,
+        }
+
+
 def accumulation_bytes(
     data_shape: Sequence[int], patch_size: Sequence[int], num_classes: int
 ) -> int:
@@ -226,31 +248,19 @@ class Predictor:
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise ToolkitError("model folder not found", model_dir)
-        options = dict(
-            folds=folds,
-            checkpoint=checkpoint,
-            device=device,
-            use_mirroring=use_mirroring,
-            step_size=step_size,
-            precision=precision,
-            images_per_forward=images_per_forward,
+        load = _LoadOptions(
+            folds, checkpoint, device, use_mirroring, step_size, precision, images_per_forward
         )
-        if nnunet_v2.is_nnunet_v2_model_dir(model_dir):
-            return cls._from_nnunet_v2(model_dir, **options)  # type: ignore[arg-type]
-        return cls._from_toolkit(model_dir, **options)  # type: ignore[arg-type]
+        return cls._load(model_dir, load)
 
     @classmethod
-    def _from_toolkit(
-        cls,
-        model_dir: Path,
-        folds,
-        checkpoint,
-        device,
-        use_mirroring,
-        step_size,
-        precision,
-        images_per_forward,
-    ) -> Predictor:
+    def _load(cls, model_dir: Path, load: _LoadOptions) -> Predictor:
+        if nnunet_v2.is_nnunet_v2_model_dir(model_dir):
+            return cls._from_nnunet_v2(model_dir, load)
+        return cls._from_toolkit(model_dir, load)
+
+    @classmethod
+    def _from_toolkit(cls, model_dir: Path, load: _LoadOptions) -> Predictor:
         plans_path = model_dir / MODEL_PLANS
         if not plans_path.is_file():
             raise ToolkitError(
@@ -258,8 +268,8 @@ class Predictor:
                 model_dir,
             )
         plans = Plans.load(plans_path)
-        file_name = _checkpoint_name(checkpoint)
-        fold_dirs = _fold_dirs(model_dir, folds, file_name)
+        file_name = _checkpoint_name(load.checkpoint)
+        fold_dirs = _fold_dirs(model_dir, load.folds, file_name)
         states, configuration_name, mirror_axes = [], None, None
         for fold_dir in fold_dirs:
             path = fold_dir / file_name
@@ -294,46 +304,22 @@ class Predictor:
             previous_dir = DatasetPaths(model_dir.parent.parent).model_dir(
                 configuration.previous_stage
             )
-            previous = cls._previous_stage(
-                previous_dir,
-                configuration,
-                folds,
-                checkpoint,
-                device,
-                use_mirroring,
-                step_size,
-                precision,
-                images_per_forward,
-            )
+            previous = cls._previous_stage(previous_dir, configuration, load)
         return cls(
             plans,
             configuration,
             networks,
             mirror_axes=None if mirror_axes is None else tuple(int(a) for a in mirror_axes),
-            use_mirroring=use_mirroring,
-            step_size=step_size,
-            device=device,
-            precision=precision,
-            images_per_forward=images_per_forward,
             previous_stage=previous,
             source=str(model_dir),
+            **load.predictor_options(),
         )
 
     @classmethod
-    def _from_nnunet_v2(
-        cls,
-        model_dir: Path,
-        folds,
-        checkpoint,
-        device,
-        use_mirroring,
-        step_size,
-        precision,
-        images_per_forward,
-    ) -> Predictor:
+    def _from_nnunet_v2(cls, model_dir: Path, load: _LoadOptions) -> Predictor:
         plans = nnunet_v2.load_plans(model_dir)
-        file_name = nnunet_v2.checkpoint_file_name(checkpoint)
-        fold_dirs = _fold_dirs(model_dir, folds, file_name)
+        file_name = nnunet_v2.checkpoint_file_name(load.checkpoint)
+        fold_dirs = _fold_dirs(model_dir, load.folds, file_name)
         checkpoints = [nnunet_v2.load_checkpoint(d / file_name) for d in fold_dirs]
         names = {c.configuration for c in checkpoints}
         if len(names) != 1:
@@ -365,59 +351,27 @@ class Predictor:
                 str(plans.planner.get("plans_name")),
                 configuration.previous_stage,
             )
-            previous = cls._previous_stage(
-                previous_dir,
-                configuration,
-                folds,
-                checkpoint,
-                device,
-                use_mirroring,
-                step_size,
-                precision,
-                images_per_forward,
-            )
+            previous = cls._previous_stage(previous_dir, configuration, load)
         return cls(
             plans,
             configuration,
             networks,
             mirror_axes=mirror_axes,
-            use_mirroring=use_mirroring,
-            step_size=step_size,
-            device=device,
-            precision=precision,
-            images_per_forward=images_per_forward,
             previous_stage=previous,
             source=str(model_dir),
+            **load.predictor_options(),
         )
 
     @classmethod
     def _previous_stage(
-        cls,
-        previous_dir: Path,
-        configuration: Configuration,
-        folds,
-        checkpoint,
-        device,
-        use_mirroring,
-        step_size,
-        precision,
-        images_per_forward,
+        cls, previous_dir: Path, configuration: Configuration, load: _LoadOptions
     ) -> Predictor:
         if not previous_dir.is_dir():
             raise ToolkitError(
                 f"{configuration.name} is a cascade: its first stage {configuration.previous_stage} must be trained and lie beside it",
                 previous_dir,
             )
-        return cls.from_model_dir(
-            previous_dir,
-            folds,
-            checkpoint,
-            device,
-            use_mirroring,
-            step_size,
-            precision,
-            images_per_forward,
-        )
+        return cls._load(previous_dir, load)
 
     # -- properties
 
