@@ -10,7 +10,9 @@
    process per run. Each run's wall time, its time inside the prediction loop per case, and
    its peak memory: the sum of the resident memory of the whole process tree (sampled every
    0.1 s, nnU-Net's worker processes included) and the largest single process (the kernel's
-   own high-water mark). The two tools' label maps are compared (Dice per class).
+   own high-water mark). The two tools' label maps are compared (Dice per class). The toolkit
+   also runs with ``--compile`` (torch.compile; steady-state seconds per case and the one-time
+   compile reported apart; ``--no-compile`` skips it).
 3. The toolkit in bf16 autocast on the CPU: speed, and agreement with its float32 labels.
 4. A CT-sized volume (512x512x400 voxels, int16 on disk) predicted end to end (read,
    preprocess, sliding window, export, write) on the CPU with a randomly initialised network
@@ -157,11 +159,17 @@ def _ours(args: argparse.Namespace) -> None:
         precision=args.precision,
         save_probabilities=args.save_probabilities,
         quiet=True,
+        compile=args.compile,
     )
     start = time.perf_counter()
     reports = run_predict(Path(args.input), Path(args.output), options, model=Path(args.model))
     seconds = time.perf_counter() - start
-    result = {"cases": len(reports), "seconds": seconds, "windows": sum(r.windows for r in reports)}
+    result = {
+        "cases": len(reports),
+        "seconds": seconds,
+        "windows": sum(r.windows for r in reports),
+        "case_seconds": [r.seconds for r in reports],
+    }
     if args.device == "cuda":
         import torch
 
@@ -380,21 +388,29 @@ def prepare_task(cases: int, iterations: int, device: str) -> tuple[Path, Path]:
     return test_images, Path(trained["result"]["model"])
 
 
+COMPILED = "toolkit, compiled"
+
+
+def _slug(tool: str) -> str:
+    return {"nnU-Net v2": "nnunet", "toolkit": "toolkit", COMPILED: "toolkit_compiled"}[tool]
+
+
 def predict_runs(
-    test_images: Path, model: Path, device: str, repeats: int, cases: int
+    test_images: Path, model: Path, device: str, repeats: int, cases: int, compiled: bool
 ) -> tuple[list[dict], dict]:
     python = str(nnunet_python())
     ours_python = sys.executable
     rows, outputs = [], {}
     settings = [("mirroring", False), ("no mirroring", True)]
+    tools = ["nnU-Net v2", "toolkit"] + ([COMPILED] if compiled else [])
     for label, no_tta in settings:
-        for tool in ("nnU-Net v2", "toolkit"):
+        for tool in tools:
             runs = []
             for r in range(repeats):
-                out = WORK / "out" / f"{tool.split()[0].lower()}_{'notta' if no_tta else 'tta'}"
+                out = WORK / "out" / f"{_slug(tool)}_{'notta' if no_tta else 'tta'}"
                 if out.exists():
                     shutil.rmtree(out)
-                if tool == "toolkit":
+                if tool != "nnU-Net v2":
                     cmd = [
                         ours_python,
                         "-m",
@@ -408,7 +424,7 @@ def predict_runs(
                         out,
                         "--device",
                         device,
-                    ]
+                    ] + (["--compile"] if tool == COMPILED else [])
                 else:
                     cmd = [
                         python,
@@ -430,18 +446,27 @@ def predict_runs(
                 runs.append(
                     run_measured(
                         cmd,
-                        WORK / "logs" / f"{tool.split()[0]}_{label.replace(' ', '_')}_{r}.log",
+                        WORK / "logs" / f"{_slug(tool)}_{label.replace(' ', '_')}_{r}.log",
                         env=_env(),
                     )
                 )
                 outputs[(tool, label)] = out
+            if tool == COMPILED:
+                # steady state: the cases after the first, which pays the one-time compile
+                per_case = statistics.median(
+                    statistics.median(x["result"]["case_seconds"][1:]) for x in runs
+                )
+                first = statistics.median(x["result"]["case_seconds"][0] for x in runs)
+                extra = {"first_case_seconds": first, "compile_seconds": first - per_case}
+            else:
+                per_case = statistics.median(x["result"]["seconds"] / cases for x in runs)
+                extra = {}
             rows.append(
                 {
                     "tool": tool,
                     "setting": label,
-                    "seconds_per_case": statistics.median(
-                        x["result"]["seconds"] / cases for x in runs
-                    ),
+                    "seconds_per_case": per_case,
+                    **extra,
                     "wall_per_case": statistics.median(x["wall_s"] / cases for x in runs),
                     "tree_peak_gb": max(x["tree_peak_gb"] for x in runs),
                     "process_peak_gb": max(x["process_peak_gb"] for x in runs),
@@ -452,6 +477,11 @@ def predict_runs(
         label: compare_folders(outputs[("toolkit", label)], outputs[("nnU-Net v2", label)], [1, 2])
         for label, _ in settings
     }
+    if compiled:
+        for label, _ in settings:
+            agreement[f"{label}: compiled vs eager toolkit"] = compare_folders(
+                outputs[(COMPILED, label)], outputs[("toolkit", label)], [1, 2]
+            )
     return rows, agreement
 
 
@@ -601,9 +631,19 @@ def markdown(data: dict) -> str:
                 rows,
             )
         )
+        compiled_rows = [r for r in s["rows"] if r["tool"] == COMPILED]
+        if compiled_rows:
+            costs = ", ".join(f"{r['setting']} {r['compile_seconds']:.0f} s" for r in compiled_rows)
+            lines += [
+                "",
+                f"`{COMPILED}` is `toolkit predict --compile` (torch.compile, weights frozen on the CPU): "
+                f"its s/case is the steady state (the median of the cases after the first); the first "
+                f"case also pays the one-time compile ({costs}; kernels cached on disk from earlier runs "
+                "make it shorter), so it pays off on folders of cases.",
+            ]
         lines += [
             "",
-            "Agreement of the label maps (Dice per class, toolkit vs nnU-Net v2, worst case):",
+            "Agreement of the label maps (Dice per class, worst case; toolkit vs nnU-Net v2 unless said):",
             "",
         ]
         rows = [
@@ -652,6 +692,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-ct", action="store_true")
     parser.add_argument("--ct-only", action="store_true")
     parser.add_argument("--no-bf16", action="store_true")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="skip the toolkit's torch.compile runs"
+    )
     args = parser.parse_args(argv)
 
     name = "predict" if args.device == "cpu" else "predict_cuda"
@@ -672,7 +715,9 @@ def main(argv: list[str] | None = None) -> int:
             else "its own venv, bench/.venv-nnunet"
         )
         plans = json.loads((model / "plans.json").read_text())["configurations"]["3d_fullres"]
-        rows, agreement = predict_runs(test_images, model, args.device, args.repeats, args.cases)
+        rows, agreement = predict_runs(
+            test_images, model, args.device, args.repeats, args.cases, not args.no_compile
+        )
         data["speed"] = {
             "cases": args.cases,
             "case_shape": "64x80x72",
@@ -710,6 +755,7 @@ def _subcommand(argv: list[str]) -> None:
     o.add_argument("--no-tta", action="store_true")
     o.add_argument("--precision", default="auto")
     o.add_argument("--save-probabilities", action="store_true")
+    o.add_argument("--compile", action="store_true")
     o.set_defaults(func=_ours)
     c = sub.add_parser("_ct_model")
     c.add_argument("--model", required=True)

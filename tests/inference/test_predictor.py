@@ -235,3 +235,43 @@ def test_out_of_gpu_memory_falls_back_to_accumulating_on_the_cpu(model_3d, monke
     monkeypatch.setattr(predictor, "_accumulate_device", lambda shape: torch.device("cuda"))
     assert np.array_equal(predictor.predict_case(image[None], geometry).labels, expected)
     assert places == ["cuda", "cpu"]
+
+
+@pytest.mark.slow
+def test_compiled_predictor_gives_the_eager_labels(model_3d):
+    image, _, geometry = make_case(3)
+    eager = Predictor.from_model_dir(model_3d, device="cpu", use_mirroring=False)
+    compiled = Predictor.from_model_dir(model_3d, device="cpu", use_mirroring=False, compile=True)
+    assert compiled.compiled and "compiled" in compiled.describe()
+    a = eager.predict_case(image[None], geometry)
+    b = compiled.predict_case(image[None], geometry)
+    assert not any(n.failed for n in compiled.networks)
+    assert np.array_equal(a.labels, b.labels)
+    assert np.allclose(a.probabilities, b.probabilities, atol=1e-4)
+
+
+def test_a_failed_compile_falls_back_to_eager(model_3d, monkeypatch, capsys):
+    import toolkit.inference.compiled as compiled_module
+
+    def broken(network, **_):
+        def run(x):
+            raise RuntimeError("C++ compile error: cannot find cc1plus\nmore lines")
+
+        return run
+
+    monkeypatch.setattr(compiled_module.torch, "compile", broken)
+    monkeypatch.setattr(compiled_module, "compile_unavailable_reason", lambda device: None)
+    image, _, geometry = make_case(3)
+    eager = Predictor.from_model_dir(model_3d, device="cpu", use_mirroring=False)
+    compiled = Predictor.from_model_dir(model_3d, device="cpu", use_mirroring=False, compile=True)
+    labels = compiled.predict_case(image[None], geometry).labels
+    assert np.array_equal(labels, eager.predict_case(image[None], geometry).labels)
+    assert [n.failed for n in compiled.networks] == ["C++ compile error: cannot find cc1plus"] * 2
+
+
+def test_compile_is_skipped_without_a_compiler(model_3d, monkeypatch):
+    import toolkit.inference.compiled as compiled_module
+
+    monkeypatch.setattr(compiled_module.shutil, "which", lambda name: None)
+    predictor = Predictor.from_model_dir(model_3d, device="cpu", compile=True)
+    assert not predictor.compiled and "compiled" not in predictor.describe()

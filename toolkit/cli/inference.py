@@ -91,6 +91,12 @@ def predict(
         "--precision",
         help="auto (fp16 autocast on CUDA, fp32 on the CPU), fp32, bf16 (autocast, CPU or CUDA) or fp16 (CUDA).",
     ),
+    compile: bool = typer.Option(
+        False,
+        "--compile",
+        help="torch.compile the networks (on the CPU with frozen weights: about 1.3x faster per "
+        "window, after tens of seconds of compiling once per run; for folders of many cases).",
+    ),
     quiet: bool = QuietOption,
 ) -> None:
     """Segment new images with a trained model; labels are written with exactly the input's spacing, origin and direction.
@@ -110,6 +116,7 @@ def predict(
         precision=precision,
         save_probabilities=save_probabilities,
         quiet=quiet,
+        compile=compile,
     )
     run_predict(
         input_path, output, options, model, dataset, workspace, parse_str_list(config), postprocess

@@ -32,6 +32,7 @@ class PredictOptions:
     precision: str = "auto"
     save_probabilities: bool = False
     quiet: bool = False
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ def load_predictors(
             use_mirroring=options.use_mirroring,
             step_size=options.step_size,
             precision=options.precision,
+            compile=options.compile,
         )
         for d in model_dirs
     ]

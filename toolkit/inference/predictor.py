@@ -110,9 +110,11 @@ class _LoadOptions:
     step_size: float
     precision: str
     images_per_forward: int | None
+    compile: bool = False
 
     def predictor_options(self) -> dict:
         return {
+            "compile": self.compile,
             "use_mirroring": self.use_mirroring,
             "step_size": self.step_size,
             "device": self.device,
@@ -182,6 +184,7 @@ class Predictor:
         images_per_forward: int | None = None,
         previous_stage: Predictor | None = None,
         source: str = "",
+        compile: bool = False,
     ):
         self.plans = plans
         self.configuration = (
@@ -198,6 +201,12 @@ class Predictor:
                 "warning: this CPU has no native bf16 (avx512_bf16/amx_bf16); bf16 autocast will be slower than fp32"
             )
         self.networks = [n.to(self.device).eval() for n in networks]
+        self.compiled = False
+        if compile:
+            from toolkit.inference.compiled import CompiledNetwork, compile_networks
+
+            self.networks = compile_networks(self.networks, self.device)
+            self.compiled = all(isinstance(n, CompiledNetwork) for n in self.networks)
         dims = self.configuration.spatial_dims
         if mirror_axes is None:
             # axes of the preprocessed (z, y, x) volume; a 2D network mirrors in-plane only
@@ -239,6 +248,7 @@ class Predictor:
         step_size: float = 0.5,
         precision: str = "auto",
         images_per_forward: int | None = None,
+        compile: bool = False,
     ) -> Predictor:
         """Load a model folder (ours or nnU-Net v2's) with the given folds (default: every fold present).
 
@@ -249,7 +259,14 @@ class Predictor:
         if not model_dir.is_dir():
             raise ToolkitError("model folder not found", model_dir)
         load = _LoadOptions(
-            folds, checkpoint, device, use_mirroring, step_size, precision, images_per_forward
+            folds,
+            checkpoint,
+            device,
+            use_mirroring,
+            step_size,
+            precision,
+            images_per_forward,
+            compile,
         )
         return cls._load(model_dir, load)
 
@@ -408,6 +425,7 @@ class Predictor:
         return (
             f"{self.configuration.name}, {folds} fold{'s' if folds != 1 else ''}, patch {'x'.join(map(str, self.configuration.patch_size))}, "
             f"step {self.step_size:g}, {tta}, {self.device.type} {self.precision}"
+            + (", compiled" if self.compiled else "")
         )
 
     # -- prediction
