@@ -636,7 +636,8 @@ def markdown(data: dict) -> str:
             costs = ", ".join(f"{r['setting']} {r['compile_seconds']:.0f} s" for r in compiled_rows)
             lines += [
                 "",
-                f"`{COMPILED}` is `toolkit predict --compile` (torch.compile, weights frozen on the CPU): "
+                f"`toolkit` is `toolkit predict --no-compile`; `{COMPILED}` is `--compile` (torch.compile, weights frozen on the CPU; "
+                "the default on the CPU from 3 cases on): "
                 f"its s/case is the steady state (the median of the cases after the first); the first "
                 f"case also pays the one-time compile ({costs}; kernels cached on disk from earlier runs "
                 "make it shorter), so it pays off on folders of cases.",

@@ -32,7 +32,7 @@ class PredictOptions:
     precision: str = "auto"
     save_probabilities: bool = False
     quiet: bool = False
-    compile: bool = False
+    compile: bool | None = False  # None: on the CPU when the input has enough cases
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def load_predictors(
             use_mirroring=options.use_mirroring,
             step_size=options.step_size,
             precision=options.precision,
-            compile=options.compile,
+            compile=bool(options.compile),
         )
         for d in model_dirs
     ]
@@ -127,7 +127,13 @@ def run_predict(
         if postprocessing is not None and not postprocessing.is_identity:
             info(f"postprocessing: {postprocessing.to_dict()}")
     reports = predict_paths(
-        predictors, input_path, output, options.save_probabilities, postprocessing, options.quiet
+        predictors,
+        input_path,
+        output,
+        options.save_probabilities,
+        postprocessing,
+        options.quiet,
+        auto_compile=options.compile is None,
     )
     if not options.quiet:
         summarize(reports)

@@ -202,11 +202,6 @@ class Predictor:
             )
         self.networks = [n.to(self.device).eval() for n in networks]
         self.compiled = False
-        if compile:
-            from toolkit.inference.compiled import CompiledNetwork, compile_networks
-
-            self.networks = compile_networks(self.networks, self.device)
-            self.compiled = all(isinstance(n, CompiledNetwork) for n in self.networks)
         dims = self.configuration.spatial_dims
         if mirror_axes is None:
             # axes of the preprocessed (z, y, x) volume; a 2D network mirrors in-plane only
@@ -223,6 +218,8 @@ class Predictor:
                 )
         self.previous_stage = previous_stage
         self.source = source
+        if compile:
+            self.enable_compile()
 
     # -- construction
 
@@ -427,6 +424,20 @@ class Predictor:
             f"step {self.step_size:g}, {tta}, {self.device.type} {self.precision}"
             + (", compiled" if self.compiled else "")
         )
+
+    def enable_compile(self, warn: bool = True) -> bool:
+        """Run the networks (and the cascade's first stage's) through torch.compile from now on.
+
+        False when compiling cannot work here (said when ``warn``), and nothing changes.
+        """
+        from toolkit.inference.compiled import CompiledNetwork, compile_networks
+
+        if self.previous_stage is not None:
+            self.previous_stage.enable_compile(warn)
+        if not self.compiled:
+            self.networks = compile_networks(self.networks, self.device, warn)
+            self.compiled = all(isinstance(n, CompiledNetwork) for n in self.networks)
+        return self.compiled
 
     # -- prediction
 
@@ -635,6 +646,18 @@ class Predictor:
         return predict_paths([self], input_path, output, save_probabilities, postprocessing, quiet)
 
 
+def _compile_for(predictors: Sequence[Predictor], n_cases: int, quiet: bool) -> None:
+    from toolkit.inference.compiled import AUTO_COMPILE_MIN_CASES
+
+    cpu = [p for p in predictors if p.device.type == "cpu" and not p.compiled]
+    if n_cases < AUTO_COMPILE_MIN_CASES or not cpu:
+        return
+    if all([p.enable_compile(warn=False) for p in cpu]) and not quiet:
+        info(
+            f"{n_cases} cases: compiling the networks first (torch.compile; --no-compile skips it)"
+        )
+
+
 def predict_paths(
     predictors: Sequence[Predictor],
     input_path: str | Path,
@@ -642,13 +665,15 @@ def predict_paths(
     save_probabilities: bool = False,
     postprocessing: Postprocessing | None = None,
     quiet: bool = False,
+    auto_compile: bool = False,
 ) -> list[CaseReport]:
     """Predict a file or a folder (see :mod:`toolkit.inference.inputs`) into ``output``.
 
     Several predictors (configurations) form an ensemble: their probabilities are averaged.
     ``output`` is a folder (``CASE<ending>`` per case, ``CASE.npz`` with probabilities), or a
     file name when the input is one case. Cases are read, predicted and written one at a
-    time.
+    time. With ``auto_compile``, CPU predictors are compiled when there are enough cases for
+    it to pay off (:data:`toolkit.inference.compiled.AUTO_COMPILE_MIN_CASES`).
     """
     if not predictors:
         raise ValueError("predict_paths needs at least one predictor")
@@ -660,6 +685,8 @@ def predict_paths(
     num_channels = channels.pop()
     cases = find_input_cases(input_path, num_channels)
     targets = _output_paths(cases, Path(output))
+    if auto_compile:
+        _compile_for(predictors, len(cases), quiet)
     reports = []
     with progress_bar(quiet) as bar:
         case_task = bar.add_task("cases", total=len(cases))
