@@ -238,10 +238,15 @@ def test_out_of_gpu_memory_falls_back_to_accumulating_on_the_cpu(model_3d, monke
 
 
 @pytest.mark.slow
-def test_compiled_predictor_gives_the_eager_labels(model_3d):
+@pytest.mark.parametrize("dims", [3, 2])
+def test_compiled_predictor_gives_the_eager_labels(model_3d, tmp_path, dims):
+    model = model_3d
+    if dims == 2:
+        plans = make_plans(spatial_dims=2, patch=(32, 32), features=(4, 8, 16))
+        model = save_model_dir(tmp_path / "models" / "2d", plans, "2d")
     image, _, geometry = make_case(3)
-    eager = Predictor.from_model_dir(model_3d, device="cpu", use_mirroring=False)
-    compiled = Predictor.from_model_dir(model_3d, device="cpu", use_mirroring=False, compile=True)
+    eager = Predictor.from_model_dir(model, device="cpu", use_mirroring=False)
+    compiled = Predictor.from_model_dir(model, device="cpu", use_mirroring=False, compile=True)
     assert compiled.compiled and "compiled" in compiled.describe()
     a = eager.predict_case(image[None], geometry)
     b = compiled.predict_case(image[None], geometry)

@@ -32,7 +32,7 @@ class PredictOptions:
     precision: str = "auto"
     save_probabilities: bool = False
     quiet: bool = False
-    compile: bool | None = False  # None: on the CPU when the input has enough cases
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def load_predictors(
             use_mirroring=options.use_mirroring,
             step_size=options.step_size,
             precision=options.precision,
-            compile=bool(options.compile),
+            compile=options.compile,
         )
         for d in model_dirs
     ]
@@ -133,7 +133,6 @@ def run_predict(
         options.save_probabilities,
         postprocessing,
         options.quiet,
-        auto_compile=options.compile is None,
     )
     if not options.quiet:
         summarize(reports)

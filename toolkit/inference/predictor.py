@@ -646,18 +646,6 @@ class Predictor:
         return predict_paths([self], input_path, output, save_probabilities, postprocessing, quiet)
 
 
-def _compile_for(predictors: Sequence[Predictor], n_cases: int, quiet: bool) -> None:
-    from toolkit.inference.compiled import AUTO_COMPILE_MIN_CASES
-
-    cpu = [p for p in predictors if p.device.type == "cpu" and not p.compiled]
-    if n_cases < AUTO_COMPILE_MIN_CASES or not cpu:
-        return
-    if all([p.enable_compile(warn=False) for p in cpu]) and not quiet:
-        info(
-            f"{n_cases} cases: compiling the networks first (torch.compile; --no-compile skips it)"
-        )
-
-
 def predict_paths(
     predictors: Sequence[Predictor],
     input_path: str | Path,
@@ -665,15 +653,13 @@ def predict_paths(
     save_probabilities: bool = False,
     postprocessing: Postprocessing | None = None,
     quiet: bool = False,
-    auto_compile: bool = False,
 ) -> list[CaseReport]:
     """Predict a file or a folder (see :mod:`toolkit.inference.inputs`) into ``output``.
 
     Several predictors (configurations) form an ensemble: their probabilities are averaged.
     ``output`` is a folder (``CASE<ending>`` per case, ``CASE.npz`` with probabilities), or a
     file name when the input is one case. Cases are read, predicted and written one at a
-    time. With ``auto_compile``, CPU predictors are compiled when there are enough cases for
-    it to pay off (:data:`toolkit.inference.compiled.AUTO_COMPILE_MIN_CASES`).
+    time.
     """
     if not predictors:
         raise ValueError("predict_paths needs at least one predictor")
@@ -685,8 +671,6 @@ def predict_paths(
     num_channels = channels.pop()
     cases = find_input_cases(input_path, num_channels)
     targets = _output_paths(cases, Path(output))
-    if auto_compile:
-        _compile_for(predictors, len(cases), quiet)
     reports = []
     with progress_bar(quiet) as bar:
         case_task = bar.add_task("cases", total=len(cases))
