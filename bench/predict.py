@@ -634,6 +634,8 @@ def markdown(data: dict) -> str:
             parts = []
             for r in compiled_rows:
                 eager = by[("toolkit", r["setting"])]["later_cases_seconds"]
+                if not r["later_cases_seconds"]:  # --cases 1: nothing after the first case
+                    continue
                 parts.append(
                     f"{r['setting']}: {eager:.3g} s eager, {r['later_cases_seconds']:.3g} s compiled "
                     f"({eager / r['later_cases_seconds']:.2f}x)"
@@ -643,7 +645,7 @@ def markdown(data: dict) -> str:
                 f"`toolkit` is `toolkit predict`; `{COMPILED}` is `toolkit predict --compile` "
                 "(torch.compile, weights frozen on the CPU), whose s/case includes the one-time compile. "
                 "Without it, on the cases after the first (the same cases in both runs): "
-                + "; ".join(parts)
+                + ("; ".join(parts) or "not measured with a single case")
                 + ".",
             ]
         lines += [

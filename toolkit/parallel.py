@@ -6,6 +6,7 @@ import multiprocessing as mp
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Protocol, TypeVar
 
 from toolkit.progress import progress_bar
@@ -22,18 +23,18 @@ class CaseBackend(Protocol):
     ) -> list[R]: ...
 
 
-_backend: CaseBackend | None = None
+# per thread / context: another thread calling map_cases meanwhile keeps its local processes
+_backend: ContextVar[CaseBackend | None] = ContextVar("toolkit_case_backend", default=None)
 
 
 @contextmanager
 def case_backend(backend: CaseBackend | None) -> Iterator[None]:
     """Within the block, :func:`map_cases` hands its work to ``backend`` (None: local processes)."""
-    global _backend
-    previous, _backend = _backend, backend
+    token = _backend.set(backend)
     try:
         yield
     finally:
-        _backend = previous
+        _backend.reset(token)
 
 
 def map_cases(
@@ -51,8 +52,9 @@ def map_cases(
     :func:`case_backend` the items go to that backend instead (``workers`` is then the
     backend's business).
     """
-    if _backend is not None and len(items) > 1:
-        return _backend.map(fn, items, description, quiet)
+    backend = _backend.get()
+    if backend is not None and len(items) > 1:
+        return backend.map(fn, items, description, quiet)
     results: list[R] = []
     with progress_bar(quiet) as bar:
         task = bar.add_task(description, total=len(items))

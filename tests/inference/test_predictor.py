@@ -255,12 +255,14 @@ def test_compiled_predictor_gives_the_eager_labels(model_3d, tmp_path, dims):
     assert np.allclose(a.probabilities, b.probabilities, atol=1e-4)
 
 
-def test_a_failed_compile_falls_back_to_eager(model_3d, monkeypatch, capsys):
+def test_a_failed_compile_falls_back_to_eager(model_3d, monkeypatch):
+    from torch._dynamo.exc import TorchDynamoException
+
     import toolkit.inference.compiled as compiled_module
 
     def broken(network, **_):
         def run(x):
-            raise RuntimeError("C++ compile error: cannot find cc1plus\nmore lines")
+            raise TorchDynamoException("C++ compile error: cannot find cc1plus\nmore lines")
 
         return run
 
@@ -272,6 +274,46 @@ def test_a_failed_compile_falls_back_to_eager(model_3d, monkeypatch, capsys):
     labels = compiled.predict_case(image[None], geometry).labels
     assert np.array_equal(labels, eager.predict_case(image[None], geometry).labels)
     assert [n.failed for n in compiled.networks] == ["C++ compile error: cannot find cc1plus"] * 2
+    assert compiled.describe().endswith("compile failed: eager")
+
+
+def test_errors_of_the_computation_are_not_taken_for_compile_failures(monkeypatch):
+    import toolkit.inference.compiled as compiled_module
+
+    def out_of_memory(network, **_):
+        def run(x):
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+        return run
+
+    monkeypatch.setattr(compiled_module.torch, "compile", out_of_memory)
+    wrapper = compiled_module.CompiledNetwork(torch.nn.Identity(), torch.device("cpu"))
+    with pytest.raises(torch.OutOfMemoryError):
+        wrapper(torch.zeros(1, 1, 4, 4, 4))
+    assert wrapper.failed is None  # compiling stays on
+
+
+def test_a_smaller_last_batch_reuses_the_first_batch_graph(monkeypatch):
+    import toolkit.inference.compiled as compiled_module
+
+    batches = []
+
+    def recording(network, **_):
+        def run(x):
+            batches.append(x.shape[0])
+            return [network(x), network(x)[:, :1]]  # like deep supervision: a list of outputs
+
+        return run
+
+    monkeypatch.setattr(compiled_module.torch, "compile", recording)
+    conv = torch.nn.Conv3d(1, 2, 3, padding=1)
+    wrapper = compiled_module.CompiledNetwork(conv, torch.device("cpu"))
+    x = torch.randn(4, 1, 6, 6, 6)
+    full = wrapper(x)
+    part = wrapper(x[:3])
+    assert batches == [4, 4]
+    assert [o.shape[0] for o in part] == [3, 3]
+    assert torch.allclose(part[0], full[0][:3]) and torch.allclose(part[1], full[1][:3])
 
 
 def test_compile_is_skipped_without_a_compiler(model_3d, monkeypatch):

@@ -67,3 +67,29 @@ def test_ray_executor_runs_cases_as_tasks_in_order():
         assert ray.is_initialized()  # started by the caller: left running
     finally:
         ray.shutdown()
+
+
+def _slow_pid(x: int) -> tuple[int, float, float]:
+    import time
+
+    start = time.time()
+    time.sleep(0.3)
+    return os.getpid(), start, time.time()
+
+
+@pytest.mark.slow
+def test_ray_executor_starts_ray_on_first_use_only_and_shuts_it_down():
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'toolkit[ray]')")
+    from toolkit.pipeline.executors import RayExecutor
+
+    assert not ray.is_initialized()
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    executor = RayExecutor(None, "cpu", max_case_tasks=1)
+    with executor, case_backend(executor):
+        assert not ray.is_initialized()  # nothing to do yet: no Ray started
+        spans = map_cases(_slow_pid, [0, 1, 2], 2, "slow", quiet=True)
+        assert ray.is_initialized() and executor.started_here
+    assert not ray.is_initialized()  # started here, so shut down here
+    # --workers 1: one task at a time, each starting after the previous ended
+    spans = sorted(spans, key=lambda s: s[1])
+    assert all(later[1] >= earlier[2] for earlier, later in zip(spans, spans[1:], strict=False))

@@ -9,7 +9,6 @@ import typer
 from toolkit.cli.common import (
     DeviceOption,
     QuietOption,
-    WorkersOption,
     WorkspaceOption,
     parse_int_list,
     parse_str_list,
@@ -56,7 +55,15 @@ def run_all(
         "--ray-address",
         help="Address of an existing Ray cluster (e.g. 10.0.0.5:6379); default: start a local Ray instance.",
     ),
-    workers: int = WorkersOption,
+    workers: int = typer.Option(
+        None,
+        "--workers",
+        "-j",
+        min=1,
+        help="Parallel worker processes for per-case work. Default: number of CPU cores (at most "
+        "8). With --executor ray: how many per-case Ray tasks run at once (default: as many as the "
+        "cluster has CPUs).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the trainings."),
     workspace: Path = WorkspaceOption,
     quiet: bool = QuietOption,

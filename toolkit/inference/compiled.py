@@ -20,6 +20,8 @@ from torch import nn
 
 from toolkit.progress import info
 
+_warned_unavailable = False  # said once per process, not once per model folder
+
 
 def compile_unavailable_reason(device: torch.device) -> str | None:
     """Why ``torch.compile`` cannot work here, or None."""
@@ -28,8 +30,28 @@ def compile_unavailable_reason(device: torch.device) -> str | None:
     return None
 
 
+def _compile_errors() -> tuple[type[BaseException], ...]:
+    """What torch.compile raises when it cannot compile (not errors of the computation itself)."""
+    from torch._dynamo.exc import TorchDynamoException
+
+    errors: list[type[BaseException]] = [TorchDynamoException]
+    try:
+        from torch._inductor.exc import CppCompileError, InductorError
+
+        errors += [InductorError, CppCompileError]
+    except ImportError:  # older torch
+        pass
+    return tuple(errors)
+
+
 class CompiledNetwork(nn.Module):
-    """Calls the compiled network; on its first failure warns once and runs eagerly from then on."""
+    """Calls the compiled network; when compiling fails, warns once and runs eagerly from then on.
+
+    Errors of the computation itself (out of memory, a wrong input) are raised as they are. A
+    batch smaller than the first one (the last windows of a case) is padded to that size, so
+    the graph compiled for the first batch serves every batch: windows are independent (the
+    network normalises each sample on its own), so the padding does not change the others.
+    """
 
     def __init__(self, network: nn.Module, device: torch.device):
         super().__init__()
@@ -38,18 +60,30 @@ class CompiledNetwork(nn.Module):
         self.spatial_dims = getattr(network, "spatial_dims", 3)
         options = {"freezing": True} if device.type == "cpu" else None
         self._compiled = torch.compile(network, options=options, dynamic=False)
+        self._batch: int | None = None
         self.failed: str | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.failed is None:
-            try:
-                return self._compiled(x)
-            except Exception as exc:  # inductor/dynamo raise many kinds; eager decides below
-                self.failed = (
-                    str(exc).strip().splitlines()[0][:200] if str(exc) else type(exc).__name__
-                )
-                info(f"warning: torch.compile failed ({self.failed}); predicting without it")
-        return self.network(x)
+    def forward(self, x: torch.Tensor):
+        if self.failed is not None:
+            return self.network(x)
+        n = x.shape[0]
+        if self._batch is None:
+            self._batch = n
+        padded = x
+        if n < self._batch:
+            padded = torch.cat([x, x.new_zeros((self._batch - n, *x.shape[1:]))])
+        try:
+            out = self._compiled(padded)
+        except _compile_errors() as exc:
+            text = str(exc).strip()
+            self.failed = text.splitlines()[0][:200] if text else type(exc).__name__
+            info(f"warning: torch.compile failed ({self.failed}); predicting without it")
+            return self.network(x)
+        if padded is x:
+            return out
+        if isinstance(out, list | tuple):
+            return type(out)(o[:n] for o in out)
+        return out[:n]
 
 
 def compile_networks(
@@ -57,9 +91,11 @@ def compile_networks(
 ) -> list[nn.Module]:
     """Each network wrapped in :class:`CompiledNetwork`, or unchanged where compiling cannot
     work (with a warning when ``warn``)."""
+    global _warned_unavailable
     reason = compile_unavailable_reason(device)
     if reason is not None:
-        if warn:
+        if warn and not _warned_unavailable:
             info(f"warning: --compile ignored: {reason}")
+            _warned_unavailable = True
         return networks
     return [n if isinstance(n, CompiledNetwork) else CompiledNetwork(n, device) for n in networks]

@@ -202,6 +202,7 @@ class Predictor:
             )
         self.networks = [n.to(self.device).eval() for n in networks]
         self.compiled = False
+        self._compile_tried = False
         dims = self.configuration.spatial_dims
         if mirror_axes is None:
             # axes of the preprocessed (z, y, x) volume; a 2D network mirrors in-plane only
@@ -422,8 +423,15 @@ class Predictor:
         return (
             f"{self.configuration.name}, {folds} fold{'s' if folds != 1 else ''}, patch {'x'.join(map(str, self.configuration.patch_size))}, "
             f"step {self.step_size:g}, {tta}, {self.device.type} {self.precision}"
-            + (", compiled" if self.compiled else "")
+            + self._compile_state()
         )
+
+    def _compile_state(self) -> str:
+        if not self.compiled:
+            return ""
+        if any(getattr(n, "failed", None) for n in self.networks):
+            return ", compile failed: eager"
+        return ", compiled"
 
     def enable_compile(self, warn: bool = True) -> bool:
         """Run the networks (and the cascade's first stage's) through torch.compile from now on.
@@ -432,11 +440,13 @@ class Predictor:
         """
         from toolkit.inference.compiled import CompiledNetwork, compile_networks
 
+        if self._compile_tried:
+            return self.compiled
+        self._compile_tried = True
         if self.previous_stage is not None:
             self.previous_stage.enable_compile(warn)
-        if not self.compiled:
-            self.networks = compile_networks(self.networks, self.device, warn)
-            self.compiled = all(isinstance(n, CompiledNetwork) for n in self.networks)
+        self.networks = compile_networks(self.networks, self.device, warn)
+        self.compiled = all(isinstance(n, CompiledNetwork) for n in self.networks)
         return self.compiled
 
     # -- prediction

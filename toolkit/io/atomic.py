@@ -43,8 +43,7 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
 
 def _umask() -> int:
     """The process's umask, read without changing it (``os.umask`` sets it, racing with threads
-    that create files meanwhile): from ``/proc/self/status`` on Linux, else the value the
-    process had when this module was imported."""
+    that create files meanwhile): from ``/proc/self/status`` on Linux, else the usual 022."""
     try:
         with open("/proc/self/status", encoding="ascii") as status:
             for line in status:
@@ -52,16 +51,7 @@ def _umask() -> int:
                     return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):
         pass
-    return _IMPORT_UMASK
-
-
-def _umask_at_import() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_IMPORT_UMASK = _umask_at_import()
+    return 0o022
 
 
 def write_bytes(target: str | Path, data: bytes) -> None:

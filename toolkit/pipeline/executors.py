@@ -31,11 +31,18 @@ class RayExecutor:
     postprocessing) asks for one CPU, through :func:`toolkit.parallel.case_backend`. A cascade
     fold waits for its low-res folds: their tasks' results are passed as arguments, which Ray
     resolves before starting the dependent task. Use it as a context manager around the whole
-    run: it connects (or starts a local instance) on entry and disconnects on exit when it
-    connected.
+    run: it connects (or starts a local instance) when it first has work, and on exit
+    disconnects if it was the one that connected. Per-case tasks run as many at once as the
+    cluster has CPUs, or ``max_case_tasks`` (``--workers``).
     """
 
-    def __init__(self, address: str | None, device: str, cpus_per_task: int | None = None):
+    def __init__(
+        self,
+        address: str | None,
+        device: str,
+        cpus_per_task: int | None = None,
+        max_case_tasks: int | None = None,
+    ):
         try:
             import ray
         except ImportError:
@@ -44,14 +51,14 @@ class RayExecutor:
         self.address = address
         self.device = device
         self.cpus_per_task = cpus_per_task
+        # per-case tasks running at once (--workers); None: as many as the cluster has CPUs
+        self.max_case_tasks = max_case_tasks
         self.started_here = False
         self.depth = 0
         self.tasks: dict[str, int] = {"training": 0, "case": 0}
         self.case_tasks: dict[str, int] = {}  # per-case tasks by what they did
 
     def __enter__(self) -> RayExecutor:
-        if self.depth == 0:
-            self.started_here = self._init()
         self.depth += 1
         return self
 
@@ -61,21 +68,21 @@ class RayExecutor:
             self.ray.shutdown()
             self.started_here = False
 
-    def _init(self) -> bool:
-        ray = self.ray
-        if ray.is_initialized():
-            return False
+    def _connect(self) -> None:
+        """Connect on first use (a run with nothing left to do never starts Ray)."""
+        if self.ray.is_initialized():
+            return
         kwargs = {"ignore_reinit_error": True, "log_to_driver": True, "include_dashboard": False}
         if self.address:
             kwargs["address"] = self.address
         try:
-            ray.init(**kwargs)
+            self.ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = self.address or "a local Ray instance"
             raise ToolkitError(
                 f"could not connect to {where}: {str(exc).splitlines()[0]}"
             ) from None
-        return True
+        self.started_here = True
 
     def resources(self) -> dict:
         cluster = self.ray.cluster_resources()
@@ -88,6 +95,7 @@ class RayExecutor:
     def run(self, tasks) -> None:
         """Every training as a task, dependencies respected; the first failure is raised."""
         with self:
+            self._connect()
             ray = self.ray
             resources = self.resources()
             info(f"ray: {len(tasks)} training(s), each with {resources}")
@@ -100,27 +108,39 @@ class RayExecutor:
             self._get(list(refs.values()))
 
     def map(self, fn, items, description: str, quiet: bool) -> list:
-        """``[fn(x) for x in items]``, one Ray task (one CPU) per item, in order, with progress."""
+        """``[fn(x) for x in items]``, one Ray task (one CPU) per item, in order, with progress.
+
+        At most ``max_case_tasks`` run at once when set; the first failure cancels the rest.
+        """
         with self:
+            self._connect()
             ray = self.ray
             remote = ray.remote(num_cpus=1)(_ray_case)
-            refs = [remote.remote(fn, item) for item in items]
-            self.tasks["case"] += len(refs)
-            self.case_tasks[description] = self.case_tasks.get(description, 0) + len(refs)
+            limit = self.max_case_tasks or len(items)
+            results: list = [None] * len(items)
+            index: dict = {}
+            waiting = list(enumerate(items))
+            running: list = []
             with progress_bar(quiet) as bar:
-                progress = bar.add_task(f"{description} (ray)", total=len(refs))
-                pending = list(refs)
+                progress = bar.add_task(f"{description} (ray)", total=len(items))
                 try:
-                    while pending:
-                        done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
-                        if done:
-                            self._get(done)
-                            bar.advance(progress, len(done))
+                    while waiting or running:
+                        while waiting and len(running) < limit:
+                            i, item = waiting.pop(0)
+                            ref = remote.remote(fn, item)
+                            index[ref] = i
+                            running.append(ref)
+                            self.tasks["case"] += 1
+                            self.case_tasks[description] = self.case_tasks.get(description, 0) + 1
+                        done, running = ray.wait(running, num_returns=1, timeout=0.5)
+                        for ref, value in zip(done, self._get(done), strict=True):
+                            results[index[ref]] = value
+                        bar.advance(progress, len(done))
                 except BaseException:
-                    for ref in pending:
+                    for ref in running:
                         ray.cancel(ref)
                     raise
-            return self._get(refs)
+            return results
 
     def _get(self, refs: list) -> list:
         try:

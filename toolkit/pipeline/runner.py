@@ -380,7 +380,7 @@ def make_executor(options: RunOptions):
     from toolkit.pipeline.executors import LocalExecutor, RayExecutor
 
     if options.executor == "ray":
-        return RayExecutor(options.ray_address, options.device)
+        return RayExecutor(options.ray_address, options.device, max_case_tasks=options.workers)
     return LocalExecutor()
 
 
