@@ -392,6 +392,12 @@ def prepare_task(cases: int, iterations: int, device: str) -> tuple[Path, Path]:
 COMPILED = "toolkit, compiled"
 
 
+def _ours_command(model: Path, images: Path, out: Path, device: str) -> list:
+    """The toolkit's prediction of a folder, as a separate process (``_ours`` below)."""
+    program = [sys.executable, "-m", "bench.predict", "_ours"]
+    return program + ["--model", model, "--input", images, "--output", out, "--device", device]
+
+
 def _slug(tool: str) -> str:
     return {"nnU-Net v2": "nnunet", "toolkit": "toolkit", COMPILED: "toolkit_compiled"}[tool]
 
@@ -400,7 +406,6 @@ def predict_runs(
     test_images: Path, model: Path, device: str, repeats: int, cases: int, compiled: bool
 ) -> tuple[list[dict], dict]:
     python = str(nnunet_python())
-    ours_python = sys.executable
     rows, outputs = [], {}
     settings = [("mirroring", False), ("no mirroring", True)]
     tools = ["nnU-Net v2", "toolkit"] + ([COMPILED] if compiled else [])
@@ -412,20 +417,8 @@ def predict_runs(
                 if out.exists():
                     shutil.rmtree(out)
                 if tool != "nnU-Net v2":
-                    cmd = [
-                        ours_python,
-                        "-m",
-                        "bench.predict",
-                        "_ours",
-                        "--model",
-                        model,
-                        "--input",
-                        test_images,
-                        "--output",
-                        out,
-                        "--device",
-                        device,
-                    ] + (["--compile"] if tool == COMPILED else [])
+                    cmd = _ours_command(model, test_images, out, device)
+                    cmd += ["--compile"] if tool == COMPILED else []
                 else:
                     cmd = [
                         python,
@@ -500,24 +493,7 @@ def bf16_run(test_images: Path, model: Path, cases: int, reference_out: Path) ->
     out = WORK / "out" / "toolkit_bf16"
     if out.exists():
         shutil.rmtree(out)
-    cmd = [
-        sys.executable,
-        "-m",
-        "bench.predict",
-        "_ours",
-        "--model",
-        model,
-        "--input",
-        test_images,
-        "--output",
-        out,
-        "--device",
-        "cpu",
-        "--folds",
-        "0",
-        "--precision",
-        "bf16",
-    ]
+    cmd = _ours_command(model, test_images, out, "cpu") + ["--folds", "0", "--precision", "bf16"]
     harness.log("toolkit, mirroring, bf16 autocast")
     run = run_measured(cmd, WORK / "logs" / "toolkit_bf16.log", env=_env())
     return {

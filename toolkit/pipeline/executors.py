@@ -55,8 +55,13 @@ class RayExecutor:
         self.max_case_tasks = max_case_tasks
         self.started_here = False
         self.depth = 0
-        self.tasks: dict[str, int] = {"training": 0, "case": 0}
+        self.training_tasks = 0
         self.case_tasks: dict[str, int] = {}  # per-case tasks by what they did
+
+    @property
+    def tasks(self) -> dict[str, int]:
+        """Tasks submitted so far: trainings, and per-case tasks of every stage together."""
+        return {"training": self.training_tasks, "case": sum(self.case_tasks.values())}
 
     def __enter__(self) -> RayExecutor:
         self.depth += 1
@@ -104,7 +109,7 @@ class RayExecutor:
             for task in _dependency_order(tasks):
                 deps = [refs[s] for s in task.after if s in refs]
                 refs[task.stage] = remote.remote(task, *deps)
-            self.tasks["training"] += len(refs)
+            self.training_tasks += len(refs)
             self._get(list(refs.values()))
 
     def map(self, fn, items, description: str, quiet: bool) -> list:
@@ -130,7 +135,6 @@ class RayExecutor:
                             ref = remote.remote(fn, item)
                             index[ref] = i
                             running.append(ref)
-                            self.tasks["case"] += 1
                             self.case_tasks[description] = self.case_tasks.get(description, 0) + 1
                         done, running = ray.wait(running, num_returns=1, timeout=0.5)
                         for ref, value in zip(done, self._get(done), strict=True):

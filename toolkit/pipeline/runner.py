@@ -188,7 +188,7 @@ class Stages:
             return self._run(executor)
         with executor, case_backend(executor):
             summary = self._run(executor)
-        summary.ray_tasks = {"training": executor.tasks["training"], **executor.case_tasks}
+        summary.ray_tasks = {"training": executor.training_tasks, **executor.case_tasks}
         if not self.options.quiet:
             info(
                 f"ray: {executor.tasks['training']} training task(s), "
