@@ -29,11 +29,11 @@ import numpy as np
 import torch
 
 from bench.harness import log, machine, markdown_table, write_results
+from toolkit.core.plans import Architecture
 from toolkit.io.atomic import write_json
 from toolkit.nets import UNet
 from toolkit.planning.memory import CALIBRATION_FILE, feature_map_voxels, parameter_count
 from toolkit.planning.planner import CONV_PER_STAGE
-from toolkit.planning.plans import Architecture
 from toolkit.planning.topology import features_per_stage, pool_and_conv_props
 
 IS_BENCHMARK = True

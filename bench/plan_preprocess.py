@@ -36,9 +36,9 @@ from bench.harness import (
     nnunet_versions,
     write_results,
 )
-from toolkit.fingerprint import Fingerprint
-from toolkit.io.msd import convert_task
-from toolkit.planning.plans import Plans
+from toolkit.convert.stage import convert_task
+from toolkit.core.plans import Plans
+from toolkit.fingerprint.stage import Fingerprint
 from toolkit.synthetic import generate_task
 from toolkit.workspace import DatasetPaths
 

@@ -151,7 +151,7 @@ def _env() -> dict:
 
 def _ours(args: argparse.Namespace) -> None:
     """Predict a folder with the toolkit (what `toolkit predict` does), printing its timing."""
-    from toolkit.inference.commands import PredictOptions, run_predict
+    from toolkit.inference.stage import PredictOptions, run_predict
 
     options = PredictOptions(
         folds=[int(f) for f in args.folds.split(",")],
@@ -179,7 +179,7 @@ def _ours(args: argparse.Namespace) -> None:
 
 
 def ct_plans(features: tuple[int, ...]):
-    from toolkit.planning.plans import Architecture, Configuration, Normalization, Plans
+    from toolkit.core.plans import Architecture, Configuration, Normalization, Plans
 
     n = len(features)
     architecture = Architecture(
@@ -218,6 +218,7 @@ def _ct_model(args: argparse.Namespace) -> None:
     import SimpleITK as sitk
     import torch
 
+    from toolkit.core.checkpoint import network_checkpoint
     from toolkit.nets.unet import build_network
 
     features = CT_FULL_FEATURES if args.full else CT_NARROW_FEATURES
@@ -238,7 +239,7 @@ def _ct_model(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     network = build_network(plans, plans.configuration("3d_fullres"))
     torch.save(
-        {"network": network.state_dict(), "configuration": "3d_fullres"},
+        network_checkpoint(network.state_dict(), "3d_fullres"),
         model / "fold_0" / "checkpoint_final.pt",
     )
     image_path = Path(args.image)
@@ -328,7 +329,7 @@ def nnunet_versions() -> dict:
 
 def prepare_task(cases: int, iterations: int, device: str) -> tuple[Path, Path]:
     """The synthetic task converted, and nnU-Net v2's trained model folder (reused when present)."""
-    from toolkit.io.msd import convert_task
+    from toolkit.convert.stage import convert_task
     from toolkit.synthetic import generate_task
     from toolkit.workspace import DatasetPaths
 

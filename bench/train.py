@@ -62,9 +62,9 @@ def prepare(
 ) -> tuple[Path, NnunetFolders]:
     """Synthetic task -> our workspace and nnU-Net's folders; nnU-Net's plan converted to ours."""
     from bench.harness import export_nnunet_raw, nnunet_dataset_name
-    from toolkit.io.msd import convert_task
+    from toolkit.convert.stage import convert_task
     from toolkit.nets.nnunet_v2 import convert_plans
-    from toolkit.preprocessing.runner import preprocess_dataset
+    from toolkit.preprocessing.stage import preprocess_dataset
     from toolkit.synthetic import generate_task
     from toolkit.workspace import DatasetPaths
 

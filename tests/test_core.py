@@ -7,11 +7,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from toolkit.core.plans import Architecture, Configuration, Normalization, Plans
 from toolkit.errors import MissingStageError, ToolkitError
 from toolkit.io import atomic
 from toolkit.io.images import Geometry, read_image, write_image
 from toolkit.nets import UNet
-from toolkit.planning.plans import Architecture, Configuration, Normalization, Plans
 from toolkit.workspace import DatasetPaths, resolve_workspace
 
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from toolkit.core.postprocessing import Postprocessing, apply_postprocessing
 from toolkit.errors import ToolkitError
-from toolkit.inference.postprocessing import Postprocessing, apply_postprocessing
 
 
 def _seg():

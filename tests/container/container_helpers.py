@@ -13,12 +13,13 @@ import numpy as np
 import torch
 
 from toolkit.container.spec import EnsembleSpec
-from toolkit.inference.postprocessing import Postprocessing
+from toolkit.core.checkpoint import network_checkpoint
+from toolkit.core.plans import Architecture, Configuration, Normalization, Plans
+from toolkit.core.postprocessing import Postprocessing
 from toolkit.io.atomic import write_json
 from toolkit.io.dataset_json import DatasetInfo, write_dataset_info
 from toolkit.io.images import Geometry, write_image
 from toolkit.nets.unet import build_network
-from toolkit.planning.plans import Architecture, Configuration, Normalization, Plans
 from toolkit.workspace import (
     CHECKPOINT_FINAL,
     MODEL_DATASET_JSON,
@@ -108,11 +109,9 @@ def make_dataset(
         torch.manual_seed(fold)
         network = build_network(plans, plans.configuration(CONFIG), deep_supervision=True)
         optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.99)
-        checkpoint = {
-            "network": network.state_dict(),
+        checkpoint = network_checkpoint(network.state_dict(), CONFIG) | {
             "optimizer": optimizer.state_dict()
             | {"state": {0: {"momentum_buffer": torch.zeros(3)}}},
-            "configuration": CONFIG,
             "epoch": 1,
         }
         target = paths.fold_dir(CONFIG, fold) / CHECKPOINT_FINAL
@@ -133,8 +132,8 @@ def write_selection(
     paths: DatasetPaths, folds: tuple[int, ...] = (0, 1), mirroring: bool = True
 ) -> None:
     """A ``selection.json`` as ``toolkit select`` writes it, choosing the tiny configuration."""
+    from toolkit.core.selection import Selection
     from toolkit.evaluation.bootstrap import Interval
-    from toolkit.evaluation.selection import Selection
 
     Selection(
         dataset=paths.name,

@@ -16,10 +16,10 @@ from toolkit.container.context import (
     dockerfile_values,
     ensemble_from_selection,
     render_dockerfile,
-    slim_checkpoint,
     write_context,
 )
 from toolkit.container.spec import AlgorithmSpec, EnsembleSpec, default_input_slugs, slugify
+from toolkit.core.checkpoint import weights_only
 from toolkit.errors import MissingStageError, ToolkitError
 from toolkit.workspace import CHECKPOINT_FINAL, DatasetPaths, ExportPaths
 
@@ -66,7 +66,7 @@ def test_baked_context_holds_only_what_the_ensemble_uses(
     assert not export.model_tarball.exists()
     # training state stripped, weights kept and loadable as the predictor loads them
     checkpoint = torch.load(bundle.fold_dir(CONFIG, 0) / CHECKPOINT_FINAL, weights_only=True)
-    assert set(checkpoint) == {"network", "configuration", "epoch"}
+    assert set(checkpoint) == {"format_version", "network", "configuration", "epoch"}
     original = torch.load(dataset.fold_dir(CONFIG, 0) / CHECKPOINT_FINAL, weights_only=True)
     assert all(torch.equal(original["network"][k], v) for k, v in checkpoint["network"].items())
     # every file readable by the image's non-root user
@@ -148,7 +148,7 @@ def test_slim_checkpoint_drops_only_training_state():
         "mirror_axes": [0, 1, 2],
         "epoch": 3,
     }
-    assert set(slim_checkpoint(checkpoint)) == {"network", "configuration", "mirror_axes", "epoch"}
+    assert set(weights_only(checkpoint)) == {"network", "configuration", "mirror_axes", "epoch"}
 
 
 def test_ensemble_from_selection(dataset):

@@ -107,7 +107,7 @@ class FakeEngine:
 
 
 def export_record(image_id):
-    from toolkit.container.export import ExportRecord
+    from toolkit.container.stage import ExportRecord
 
     return ExportRecord(
         dataset="D", tag="algo:1", base_image="b", model_mode="baked", device="cpu",
@@ -118,7 +118,7 @@ def export_record(image_id):
 
 
 def test_exported_image_is_loaded_when_the_tag_moved(tmp_path):
-    from toolkit.container.export import ensure_exported_image
+    from toolkit.container.stage import ensure_exported_image
     from toolkit.workspace import ExportPaths
 
     export = ExportPaths(tmp_path)

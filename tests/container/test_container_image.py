@@ -20,8 +20,8 @@ from toolkit.cli import app
 from toolkit.container.archive import validate_archive
 from toolkit.container.base import ROOTFS_TARBALL, cache_dir, debootstrap_unavailable_reason
 from toolkit.container.podman import podman_unavailable_reason
+from toolkit.convert.stage import convert_task
 from toolkit.io.dataset_json import training_cases
-from toolkit.io.msd import convert_task
 from toolkit.pipeline.runner import RunOptions, run_all
 from toolkit.synthetic import generate_task
 from toolkit.workspace import DatasetPaths, ExportPaths

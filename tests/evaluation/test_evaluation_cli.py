@@ -12,7 +12,7 @@ from evaluation_helpers import (
 )
 
 from toolkit.cli import main
-from toolkit.evaluation.selection import Selection
+from toolkit.core.selection import Selection
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

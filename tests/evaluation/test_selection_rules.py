@@ -4,6 +4,8 @@ import math
 import numpy as np
 import pytest
 
+from toolkit.core.postprocessing import Postprocessing
+from toolkit.core.selection import CandidateScore, Selection
 from toolkit.errors import ToolkitError
 from toolkit.evaluation.bootstrap import Interval
 from toolkit.evaluation.candidates import Candidate, build_candidates, pick_best
@@ -13,8 +15,6 @@ from toolkit.evaluation.postprocessing import (
     variant_counts,
     variant_dice,
 )
-from toolkit.evaluation.selection import CandidateScore, Selection
-from toolkit.inference.postprocessing import Postprocessing
 
 
 def test_candidates_in_simplicity_order():

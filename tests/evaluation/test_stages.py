@@ -17,11 +17,11 @@ from evaluation_helpers import (
     wrong_right,
 )
 
+from toolkit.core.selection import Selection
 from toolkit.errors import MissingStageError, ToolkitError
 from toolkit.evaluation.bootstrap import BootstrapResult
 from toolkit.evaluation.report import current_selection
-from toolkit.evaluation.selection import Selection
-from toolkit.evaluation.stages import EvaluationOptions, evaluate_dataset, select_dataset
+from toolkit.evaluation.stage import EvaluationOptions, evaluate_dataset, select_dataset
 from toolkit.evaluation.tables import CSV_COLUMNS, EvaluationSummary, read_cases_csv
 from toolkit.inference.ensemble import save_probabilities
 from toolkit.io.dataset_json import DatasetInfo, write_dataset_info

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from toolkit.core.checkpoint import network_checkpoint
+from toolkit.core.plans import Architecture, Configuration, Normalization, Plans
 from toolkit.io.images import Geometry, write_image
 from toolkit.nets.unet import build_network
-from toolkit.planning.plans import Architecture, Configuration, Normalization, Plans
 
 LABELS = {"background": 0, "organ": 1, "lesion": 2}
 FLIPPED_DIRECTION = (-1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0)  # x flipped, y and z swapped
@@ -152,7 +153,7 @@ def save_model_dir(
         network = build_network(plans, plans.configuration(configuration), deep_supervision=True)
         (model_dir / f"fold_{k}").mkdir(exist_ok=True)
         torch.save(
-            {"network": network.state_dict(), "configuration": configuration, "epoch": 1},
+            network_checkpoint(network.state_dict(), configuration) | {"epoch": 1},
             model_dir / f"fold_{k}" / "checkpoint_final.pt",
         )
     return model_dir

@@ -3,9 +3,9 @@ import pytest
 import SimpleITK as sitk
 from inference_helpers import make_case, make_plans, save_model_dir
 
+from toolkit.core.postprocessing import Postprocessing, apply_postprocessing
 from toolkit.errors import ToolkitError
 from toolkit.inference.inputs import find_input_cases, read_input_case
-from toolkit.inference.postprocessing import Postprocessing, apply_postprocessing
 from toolkit.inference.predictor import Predictor
 from toolkit.io.images import read_image, write_image
 

@@ -11,7 +11,7 @@ from toolkit.inference.ensemble import load_probabilities
 from toolkit.inference.export import logits_to_original
 from toolkit.inference.predictor import Predictor, predict_with_ensemble
 from toolkit.io.images import Geometry, read_image, write_image
-from toolkit.preprocessing.pipeline import preprocess_case, revert_to_original
+from toolkit.preprocessing.case import preprocess_case, revert_to_original
 
 
 def _geometry_of(path):

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from toolkit.io.msd import convert_task
+from toolkit.convert.stage import convert_task
 from toolkit.synthetic import generate_task
 from toolkit.workspace import DatasetPaths
 

@@ -1,4 +1,4 @@
-"""toolkit.io.msd: MSD task folders and converted datasets into the workspace's raw/ layout."""
+"""toolkit.convert.stage: MSD task folders and converted datasets into the workspace's raw/ layout."""
 
 import hashlib
 import json
@@ -10,9 +10,9 @@ import pytest
 import SimpleITK as sitk
 from io_helpers import replace_array
 
+from toolkit.convert.stage import convert_task, dataset_paths_for, default_dataset_name
 from toolkit.errors import ToolkitError
 from toolkit.io.dataset_json import load_dataset_info, training_cases
-from toolkit.io.msd import convert_task, dataset_paths_for, default_dataset_name
 from toolkit.workspace import DatasetPaths
 
 

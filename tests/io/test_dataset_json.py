@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from toolkit.core.labels import foreground_labels
 from toolkit.errors import MissingStageError, ToolkitError
 from toolkit.io.dataset_json import (
     DatasetInfo,
@@ -32,7 +33,7 @@ def test_views_and_round_trip(tmp_path):
     info = DatasetInfo.from_json({**_info(), "source": "/data/Task01", "tensorImageSize": "4D"})
     assert info.channels == ["T2", "ADC"]
     assert info.num_channels == 2
-    assert info.foreground_labels == [1, 2]
+    assert foreground_labels(info.label_values) == [1, 2]
     assert info.num_classes == 3
     assert info.label_names == {0: "background", 1: "edema", 2: "core"}
     path = tmp_path / "dataset.json"

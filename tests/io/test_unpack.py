@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from toolkit.convert.stage import convert_task, dataset_paths_for, safe_extract
 from toolkit.errors import ToolkitError
-from toolkit.io.msd import convert_task, dataset_paths_for, safe_extract
 from toolkit.workspace import DatasetPaths
 
 

@@ -1,4 +1,4 @@
-"""toolkit.io.verify: every rule, one problem per broken file, and the cache."""
+"""toolkit.verify.stage: every rule, one problem per broken file, and the cache."""
 
 import json
 import os
@@ -10,7 +10,7 @@ from io_helpers import replace_array, rewrite
 
 from toolkit.errors import MissingStageError, ToolkitError
 from toolkit.io.nifti_scan import NiftiScan, scan
-from toolkit.io.verify import Severity, require_valid, verify_dataset
+from toolkit.verify.stage import Severity, require_valid, verify_dataset
 from toolkit.workspace import DatasetPaths, channel_file, label_file
 
 CASE = "synthmr_002"

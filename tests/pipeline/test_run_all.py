@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.io.msd import convert_task
+from toolkit.convert.stage import convert_task
+from toolkit.core.plans import Plans
 from toolkit.pipeline.runner import RunOptions, run_all
 from toolkit.pipeline.status import dataset_status
-from toolkit.planning.plans import Plans
 from toolkit.synthetic import generate_task
 from toolkit.workspace import DatasetPaths
 

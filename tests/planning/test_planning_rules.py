@@ -5,10 +5,10 @@ import math
 import planning_golden as golden
 import pytest
 
+from toolkit.core.plans import Plans, deep_supervision_scales
 from toolkit.errors import ToolkitError
 from toolkit.planning.memory import Calibration, MemoryBudget, feature_map_voxels, parameter_count
 from toolkit.planning.planner import PRESETS, PlannerOptions, plan_experiment, plan_network, preset
-from toolkit.planning.plans import Plans
 from toolkit.planning.rules import (
     channel_normalization,
     initial_patch_size,
@@ -16,7 +16,7 @@ from toolkit.planning.rules import (
     target_spacing,
     transpose_axes,
 )
-from toolkit.planning.topology import deep_supervision_scales, pad_to_multiple, pool_and_conv_props
+from toolkit.planning.topology import pad_to_multiple, pool_and_conv_props
 
 
 @pytest.mark.parametrize("name", sorted(golden.GOLDEN))
@@ -140,8 +140,8 @@ def test_feature_map_estimate_counts_every_map():
 
 def test_parameter_count_matches_the_network():
     torch = pytest.importorskip("torch")
+    from toolkit.core.plans import Architecture
     from toolkit.nets import UNet
-    from toolkit.planning.plans import Architecture
 
     arch = Architecture(
         [8, 16, 32],

@@ -4,12 +4,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from toolkit.core.cropping import crop_to_nonzero, fill_holes
+from toolkit.core.plans import Architecture, Configuration, Normalization, Plans
 from toolkit.io.images import Geometry
-from toolkit.planning.plans import Architecture, Configuration, Normalization, Plans
-from toolkit.preprocessing.pipeline import (
+from toolkit.preprocessing.case import (
     MAX_LOCATIONS_PER_CLASS,
-    crop_to_nonzero,
-    fill_holes,
     normalize_channel,
     preprocess_case,
     revert_labels,

@@ -8,16 +8,16 @@ import pytest
 from typer.testing import CliRunner
 
 from toolkit.cli import app
+from toolkit.convert.stage import convert_task
 from toolkit.errors import MissingStageError, ToolkitError
-from toolkit.fingerprint import Fingerprint, extract_fingerprint
+from toolkit.fingerprint.stage import Fingerprint, extract_fingerprint
 from toolkit.io.dataset_json import training_cases
 from toolkit.io.images import read_image
-from toolkit.io.msd import convert_task
+from toolkit.io.preprocessed import case_paths, complete_cases, load_case
 from toolkit.planning.planner import preset
 from toolkit.planning.stage import load_plans, plan_dataset
-from toolkit.preprocessing.pipeline import revert_labels
-from toolkit.preprocessing.runner import preprocess_dataset
-from toolkit.preprocessing.storage import case_paths, complete_cases, load_case
+from toolkit.preprocessing.case import revert_labels
+from toolkit.preprocessing.stage import preprocess_dataset
 from toolkit.synthetic import generate_task
 from toolkit.workspace import DatasetPaths
 

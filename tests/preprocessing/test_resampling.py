@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from toolkit.planning.plans import Resampling
-from toolkit.preprocessing.resampling import (
+from toolkit.core.plans import Resampling
+from toolkit.core.resampling import (
     axis_operator,
     coarse_axis,
     compute_new_shape,

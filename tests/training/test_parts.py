@@ -6,14 +6,16 @@ import numpy as np
 import pytest
 import torch
 
+from toolkit.core.checkpoint import load_checkpoint, save_checkpoint
+from toolkit.core.splits import fold_split, load_or_create_splits, make_splits
 from toolkit.errors import ToolkitError
 from toolkit.training import checkpoint as ck
 from toolkit.training.loss import (
     DeepSupervisionLoss,
-    deep_supervision_scales,
     deep_supervision_weights,
     downsample_target,
     hard_counts,
+    loss_scales,
     pseudo_dice,
     soft_dice,
 )
@@ -25,7 +27,6 @@ from toolkit.training.sampling import (
     foreground_flags,
 )
 from toolkit.training.schedule import Schedule, poly_lr
-from toolkit.training.splits import fold_split, load_or_create_splits, make_splits
 
 # sampling ---------------------------------------------------------------------------------------
 
@@ -93,10 +94,10 @@ def test_deep_supervision_weights_halve_and_drop_the_coarsest():
 
 
 def test_scales_from_strides_when_the_plan_has_none(tiny_dataset):
-    from toolkit.planning.plans import Plans
+    from toolkit.core.plans import Plans
 
     cfg = Plans.load(tiny_dataset.plans_json).configuration("3d_fullres")
-    assert deep_supervision_scales(cfg) == [[1.0] * 3, [0.5] * 3]
+    assert loss_scales(cfg) == [[1.0] * 3, [0.5] * 3]
     targets = downsample_target(
         torch.zeros((2, 1, 16, 16, 16), dtype=torch.long), [[1, 1, 1], [0.5, 0.5, 0.25]]
     )
@@ -178,10 +179,10 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path):
         {"seed": 1},
     )
     path = tmp_path / "checkpoint_latest.pt"
-    ck.save_checkpoint(path, data)
+    save_checkpoint(path, data)
     loaded = torch.load(path, weights_only=True)
     assert torch.equal(loaded["network"]["weight"], net.weight)
-    back = ck.load_checkpoint(path)
+    back = load_checkpoint(path)
     assert ck.training_state(back) == state
     torch.manual_seed(5)
     expected = torch.rand(3)
@@ -196,5 +197,5 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path):
 def test_damaged_checkpoint_is_a_one_line_error(tmp_path):
     bad = tmp_path / "checkpoint_latest.pt"
     bad.write_bytes(b"\x80\x02garbage")
-    with pytest.raises(ToolkitError, match="cannot be read as a checkpoint"):
-        ck.load_checkpoint(bad)
+    with pytest.raises(ToolkitError, match="cannot be loaded as a checkpoint"):
+        load_checkpoint(bad)

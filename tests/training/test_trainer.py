@@ -14,9 +14,9 @@ import pytest
 import torch
 from training_helpers import blob_case, tiny_plans, write_case
 
+from toolkit.core.checkpoint import load_checkpoint
 from toolkit.errors import ToolkitError
 from toolkit.training import trainer
-from toolkit.training.checkpoint import load_checkpoint
 from toolkit.training.job import TrainOptions
 from toolkit.training.schedule import Schedule
 from toolkit.workspace import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LATEST

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from toolkit.core.plans import Architecture, Configuration, Normalization, Plans
 from toolkit.io.images import Geometry, write_image
-from toolkit.planning.plans import Architecture, Configuration, Normalization, Plans
-from toolkit.preprocessing.storage import CaseProperties, save_case
+from toolkit.io.preprocessed import CaseProperties, save_case
 
 LABELS = {"background": 0, "core": 1, "rim": 2}
 

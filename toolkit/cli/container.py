@@ -97,7 +97,7 @@ def export_container(
     (one image, non-root user, amd64).
     """
     from toolkit.container.context import ExportOptions, default_tag
-    from toolkit.container.export import export_container as run_export
+    from toolkit.container.stage import export_container as run_export
     from toolkit.progress import enabled
     from toolkit.workspace import DatasetPaths
 
@@ -152,7 +152,7 @@ def test_container(
     output must be a valid platform output and equal, voxel for voxel, the same ensemble
     predicted here. Reports time and peak memory per case; writes `export/container-test.json`.
     """
-    from toolkit.container.export import test_container as run_test
+    from toolkit.container.stage import test_container as run_test
     from toolkit.workspace import DatasetPaths
 
     run_test(

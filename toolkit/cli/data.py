@@ -24,7 +24,7 @@ WorkersOption = typer.Option(
 
 
 def _print_report(report, dataset: str) -> None:
-    from toolkit.io.verify import listed_message
+    from toolkit.verify.stage import listed_message
 
     for problem in report.problems:
         typer.echo(problem.line())
@@ -56,7 +56,7 @@ def convert(
     `._` junk files and keeps every file's spacing, origin and direction. An existing dataset is
     left as it is unless `--force`.
     """
-    from toolkit.io.msd import convert_task, dataset_paths_for
+    from toolkit.convert.stage import convert_task, dataset_paths_for
 
     paths = dataset_paths_for(task, workspace, name)
     result = convert_task(task, paths, workers=workers, force=force, quiet=quiet)
@@ -90,7 +90,7 @@ def verify(
     Prints one line per problem (case and file); exits with code 2 when there is any error.
     Warnings (e.g. a case without foreground) do not fail.
     """
-    from toolkit.io.verify import verify_dataset
+    from toolkit.verify.stage import verify_dataset
     from toolkit.workspace import DatasetPaths
 
     paths = DatasetPaths.open(workspace, dataset)

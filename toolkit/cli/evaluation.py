@@ -68,7 +68,7 @@ def evaluate(
     averaged). Writes `evaluation/cases.csv` (Dice, IoU, TP/FP/FN, HD95, NSD, volumes per case
     and class), `summary.json`, `bootstrap.json` and `report.md` with figures.
     """
-    from toolkit.evaluation.stages import EvaluationOptions, evaluate_dataset
+    from toolkit.evaluation.stage import EvaluationOptions, evaluate_dataset
     from toolkit.workspace import DatasetPaths
 
     paths = DatasetPaths.open(workspace, dataset)
@@ -111,7 +111,7 @@ def select(
     of the foreground and of each class only where that improves the cross-validation Dice.
     Run `toolkit evaluate` first.
     """
-    from toolkit.evaluation.stages import select_dataset
+    from toolkit.evaluation.stage import select_dataset
     from toolkit.workspace import DatasetPaths
 
     paths = DatasetPaths.open(workspace, dataset)

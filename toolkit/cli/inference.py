@@ -106,7 +106,7 @@ def predict(
     every axis combination, the folds' logits averaged; a configuration ensemble averages
     probabilities.
     """
-    from toolkit.inference.commands import PredictOptions, run_predict
+    from toolkit.inference.stage import PredictOptions, run_predict
 
     options = PredictOptions(
         folds=parse_int_list(folds, "--folds"),
@@ -158,7 +158,7 @@ def ensemble(
     quiet: bool = QuietOption,
 ) -> None:
     """Average saved probabilities of several predictions (e.g. 2d and 3d_fullres) case by case, and write the label maps."""
-    from toolkit.inference.commands import run_ensemble
+    from toolkit.inference.stage import run_ensemble
 
     run_ensemble(
         [*inputs, *(more_inputs or [])], output, postprocess, save_probabilities, file_ending, quiet

@@ -26,7 +26,7 @@ def fingerprint(
 
     Writes `<dataset>/fingerprint.json`, which `toolkit plan` reads.
     """
-    from toolkit.fingerprint import extract_fingerprint
+    from toolkit.fingerprint.stage import extract_fingerprint
     from toolkit.workspace import DatasetPaths
 
     extract_fingerprint(DatasetPaths.open(workspace, dataset), workers=workers, quiet=quiet)
@@ -133,7 +133,7 @@ def preprocess(
     Resumable: cases already done for the current plans are skipped; cases made for older
     plans are redone.
     """
-    from toolkit.preprocessing.runner import preprocess_dataset
+    from toolkit.preprocessing.stage import preprocess_dataset
     from toolkit.workspace import DatasetPaths
 
     preprocess_dataset(

@@ -2,10 +2,10 @@
 
 ::
 
-    context/Dockerfile          from containers/Dockerfile.template (two stages, non-root)
+    context/Dockerfile          from container/template/Dockerfile.template (two stages, non-root)
     context/requirements.txt    pinned runtime requirements and the toolkit itself
     context/wheels/             the toolkit wheel (+ every other wheel with a wheelhouse)
-    context/entrypoint.py       containers/entrypoint.py
+    context/entrypoint.py       container/template/entrypoint.py
     context/algorithm.json      interfaces, labels, device
     context/model/              ensemble.json + only the configurations and folds used
 
@@ -23,14 +23,17 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 import toolkit
 from toolkit.container import wheels
 from toolkit.container.base import PULLED_IMAGE
 from toolkit.container.spec import AlgorithmSpec, EnsembleSpec, default_input_slugs, slugify
+from toolkit.core.checkpoint import load_checkpoint, weights_only
+from toolkit.core.plans import Plans
 from toolkit.errors import MissingStageError, ToolkitError
 from toolkit.io.atomic import atomic_path, write_text
 from toolkit.io.dataset_json import read_dataset_info
-from toolkit.planning.plans import Plans
 from toolkit.workspace import (
     CHECKPOINT_FINAL,
     MODEL_DATASET_JSON,
@@ -46,17 +49,15 @@ ENTRYPOINT_NAME = "entrypoint.py"
 BAKED_MODEL_DIR = "/opt/algorithm/model"
 TARBALL_MODEL_DIR = "/opt/ml/model"
 DEFAULT_OUTPUT_SLUG = "segmentation"
-NETWORK_KEY = "network"
 CONTEXT_MTIME = 946684800  # 2000-01-01: every context file gets this time stamp
 
 
-def containers_dir() -> Path:
-    """``containers/`` of the toolkit's source tree (Dockerfile template, entrypoint)."""
-    folder = Path(toolkit.__file__).resolve().parents[1] / "containers"
+def template_dir() -> Path:
+    """The Dockerfile template and entrypoint, shipped inside the package (no source checkout needed)."""
+    folder = Path(__file__).resolve().parent / "template"
     if not (folder / TEMPLATE_NAME).is_file():
         raise ToolkitError(
-            f"{TEMPLATE_NAME} not found: export-container needs the toolkit's source checkout (`pip install -e .`)",
-            folder,
+            f"{TEMPLATE_NAME} is missing from the installed toolkit package: reinstall it", folder
         )
     return folder
 
@@ -156,36 +157,13 @@ def dockerignore_lines(options: ExportOptions) -> list[str]:
     return lines
 
 
-def slim_checkpoint(checkpoint: dict) -> dict:
-    """The network's weights and the small metadata beside them, without training state."""
-    import torch
-
-    def holds_tensor(value) -> bool:
-        if isinstance(value, torch.Tensor):
-            return True
-        if isinstance(value, dict):
-            return any(holds_tensor(v) for v in value.values())
-        if isinstance(value, list | tuple):
-            return any(holds_tensor(v) for v in value)
-        return False
-
-    return {k: v for k, v in checkpoint.items() if k == NETWORK_KEY or not holds_tensor(v)}
-
-
 # --- I/O -------------------------------------------------------------------------------
 
 
 def copy_checkpoint(source: Path, target: Path) -> int:
-    import torch
-
-    try:
-        checkpoint = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ToolkitError(f"unreadable checkpoint ({type(exc).__name__}: {exc})", source) from None
-    if not isinstance(checkpoint, dict) or NETWORK_KEY not in checkpoint:
-        raise ToolkitError(f"checkpoint has no {NETWORK_KEY!r} weights", source)
+    checkpoint = load_checkpoint(source)
     with atomic_path(target) as tmp:
-        torch.save(slim_checkpoint(checkpoint), tmp)
+        torch.save(weights_only(checkpoint), tmp)
     return target.stat().st_size
 
 
@@ -219,7 +197,7 @@ def copy_models(paths: DatasetPaths, ensemble: EnsembleSpec, model_root: Path) -
 
 def ensemble_from_selection(paths: DatasetPaths) -> EnsembleSpec:
     """The chosen configurations, folds and postprocessing of ``selection.json``."""
-    from toolkit.evaluation.selection import Selection
+    from toolkit.core.selection import Selection
 
     selection = Selection.load(paths.selection_json)
     previous_stages = {}
@@ -303,7 +281,7 @@ def write_context(
         raise ToolkitError(
             f"labels go up to {max(spec.label_values)}; the platform's segmentations are uint8 (at most 255)"
         )
-    source = containers_dir()
+    source = template_dir()
     # written into a staging folder first, so an interrupted export never leaves half a context
     staged = ExportPaths(export.root / ".partial")
     if staged.root.exists():

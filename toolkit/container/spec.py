@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from toolkit.core.postprocessing import Postprocessing
 from toolkit.errors import ToolkitError
-from toolkit.inference.postprocessing import Postprocessing
 from toolkit.io.atomic import write_json
 
 SPEC_FORMAT_VERSION = 1

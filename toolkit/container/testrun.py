@@ -96,7 +96,7 @@ def cross_validation_cases(
         return [cases[n] for n in names]
     order: list[str] = []
     if paths.splits_json.is_file():
-        from toolkit.training.splits import read_splits
+        from toolkit.core.splits import read_splits
 
         folds = [s.val for s in read_splits(paths.splits_json)]
         for k in range(max((len(v) for v in folds), default=0)):
@@ -318,7 +318,7 @@ def reference_labels(
     Run through the command's own code (on this machine's CPU, from the workspace's models),
     so the job's output is compared with what a user of ``toolkit predict`` gets.
     """
-    from toolkit.inference.commands import PredictOptions, run_predict
+    from toolkit.inference.stage import PredictOptions, run_predict
 
     folder.mkdir(parents=True, exist_ok=True)
     postprocessing = folder / "postprocessing.json"

@@ -1,7 +1,7 @@
 """Choosing the postprocessing of the selected candidate on the cross-validation.
 
 The method's only postprocessing is keeping the largest connected component
-(:mod:`toolkit.inference.postprocessing`). Two kinds of step are tried, in order:
+(:mod:`toolkit.core.postprocessing`). Two kinds of step are tried, in order:
 
 1. the largest component of the whole foreground (all classes together);
 2. then, on top of the first decision, the largest component of each class.
@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from toolkit.core.postprocessing import Postprocessing, apply_postprocessing
 from toolkit.evaluation.bootstrap import nanmean_last
 from toolkit.evaluation.metrics import dice_from_counts
-from toolkit.inference.postprocessing import Postprocessing, apply_postprocessing
 
 # the four segmentations measured per case; "classes" = largest component of every class
 VARIANTS = ("none", "foreground", "classes", "foreground+classes")

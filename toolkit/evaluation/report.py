@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from toolkit import __version__
+from toolkit.core.selection import Selection
 from toolkit.evaluation import plots
 from toolkit.evaluation.bootstrap import BootstrapResult, bootstrap_candidates
 from toolkit.evaluation.candidates import CONFIGURATION_COST_ORDER
 from toolkit.evaluation.metrics import HD_PERCENTILE
-from toolkit.evaluation.selection import Selection
 from toolkit.evaluation.tables import (
     EvaluationSummary,
     evaluation_digest,

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.core.postprocessing import Postprocessing, apply_postprocessing
 from toolkit.errors import ToolkitError
-from toolkit.inference.postprocessing import Postprocessing, apply_postprocessing
 from toolkit.io.atomic import atomic_path
 from toolkit.io.images import IMAGE_SUFFIXES, Geometry, label_dtype, read_sitk, write_image
 from toolkit.progress import track

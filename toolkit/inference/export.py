@@ -1,6 +1,6 @@
 """From logits on the preprocessed grid to a label map (and probabilities) on the input's grid.
 
-The way back mirrors :mod:`toolkit.preprocessing.pipeline` (and gives what its
+The way back mirrors :mod:`toolkit.preprocessing.case` (and gives what its
 ``revert_to_original`` gives): resample to the cropped shape (linearly, nearest along a coarse
 axis: ``Resampling.probability_order``), undo the axis transpose, paste into the uncropped
 extent (outside the crop box: background with probability 1). What is resampled is the
@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from toolkit.core.cropping import box_slices
+from toolkit.core.plans import Configuration, Plans
+from toolkit.core.postprocessing import Postprocessing, apply_postprocessing
+from toolkit.core.resampling import case_target_spacing, resample_probabilities, transpose_spatial
 from toolkit.inference.ensemble import save_probabilities
-from toolkit.inference.postprocessing import Postprocessing, apply_postprocessing
 from toolkit.io.images import Geometry, label_dtype, write_image
-from toolkit.planning.plans import Configuration, Plans
-from toolkit.preprocessing.pipeline import box_slices, case_target_spacing, transpose_spatial
-from toolkit.preprocessing.resampling import resample_probabilities
-from toolkit.preprocessing.storage import CaseProperties
+from toolkit.io.preprocessed import CaseProperties
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The predictor: a trained model applied to raw images, results in the input's exact geometry.
 
-One case goes: raw ``(c, z, y, x)`` -> :func:`~toolkit.preprocessing.pipeline.preprocess_case`
+One case goes: raw ``(c, z, y, x)`` -> :func:`~toolkit.preprocessing.case.preprocess_case`
 (exactly what training saw: crop, transpose, normalize, resample) -> for a cascade, the
 previous stage's labels as one-hot channels -> sliding window over every fold at once
 (:mod:`toolkit.inference.sliding_window`: Gaussian-weighted mean of the folds' and the mirrored
@@ -30,24 +30,27 @@ import numpy as np
 import torch
 from torch import nn
 
+from toolkit.core.cascade import cascade_channels, labels_on_next_grid
+from toolkit.core.checkpoint import KEY_CONFIGURATION, KEY_MIRROR_AXES, KEY_NETWORK, load_checkpoint
+from toolkit.core.constants import STEP_SIZE
+from toolkit.core.device import cpu_has_native_bf16, resolve_device, resolve_precision
+from toolkit.core.plans import Configuration, Plans
+from toolkit.core.postprocessing import Postprocessing
+from toolkit.core.resampling import case_target_spacing
 from toolkit.errors import ToolkitError
 from toolkit.inference.export import Prediction, logits_to_original
 from toolkit.inference.inputs import InputCase, find_input_cases, read_input_case
-from toolkit.inference.postprocessing import Postprocessing
 from toolkit.inference.sliding_window import (
-    PRECISIONS,
     WindowSettings,
     count_windows,
     mirror_combinations,
     sliding_window_logits,
 )
 from toolkit.io.images import Geometry, has_image_suffix, label_dtype, strip_image_suffix
+from toolkit.io.preprocessed import CaseProperties
 from toolkit.nets import nnunet_v2
 from toolkit.nets.unet import build_network, input_channels
-from toolkit.planning.plans import Configuration, Plans
-from toolkit.preprocessing.pipeline import case_target_spacing, preprocess_case
-from toolkit.preprocessing.resampling import resample_probabilities
-from toolkit.preprocessing.storage import CaseProperties
+from toolkit.preprocessing.case import preprocess_case
 from toolkit.progress import info, progress_bar
 from toolkit.workspace import (
     CHECKPOINT_BEST,
@@ -59,44 +62,10 @@ from toolkit.workspace import (
 )
 
 CHECKPOINTS = {"final": CHECKPOINT_FINAL, "best": CHECKPOINT_BEST, "latest": CHECKPOINT_LATEST}
-CHECKPOINT_NETWORK_KEY = "network"
-CHECKPOINT_CONFIGURATION_KEY = "configuration"
-CHECKPOINT_MIRROR_AXES_KEY = "mirror_axes"
 # share of the GPU's free memory the volume and its accumulators may take; the rest is for
 # the network's activations
 GPU_ACCUMULATION_SHARE = 0.5
 FOLD_PREFIX = "fold_"
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` -> CUDA when available, else the CPU; ``cuda`` without a GPU is an error."""
-    if isinstance(device, torch.device):
-        return device
-    name = device.strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ToolkitError(
-                "--device cuda: no CUDA device is available (use --device cpu or auto)"
-            )
-        return torch.device(name)
-    if name == "cpu":
-        return torch.device("cpu")
-    raise ToolkitError(f"--device must be auto, cpu or cuda, not {device!r}")
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> fp16 autocast on CUDA, float32 on the CPU."""
-    if precision == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
-    if precision not in PRECISIONS:
-        raise ToolkitError(
-            f"--precision must be auto or one of {', '.join(PRECISIONS)}, not {precision!r}"
-        )
-    if precision == "fp16" and device.type == "cpu":
-        raise ToolkitError("--precision fp16 needs a CUDA device (use bf16 or fp32 on the CPU)")
-    return precision
 
 
 @dataclass(frozen=True)
@@ -142,16 +111,6 @@ def fits_on_gpu(
     )
 
 
-def cpu_has_native_bf16() -> bool:
-    """AVX-512 BF16 or AMX: without either, torch emulates bf16 and autocast is many times slower."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = next((line for line in fh if line.startswith("flags")), "").split()
-    except OSError:
-        return True  # not Linux: no way to tell, trust the user's choice
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def default_images_per_forward(configuration: Configuration, device: torch.device) -> int:
     """Images per forward pass: a GPU takes every mirrored copy of a window at once."""
     if device.type == "cuda":
@@ -178,7 +137,7 @@ class Predictor:
         *,
         mirror_axes: Sequence[int] | None = None,
         use_mirroring: bool = True,
-        step_size: float = 0.5,
+        step_size: float = STEP_SIZE,
         device: str | torch.device = "auto",
         precision: str = "auto",
         images_per_forward: int | None = None,
@@ -243,7 +202,7 @@ class Predictor:
         checkpoint: str = "final",
         device: str | torch.device = "auto",
         use_mirroring: bool = True,
-        step_size: float = 0.5,
+        step_size: float = STEP_SIZE,
         precision: str = "auto",
         images_per_forward: int | None = None,
         compile: bool = False,
@@ -288,25 +247,16 @@ class Predictor:
         states, configuration_name, mirror_axes = [], None, None
         for fold_dir in fold_dirs:
             path = fold_dir / file_name
-            try:
-                ckpt = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:  # damaged or foreign file: torch raises many kinds
-                raise ToolkitError(
-                    f"cannot be loaded as a checkpoint ({str(exc).splitlines()[0][:200]})", path
-                ) from None
-            if not isinstance(ckpt, dict) or CHECKPOINT_NETWORK_KEY not in ckpt:
-                raise ToolkitError(
-                    f"is not a toolkit checkpoint (no '{CHECKPOINT_NETWORK_KEY}' entry)", path
-                )
-            name = ckpt.get(CHECKPOINT_CONFIGURATION_KEY)
+            ckpt = load_checkpoint(path)
+            name = ckpt.get(KEY_CONFIGURATION)
             if configuration_name is None:
                 configuration_name = name
-                mirror_axes = ckpt.get(CHECKPOINT_MIRROR_AXES_KEY)
+                mirror_axes = ckpt.get(KEY_MIRROR_AXES)
             elif name != configuration_name:
                 raise ToolkitError(
                     f"holds configuration {name!r}, other folds {configuration_name!r}", path
                 )
-            states.append((path, ckpt[CHECKPOINT_NETWORK_KEY]))
+            states.append((path, ckpt[KEY_NETWORK]))
         if not isinstance(configuration_name, str):
             raise ToolkitError(
                 "checkpoint does not name its configuration", fold_dirs[0] / file_name
@@ -522,8 +472,7 @@ class Predictor:
             raise ValueError(
                 f"previous stage labels of shape {labels.shape} are not on the grid {tuple(props.shape_after_resampling)}"
             )
-        foreground = sorted(v for v in self.plans.labels.values() if v != 0)
-        return np.stack([labels == v for v in foreground]).astype(np.float32)
+        return cascade_channels(self.plans, labels)
 
     def labels_on_grid(
         self,
@@ -545,15 +494,14 @@ class Predictor:
         logits = self.predict_logits(data, on_windows)
         probabilities = torch.softmax(torch.stack([t.float().cpu() for t in logits]), dim=0).numpy()
         del logits
-        spacing_t = [props.spacing[a] for a in self.plans.transpose_forward]
-        upsampled = resample_probabilities(
+        return labels_on_next_grid(
             probabilities,
-            next_props.shape_after_resampling,
-            case_target_spacing(self.configuration, spacing_t),
-            case_target_spacing(next_configuration, spacing_t),
-            self.configuration.resampling,
+            plans=self.plans,
+            configuration=self.configuration,
+            next_configuration=next_configuration,
+            spacing=props.spacing,
+            next_shape=next_props.shape_after_resampling,
         )
-        return upsampled.argmax(0)
 
     def predict_preprocessed(
         self,

@@ -21,7 +21,6 @@ class. 2D configurations use the same code with a patch of one slice, ``(1, py, 
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -32,11 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from toolkit.core.constants import STEP_SIZE
+from toolkit.core.device import PRECISIONS, autocast
+
 SIGMA_SCALE = 1.0 / 8
 # the smallest weight a window voxel gets, relative to the centre; keeps the map strictly
 # positive (a voxel covered by windows only at their border is still predicted)
 MIN_WEIGHT = 1e-6
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 # --------------------------------------------------------------------------- pure rules
@@ -162,7 +163,7 @@ class WindowSettings:
     """
 
     patch_size: tuple[int, int, int]
-    step_size: float = 0.5
+    step_size: float = STEP_SIZE
     mirror_axes: tuple[int, ...] = ()
     images_per_forward: int = 1
     precision: str = "fp32"  # fp32, bf16 (autocast) or fp16 (autocast)
@@ -180,13 +181,6 @@ class WindowSettings:
             )
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
-
-
-def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def forward_logits(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -219,7 +213,7 @@ def predict_windows(
     # (combo, window index) pairs, forwarded in chunks
     jobs = [(combo, i) for combo in combos for i in range(b)]
     chunk = max(1, images_per_forward)
-    with autocast_context(x.device, precision):
+    with autocast(x.device, precision):
         for start in range(0, len(jobs), chunk):
             part = jobs[start : start + chunk]
             inputs = torch.stack([_flip(x[i], combo) for combo, i in part])

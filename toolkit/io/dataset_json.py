@@ -9,7 +9,7 @@ The converted layout is nnU-Net v2's raw layout::
 
 Cases are found from the files, not from a list in ``dataset.json``: a training case is any
 ``CASE`` with a label file or a channel file in ``imagesTr``. Files whose names start with
-``.`` are never cases. Whether every expected file exists is :mod:`toolkit.io.verify`'s job;
+``.`` are never cases. Whether every expected file exists is :mod:`toolkit.verify.stage`'s job;
 :func:`training_cases` lists the paths a case *should* have.
 """
 
@@ -67,10 +67,6 @@ class DatasetInfo:
     def label_values(self) -> list[int]:
         """All declared label values, background included, ascending."""
         return sorted(set(self.labels.values()))
-
-    @property
-    def foreground_labels(self) -> list[int]:
-        return [v for v in self.label_values if v != 0]
 
     @property
     def num_classes(self) -> int:

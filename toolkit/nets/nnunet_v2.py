@@ -29,8 +29,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from toolkit.core.constants import ANISOTROPY_THRESHOLD, INSTANCE_NORM_EPS, LEAKY_RELU_SLOPE
+from toolkit.core.plans import (
+    Architecture,
+    Configuration,
+    Normalization,
+    Plans,
+    Resampling,
+    deep_supervision_scales,
+)
 from toolkit.errors import ToolkitError
-from toolkit.planning.plans import Architecture, Configuration, Normalization, Plans, Resampling
 
 PLANS_FILE = "plans.json"
 DATASET_FILE = "dataset.json"
@@ -39,8 +47,6 @@ CHECKPOINT_SUFFIX = ".pth"
 SUPPORTED_NETWORK = "PlainConvUNet"
 SUPPORTED_RESAMPLING = "resample_data_or_seg_to_shape"
 SUPPORTED_READERS = ("SimpleITKIO", "SimpleITKIOWithReorient")
-ANISOTROPY_THRESHOLD = 3.0  # nnU-Net v2's ANISO_THRESHOLD
-LEAKY_RELU_SLOPE = 1e-2
 
 _NORMALIZATION = {
     "CTNormalization": "ct",
@@ -198,8 +204,8 @@ def _architecture(config: Mapping[str, Any], source: Path | None) -> Architectur
         problems.append(f"leaky ReLU slope {slope}")
     if kw.get("dropout_op"):
         problems.append("dropout")
-    eps = float((kw.get("norm_op_kwargs") or {}).get("eps", 1e-5))
-    if abs(eps - 1e-5) > 1e-12:
+    eps = float((kw.get("norm_op_kwargs") or {}).get("eps", INSTANCE_NORM_EPS))
+    if abs(eps - INSTANCE_NORM_EPS) > 1e-12:
         problems.append(f"norm eps {eps}")
     if problems:
         raise ToolkitError(
@@ -217,11 +223,6 @@ def _architecture(config: Mapping[str, Any], source: Path | None) -> Architectur
             int(c) for c in (n_conv_dec if isinstance(n_conv_dec, list) else [n_conv_dec] * (n - 1))
         ],
     )
-
-
-def _deep_supervision_scales(strides: list[list[int]]) -> list[list[float]]:
-    cumulative = np.cumprod(np.asarray(strides, dtype=np.float64), axis=0)
-    return [[float(v) for v in 1.0 / row] for row in cumulative[:-1]]
 
 
 def _labels(dataset: Mapping[str, Any], source: Path | None) -> dict[str, int]:
@@ -338,7 +339,7 @@ def _configuration(
         normalization=_normalizations(config, intensity, channels, source),
         resampling=_resampling(config, source),
         batch_dice=bool(config.get("batch_dice", False)),
-        deep_supervision_scales=_deep_supervision_scales(architecture.strides),
+        deep_supervision_scales=deep_supervision_scales(architecture.strides),
         previous_stage=config.get("previous_stage"),
         next_stage=next_stage,
     )

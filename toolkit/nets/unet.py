@@ -1,4 +1,4 @@
-"""A plain 2D/3D U-Net built from a plan's :class:`~toolkit.planning.plans.Architecture`.
+"""A plain 2D/3D U-Net built from a plan's :class:`~toolkit.core.plans.Architecture`.
 
 Per stage: ``n_conv`` blocks of conv -> instance norm -> leaky ReLU; the first conv of a
 stage is strided (downsampling by strided convolution, no pooling). Decoder stages upsample
@@ -14,10 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from toolkit.planning.plans import Architecture, Configuration, Plans
-
-NEGATIVE_SLOPE = 1e-2
-NORM_EPS = 1e-5
+from toolkit.core.constants import INSTANCE_NORM_EPS, LEAKY_RELU_SLOPE
+from toolkit.core.plans import Architecture, Configuration, Plans
 
 
 def _conv_cls(dims: int) -> type[nn.Module]:
@@ -41,8 +39,8 @@ class ConvBlock(nn.Module):
         self.conv = _conv_cls(dims)(
             cin, cout, tuple(kernel), tuple(stride), tuple(padding), bias=True
         )
-        self.norm = _norm_cls(dims)(cout, eps=NORM_EPS, affine=True)
-        self.act = nn.LeakyReLU(NEGATIVE_SLOPE, inplace=True)
+        self.norm = _norm_cls(dims)(cout, eps=INSTANCE_NORM_EPS, affine=True)
+        self.act = nn.LeakyReLU(LEAKY_RELU_SLOPE, inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.norm(self.conv(x)))
@@ -134,7 +132,7 @@ class UNet(nn.Module):
 
 def _he_init(module: nn.Module) -> None:
     if isinstance(module, nn.Conv2d | nn.Conv3d | nn.ConvTranspose2d | nn.ConvTranspose3d):
-        nn.init.kaiming_normal_(module.weight, a=NEGATIVE_SLOPE)
+        nn.init.kaiming_normal_(module.weight, a=LEAKY_RELU_SLOPE)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
 

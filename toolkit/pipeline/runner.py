@@ -21,11 +21,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from toolkit.core.plans import Plans
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
 from toolkit.pipeline import records
 from toolkit.pipeline.presets import Preset, get_preset
-from toolkit.planning.plans import Plans
 from toolkit.progress import info
 from toolkit.workspace import CHECKPOINT_FINAL, CHECKPOINT_LATEST, DatasetPaths
 
@@ -197,12 +197,12 @@ class Stages:
         return summary
 
     def _run(self, executor) -> RunSummary:
-        from toolkit.evaluation.stages import EvaluationOptions, evaluate_dataset, select_dataset
-        from toolkit.fingerprint import extract_fingerprint
-        from toolkit.io.verify import require_valid
+        from toolkit.evaluation.stage import EvaluationOptions, evaluate_dataset, select_dataset
+        from toolkit.fingerprint.stage import extract_fingerprint
         from toolkit.planning.stage import load_plans, plan_dataset
-        from toolkit.preprocessing.pipeline import source_record
-        from toolkit.preprocessing.runner import preprocess_dataset
+        from toolkit.preprocessing.case import source_record
+        from toolkit.preprocessing.stage import preprocess_dataset
+        from toolkit.verify.stage import require_valid
 
         start = time.time()
         paths, o = self.paths, self.options
@@ -274,7 +274,7 @@ class Stages:
         )
         select_key = records.digest("select", evaluate_key)
         self.stage("select", select_key, lambda: select_dataset(paths, o.workers, quiet=o.quiet))
-        from toolkit.evaluation.selection import Selection
+        from toolkit.core.selection import Selection
 
         self.summary.selection = Selection.load(paths.selection_json).candidate
         self.summary.seconds = time.time() - start

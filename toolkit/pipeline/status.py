@@ -104,7 +104,7 @@ def dataset_status(paths: DatasetPaths) -> Status:
     folds: list[int] = [0, 1, 2, 3, 4]
     epochs = None
     if paths.plans_json.is_file():
-        from toolkit.planning.plans import Plans
+        from toolkit.core.plans import Plans
 
         plans = Plans.load(paths.plans_json)
         configs = list(plans.configurations)

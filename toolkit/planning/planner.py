@@ -13,8 +13,16 @@ from typing import Literal
 
 import numpy as np
 
+from toolkit.core.constants import ANISOTROPY_THRESHOLD
+from toolkit.core.plans import (
+    Architecture,
+    Configuration,
+    Plans,
+    Resampling,
+    deep_supervision_scales,
+)
 from toolkit.errors import ToolkitError
-from toolkit.fingerprint import Fingerprint
+from toolkit.fingerprint.stage import Fingerprint
 from toolkit.planning.memory import (
     Calibration,
     MemoryBudget,
@@ -22,9 +30,7 @@ from toolkit.planning.memory import (
     feature_map_voxels,
     parameter_count,
 )
-from toolkit.planning.plans import Architecture, Configuration, Plans, Resampling
 from toolkit.planning.rules import (
-    ANISOTROPY_THRESHOLD,
     channel_normalization,
     initial_patch_size,
     median_resampled_shape,
@@ -34,7 +40,6 @@ from toolkit.planning.rules import (
 from toolkit.planning.topology import (
     MIN_FEATURE_MAP,
     UNLIMITED_POOLS,
-    deep_supervision_scales,
     features_per_stage,
     pool_and_conv_props,
 )

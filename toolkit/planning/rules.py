@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from toolkit.planning.plans import Normalization
+from toolkit.core.constants import ANISOTROPY_THRESHOLD
+from toolkit.core.plans import Normalization
 
-ANISOTROPY_THRESHOLD = 3.0
 ANISOTROPIC_SPACING_PERCENTILE = 10
 # z-score inside the non-zero mask when cropping kept less than this share of the image
 NONZERO_MASK_RELATIVE_SIZE = 0.75

@@ -6,7 +6,7 @@ import math
 
 from rich.table import Table
 
-from toolkit.planning.plans import Configuration, Plans
+from toolkit.core.plans import Configuration, Plans
 
 
 def _axes(values) -> str:

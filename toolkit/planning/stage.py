@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from toolkit.fingerprint import load_fingerprint
+from toolkit.core.plans import Plans
+from toolkit.fingerprint.stage import load_fingerprint
 from toolkit.planning.memory import Calibration
 from toolkit.planning.planner import PlannerOptions, plan_experiment
-from toolkit.planning.plans import Plans
 from toolkit.workspace import DatasetPaths
 
 

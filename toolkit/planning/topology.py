@@ -94,13 +94,3 @@ def pool_and_conv_props(
 def features_per_stage(n_stages: int, base: int, maximum: int) -> list[int]:
     """``base`` features, doubling per stage, capped at ``maximum``."""
     return [min(maximum, base * 2**i) for i in range(n_stages)]
-
-
-def deep_supervision_scales(strides: Sequence[Sequence[int]]) -> list[list[float]]:
-    """Scale of the label for each decoder output, highest resolution first (all but the bottleneck)."""
-    scales = []
-    cumulative = [1] * len(strides[0])
-    for stride in strides[:-1]:
-        cumulative = [c * s for c, s in zip(cumulative, stride, strict=True)]
-        scales.append([1.0 / c for c in cumulative])
-    return scales

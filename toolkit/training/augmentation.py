@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from toolkit.core.labels import one_hot_batch
 from toolkit.training.spatial import SpatialRules, central_crop, sampling_matrix, warp
 
 
@@ -651,7 +652,7 @@ def finish(
     target = target.clamp_min(0).long()
     if labels.shape[1] > 1:
         previous = labels[:, 1]
-        onehot = torch.stack([(previous == v) for v in foreground_labels], dim=1).to(image.dtype)
+        onehot = one_hot_batch(previous, foreground_labels, image.dtype)
         if binary_operator is not None and operator_params is not None:
             onehot = binary_operator.apply_to_onehot(onehot, operator_params)
         image = torch.cat([image, onehot], dim=1)

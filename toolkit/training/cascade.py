@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.core.cascade import labels_on_next_grid
+from toolkit.core.labels import storage_dtype
+from toolkit.core.plans import Configuration, Plans
+from toolkit.core.splits import Split
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import atomic_path
-from toolkit.planning.plans import Configuration, Plans
-from toolkit.preprocessing.pipeline import case_target_spacing
-from toolkit.preprocessing.resampling import resample_probabilities
-from toolkit.preprocessing.storage import load_properties
-from toolkit.training.splits import Split
+from toolkit.io.preprocessed import load_properties
 from toolkit.workspace import DatasetPaths
 
 PREDICTION_SUFFIX = ".npy"
@@ -77,15 +77,15 @@ def export_case(
     """
     props = load_properties(paths.preprocessed_dir(configuration.data_identifier), case)
     next_props = load_properties(paths.preprocessed_dir(next_configuration.data_identifier), case)
-    spacing_t = [props.spacing[a] for a in plans.transpose_forward]
-    upsampled = resample_probabilities(
+    labels = labels_on_next_grid(
         probabilities,
-        next_props.shape_after_resampling,
-        case_target_spacing(configuration, spacing_t),
-        case_target_spacing(next_configuration, spacing_t),
-        configuration.resampling,
+        plans=plans,
+        configuration=configuration,
+        next_configuration=next_configuration,
+        spacing=props.spacing,
+        next_shape=next_props.shape_after_resampling,
     )
-    labels = upsampled.argmax(0).astype(np.int8 if plans.num_classes <= 127 else np.int16)[None]
+    labels = labels.astype(storage_dtype(plans.num_classes))[None]
     target = prediction_path(
         paths.next_stage_dir(configuration.name, next_configuration.name), case
     )

@@ -1,44 +1,35 @@
-"""Checkpoints: one ``torch.save`` dict, written atomically, loadable with ``weights_only=True``.
+"""Training's side of a checkpoint: the state ``--resume`` needs, built and read back.
 
-Keys (spelled once, here): ``network`` is the U-Net's state dict (plain tensors, the
-contract with inference); ``configuration`` the configuration's name and ``plans_configuration``
-its plan entry; ``epoch`` the number of completed epochs and ``iteration`` the training
-iterations already done in the next one (a checkpoint taken mid-epoch); the rest is the
-state ``--resume`` needs to continue the exact schedule: optimizer, gradient scaler, random
-number generator states (as tensors and plain numbers, no pickled objects), the epoch
-history, the pseudo-Dice averages and the losses of a partly done epoch.
+The format (keys, versioned save and load) is :mod:`toolkit.core.checkpoint`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from toolkit.errors import ToolkitError
-from toolkit.io.atomic import write_with
-
-CHECKPOINT_FORMAT = 1
-
-KEY_FORMAT = "format_version"
-KEY_NETWORK = "network"
-KEY_CONFIGURATION = "configuration"
-KEY_PLANS_CONFIGURATION = "plans_configuration"
-KEY_EPOCH = "epoch"
-KEY_ITERATION = "iteration"
-KEY_FINISHED = "finished"
-KEY_OPTIMIZER = "optimizer"
-KEY_SCALER = "grad_scaler"
-KEY_RNG = "rng"
-KEY_HISTORY = "history"
-KEY_EMA = "ema_pseudo_dice"
-KEY_BEST_EMA = "best_ema_pseudo_dice"
-KEY_PARTIAL_LOSSES = "partial_train_losses"
-KEY_RUN = "run"  # seed, schedule and precision the run was started with
+from toolkit.core.checkpoint import (
+    CHECKPOINT_FORMAT,
+    KEY_BEST_EMA,
+    KEY_CONFIGURATION,
+    KEY_EMA,
+    KEY_EPOCH,
+    KEY_FINISHED,
+    KEY_FORMAT,
+    KEY_HISTORY,
+    KEY_ITERATION,
+    KEY_NETWORK,
+    KEY_OPTIMIZER,
+    KEY_PARTIAL_LOSSES,
+    KEY_PLANS_CONFIGURATION,
+    KEY_RNG,
+    KEY_RUN,
+    KEY_SCALER,
+)
 
 
 @dataclass
@@ -121,31 +112,6 @@ def training_state(checkpoint: dict[str, Any]) -> TrainingState:
         best_ema_pseudo_dice=checkpoint.get(KEY_BEST_EMA),
         finished=bool(checkpoint.get(KEY_FINISHED, False)),
     )
-
-
-def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
-    """Written to a temporary file and renamed: a kill leaves the old or the new file."""
-    write_with(path, lambda tmp: torch.save(checkpoint, tmp))
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ToolkitError("checkpoint not found", path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a damaged or foreign file: name it, whatever torch raised
-        raise ToolkitError(
-            f"cannot be read as a checkpoint ({type(exc).__name__}: {exc})", path
-        ) from None
-    if not isinstance(checkpoint, dict) or KEY_NETWORK not in checkpoint:
-        raise ToolkitError("is not a toolkit checkpoint (no 'network' entry)", path)
-    version = checkpoint.get(KEY_FORMAT)
-    if version != CHECKPOINT_FORMAT:
-        raise ToolkitError(
-            f"checkpoint format {version} is not supported (expected {CHECKPOINT_FORMAT})", path
-        )
-    return checkpoint
 
 
 def plans_configuration_dict(configuration) -> dict[str, Any]:

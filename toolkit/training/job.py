@@ -13,14 +13,16 @@ from pathlib import Path
 
 import torch
 
+from toolkit.core.checkpoint import KEY_RUN, load_checkpoint
+from toolkit.core.device import resolve_device, resolve_precision
+from toolkit.core.plans import Configuration, Plans
+from toolkit.core.splits import Split, fold_split, load_or_create_splits
 from toolkit.errors import MissingStageError, ToolkitError
 from toolkit.io.atomic import write_text
-from toolkit.planning.plans import Configuration, Plans
-from toolkit.preprocessing.storage import complete_cases
+from toolkit.io.preprocessed import complete_cases
 from toolkit.training import cascade
-from toolkit.training.checkpoint import KEY_RUN, load_checkpoint, training_state
+from toolkit.training.checkpoint import training_state
 from toolkit.training.schedule import Schedule
-from toolkit.training.splits import Split, fold_split, load_or_create_splits
 from toolkit.workspace import (
     CHECKPOINT_FINAL,
     CHECKPOINT_LATEST,
@@ -28,9 +30,6 @@ from toolkit.workspace import (
     MODEL_PLANS,
     DatasetPaths,
 )
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -80,28 +79,6 @@ class TrainingJob:
     @property
     def model_dir(self) -> Path:
         return self.paths.model_dir(self.configuration.name)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name not in DEVICES:
-        raise ToolkitError(f"--device must be one of {', '.join(DEVICES)}, not {name!r}")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ToolkitError(
-            "--device cuda was asked for, but torch sees no CUDA device (use --device cpu)"
-        )
-    return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    if name not in PRECISIONS:
-        raise ToolkitError(f"--precision must be one of {', '.join(PRECISIONS)}, not {name!r}")
-    if name == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
-    if name == "fp16" and device.type != "cuda":
-        raise ToolkitError("--precision fp16 needs a CUDA device; on the CPU use bf16 or fp32")
-    return name
 
 
 def prepare(

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from toolkit.planning.plans import Configuration
+from toolkit.core.plans import Configuration
+from toolkit.core.plans import deep_supervision_scales as plan_scales
 
 DICE_SMOOTH = 1e-5
 
@@ -30,12 +30,11 @@ def deep_supervision_weights(n_outputs: int) -> list[float]:
     return [w / total for w in weights]
 
 
-def deep_supervision_scales(configuration: Configuration) -> list[list[float]]:
+def loss_scales(configuration: Configuration) -> list[list[float]]:
     """The plan's scales, else the reference's rule: 1 / cumulative strides, all but the last."""
     if configuration.deep_supervision_scales:
         return [list(map(float, s)) for s in configuration.deep_supervision_scales]
-    strides = np.asarray(configuration.architecture.strides, dtype=float)
-    return (1.0 / np.cumprod(strides, axis=0))[:-1].tolist()
+    return plan_scales(configuration.architecture.strides)
 
 
 def downsample_target(

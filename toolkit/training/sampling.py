@@ -27,7 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from toolkit.errors import ToolkitError
-from toolkit.preprocessing.storage import CaseProperties, load_case
+from toolkit.io.preprocessed import CaseProperties, load_case
 
 OVERSAMPLE_FRACTION = 0.33
 IMAGE_PAD = 0.0

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ANISOTROPY_THRESHOLD = 3.0
+from toolkit.core.constants import ANISOTROPY_THRESHOLD
+
 ROTATION_3D = math.radians(30)
 ROTATION_2D = math.radians(180)
 ROTATION_2D_ELONGATED = math.radians(15)

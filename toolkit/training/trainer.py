@@ -10,7 +10,6 @@ predict the fold's validation cases (:mod:`toolkit.training.validation`).
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -20,21 +19,25 @@ import numpy as np
 import torch
 from torch import nn
 
+from toolkit.core.checkpoint import (
+    KEY_NETWORK,
+    KEY_OPTIMIZER,
+    KEY_RNG,
+    KEY_SCALER,
+    load_checkpoint,
+    save_checkpoint,
+)
+from toolkit.core.device import autocast, resolve_precision
+from toolkit.core.labels import foreground_labels
 from toolkit.nets.unet import UNet, build_network
 from toolkit.progress import info, progress_bar
 from toolkit.training import distributed
 from toolkit.training.augmentation import Augmenter, RandomBinaryOperator
 from toolkit.training.checkpoint import (
-    KEY_NETWORK,
-    KEY_OPTIMIZER,
-    KEY_RNG,
-    KEY_SCALER,
     TrainingState,
     build_checkpoint,
-    load_checkpoint,
     plans_configuration_dict,
     restore_rng_state,
-    save_checkpoint,
     training_state,
 )
 from toolkit.training.distributed import DistContext, batch_share
@@ -50,14 +53,13 @@ from toolkit.training.job import (
     TrainingJob,
     TrainOptions,
     prepare,
-    resolve_precision,
     write_model_folder,
 )
 from toolkit.training.loader import TRAIN, VALIDATION, BatchKey, BatchMaker, Prefetcher, ReadyBatch
 from toolkit.training.loss import (
     DeepSupervisionLoss,
-    deep_supervision_scales,
     hard_counts,
+    loss_scales,
     pseudo_dice,
 )
 from toolkit.training.sampling import CaseData, PatchSampler, foreground_flags
@@ -244,14 +246,6 @@ def make(parts: Parts, key: BatchKey) -> ReadyBatch:
     return (parts.train_maker if key.phase == TRAIN else parts.val_maker)(key)
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(
-        device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16
-    )
-
-
 def train_step(parts: Parts, batch: ReadyBatch, grad_clip: float) -> float:
     parts.optimizer.zero_grad(set_to_none=True)
     with autocast(batch.input.device, parts.precision):
@@ -370,7 +364,7 @@ def build_parts(job: TrainingJob, ctx: DistContext, device: torch.device) -> Par
     )
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     group = torch.distributed.group.WORLD if ctx.enabled else None
-    loss = DeepSupervisionLoss(deep_supervision_scales(cfg), cfg.batch_dice, reduce_group=group)
+    loss = DeepSupervisionLoss(loss_scales(cfg), cfg.batch_dice, reduce_group=group)
     train_maker, val_maker = batch_makers(job, ctx, device)
     return Parts(network, model, optimizer, scaler, loss, precision, train_maker, val_maker)
 
@@ -386,7 +380,7 @@ def batch_makers(
     def open_cases(names: list[str]) -> list[CaseData]:
         return [CaseData.open(job.data_folder, c, job.previous_folder) for c in names]
 
-    fg = sorted(v for v in job.plans.labels.values() if v > 0)
+    fg = foreground_labels(job.plans.labels)
     masked = [i for i, n in enumerate(cfg.normalization) if n.use_nonzero_mask]
     cascade = job.previous_folder is not None
     train_sampler = PatchSampler(

@@ -20,12 +20,14 @@ import math
 import numpy as np
 import torch
 
+from toolkit.core.cascade import with_cascade_channels
+from toolkit.core.labels import foreground_labels
 from toolkit.evaluation.metrics import case_metrics
 from toolkit.inference.export import Prediction, logits_to_original
 from toolkit.inference.predictor import Predictor
 from toolkit.io.atomic import write_json
 from toolkit.io.images import read_image
-from toolkit.preprocessing.storage import load_case
+from toolkit.io.preprocessed import load_case
 from toolkit.progress import info, track
 from toolkit.training import cascade
 from toolkit.training.distributed import DistContext
@@ -43,9 +45,7 @@ def network_input(job: TrainingJob, case: str) -> tuple[np.ndarray, object]:
     data = np.array(data, dtype=np.float32)  # a private, writable copy of the memory map
     if job.previous_folder is not None:
         previous = np.load(cascade.prediction_path(job.previous_folder, case))[0]
-        foreground = sorted(v for v in job.plans.labels.values() if v > 0)
-        onehot = np.stack([(previous == v) for v in foreground]).astype(np.float32)
-        data = np.concatenate([data, onehot])
+        data = with_cascade_channels(job.plans, data, previous)
     return data, props
 
 
@@ -67,7 +67,7 @@ def validate_fold(
         use_mirroring=job.options.validation_mirroring,
     )
     followers = cascade.next_stages(plans, cfg)
-    labels = sorted(v for v in plans.labels.values() if v > 0)
+    labels = foreground_labels(plans.labels)
     mine = job.split.val[ctx.rank :: ctx.world_size]
     rows = []
     for case in track(

@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from toolkit.core.constants import STEP_SIZE
+from toolkit.core.postprocessing import Postprocessing
 from toolkit.errors import MissingStageError, ToolkitError
 from toolkit.inference.ensemble import ensemble_folders
-from toolkit.inference.postprocessing import Postprocessing
 from toolkit.inference.predictor import CaseReport, Predictor, predict_paths, summarize
 from toolkit.progress import info
 from toolkit.workspace import FILE_ENDING, MODEL_PLANS, DatasetPaths
@@ -28,7 +29,7 @@ class PredictOptions:
     checkpoint: str = "final"
     device: str = "auto"
     use_mirroring: bool = True
-    step_size: float = 0.5
+    step_size: float = STEP_SIZE
     precision: str = "auto"
     save_probabilities: bool = False
     quiet: bool = False
@@ -52,7 +53,7 @@ def choose_models(
         origin = f"configuration{'s' if len(dirs) > 1 else ''} {', '.join(configurations)}"
         postprocessing = None
     elif paths.selection_json.is_file():
-        from toolkit.evaluation.selection import Selection
+        from toolkit.core.selection import Selection
 
         selection = Selection.load(paths.selection_json)
         dirs = [paths.model_dir(c) for c in selection.configurations]

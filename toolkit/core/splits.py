@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.core.constants import NUM_FOLDS, SPLIT_SEED
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
 
-N_FOLDS = 5
-SPLIT_SEED = 12345
 KEY_TRAIN = "train"
 KEY_VAL = "val"
 
@@ -32,7 +31,7 @@ class Split:
         return {KEY_TRAIN: list(self.train), KEY_VAL: list(self.val)}
 
 
-def make_splits(cases: list[str], n_folds: int = N_FOLDS, seed: int = SPLIT_SEED) -> list[Split]:
+def make_splits(cases: list[str], n_folds: int = NUM_FOLDS, seed: int = SPLIT_SEED) -> list[Split]:
     """K folds over ``cases``: shuffled once with ``seed``, validation blocks consecutive.
 
     The first ``len(cases) % n_folds`` folds get one validation case more; within a fold both

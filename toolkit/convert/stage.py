@@ -44,9 +44,9 @@ from toolkit.io.dataset_json import (
 )
 from toolkit.io.images import has_image_suffix, label_dtype, strip_image_suffix
 from toolkit.io.nifti_scan import scan
-from toolkit.io.verify import Report, choose_workers, verify_dataset
 from toolkit.parallel import map_cases
 from toolkit.progress import info, track
+from toolkit.verify.stage import Report, choose_workers, verify_dataset
 from toolkit.workspace import (
     FILE_ENDING,
     DatasetPaths,

@@ -10,14 +10,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from toolkit.core.plans import Configuration, Plans
 from toolkit.errors import ToolkitError
 from toolkit.io.dataset_json import CaseFiles, load_dataset_info, training_cases
 from toolkit.io.images import read_channels, read_image
+from toolkit.io.preprocessed import case_paths, complete_cases, load_properties, save_case
 from toolkit.parallel import map_cases
-from toolkit.planning.plans import Configuration, Plans
 from toolkit.planning.stage import load_plans
-from toolkit.preprocessing.pipeline import preprocess_case, source_record
-from toolkit.preprocessing.storage import case_paths, complete_cases, load_properties, save_case
+from toolkit.preprocessing.case import preprocess_case, source_record
 from toolkit.progress import default_workers, info
 from toolkit.workspace import DatasetPaths
 

@@ -19,101 +19,28 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 import numpy as np
-from scipy import ndimage
 
-from toolkit.io.images import Geometry
-from toolkit.planning.plans import Configuration, Normalization, Plans
-from toolkit.preprocessing.resampling import (
+from toolkit.core.cropping import box_slices, crop_to_nonzero
+from toolkit.core.labels import foreground_labels
+from toolkit.core.plans import Configuration, Normalization, Plans
+from toolkit.core.resampling import (
+    case_target_spacing,
     compute_new_shape,
     resample,
     resample_labels,
     resample_probabilities,
+    transpose_spatial,
 )
-from toolkit.preprocessing.storage import CaseProperties
+from toolkit.io.images import Geometry
+from toolkit.io.preprocessed import CaseProperties
 
 # bump when the preprocessing of a case changes, so stored cases are recomputed
 PREPROCESSING_VERSION = 1
-OUTSIDE_LABEL = -1  # voxels outside the non-zero mask in a preprocessed label map
 # oversampling locations: at most this many per class, but at least this share of the class
 MAX_LOCATIONS_PER_CLASS = 10_000
 MIN_LOCATION_COVERAGE = 0.01
 LOCATIONS_SEED = 1234
 _EPS = 1e-8
-
-
-# cropping ------------------------------------------------------------------------------
-
-
-def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """``mask`` with every background region that does not reach the border filled.
-
-    Same result as ``scipy.ndimage.binary_fill_holes`` (face connectivity) but by one
-    labelling pass instead of dilating until nothing changes, which is slow on big images.
-    """
-    background, _ = ndimage.label(~mask)
-    border = np.zeros(mask.shape, dtype=bool)
-    for axis in range(mask.ndim):
-        index = [slice(None)] * mask.ndim
-        index[axis] = 0
-        border[tuple(index)] = True
-        index[axis] = -1
-        border[tuple(index)] = True
-    outside = np.unique(background[border & ~mask])
-    return ~np.isin(background, outside[outside > 0]) if outside.size else np.ones_like(mask)
-
-
-def nonzero_mask(image: np.ndarray) -> np.ndarray:
-    """Voxels non-zero in any channel of ``(c, *spatial)``, holes filled."""
-    mask = image[0] != 0
-    for c in range(1, image.shape[0]):
-        mask |= image[c] != 0
-    return fill_holes(mask)
-
-
-def bounding_box(mask: np.ndarray) -> list[list[int]]:
-    """Half-open ``[[start, stop], ...]`` per axis around ``mask``; the whole extent when empty."""
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
-        box.append([int(hits[0]), int(hits[-1]) + 1] if hits.size else [0, mask.shape[axis]])
-    return box
-
-
-def box_slices(box: Sequence[Sequence[int]]) -> tuple[slice, ...]:
-    return tuple(slice(a, b) for a, b in box)
-
-
-def crop_to_nonzero(
-    image: np.ndarray, seg: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
-    """Crop ``(c, *spatial)`` (and ``(1, *spatial)`` labels) to the non-zero region.
-
-    Returns the cropped image, the cropped labels with background outside the mask set to
-    ``-1`` (without labels: 0 inside, -1 outside) and the crop box.
-    """
-    mask = nonzero_mask(image)
-    box = bounding_box(mask)
-    slices = box_slices(box)
-    mask = mask[slices]
-    cropped = image[(slice(None), *slices)]
-    if seg is None:
-        cropped_seg = np.where(mask, 0, OUTSIDE_LABEL).astype(np.int8)[None]
-    else:
-        cropped_seg = np.array(seg[(slice(None), *slices)], dtype=_label_dtype(seg))
-        cropped_seg[0][(cropped_seg[0] == 0) & ~mask] = OUTSIDE_LABEL
-    return cropped, cropped_seg, box
-
-
-def _label_dtype(seg: np.ndarray) -> np.dtype:
-    top = int(seg.max(initial=0))
-    return (
-        np.dtype(np.int8)
-        if top <= 127
-        else np.dtype(np.int16)
-        if top <= 32767
-        else np.dtype(np.int32)
-    )
 
 
 # normalization -------------------------------------------------------------------------
@@ -153,24 +80,6 @@ def normalize_channel(
 
 
 # geometry helpers ----------------------------------------------------------------------
-
-
-def transpose_spatial(array: np.ndarray, axes: Sequence[int]) -> np.ndarray:
-    """Permute the spatial axes of ``(c, *spatial)``."""
-    return array.transpose((0, *[a + 1 for a in axes]))
-
-
-def case_target_spacing(
-    configuration: Configuration, spacing_transposed: Sequence[float]
-) -> list[float]:
-    """The spacing this case is resampled to (transposed order).
-
-    2D configurations never resample between slices: the first axis keeps the case's own spacing.
-    """
-    target = [float(s) for s in configuration.target_spacing]
-    if configuration.spatial_dims == 2:
-        target[0] = float(spacing_transposed[0])
-    return target
 
 
 def source_record(plans: Plans, configuration: Configuration) -> dict:
@@ -296,8 +205,7 @@ def preprocess_case(
     locations: dict[str, list[list[int]]] = {}
     if seg is not None:
         out_seg = resample_labels(cropped_seg, new_shape, spacing_t, target, r)
-        foreground = [v for v in plans.labels.values() if v != 0]
-        locations = sample_class_locations(out_seg, foreground)
+        locations = sample_class_locations(out_seg, foreground_labels(plans.labels))
 
     props = CaseProperties(
         case=case,

@@ -5,7 +5,7 @@ What later stages read (the container export, run-all)::
     selection = Selection.load(paths.selection_json)
     selection.configurations   # ["3d_fullres"] or two names for an ensemble
     selection.folds            # the folds whose models to use
-    selection.postprocessing   # toolkit.inference.postprocessing.Postprocessing
+    selection.postprocessing   # toolkit.core.postprocessing.Postprocessing
 
 The rest is the evidence: cross-validation Dice before and after postprocessing, every
 postprocessing step tried, the chosen candidate's bootstrap interval and rank-first
@@ -19,10 +19,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from toolkit.core.postprocessing import Postprocessing
 from toolkit.errors import MissingStageError, ToolkitError
 from toolkit.evaluation.bootstrap import Interval
 from toolkit.evaluation.postprocessing import PostprocessingStep
-from toolkit.inference.postprocessing import Postprocessing
 from toolkit.io.atomic import write_json
 
 

@@ -25,9 +25,9 @@ import numpy as np
 from scipy import ndimage
 from threadpoolctl import ThreadpoolController
 
-from toolkit.planning.plans import Resampling
+from toolkit.core.constants import ANISOTROPY_THRESHOLD
+from toolkit.core.plans import Configuration, Resampling
 
-DEFAULT_ANISOTROPY_THRESHOLD = 3.0
 _THREADPOOLS: ThreadpoolController | None = None
 
 
@@ -52,16 +52,14 @@ def compute_new_shape(
     ]
 
 
-def is_anisotropic(
-    spacing: Sequence[float], threshold: float = DEFAULT_ANISOTROPY_THRESHOLD
-) -> bool:
+def is_anisotropic(spacing: Sequence[float], threshold: float = ANISOTROPY_THRESHOLD) -> bool:
     return max(spacing) / min(spacing) > threshold
 
 
 def coarse_axis(
     current_spacing: Sequence[float],
     new_spacing: Sequence[float],
-    threshold: float = DEFAULT_ANISOTROPY_THRESHOLD,
+    threshold: float = ANISOTROPY_THRESHOLD,
 ) -> int | None:
     """The axis to resample with nearest neighbour, or ``None`` to interpolate all axes alike.
 
@@ -172,7 +170,7 @@ def resample(
     new_spacing: Sequence[float],
     order: int = 3,
     coarse_axis_order: int = 0,
-    anisotropy_threshold: float = DEFAULT_ANISOTROPY_THRESHOLD,
+    anisotropy_threshold: float = ANISOTROPY_THRESHOLD,
 ) -> np.ndarray:
     """Resample ``(c, *spatial)`` float data to ``(c, *new_shape)`` (float32).
 
@@ -253,3 +251,24 @@ def resample_probabilities(
         coarse_axis_order=resampling.coarse_axis_order,
         anisotropy_threshold=resampling.anisotropy_threshold,
     )
+
+
+# the preprocessed grid ----------------------------------------------------------------
+
+
+def transpose_spatial(array: np.ndarray, axes: Sequence[int]) -> np.ndarray:
+    """Permute the spatial axes of ``(c, *spatial)``."""
+    return array.transpose((0, *[a + 1 for a in axes]))
+
+
+def case_target_spacing(
+    configuration: Configuration, spacing_transposed: Sequence[float]
+) -> list[float]:
+    """The spacing this case is resampled to (transposed order).
+
+    2D configurations never resample between slices: the first axis keeps the case's own spacing.
+    """
+    target = [float(s) for s in configuration.target_spacing]
+    if configuration.spatial_dims == 2:
+        target[0] = float(spacing_transposed[0])
+    return target

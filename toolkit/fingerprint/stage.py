@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.core.cropping import crop_to_nonzero
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
 from toolkit.io.dataset_json import CaseFiles, DatasetInfo, load_dataset_info, training_cases
 from toolkit.io.images import read_channels, read_image
 from toolkit.parallel import map_cases
-from toolkit.preprocessing.pipeline import crop_to_nonzero
 from toolkit.progress import default_workers, info
 from toolkit.workspace import DatasetPaths
 

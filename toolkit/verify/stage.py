@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from toolkit.core.labels import foreground_labels
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
 from toolkit.io.dataset_json import (
@@ -415,7 +416,7 @@ def _folder_problems(
                 f"numTraining is {info.num_training} but {len(training)} training cases were found",
             )
         )
-    if not info.foreground_labels:
+    if not foreground_labels(info.label_values):
         problems.append(
             Problem("", folder.dataset_json, "declares no foreground label (only background)")
         )

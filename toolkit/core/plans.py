@@ -16,10 +16,12 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from toolkit.core.constants import ANISOTROPY_THRESHOLD
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
 
@@ -50,7 +52,7 @@ class Resampling:
     label_order: int = 1  # applied to one-hot labels
     probability_order: int = 1  # network probabilities back to the original grid
     coarse_axis_order: int = 0  # order along the coarse axis of anisotropic data
-    anisotropy_threshold: float = 3.0
+    anisotropy_threshold: float = ANISOTROPY_THRESHOLD
 
 
 @dataclass
@@ -66,6 +68,16 @@ class Architecture:
     @property
     def n_stages(self) -> int:
         return len(self.features_per_stage)
+
+
+def deep_supervision_scales(strides: Sequence[Sequence[int]]) -> list[list[float]]:
+    """Scale of the label for each decoder output, highest resolution first (all but the bottleneck)."""
+    scales = []
+    cumulative = [1] * len(strides[0])
+    for stride in strides[:-1]:
+        cumulative = [c * s for c, s in zip(cumulative, stride, strict=True)]
+        scales.append([1.0 / c for c in cumulative])
+    return scales
 
 
 @dataclass

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from toolkit.core.labels import foreground_labels
+from toolkit.core.selection import CandidateScore, Selection
 from toolkit.errors import ToolkitError
 from toolkit.evaluation.bootstrap import (
     DEFAULT_CONFIDENCE,
@@ -32,7 +34,6 @@ from toolkit.evaluation.postprocessing import (
 )
 from toolkit.evaluation.predictions import CaseLoader, CaseSources, case_sources, metric_view
 from toolkit.evaluation.report import write_report
-from toolkit.evaluation.selection import CandidateScore, Selection
 from toolkit.evaluation.tables import (
     CaseRow,
     EvaluationSummary,
@@ -123,7 +124,7 @@ def evaluate_dataset(
             f"evaluating {len(candidates)} candidate(s) on {cv.describe()}: {', '.join(c.name for c in candidates)}"
         )
     names = dataset.label_names
-    foreground = dataset.foreground_labels
+    foreground = foreground_labels(dataset.label_values)
     jobs = [
         _CaseJob(
             case_sources(paths, vc, candidate_set.configurations),
@@ -205,7 +206,7 @@ class _PostprocessingJob:
 def _postprocessing_case(job: _PostprocessingJob) -> np.ndarray:
     loader = CaseLoader(job.sources, list(job.label_values))
     segmentation = loader.segmentation(job.candidate)
-    return variant_counts(loader.reference, segmentation, [v for v in job.label_values if v != 0])
+    return variant_counts(loader.reference, segmentation, foreground_labels(job.label_values))
 
 
 def select_dataset(
@@ -222,7 +223,7 @@ def select_dataset(
             paths.splits_json,
         )
     foreground = list(summary.labels)
-    if foreground != dataset.foreground_labels:
+    if foreground != foreground_labels(dataset.label_values):
         raise ToolkitError(
             f"labels changed since the evaluation: run `toolkit evaluate {paths.name}` again",
             paths.dataset_json,

@@ -1,0 +1,22 @@
+"""The method's numbers that more than one module uses, defined once (nnU-Net v2 2.8.1's values).
+
+A number used by one module only stays there, named, beside the rule that uses it.
+"""
+
+from __future__ import annotations
+
+# an axis is "anisotropic" when its spacing (or a patch edge) is more than this many times
+# another's: planning's target spacing, resampling's separate coarse axis, the 2D-style
+# spatial augmentation of flat patches (nnU-Net's ANISO_THRESHOLD)
+ANISOTROPY_THRESHOLD = 3.0
+
+# the U-Net's building blocks: LeakyReLU slope and instance-norm epsilon
+LEAKY_RELU_SLOPE = 1e-2
+INSTANCE_NORM_EPS = 1e-5
+
+# cross-validation: folds of a new splits.json and the seed that shuffles the cases
+NUM_FOLDS = 5
+SPLIT_SEED = 12345
+
+# sliding-window step as a fraction of the patch size
+STEP_SIZE = 0.5
