@@ -37,8 +37,8 @@ from bench.harness import (
     write_results,
 )
 from toolkit.convert.stage import convert_task
+from toolkit.core.fingerprint import Fingerprint
 from toolkit.core.plans import Plans
-from toolkit.fingerprint.stage import Fingerprint
 from toolkit.synthetic import generate_task
 from toolkit.workspace import DatasetPaths
 

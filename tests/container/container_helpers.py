@@ -132,8 +132,7 @@ def write_selection(
     paths: DatasetPaths, folds: tuple[int, ...] = (0, 1), mirroring: bool = True
 ) -> None:
     """A ``selection.json`` as ``toolkit select`` writes it, choosing the tiny configuration."""
-    from toolkit.core.selection import Selection
-    from toolkit.evaluation.bootstrap import Interval
+    from toolkit.core.selection import Interval, Selection
 
     Selection(
         dataset=paths.name,

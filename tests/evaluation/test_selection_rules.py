@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 
 from toolkit.core.postprocessing import Postprocessing
-from toolkit.core.selection import CandidateScore, Selection
+from toolkit.core.selection import CandidateScore, Interval, Selection
 from toolkit.errors import ToolkitError
-from toolkit.evaluation.bootstrap import Interval
 from toolkit.evaluation.candidates import Candidate, build_candidates, pick_best
 from toolkit.evaluation.postprocessing import (
     PostprocessingStep,

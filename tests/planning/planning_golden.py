@@ -6,7 +6,7 @@ fingerprints (8 GB default budget unless said otherwise).
 
 from __future__ import annotations
 
-from toolkit.fingerprint.stage import CaseFingerprint, Fingerprint, IntensityStats
+from toolkit.core.fingerprint import CaseFingerprint, Fingerprint, IntensityStats
 
 
 def fingerprint(

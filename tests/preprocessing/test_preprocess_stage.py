@@ -9,13 +9,15 @@ from typer.testing import CliRunner
 
 from toolkit.cli import app
 from toolkit.convert.stage import convert_task
+from toolkit.core.fingerprint import Fingerprint
+from toolkit.core.plans import dataset_plans
 from toolkit.errors import MissingStageError, ToolkitError
-from toolkit.fingerprint.stage import Fingerprint, extract_fingerprint
+from toolkit.fingerprint.stage import extract_fingerprint
 from toolkit.io.dataset_json import training_cases
 from toolkit.io.images import read_image
 from toolkit.io.preprocessed import case_paths, complete_cases, load_case
 from toolkit.planning.planner import preset
-from toolkit.planning.stage import load_plans, plan_dataset
+from toolkit.planning.stage import plan_dataset
 from toolkit.preprocessing.case import revert_labels
 from toolkit.preprocessing.stage import preprocess_dataset
 from toolkit.synthetic import generate_task
@@ -91,7 +93,7 @@ def test_resume_skips_current_cases_and_redoes_stale_ones(dataset):
     again = preprocess_dataset(dataset, configurations=["3d_fullres"], workers=1, quiet=True)
     assert again[0].done == [case] and len(again[0].skipped) == 3
     # a new plan with another spacing makes every case stale
-    plans = load_plans(dataset)
+    plans = dataset_plans(dataset)
     plans.configurations["3d_fullres"].target_spacing = [
         s * 1.5 for s in plans.configurations["3d_fullres"].target_spacing
     ]
@@ -120,7 +122,7 @@ def test_cli_commands(dataset):
         app, ["plan", dataset.name, "-w", workspace, "--show", "--preset", "cpu"]
     )
     assert result.exit_code == 0, result.output
-    for name in load_plans(dataset).configurations:
+    for name in dataset_plans(dataset).configurations:
         assert f"{dataset.name}: {name}" in result.output
     assert "patch size" in result.output and "ct" in result.output
     result = runner.invoke(

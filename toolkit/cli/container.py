@@ -96,7 +96,7 @@ def export_container(
     identical to `toolkit predict`'s, then saves `export/image.tar.gz` and checks it as the platform does
     (one image, non-root user, amd64).
     """
-    from toolkit.container.context import ExportOptions, default_tag
+    from toolkit.container.stage import ExportOptions, default_tag
     from toolkit.container.stage import export_container as run_export
     from toolkit.progress import enabled
     from toolkit.workspace import DatasetPaths

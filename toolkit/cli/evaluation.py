@@ -14,7 +14,7 @@ from toolkit.cli.common import (
     parse_int_list,
     parse_str_list,
 )
-from toolkit.evaluation import defaults
+from toolkit.core import constants as defaults
 from toolkit.progress import info
 
 
@@ -82,7 +82,7 @@ def evaluate(
         tie_tolerance=tie_tolerance,
     )
     summary = evaluate_dataset(paths, options, workers=workers, quiet=quiet)
-    from toolkit.evaluation.tables import load_evaluation
+    from toolkit.evaluation.stage import load_evaluation
 
     _, bootstrap = load_evaluation(paths)
     for b in sorted(bootstrap.candidates, key=lambda c: -c.mean_dice):

@@ -86,9 +86,7 @@ def plan(
     """
     from rich.console import Console
 
-    from toolkit.planning.planner import preset
-    from toolkit.planning.show import planner_summary, plans_tables
-    from toolkit.planning.stage import plan_dataset
+    from toolkit.planning.stage import plan_dataset, planner_summary, plans_tables, preset
     from toolkit.workspace import DatasetPaths
 
     options = preset(

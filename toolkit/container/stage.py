@@ -24,7 +24,12 @@ from typing import Any
 
 from toolkit.container.archive import check_archive
 from toolkit.container.base import DEBOOTSTRAP_IMAGE, PULLED_IMAGE
-from toolkit.container.context import ExportOptions, ensemble_from_selection, write_context
+from toolkit.container.context import (
+    ExportOptions,
+    default_tag,
+    ensemble_from_selection,
+    write_context,
+)
 from toolkit.container.engine import DEFAULT_MEMORY, connect, resolve_engine
 from toolkit.container.spec import EnsembleSpec
 from toolkit.container.testrun import (
@@ -39,6 +44,8 @@ from toolkit.errors import MissingStageError, ToolkitError
 from toolkit.io.atomic import write_json
 from toolkit.progress import info, track
 from toolkit.workspace import DatasetPaths, ExportPaths
+
+__all__ = ["ExportOptions", "default_tag", "export_container", "test_container"]
 
 DEFAULT_TIME_LIMIT = 3600.0  # the platform's default per job
 DEFAULT_TEST_CASES = 3

@@ -20,3 +20,12 @@ SPLIT_SEED = 12345
 
 # sliding-window step as a fraction of the patch size
 STEP_SIZE = 0.5
+
+# evaluation and selection: the normalized surface distance's tolerance, the bootstrap's
+# virtual validation sets (as in the method's robustness analysis), its seed and confidence,
+# and the mean Dice difference within which candidates tie (a tie goes to the simpler one)
+NSD_TOLERANCE_MM = 2.0
+BOOTSTRAP_SAMPLES = 1000
+BOOTSTRAP_SEED = 12345
+CONFIDENCE = 0.95
+TIE_TOLERANCE = 0.0005

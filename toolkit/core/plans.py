@@ -13,7 +13,6 @@ their ``patch_size``, kernels and strides have two entries, for the last two axe
 from __future__ import annotations
 
 import dataclasses
-import json
 import types
 import typing
 from collections.abc import Sequence
@@ -24,6 +23,8 @@ from typing import Any, Literal
 from toolkit.core.constants import ANISOTROPY_THRESHOLD
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
+from toolkit.io.json_files import read_json
+from toolkit.workspace import DatasetPaths
 
 PLANS_FORMAT_VERSION = 1
 
@@ -148,25 +149,22 @@ class Plans:
 
     @classmethod
     def load(cls, path: str | Path) -> Plans:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ToolkitError("plans not found: run `toolkit plan` first", path) from None
-        except json.JSONDecodeError as exc:
-            raise ToolkitError(
-                f"is not valid JSON ({exc.msg} at line {exc.lineno})", path
-            ) from None
-        version = data.get("format_version")
-        if version != PLANS_FORMAT_VERSION:
-            raise ToolkitError(
-                f"plans format version {version} is not supported (expected {PLANS_FORMAT_VERSION})",
-                path,
-            )
+        data = read_json(
+            path,
+            what="plans",
+            producer="toolkit plan",
+            version_key="format_version",
+            version=PLANS_FORMAT_VERSION,
+        )
         try:
             return cls.from_dict(data)
         except (TypeError, KeyError, ValueError) as exc:
             raise ToolkitError(f"malformed plans ({exc})", path) from None
+
+
+def dataset_plans(paths: DatasetPaths) -> Plans:
+    """A workspace dataset's ``plans.json``; missing, it says to run ``toolkit plan``."""
+    return Plans.load(paths.require(paths.plans_json, f"toolkit plan {paths.name}"))
 
 
 def _build(tp: Any, value: Any) -> Any:

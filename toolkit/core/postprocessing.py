@@ -7,7 +7,7 @@ foreground and/or of given classes. The choice is made on cross-validation by
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
+from toolkit.io.json_files import read_json
 
 
 @dataclass
@@ -50,15 +51,7 @@ class Postprocessing:
 
     @classmethod
     def load(cls, path: str | Path) -> Postprocessing:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ToolkitError("postprocessing file not found", path) from None
-        except json.JSONDecodeError as exc:
-            raise ToolkitError(f"is not valid JSON ({exc.msg})", path) from None
-        if not isinstance(data, dict):
-            raise ToolkitError("postprocessing must be a JSON object", path)
+        data = read_json(path, what="postprocessing file")
         return cls.from_dict(data, path)
 
 
@@ -83,3 +76,42 @@ def apply_postprocessing(segmentation: np.ndarray, pp: Postprocessing) -> np.nda
         if mask.any():
             seg[mask & ~largest_component_mask(mask)] = 0
     return seg
+
+
+@dataclass
+class PostprocessingStep:
+    """One tried step and the cross-validation Dice before and after it."""
+
+    description: str
+    label: int | None  # None: the whole foreground
+    accepted: bool
+    mean_dice_before: float
+    mean_dice_after: float
+    class_dice_before: dict[int, float] = field(default_factory=dict)
+    class_dice_after: dict[int, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "description": self.description,
+            "label": self.label,
+            "accepted": self.accepted,
+            "mean_dice_before": self.mean_dice_before,
+            "mean_dice_after": self.mean_dice_after,
+            "class_dice_before": {str(k): v for k, v in self.class_dice_before.items()},
+            "class_dice_after": {str(k): v for k, v in self.class_dice_after.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PostprocessingStep:
+        def num(v):
+            return math.nan if v is None else float(v)
+
+        return cls(
+            description=str(data["description"]),
+            label=None if data["label"] is None else int(data["label"]),
+            accepted=bool(data["accepted"]),
+            mean_dice_before=num(data["mean_dice_before"]),
+            mean_dice_after=num(data["mean_dice_after"]),
+            class_dice_before={int(k): num(v) for k, v in data["class_dice_before"].items()},
+            class_dice_after={int(k): num(v) for k, v in data["class_dice_after"].items()},
+        )

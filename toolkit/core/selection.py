@@ -14,20 +14,36 @@ frequency, and the table of every candidate behind the choice.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from toolkit.core.postprocessing import Postprocessing
-from toolkit.errors import MissingStageError, ToolkitError
-from toolkit.evaluation.bootstrap import Interval
-from toolkit.evaluation.postprocessing import PostprocessingStep
+from toolkit.core.constants import CONFIDENCE, TIE_TOLERANCE
+from toolkit.core.postprocessing import Postprocessing, PostprocessingStep
+from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
+from toolkit.io.json_files import read_json
 
 
 def _num(value) -> float:
     return math.nan if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class Interval:
+    low: float
+    high: float
+
+    def to_list(self) -> list[float]:
+        return [self.low, self.high]
+
+    @classmethod
+    def from_list(cls, values: list) -> Interval:
+        low, high = values
+        return cls(_num(low), _num(high))
+
+    def contains(self, value: float) -> bool:
+        return self.low <= value <= self.high
 
 
 @dataclass
@@ -86,8 +102,8 @@ class Selection:
     num_cases: int = 0
     complete_cross_validation: bool = True
     bootstrap_samples: int = 0
-    confidence: float = 0.95
-    tie_tolerance: float = 0.0005
+    confidence: float = CONFIDENCE
+    tie_tolerance: float = TIE_TOLERANCE
     postprocessing_steps: list[PostprocessingStep] = field(default_factory=list)
     candidates: list[CandidateScore] = field(default_factory=list)
     evaluation_digest: str = ""  # of the summary.json this selection was made from
@@ -147,8 +163,8 @@ class Selection:
                 num_cases=int(data.get("num_cases", 0)),
                 complete_cross_validation=bool(data.get("complete_cross_validation", True)),
                 bootstrap_samples=int(data.get("bootstrap_samples", 0)),
-                confidence=float(data.get("confidence", 0.95)),
-                tie_tolerance=float(data.get("tie_tolerance", 0.0005)),
+                confidence=float(data.get("confidence", CONFIDENCE)),
+                tie_tolerance=float(data.get("tie_tolerance", TIE_TOLERANCE)),
                 postprocessing_steps=[
                     PostprocessingStep.from_dict(s) for s in data.get("postprocessing_steps", [])
                 ],
@@ -169,14 +185,5 @@ class Selection:
     @classmethod
     def load(cls, path: str | Path) -> Selection:
         path = Path(path)
-        if not path.is_file():
-            raise MissingStageError(path, f"toolkit select {path.parent.name}")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ToolkitError(
-                f"is not valid JSON ({exc.msg}): run `toolkit select` again", path
-            ) from None
-        if not isinstance(data, dict):
-            raise ToolkitError("must hold a JSON object: run `toolkit select` again", path)
+        data = read_json(path, what="selection", producer=f"toolkit select {path.parent.name}")
         return cls.from_dict(data, path)

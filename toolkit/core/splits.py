@@ -8,7 +8,6 @@ it is: a person may edit it to define their own folds.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 from toolkit.core.constants import NUM_FOLDS, SPLIT_SEED
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
+from toolkit.io.json_files import read_json
 
 KEY_TRAIN = "train"
 KEY_VAL = "val"
@@ -63,11 +63,8 @@ def make_splits(cases: list[str], n_folds: int = NUM_FOLDS, seed: int = SPLIT_SE
 
 
 def read_splits(path: Path) -> list[Split]:
-    try:
-        data = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as exc:
-        raise ToolkitError(f"is not valid JSON ({exc.msg} at line {exc.lineno})", path) from None
-    if not isinstance(data, list) or not data:
+    data = read_json(path, what="splits", kind=list)
+    if not data:
         raise ToolkitError('must hold a list of folds, each {"train": [...], "val": [...]}', path)
     splits = []
     for k, fold in enumerate(data):

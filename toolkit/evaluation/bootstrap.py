@@ -27,27 +27,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from toolkit.core.constants import BOOTSTRAP_SAMPLES as DEFAULT_SAMPLES
+from toolkit.core.constants import BOOTSTRAP_SEED as DEFAULT_SEED
+from toolkit.core.constants import CONFIDENCE as DEFAULT_CONFIDENCE
+from toolkit.core.selection import Interval
 from toolkit.evaluation.candidates import TIE_TOLERANCE, pick_best
-from toolkit.evaluation.defaults import BOOTSTRAP_SAMPLES as DEFAULT_SAMPLES
-from toolkit.evaluation.defaults import BOOTSTRAP_SEED as DEFAULT_SEED
-from toolkit.evaluation.defaults import CONFIDENCE as DEFAULT_CONFIDENCE
-
-
-@dataclass(frozen=True)
-class Interval:
-    low: float
-    high: float
-
-    def to_list(self) -> list[float]:
-        return [self.low, self.high]
-
-    @classmethod
-    def from_list(cls, values: list) -> Interval:
-        low, high = values
-        return cls(_num(low), _num(high))
-
-    def contains(self, value: float) -> bool:
-        return self.low <= value <= self.high
 
 
 def _num(value) -> float:

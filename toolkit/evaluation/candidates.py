@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from toolkit.core.constants import TIE_TOLERANCE
 from toolkit.errors import ToolkitError
-from toolkit.evaluation.defaults import TIE_TOLERANCE
 
 CONFIGURATION_COST_ORDER = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
 ENSEMBLE_SEPARATOR = "+"

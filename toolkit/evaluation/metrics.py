@@ -42,7 +42,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from toolkit.evaluation.defaults import NSD_TOLERANCE_MM as DEFAULT_NSD_TOLERANCE_MM
+from toolkit.core.constants import NSD_TOLERANCE_MM as DEFAULT_NSD_TOLERANCE_MM
 
 HD_PERCENTILE = 0.95
 

@@ -15,11 +15,11 @@ independent, and one pass per case computes them all.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from toolkit.core.postprocessing import Postprocessing, apply_postprocessing
+from toolkit.core.postprocessing import Postprocessing, PostprocessingStep, apply_postprocessing
 from toolkit.evaluation.bootstrap import nanmean_last
 from toolkit.evaluation.metrics import dice_from_counts
 
@@ -64,45 +64,6 @@ def variant_dice(counts: np.ndarray) -> dict[str, np.ndarray]:
     """``counts``: (cases, variants, classes, 3) -> variant -> (cases, classes) Dice."""
     dice = dice_from_counts(counts[..., 0], counts[..., 1], counts[..., 2])
     return {v: dice[:, i] for i, v in enumerate(VARIANTS)}
-
-
-@dataclass
-class PostprocessingStep:
-    """One tried step and the cross-validation Dice before and after it."""
-
-    description: str
-    label: int | None  # None: the whole foreground
-    accepted: bool
-    mean_dice_before: float
-    mean_dice_after: float
-    class_dice_before: dict[int, float] = field(default_factory=dict)
-    class_dice_after: dict[int, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {
-            "description": self.description,
-            "label": self.label,
-            "accepted": self.accepted,
-            "mean_dice_before": self.mean_dice_before,
-            "mean_dice_after": self.mean_dice_after,
-            "class_dice_before": {str(k): v for k, v in self.class_dice_before.items()},
-            "class_dice_after": {str(k): v for k, v in self.class_dice_after.items()},
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict) -> PostprocessingStep:
-        def num(v):
-            return math.nan if v is None else float(v)
-
-        return cls(
-            description=str(data["description"]),
-            label=None if data["label"] is None else int(data["label"]),
-            accepted=bool(data["accepted"]),
-            mean_dice_before=num(data["mean_dice_before"]),
-            mean_dice_after=num(data["mean_dice_after"]),
-            class_dice_before={int(k): num(v) for k, v in data["class_dice_before"].items()},
-            class_dice_after={int(k): num(v) for k, v in data["class_dice_after"].items()},
-        )
 
 
 def class_means(dice: np.ndarray) -> np.ndarray:

@@ -49,6 +49,8 @@ from toolkit.parallel import map_cases
 from toolkit.progress import default_workers, info
 from toolkit.workspace import DatasetPaths
 
+__all__ = ["EvaluationOptions", "evaluate_dataset", "load_evaluation", "select_dataset"]
+
 
 @dataclass(frozen=True)
 class EvaluationOptions:

@@ -14,137 +14,30 @@ duplicated values for small datasets.
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
 from toolkit.core.cropping import crop_to_nonzero
+from toolkit.core.fingerprint import (
+    CaseFingerprint,
+    Fingerprint,
+    IntensityStats,
+)
 from toolkit.errors import ToolkitError
-from toolkit.io.atomic import write_json
 from toolkit.io.dataset_json import CaseFiles, DatasetInfo, load_dataset_info, training_cases
 from toolkit.io.images import read_channels, read_image
 from toolkit.parallel import map_cases
 from toolkit.progress import default_workers, info
 from toolkit.workspace import DatasetPaths
 
-FINGERPRINT_FORMAT_VERSION = 1
+__all__ = ["extract_fingerprint"]
+
 # foreground voxels sampled for the intensity statistics, over the whole dataset
 INTENSITY_SAMPLE_BUDGET = 100_000_000
 INTENSITY_SEED = 1234
 PERCENTILES = (0.5, 50.0, 99.5)
-
-
-@dataclass
-class IntensityStats:
-    """Foreground intensities of one channel (label > 0), every case weighted equally."""
-
-    mean: float
-    std: float
-    median: float
-    min: float
-    max: float
-    percentile_00_5: float
-    percentile_99_5: float
-    num_samples: int = 0
-
-
-@dataclass
-class CaseFingerprint:
-    case: str
-    spacing: list[float]  # (z, y, x); a 2D image's slice axis is 999
-    shape_before_cropping: list[int]  # (z, y, x)
-    crop_bbox: list[list[int]]  # half-open [[z0, z1], [y0, y1], [x0, x1]]
-    shape_after_cropping: list[int]
-    label_voxels: dict[str, int] = field(default_factory=dict)  # label value -> voxels
-
-    @property
-    def relative_size_after_cropping(self) -> float:
-        return float(
-            np.prod(self.shape_after_cropping, dtype=np.float64)
-            / np.prod(self.shape_before_cropping, dtype=np.float64)
-        )
-
-
-@dataclass
-class Fingerprint:
-    dataset_name: str
-    channel_names: dict[str, str]
-    labels: dict[str, int]
-    num_training: int
-    cases: list[CaseFingerprint]
-    intensity: list[IntensityStats]  # one per channel
-    median_relative_size_after_cropping: float
-    sampling: dict = field(default_factory=dict)  # budget and seed used for the intensities
-    format_version: int = FINGERPRINT_FORMAT_VERSION
-
-    @property
-    def spacings(self) -> list[list[float]]:
-        return [c.spacing for c in self.cases]
-
-    @property
-    def shapes_after_crop(self) -> list[list[int]]:
-        return [c.shape_after_cropping for c in self.cases]
-
-    @property
-    def is_2d(self) -> bool:
-        return all(c.shape_before_cropping[0] == 1 for c in self.cases)
-
-    def label_voxels(self) -> dict[str, int]:
-        """Voxels per label over all cases."""
-        total: dict[str, int] = {}
-        for c in self.cases:
-            for k, v in c.label_voxels.items():
-                total[k] = total.get(k, 0) + v
-        return total
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Fingerprint:
-        return cls(
-            dataset_name=d["dataset_name"],
-            channel_names={str(k): str(v) for k, v in d["channel_names"].items()},
-            labels={str(k): int(v) for k, v in d["labels"].items()},
-            num_training=int(d["num_training"]),
-            cases=[CaseFingerprint(**c) for c in d["cases"]],
-            intensity=[IntensityStats(**s) for s in d["intensity"]],
-            median_relative_size_after_cropping=float(d["median_relative_size_after_cropping"]),
-            sampling=dict(d.get("sampling", {})),
-            format_version=int(d.get("format_version", 0)),
-        )
-
-    def save(self, path: str | Path) -> None:
-        write_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | Path) -> Fingerprint:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ToolkitError(
-                "fingerprint not found: run `toolkit fingerprint` first", path
-            ) from None
-        except json.JSONDecodeError as exc:
-            raise ToolkitError(
-                f"is not valid JSON ({exc.msg} at line {exc.lineno})", path
-            ) from None
-        if data.get("format_version") != FINGERPRINT_FORMAT_VERSION:
-            raise ToolkitError(
-                f"fingerprint format version {data.get('format_version')} is not supported "
-                f"(expected {FINGERPRINT_FORMAT_VERSION}): run `toolkit fingerprint` again",
-                path,
-            )
-        try:
-            return cls.from_dict(data)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ToolkitError(
-                f"malformed fingerprint ({exc}): run `toolkit fingerprint` again", path
-            ) from None
 
 
 # pure parts ----------------------------------------------------------------------------
@@ -227,7 +120,7 @@ def intensity_statistics(per_case: list[np.ndarray]) -> IntensityStats:
     )
 
 
-def summarize(
+def dataset_fingerprint(
     dataset_name: str, info_: DatasetInfo, analyses: list[CaseAnalysis], budget: int, seed: int
 ) -> Fingerprint:
     cases = [a.fingerprint for a in analyses]
@@ -301,13 +194,8 @@ def extract_fingerprint(
     per_case = max(1, budget // len(cases))
     jobs = [_Job(c, tuple(dataset.label_values), per_case, seed) for c in cases]
     analyses = map_cases(_run_job, jobs, default_workers(workers), "fingerprint", quiet)
-    fingerprint = summarize(paths.name, dataset, analyses, budget, seed)
+    fingerprint = dataset_fingerprint(paths.name, dataset, analyses, budget, seed)
     fingerprint.save(paths.fingerprint_json)
     if not quiet:
         info(f"fingerprint of {len(cases)} cases written to {paths.fingerprint_json}")
     return fingerprint
-
-
-def load_fingerprint(paths: DatasetPaths) -> Fingerprint:
-    paths.require(paths.fingerprint_json, f"toolkit fingerprint {paths.name}")
-    return Fingerprint.load(paths.fingerprint_json)

@@ -1,15 +1,14 @@
 """Where trainings (and per-case work) run: in this process, or as tasks on a Ray cluster.
 
-Both executors run the same function (:func:`toolkit.pipeline.runner.run_training_task`) on
+Both executors run the same function (:func:`toolkit.pipeline.training_task.run_training_task`) on
 the same task description, so a result does not depend on where it ran. The workspace
 must be on storage every Ray node sees (the task carries the dataset folder's path).
 """
 
 from __future__ import annotations
 
-import os
-
 from toolkit.errors import ToolkitError
+from toolkit.pipeline.training_task import run_training_task
 from toolkit.progress import info, progress_bar
 
 
@@ -17,8 +16,6 @@ class LocalExecutor:
     """One training at a time on this machine's device, in dependency order."""
 
     def run(self, tasks) -> None:
-        from toolkit.pipeline.runner import run_training_task
-
         for task in _dependency_order(tasks):
             run_training_task(task)
 
@@ -161,9 +158,6 @@ def _ray_case(fn, item):
 
 
 def _ray_train(task, *_dependencies):
-    from toolkit.pipeline.runner import run_training_task
-
-    os.environ.setdefault("TOOLKIT_QUIET", "1")
     return run_training_task(task)
 
 

@@ -104,3 +104,7 @@ def mark_started(paths: DatasetPaths, stage: str, key: str) -> str | None:
         previous = None
     write_json(path, {"stage": stage, "key": key, "started_at": time.time()})
     return previous
+
+
+def train_stage(configuration: str, fold: int) -> str:
+    return f"train:{configuration}:{fold}"

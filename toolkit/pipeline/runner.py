@@ -15,19 +15,20 @@ thrown away and trained again.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 from toolkit.core.plans import Plans
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
 from toolkit.pipeline import records
+from toolkit.pipeline.executors import LocalExecutor, RayExecutor
 from toolkit.pipeline.presets import Preset, get_preset
+from toolkit.pipeline.records import train_stage
+from toolkit.pipeline.training_task import TrainTask
 from toolkit.progress import info
-from toolkit.workspace import CHECKPOINT_FINAL, CHECKPOINT_LATEST, DatasetPaths
+from toolkit.workspace import DatasetPaths
 
 ALL_FOLDS = (0, 1, 2, 3, 4)
 
@@ -64,28 +65,6 @@ class RunOptions:
         return self
 
 
-@dataclass(frozen=True)
-class TrainTask:
-    """One (configuration, fold) training, with everything a worker needs to run it."""
-
-    dataset_root: str
-    configuration: str
-    fold: int
-    key: str
-    epochs: int
-    iters_per_epoch: int
-    val_iters: int
-    seed: int
-    device: str
-    quiet: bool
-    validation_mirroring: bool = True
-    after: tuple[str, ...] = ()  # stages that must finish first (the cascade's low-res fold)
-
-    @property
-    def stage(self) -> str:
-        return train_stage(self.configuration, self.fold)
-
-
 @dataclass
 class RunSummary:
     ran: list[str] = field(default_factory=list)
@@ -93,10 +72,6 @@ class RunSummary:
     seconds: float = 0.0
     selection: str | None = None
     ray_tasks: dict[str, int] = field(default_factory=dict)  # "training" / per-case work -> tasks
-
-
-def train_stage(configuration: str, fold: int) -> str:
-    return f"train:{configuration}:{fold}"
 
 
 def preprocess_stage(data_identifier: str) -> str:
@@ -197,9 +172,10 @@ class Stages:
         return summary
 
     def _run(self, executor) -> RunSummary:
+        from toolkit.core.plans import dataset_plans
         from toolkit.evaluation.stage import EvaluationOptions, evaluate_dataset, select_dataset
         from toolkit.fingerprint.stage import extract_fingerprint
-        from toolkit.planning.stage import load_plans, plan_dataset
+        from toolkit.planning.stage import plan_dataset
         from toolkit.preprocessing.case import source_record
         from toolkit.preprocessing.stage import preprocess_dataset
         from toolkit.verify.stage import require_valid
@@ -220,7 +196,7 @@ class Stages:
             "plan", records.file_digest(paths.fingerprint_json), asdict(planner_options)
         )
         self.stage("plan", plan_key, lambda: plan_dataset(paths, planner_options))
-        plans = load_plans(paths)
+        plans = dataset_plans(paths)
         configs = selected_configurations(plans, o, self.preset)
         epochs, iters, val_iters = self.schedule()
         write_json(
@@ -336,49 +312,7 @@ class Stages:
         return tasks
 
 
-def run_training_task(task: TrainTask) -> str:
-    """Train one fold (resuming it when it was started with the same key); record completion."""
-    from toolkit.training.job import TrainOptions
-    from toolkit.training.schedule import Schedule
-    from toolkit.training.trainer import train_fold
-
-    paths = DatasetPaths(Path(task.dataset_root))
-    if records.is_valid(paths, task.stage, task.key):
-        return task.stage
-    fold_dir = paths.fold_dir(task.configuration, task.fold)
-    finished_before = records.read_record(paths, task.stage)
-    previous_key = records.mark_started(paths, task.stage, task.key)
-    if finished_before is not None:
-        previous_key = finished_before.key
-        records.invalidate(paths, task.stage)
-    has_checkpoint = (fold_dir / CHECKPOINT_LATEST).is_file() or (
-        fold_dir / CHECKPOINT_FINAL
-    ).is_file()
-    if has_checkpoint and previous_key is not None and previous_key != task.key:
-        # this pipeline trained the fold from other inputs (a changed plan): start again
-        shutil.rmtree(fold_dir)
-        has_checkpoint = False
-    started = time.time()
-    options = TrainOptions(
-        schedule=Schedule(
-            epochs=task.epochs,
-            iterations_per_epoch=task.iters_per_epoch,
-            validation_iterations=task.val_iters,
-        ),
-        device=task.device,
-        resume=has_checkpoint,
-        seed=task.seed,
-        quiet=task.quiet,
-        validation_mirroring=task.validation_mirroring,
-    )
-    train_fold(paths, task.configuration, task.fold, options)
-    records.write_record(paths, task.stage, task.key, started)
-    return task.stage
-
-
 def make_executor(options: RunOptions):
-    from toolkit.pipeline.executors import LocalExecutor, RayExecutor
-
     if options.executor == "ray":
         return RayExecutor(options.ray_address, options.device, max_case_tasks=options.workers)
     return LocalExecutor()

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolkit.pipeline import records
+from toolkit.pipeline.records import train_stage
 from toolkit.workspace import CHECKPOINT_FINAL, TRAINING_LOG, DatasetPaths
 
 RUNNING_WITHIN_S = 600  # a log written this recently belongs to a training still running
@@ -67,7 +68,6 @@ def _read_log(path: Path) -> list[dict]:
 def training_row(
     paths: DatasetPaths, configuration: str, fold: int, epochs: int | None
 ) -> TrainingRow:
-    from toolkit.pipeline.runner import train_stage
 
     fold_dir = paths.fold_dir(configuration, fold)
     log = _read_log(fold_dir / TRAINING_LOG)

@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 
 from toolkit.core.constants import ANISOTROPY_THRESHOLD
+from toolkit.core.fingerprint import Fingerprint
 from toolkit.core.plans import (
     Architecture,
     Configuration,
@@ -22,7 +23,6 @@ from toolkit.core.plans import (
     deep_supervision_scales,
 )
 from toolkit.errors import ToolkitError
-from toolkit.fingerprint.stage import Fingerprint
 from toolkit.planning.memory import (
     Calibration,
     MemoryBudget,

@@ -1,12 +1,15 @@
-"""The ``plan`` stage: fingerprint.json in, plans.json out."""
+"""The ``plan`` stage: fingerprint.json in, plans.json out (and the views of a plan the CLI prints)."""
 
 from __future__ import annotations
 
+from toolkit.core.fingerprint import load_fingerprint
 from toolkit.core.plans import Plans
-from toolkit.fingerprint.stage import load_fingerprint
 from toolkit.planning.memory import Calibration
-from toolkit.planning.planner import PlannerOptions, plan_experiment
+from toolkit.planning.planner import PlannerOptions, plan_experiment, preset
+from toolkit.planning.show import planner_summary, plans_tables
 from toolkit.workspace import DatasetPaths
+
+__all__ = ["PlannerOptions", "plan_dataset", "planner_summary", "plans_tables", "preset"]
 
 
 def plan_dataset(paths: DatasetPaths, options: PlannerOptions | None = None) -> Plans:
@@ -18,8 +21,3 @@ def plan_dataset(paths: DatasetPaths, options: PlannerOptions | None = None) -> 
     plans.dataset_name = paths.name
     plans.save(paths.plans_json)
     return plans
-
-
-def load_plans(paths: DatasetPaths) -> Plans:
-    paths.require(paths.plans_json, f"toolkit plan {paths.name}")
-    return Plans.load(paths.plans_json)

@@ -10,16 +10,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from toolkit.core.plans import Configuration, Plans
+from toolkit.core.plans import Configuration, Plans, dataset_plans
 from toolkit.errors import ToolkitError
 from toolkit.io.dataset_json import CaseFiles, load_dataset_info, training_cases
 from toolkit.io.images import read_channels, read_image
 from toolkit.io.preprocessed import case_paths, complete_cases, load_properties, save_case
 from toolkit.parallel import map_cases
-from toolkit.planning.stage import load_plans
 from toolkit.preprocessing.case import preprocess_case, source_record
 from toolkit.progress import default_workers, info
 from toolkit.workspace import DatasetPaths
+
+__all__ = ["PreprocessResult", "preprocess_dataset"]
 
 
 @dataclass
@@ -87,7 +88,7 @@ def preprocess_dataset(
     force: bool = False,
     quiet: bool = False,
 ) -> list[PreprocessResult]:
-    plans = load_plans(paths)
+    plans = dataset_plans(paths)
     dataset = load_dataset_info(paths)
     cases = training_cases(paths, dataset)
     if not cases:
