@@ -1,4 +1,11 @@
-"""Progress bars (rich) for every loop a person waits for; silent when not a TTY or quiet."""
+"""The terminal, one owner: progress bars, messages and printed tables.
+
+Quietness is one rule, :func:`enabled`: progress is drawn unless the caller passes
+``quiet=True`` (the commands' ``--quiet``, handed down as a parameter, also to worker
+processes), the process runs with ``TOOLKIT_QUIET`` set (containers, test runs, benchmarks) or
+stderr is not a terminal. Messages go to stderr (:func:`info`), tables and data to stdout
+(:func:`show`); no other module makes a console or reads ``TOOLKIT_QUIET``.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +26,8 @@ from rich.progress import (
 
 T = TypeVar("T")
 
-console = Console(stderr=True)
+console = Console(stderr=True)  # messages and progress
+_stdout = Console()  # tables a command prints as its result
 
 
 def enabled(quiet: bool = False) -> bool:
@@ -57,6 +65,11 @@ def track(
 def info(message: str) -> None:
     """A line for the person at the terminal (stderr, so stdout stays for data)."""
     console.print(message, highlight=False, soft_wrap=True)  # never break a path across lines
+
+
+def show(renderable: object) -> None:
+    """A table (or other rich renderable) on stdout, as a command's result."""
+    _stdout.print(renderable)
 
 
 def default_workers(requested: int | None) -> int:

@@ -227,6 +227,11 @@ class DatasetPaths:
     def pipeline(self) -> Path:
         return self.root / "pipeline"
 
+    @property
+    def run_json(self) -> Path:
+        """run-all's options of the latest run (preset, configurations, folds, budget)."""
+        return self.pipeline / "run.json"
+
     def stage_record(self, stage: str) -> Path:
         return self.pipeline / f"{stage}.json"
 

@@ -5,7 +5,8 @@ import pytest
 
 from toolkit.container import engine as engine_module
 from toolkit.container import podman
-from toolkit.container.engine import CgroupPeak, parse_memory, resolve_engine
+from toolkit.container.engine import resolve_engine
+from toolkit.container.memory import CgroupPeak, parse_memory
 from toolkit.container.podman import PodmanService
 from toolkit.errors import ToolkitError
 

@@ -103,7 +103,7 @@ def test_smoke_run_all_produces_selection_report_and_status(finished):
     assert {t.state for t in status.trainings} == {"done"}
     assert len(status.trainings) == 4
     assert all(s.state == "done" for s in status.stages)
-    assert status.selection["candidate"] == summary.selection
+    assert status.selection.candidate == summary.selection
 
 
 def test_second_run_skips_everything(finished, tmp_path):

@@ -84,8 +84,6 @@ def plan(
     Each configuration holds its target spacing, axis order, normalization, network stages
     (kernels, strides, features), patch and batch size, resampling and deep-supervision scales.
     """
-    from rich.console import Console
-
     from toolkit.planning.stage import plan_dataset, planner_summary, plans_tables, preset
     from toolkit.workspace import DatasetPaths
 
@@ -105,9 +103,8 @@ def plan(
     plans = plan_dataset(paths, options)
     info(f"plans written to {paths.plans_json} ({planner_summary(plans)})")
     if show:
-        console = Console()
         for table in plans_tables(plans):
-            console.print(table)
+            show(table)
 
 
 def preprocess(

@@ -31,6 +31,7 @@ from toolkit.container.base import PULLED_IMAGE
 from toolkit.container.spec import AlgorithmSpec, EnsembleSpec, default_input_slugs, slugify
 from toolkit.core.checkpoint import load_checkpoint, weights_only
 from toolkit.core.plans import Plans
+from toolkit.core.selection import Selection
 from toolkit.errors import MissingStageError, ToolkitError
 from toolkit.io.atomic import atomic_path, write_text
 from toolkit.io.dataset_json import read_dataset_info
@@ -197,8 +198,6 @@ def copy_models(paths: DatasetPaths, ensemble: EnsembleSpec, model_root: Path) -
 
 def ensemble_from_selection(paths: DatasetPaths) -> EnsembleSpec:
     """The chosen configurations, folds and postprocessing of ``selection.json``."""
-    from toolkit.core.selection import Selection
-
     selection = Selection.load(paths.selection_json)
     previous_stages = {}
     for config in selection.configurations:

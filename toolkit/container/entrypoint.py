@@ -18,7 +18,6 @@ export on a machine without a container engine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import resource
@@ -35,6 +34,7 @@ from toolkit.container.spec import AlgorithmSpec, EnsembleSpec
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
 from toolkit.io.images import Geometry, read_channels, write_image
+from toolkit.io.json_files import read_json
 from toolkit.workspace import DatasetPaths
 
 INPUTS_JSON = "inputs.json"
@@ -65,12 +65,9 @@ EXIT_FAILURE = 1
 
 def read_inputs_json(path: Path) -> dict[str, str]:
     """``inputs.json`` -> {interface slug: relative path}."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ToolkitError(f"is not readable JSON ({exc})", path) from None
-    if not isinstance(data, list):
-        raise ToolkitError("must hold a list of inputs, each with an 'interface'", path)
+    data = read_json(
+        path, what="inputs.json (a list of inputs, each with an 'interface')", kind=list
+    )
     folders: dict[str, str] = {}
     for k, entry in enumerate(data):
         interface = entry.get("interface") if isinstance(entry, dict) else None

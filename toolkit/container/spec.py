@@ -13,7 +13,6 @@ Both are plain data with checked fields; errors name the file.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 from toolkit.core.postprocessing import Postprocessing
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
+from toolkit.io.json_files import read_json
 
 SPEC_FORMAT_VERSION = 1
 DEVICES = ("cpu", "cuda")
@@ -55,20 +55,7 @@ def default_input_slugs(channel_names: list[str]) -> list[str]:
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ToolkitError(f"{what} not found", path) from None
-    except json.JSONDecodeError as exc:
-        raise ToolkitError(f"is not valid JSON ({exc.msg} at line {exc.lineno})", path) from None
-    if not isinstance(data, dict):
-        raise ToolkitError(f"{what} must be a JSON object", path)
-    if data.get("format_version") != SPEC_FORMAT_VERSION:
-        raise ToolkitError(
-            f"{what} format version {data.get('format_version')!r} is not supported (expected {SPEC_FORMAT_VERSION})",
-            path,
-        )
-    return data
+    return read_json(path, what=what, version_key="format_version", version=SPEC_FORMAT_VERSION)
 
 
 def _require(

@@ -15,7 +15,6 @@ What happened is written to ``export.json`` and ``container-test.json`` in the e
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from toolkit.container.testrun import (
 )
 from toolkit.errors import MissingStageError, ToolkitError
 from toolkit.io.atomic import write_json
+from toolkit.io.json_files import read_contract
 from toolkit.progress import info, track
 from toolkit.workspace import DatasetPaths, ExportPaths
 
@@ -95,13 +95,14 @@ class ExportRecord:
     def load(cls, path: Path) -> ExportRecord:
         if not path.is_file():
             raise MissingStageError(path, f"toolkit export-container {path.parent.parent.name}")
-        try:
-            data = json.loads(path.read_text())
-            return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise ToolkitError(
-                f"is not a readable export record ({exc}): export again", path
-            ) from None
+        return read_contract(
+            path,
+            lambda data: cls(
+                **{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
+            ),
+            what="export record",
+            producer=f"toolkit export-container {path.parent.parent.name}",
+        )
 
 
 def _require_ok(result: CaseResult, what: str) -> None:

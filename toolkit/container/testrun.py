@@ -26,9 +26,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from toolkit.container.engine import Mounts
 from toolkit.container.entrypoint import DONE_PATTERN, INPUTS_JSON, OUTPUT_IMAGE, RESULTS_JSON
 from toolkit.container.spec import AlgorithmSpec, EnsembleSpec
+from toolkit.core.splits import read_splits
 from toolkit.errors import ToolkitError
+from toolkit.inference.stage import PredictOptions, run_predict
 from toolkit.io.atomic import write_json
 from toolkit.io.dataset_json import CaseFiles, load_dataset_info, training_cases
 from toolkit.io.images import Geometry, make_sitk, read_channels, read_image
@@ -96,8 +99,6 @@ def cross_validation_cases(
         return [cases[n] for n in names]
     order: list[str] = []
     if paths.splits_json.is_file():
-        from toolkit.core.splits import read_splits
-
         folds = [s.val for s in read_splits(paths.splits_json)]
         for k in range(max((len(v) for v in folds), default=0)):
             order += [v[k] for v in folds if k < len(v) and v[k] in cases]
@@ -279,8 +280,6 @@ def run_container(
     memory: str,
     timeout: float,
 ) -> JobOutcome:
-    from toolkit.container.engine import Mounts
-
     result = engine.run(
         tag, Mounts(input_dir, output_dir, model_dir), memory=memory, timeout=timeout
     )
@@ -318,8 +317,6 @@ def reference_labels(
     Run through the command's own code (on this machine's CPU, from the workspace's models),
     so the job's output is compared with what a user of ``toolkit predict`` gets.
     """
-    from toolkit.inference.stage import PredictOptions, run_predict
-
     folder.mkdir(parents=True, exist_ok=True)
     postprocessing = folder / "postprocessing.json"
     ensemble.postprocessing.save(postprocessing)

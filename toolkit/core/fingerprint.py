@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
-from toolkit.io.json_files import read_json
+from toolkit.io.json_files import read_contract
 from toolkit.workspace import DatasetPaths
 
 FINGERPRINT_FORMAT_VERSION = 1
@@ -103,19 +102,14 @@ class Fingerprint:
 
     @classmethod
     def load(cls, path: str | Path) -> Fingerprint:
-        data = read_json(
+        return read_contract(
             path,
+            cls.from_dict,
             what="fingerprint",
             producer="toolkit fingerprint",
             version_key="format_version",
             version=FINGERPRINT_FORMAT_VERSION,
         )
-        try:
-            return cls.from_dict(data)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ToolkitError(
-                f"malformed fingerprint ({exc}): run `toolkit fingerprint` again", path
-            ) from None
 
 
 def load_fingerprint(paths: DatasetPaths) -> Fingerprint:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from toolkit.core.constants import ANISOTROPY_THRESHOLD
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
-from toolkit.io.json_files import read_json
+from toolkit.io.json_files import read_contract
 from toolkit.workspace import DatasetPaths
 
 PLANS_FORMAT_VERSION = 1
@@ -149,17 +149,14 @@ class Plans:
 
     @classmethod
     def load(cls, path: str | Path) -> Plans:
-        data = read_json(
+        return read_contract(
             path,
+            cls.from_dict,
             what="plans",
             producer="toolkit plan",
             version_key="format_version",
             version=PLANS_FORMAT_VERSION,
         )
-        try:
-            return cls.from_dict(data)
-        except (TypeError, KeyError, ValueError) as exc:
-            raise ToolkitError(f"malformed plans ({exc})", path) from None
 
 
 def dataset_plans(paths: DatasetPaths) -> Plans:

@@ -7,7 +7,6 @@ foreground and/or of given classes. The choice is made on cross-validation by
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from scipy import ndimage
 
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
-from toolkit.io.json_files import read_json
+from toolkit.io.json_files import float_or_nan, read_json
 
 
 @dataclass
@@ -103,15 +102,14 @@ class PostprocessingStep:
 
     @classmethod
     def from_dict(cls, data: dict) -> PostprocessingStep:
-        def num(v):
-            return math.nan if v is None else float(v)
-
         return cls(
             description=str(data["description"]),
             label=None if data["label"] is None else int(data["label"]),
             accepted=bool(data["accepted"]),
-            mean_dice_before=num(data["mean_dice_before"]),
-            mean_dice_after=num(data["mean_dice_after"]),
-            class_dice_before={int(k): num(v) for k, v in data["class_dice_before"].items()},
-            class_dice_after={int(k): num(v) for k, v in data["class_dice_after"].items()},
+            mean_dice_before=float_or_nan(data["mean_dice_before"]),
+            mean_dice_after=float_or_nan(data["mean_dice_after"]),
+            class_dice_before={
+                int(k): float_or_nan(v) for k, v in data["class_dice_before"].items()
+            },
+            class_dice_after={int(k): float_or_nan(v) for k, v in data["class_dice_after"].items()},
         )

@@ -14,7 +14,6 @@ frequency, and the table of every candidate behind the choice.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,11 +21,7 @@ from toolkit.core.constants import CONFIDENCE, TIE_TOLERANCE
 from toolkit.core.postprocessing import Postprocessing, PostprocessingStep
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
-from toolkit.io.json_files import read_json
-
-
-def _num(value) -> float:
-    return math.nan if value is None else float(value)
+from toolkit.io.json_files import float_or_nan, read_json
 
 
 @dataclass(frozen=True)
@@ -40,7 +35,7 @@ class Interval:
     @classmethod
     def from_list(cls, values: list) -> Interval:
         low, high = values
-        return cls(_num(low), _num(high))
+        return cls(float_or_nan(low), float_or_nan(high))
 
     def contains(self, value: float) -> bool:
         return self.low <= value <= self.high
@@ -76,10 +71,10 @@ class CandidateScore:
         return cls(
             name=str(data["name"]),
             configurations=[str(c) for c in data["configurations"]],
-            mean_dice=_num(data["mean_dice"]),
+            mean_dice=float_or_nan(data["mean_dice"]),
             interval=Interval.from_list(data["interval"]),
             rank_first_frequency=float(data["rank_first_frequency"]),
-            difference_to_chosen=_num(data["difference_to_chosen"]),
+            difference_to_chosen=float_or_nan(data["difference_to_chosen"]),
             difference_interval=Interval.from_list(data["difference_interval"]),
             chosen_better_fraction=float(data["chosen_better_fraction"]),
         )
@@ -151,11 +146,11 @@ class Selection:
                 configurations=configurations,
                 folds=folds,
                 postprocessing=Postprocessing.from_dict(data["postprocessing"], source),
-                mean_dice=_num(data["mean_dice"]),
-                mean_dice_postprocessed=_num(data["mean_dice_postprocessed"]),
-                class_dice={int(k): _num(v) for k, v in data["class_dice"].items()},
+                mean_dice=float_or_nan(data["mean_dice"]),
+                mean_dice_postprocessed=float_or_nan(data["mean_dice_postprocessed"]),
+                class_dice={int(k): float_or_nan(v) for k, v in data["class_dice"].items()},
                 class_dice_postprocessed={
-                    int(k): _num(v) for k, v in data["class_dice_postprocessed"].items()
+                    int(k): float_or_nan(v) for k, v in data["class_dice_postprocessed"].items()
                 },
                 interval=Interval.from_list(data["interval"]),
                 rank_first_frequency=float(data["rank_first_frequency"]),

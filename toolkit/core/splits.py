@@ -17,6 +17,7 @@ from toolkit.core.constants import NUM_FOLDS, SPLIT_SEED
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
 from toolkit.io.json_files import read_json
+from toolkit.workspace import DatasetPaths
 
 KEY_TRAIN = "train"
 KEY_VAL = "val"
@@ -109,3 +110,11 @@ def fold_split(splits: list[Split], fold: int, available: list[str], path: Path)
     if not split.train or not split.val:
         raise ToolkitError(f"fold {fold} needs at least one training and one validation case", path)
     return split
+
+
+def fold_numbers(paths: DatasetPaths) -> list[int]:
+    """The folds of the dataset's ``splits.json`` (a user may edit it); before training has
+    written one, the method's ``NUM_FOLDS``."""
+    if paths.splits_json.is_file():
+        return list(range(len(read_splits(paths.splits_json))))
+    return list(range(NUM_FOLDS))

@@ -32,10 +32,7 @@ from toolkit.core.constants import BOOTSTRAP_SEED as DEFAULT_SEED
 from toolkit.core.constants import CONFIDENCE as DEFAULT_CONFIDENCE
 from toolkit.core.selection import Interval
 from toolkit.evaluation.candidates import TIE_TOLERANCE, pick_best
-
-
-def _num(value) -> float:
-    return math.nan if value is None else float(value)
+from toolkit.io.json_files import float_or_nan
 
 
 @dataclass
@@ -69,14 +66,14 @@ class CandidateBootstrap:
     def from_dict(cls, data: dict) -> CandidateBootstrap:
         return cls(
             name=str(data["name"]),
-            mean_dice=_num(data["mean_dice"]),
+            mean_dice=float_or_nan(data["mean_dice"]),
             interval=Interval.from_list(data["interval"]),
-            class_mean_dice={int(k): _num(v) for k, v in data["class_mean_dice"].items()},
+            class_mean_dice={int(k): float_or_nan(v) for k, v in data["class_mean_dice"].items()},
             class_intervals={
                 int(k): Interval.from_list(v) for k, v in data["class_intervals"].items()
             },
             rank_first_frequency=float(data["rank_first_frequency"]),
-            difference_to_chosen=_num(data["difference_to_chosen"]),
+            difference_to_chosen=float_or_nan(data["difference_to_chosen"]),
             difference_interval=Interval.from_list(data["difference_interval"]),
             chosen_better_fraction=float(data["chosen_better_fraction"]),
         )

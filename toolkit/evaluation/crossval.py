@@ -14,10 +14,10 @@ every case also has its probabilities ``CASE.npz``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from toolkit.core.splits import read_splits
 from toolkit.errors import MissingStageError, ToolkitError
 from toolkit.evaluation.candidates import Candidate, build_candidates, configuration_rank
 from toolkit.io.dataset_json import DatasetInfo, training_cases
@@ -26,25 +26,6 @@ from toolkit.workspace import DatasetPaths
 
 def train_command(paths: DatasetPaths, config: str, fold: int | str) -> str:
     return f"toolkit train {paths.name} {config} {fold}"
-
-
-def read_validation_folds(path: Path) -> list[list[str]]:
-    """The validation cases of every fold in a ``splits.json``."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as exc:
-        raise ToolkitError(f"is not valid JSON ({exc.msg} at line {exc.lineno})", path) from None
-    if isinstance(data, dict):
-        data = data.get("folds", data.get("splits"))
-    if not isinstance(data, list) or not data:
-        raise ToolkitError('must hold a list of folds, each {"train": [...], "val": [...]}', path)
-    folds = []
-    for k, fold in enumerate(data):
-        val = fold.get("val", fold.get("validation")) if isinstance(fold, dict) else None
-        if not isinstance(val, list) or not all(isinstance(c, str) for c in val):
-            raise ToolkitError(f'fold {k} must be an object with a list of case names "val"', path)
-        folds.append(list(val))
-    return folds
 
 
 @dataclass(frozen=True)
@@ -81,7 +62,7 @@ def load_cross_validation(
 ) -> CrossValidation:
     if not paths.splits_json.is_file():
         raise MissingStageError(paths.splits_json, train_command(paths, "CONFIG", "FOLD"))
-    split = read_validation_folds(paths.splits_json)
+    split = [fold.val for fold in read_splits(paths.splits_json)]
     wanted = list(range(len(split))) if folds is None else sorted(set(folds))
     bad = [f for f in wanted if not 0 <= f < len(split)]
     if bad:

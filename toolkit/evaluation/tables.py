@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import math
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -22,6 +21,7 @@ from toolkit.errors import MissingStageError, ToolkitError
 from toolkit.evaluation.bootstrap import BootstrapResult, mean_foreground_dice
 from toolkit.evaluation.metrics import ClassMetrics
 from toolkit.io.atomic import write_json, write_text
+from toolkit.io.json_files import float_or_nan, read_json
 from toolkit.workspace import DatasetPaths
 
 
@@ -194,12 +194,9 @@ class CandidateSummary:
         return cls(
             name=data["name"],
             configurations=list(data["configurations"]),
-            mean_dice=math.nan if data["mean_dice"] is None else float(data["mean_dice"]),
+            mean_dice=float_or_nan(data["mean_dice"]),
             classes={int(k): ClassSummary.from_dict(v) for k, v in data["classes"].items()},
-            fold_mean_dice={
-                int(k): (math.nan if v is None else float(v))
-                for k, v in data["fold_mean_dice"].items()
-            },
+            fold_mean_dice={int(k): float_or_nan(v) for k, v in data["fold_mean_dice"].items()},
         )
 
 
@@ -275,21 +272,7 @@ class EvaluationSummary:
 
     @classmethod
     def load(cls, path: Path) -> EvaluationSummary:
-        return cls.from_dict(read_json_object(path))
-
-
-def read_json_object(path: Path, command: str = "toolkit evaluate DATASET") -> dict:
-    """A JSON object from an evaluation file; missing -> says to run ``command``."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingStageError(path, command)
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ToolkitError(f"is not valid JSON ({exc.msg}): run `{command}` again", path) from None
-    if not isinstance(data, dict):
-        raise ToolkitError(f"must hold a JSON object: run `{command}` again", path)
-    return data
+        return cls.from_dict(_read_evaluation_file(path))
 
 
 def summarize_candidate(
@@ -335,8 +318,8 @@ def summarize_candidate(
 
 def load_evaluation(paths: DatasetPaths) -> tuple[EvaluationSummary, BootstrapResult]:
     command = f"toolkit evaluate {paths.name}"
-    summary_data = read_json_object(paths.evaluation_summary_json, command)
-    bootstrap_data = read_json_object(paths.bootstrap_json, command)
+    summary_data = _read_evaluation_file(paths.evaluation_summary_json, command)
+    bootstrap_data = _read_evaluation_file(paths.bootstrap_json, command)
     try:
         summary = EvaluationSummary.from_dict(summary_data)
     except (KeyError, TypeError, ValueError) as exc:
@@ -364,3 +347,8 @@ def load_evaluation(paths: DatasetPaths) -> tuple[EvaluationSummary, BootstrapRe
 def evaluation_digest(paths: DatasetPaths) -> str:
     """Identifies the evaluation a selection was made from."""
     return hashlib.sha256(paths.evaluation_summary_json.read_bytes()).hexdigest()[:16]
+
+
+def _read_evaluation_file(path: Path, command: str = "toolkit evaluate DATASET") -> dict:
+    """A JSON object from an evaluation file; missing or broken, it says to run ``command``."""
+    return read_json(path, what="evaluation file", producer=command)

@@ -6,6 +6,7 @@ A run killed at any moment leaves either the old file or the new one, never half
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -70,8 +71,6 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "__dataclass_fields__"):
-        import dataclasses
-
         return dataclasses.asdict(obj)
     raise TypeError(f"cannot write {type(obj).__name__} as JSON")
 

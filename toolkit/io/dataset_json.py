@@ -15,7 +15,6 @@ Cases are found from the files, not from a list in ``dataset.json``: a training 
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 from toolkit.errors import MissingStageError, ToolkitError
 from toolkit.io.atomic import write_json
+from toolkit.io.json_files import read_json
 from toolkit.workspace import FILE_ENDING, DatasetPaths, RawFolder, channel_file, label_file
 
 # keys of dataset.json, spelled once
@@ -220,13 +220,7 @@ def _is_int_text(key: Any) -> bool:
 
 def read_dataset_info(path: str | Path) -> DatasetInfo:
     """A ``dataset.json`` file anywhere (the raw folder, a model folder, a container)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ToolkitError("dataset.json not found", path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ToolkitError(f"not valid JSON ({exc})", path) from None
+    data = read_json(path, what="dataset.json", kind=object)
     return DatasetInfo.from_json(data, path)
 
 

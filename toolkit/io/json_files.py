@@ -8,12 +8,15 @@ writes the file, which one to run.
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from toolkit.errors import MissingStageError, ToolkitError
 
 _KINDS = {dict: "a JSON object", list: "a JSON list"}
+T = TypeVar("T")
 
 
 def read_json(
@@ -56,3 +59,21 @@ def read_json(
                 path,
             )
     return data
+
+
+def float_or_nan(value: Any) -> float:
+    """A number of a JSON file: ``null`` stands for NaN (JSON has none; writers store NaN so)."""
+    return math.nan if value is None else float(value)
+
+
+def read_contract(path: str | Path, build: Callable[[Any], T], **reading: Any) -> T:
+    """:func:`read_json`, then ``build`` the contract's object from it; a document that does
+    not fit (a missing key, a wrong type) is a one-line error naming the file."""
+    data = read_json(path, **reading)
+    try:
+        return build(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        what = reading.get("what", "file")
+        producer = reading.get("producer")
+        again = f": run `{producer}` again" if producer else ""
+        raise ToolkitError(f"malformed {what} ({exc}){again}", path) from None

@@ -25,6 +25,7 @@ import numpy as np
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import atomic_path, write_text
 from toolkit.io.images import Geometry
+from toolkit.io.json_files import read_contract
 
 DATA_SUFFIX = ".npy"
 SEG_SUFFIX = "_seg.npy"
@@ -94,12 +95,9 @@ def properties_json(props: CaseProperties) -> str:
 
 def load_properties(folder: Path, case: str) -> CaseProperties:
     path = case_paths(folder, case)[2]
-    try:
-        return CaseProperties.from_dict(json.loads(path.read_text()))
-    except FileNotFoundError:
-        raise ToolkitError(
-            "preprocessed case not found: run `toolkit preprocess` first", path
-        ) from None
+    return read_contract(
+        path, CaseProperties.from_dict, what="preprocessed case", producer="toolkit preprocess"
+    )
 
 
 def load_case(

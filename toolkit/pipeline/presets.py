@@ -15,7 +15,7 @@ class Preset:
     epochs: int
     iters_per_epoch: int
     val_iters: int
-    folds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    folds: tuple[int, ...] | None = None  # None: every fold of splits.json
     configs: tuple[str, ...] | None = None  # None: every configuration of the plan
     validation_mirroring: bool = True  # test-time mirroring in each fold's final validation
 

@@ -9,6 +9,7 @@ its start record still matches).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -16,7 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
+from toolkit.io.json_files import read_contract, read_json
 from toolkit.workspace import DatasetPaths
 
 
@@ -66,9 +69,11 @@ def started_path(paths: DatasetPaths, stage: str) -> Path:
 
 def read_record(paths: DatasetPaths, stage: str) -> StageRecord | None:
     path = record_path(paths, stage)
-    try:
-        return StageRecord(**json.loads(path.read_text()))
-    except (FileNotFoundError, json.JSONDecodeError, TypeError):
+    if not path.is_file():
+        return None
+    try:  # a record run-all cannot read is a stage to run again, not an error
+        return read_contract(path, lambda data: StageRecord(**data), what="stage record")
+    except ToolkitError:
         return None
 
 
@@ -98,13 +103,16 @@ def mark_started(paths: DatasetPaths, stage: str, key: str) -> str | None:
     """Record that ``stage`` starts with ``key``; return the key of an earlier unfinished start."""
     path = started_path(paths, stage)
     previous = None
-    try:
-        previous = json.loads(path.read_text()).get("key")
-    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
-        previous = None
+    if path.is_file():
+        with contextlib.suppress(ToolkitError):
+            previous = read_json(path, what="start record").get("key")
     write_json(path, {"stage": stage, "key": key, "started_at": time.time()})
     return previous
 
 
 def train_stage(configuration: str, fold: int) -> str:
     return f"train:{configuration}:{fold}"
+
+
+def preprocess_stage(data_identifier: str) -> str:
+    return f"preprocess:{data_identifier}"

@@ -19,25 +19,34 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
-from toolkit.core.plans import Plans
+from toolkit.core.plans import Plans, dataset_plans
+from toolkit.core.selection import Selection
+from toolkit.core.splits import fold_numbers
 from toolkit.errors import ToolkitError
+from toolkit.evaluation.stage import EvaluationOptions, evaluate_dataset, select_dataset
+from toolkit.fingerprint.stage import extract_fingerprint
 from toolkit.io.atomic import write_json
+from toolkit.parallel import case_backend
 from toolkit.pipeline import records
 from toolkit.pipeline.executors import LocalExecutor, RayExecutor
 from toolkit.pipeline.presets import Preset, get_preset
-from toolkit.pipeline.records import train_stage
+from toolkit.pipeline.records import preprocess_stage, train_stage
 from toolkit.pipeline.training_task import TrainTask
+from toolkit.planning.planner import preset as planner_preset
+from toolkit.planning.stage import plan_dataset
+from toolkit.preprocessing.case import source_record
+from toolkit.preprocessing.stage import preprocess_dataset
 from toolkit.progress import info
+from toolkit.training.checkpoint import plans_configuration_dict
+from toolkit.verify.stage import require_valid
 from toolkit.workspace import DatasetPaths
-
-ALL_FOLDS = (0, 1, 2, 3, 4)
 
 
 @dataclass(frozen=True)
 class RunOptions:
     preset: str = "paper"
     configs: tuple[str, ...] | None = None  # None: the preset's, else every planned one
-    folds: tuple[int, ...] | None = None  # None: the preset's (all five)
+    folds: tuple[int, ...] | None = None  # None: the preset's (every fold of splits.json)
     epochs: int | None = None
     iters_per_epoch: int | None = None
     val_iters: int | None = None
@@ -58,10 +67,8 @@ class RunOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ToolkitError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
-        if self.folds is not None and (not self.folds or any(f < 0 or f > 4 for f in self.folds)):
-            raise ToolkitError(
-                f"--folds must be fold numbers between 0 and 4, not {list(self.folds)}"
-            )
+        if self.folds is not None and (not self.folds or any(f < 0 for f in self.folds)):
+            raise ToolkitError(f"--folds must be fold numbers, not {list(self.folds)}")
         return self
 
 
@@ -72,10 +79,6 @@ class RunSummary:
     seconds: float = 0.0
     selection: str | None = None
     ray_tasks: dict[str, int] = field(default_factory=dict)  # "training" / per-case work -> tasks
-
-
-def preprocess_stage(data_identifier: str) -> str:
-    return f"preprocess:{data_identifier}"
 
 
 def selected_configurations(plans: Plans, options: RunOptions, preset: Preset) -> list[str]:
@@ -137,8 +140,6 @@ class Stages:
         )
 
     def planner_options(self):
-        from toolkit.planning.planner import preset as planner_preset
-
         return planner_preset(self.preset.plan_preset)
 
     def schedule(self) -> tuple[int, int, int]:
@@ -150,14 +151,24 @@ class Stages:
             o.val_iters or p.val_iters,
         )
 
+    def all_folds(self) -> tuple[int, ...]:
+        """Every fold of the dataset's splits.json (the method's five before it exists)."""
+        return tuple(fold_numbers(self.paths))
+
     def folds(self) -> tuple[int, ...]:
-        return tuple(sorted(set(self.options.folds or self.preset.folds)))
+        """The folds to train: the user's, else the preset's, else every fold."""
+        folds = tuple(sorted(set(self.options.folds or self.preset.folds or self.all_folds())))
+        unknown = [f for f in folds if f not in self.all_folds()]
+        if unknown:
+            raise ToolkitError(
+                f"--folds {unknown} not in the split file (folds 0..{len(self.all_folds()) - 1})",
+                self.paths.splits_json,
+            )
+        return folds
 
     # the run ------------------------------------------------------------------------------
     def run(self) -> RunSummary:
         """Every stage; with the Ray executor, per-case work and trainings are Ray tasks."""
-        from toolkit.parallel import case_backend
-
         executor = make_executor(self.options)
         if self.options.executor != "ray":
             return self._run(executor)
@@ -172,14 +183,6 @@ class Stages:
         return summary
 
     def _run(self, executor) -> RunSummary:
-        from toolkit.core.plans import dataset_plans
-        from toolkit.evaluation.stage import EvaluationOptions, evaluate_dataset, select_dataset
-        from toolkit.fingerprint.stage import extract_fingerprint
-        from toolkit.planning.stage import plan_dataset
-        from toolkit.preprocessing.case import source_record
-        from toolkit.preprocessing.stage import preprocess_dataset
-        from toolkit.verify.stage import require_valid
-
         start = time.time()
         paths, o = self.paths, self.options
         paths.require_raw()
@@ -200,7 +203,7 @@ class Stages:
         configs = selected_configurations(plans, o, self.preset)
         epochs, iters, val_iters = self.schedule()
         write_json(
-            paths.pipeline / "run.json",
+            paths.run_json,
             {
                 "preset": o.preset,
                 "configurations": configs,
@@ -250,8 +253,6 @@ class Stages:
         )
         select_key = records.digest("select", evaluate_key)
         self.stage("select", select_key, lambda: select_dataset(paths, o.workers, quiet=o.quiet))
-        from toolkit.core.selection import Selection
-
         self.summary.selection = Selection.load(paths.selection_json).candidate
         self.summary.seconds = time.time() - start
         return self.summary
@@ -259,8 +260,6 @@ class Stages:
     def training_tasks(
         self, plans: Plans, configs: list[str], preprocess_keys: dict[str, str]
     ) -> list[TrainTask]:
-        from toolkit.training.checkpoint import plans_configuration_dict
-
         epochs, iters, val_iters = self.schedule()
         o = self.options
         keys: dict[tuple[str, int], str] = {}
@@ -268,7 +267,7 @@ class Stages:
         # first stages before the stages that read their predictions
         ordered = sorted(configs, key=lambda c: plans.configurations[c].previous_stage is not None)
         # a cascade reads its first stage's out-of-fold predictions of every training case,
-        # so each of its folds needs all five folds of the first stage
+        # so each of its folds needs every fold of the first stage
         first_stages = {
             plans.configurations[c].previous_stage
             for c in configs
@@ -276,15 +275,17 @@ class Stages:
         }
         for name in ordered:
             configuration = plans.configuration(name)
-            folds = ALL_FOLDS if name in first_stages else self.folds()
+            folds = self.all_folds() if name in first_stages else self.folds()
             if name in first_stages and folds != self.folds() and not o.quiet:
-                info(f"{name}: training all five folds, the cascade needs every case's prediction")
+                info(f"{name}: training every fold, the cascade needs every case's prediction")
             for fold in folds:
                 after: tuple[str, ...] = ()
                 upstream: list[str] = []
                 if configuration.previous_stage:
-                    after = tuple(train_stage(configuration.previous_stage, f) for f in ALL_FOLDS)
-                    upstream = [keys[(configuration.previous_stage, f)] for f in ALL_FOLDS]
+                    after = tuple(
+                        train_stage(configuration.previous_stage, f) for f in self.all_folds()
+                    )
+                    upstream = [keys[(configuration.previous_stage, f)] for f in self.all_folds()]
                 key = records.digest(
                     "train",
                     plans_configuration_dict(configuration),

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import json
+import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from rich.table import Table
+
+from toolkit.core.plans import Plans
+from toolkit.core.selection import Selection
+from toolkit.core.splits import fold_numbers
+from toolkit.io.json_files import read_json
 from toolkit.pipeline import records
-from toolkit.pipeline.records import train_stage
+from toolkit.pipeline.records import preprocess_stage, train_stage
+from toolkit.progress import show
+from toolkit.training.history import read_log
 from toolkit.workspace import CHECKPOINT_FINAL, TRAINING_LOG, DatasetPaths
 
 RUNNING_WITHIN_S = 600  # a log written this recently belongs to a training still running
@@ -41,7 +48,7 @@ class Status:
     dataset: str
     stages: list[StageRow] = field(default_factory=list)
     trainings: list[TrainingRow] = field(default_factory=list)
-    selection: dict | None = None
+    selection: Selection | None = None
     run: dict | None = None
 
 
@@ -54,28 +61,17 @@ def stage_row(paths: DatasetPaths, stage: str) -> StageRow:
     return StageRow(stage, "pending")
 
 
-def _read_log(path: Path) -> list[dict]:
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
-    return rows
-
-
 def training_row(
     paths: DatasetPaths, configuration: str, fold: int, epochs: int | None
 ) -> TrainingRow:
 
     fold_dir = paths.fold_dir(configuration, fold)
-    log = _read_log(fold_dir / TRAINING_LOG)
+    log = read_log(fold_dir / TRAINING_LOG)
     row = TrainingRow(configuration, fold, "pending", epochs=epochs)
     if log:
-        row.epoch = int(log[-1].get("epoch", len(log) - 1)) + 1
-        row.seconds = float(sum(r.get("epoch_time_s", 0.0) for r in log))
-        emas = [r.get("ema_pseudo_dice") for r in log if r.get("ema_pseudo_dice") is not None]
+        row.epoch = int(log[-1].epoch) + 1
+        row.seconds = float(sum(r.epoch_time_s for r in log))
+        emas = [r.ema_pseudo_dice for r in log if r.ema_pseudo_dice is not None]
         row.best_ema_dice = max(emas) if emas else None
         if epochs:
             per_epoch = row.seconds / max(1, len(log))
@@ -96,16 +92,13 @@ def training_row(
 
 def dataset_status(paths: DatasetPaths) -> Status:
     status = Status(paths.name)
-    run_file = paths.pipeline / "run.json"
-    if run_file.is_file():
-        status.run = json.loads(run_file.read_text())
+    if paths.run_json.is_file():
+        status.run = read_json(paths.run_json, what="run-all record")
     status.stages = [stage_row(paths, s) for s in FIXED_STAGES]
     configs: list[str] = []
-    folds: list[int] = [0, 1, 2, 3, 4]
+    folds = fold_numbers(paths)
     epochs = None
     if paths.plans_json.is_file():
-        from toolkit.core.plans import Plans
-
         plans = Plans.load(paths.plans_json)
         configs = list(plans.configurations)
         data_ids = []
@@ -119,13 +112,11 @@ def dataset_status(paths: DatasetPaths) -> Status:
             data_id = plans.configurations[c].data_identifier
             if data_id not in data_ids:
                 data_ids.append(data_id)
-        from toolkit.pipeline.runner import preprocess_stage
-
         status.stages += [stage_row(paths, preprocess_stage(d)) for d in data_ids]
     status.trainings = [training_row(paths, c, f, epochs) for c in configs for f in folds]
     status.stages += [stage_row(paths, s) for s in ("evaluate", "select")]
     if paths.selection_json.is_file():
-        status.selection = json.loads(paths.selection_json.read_text())
+        status.selection = Selection.load(paths.selection_json)
     return status
 
 
@@ -148,10 +139,6 @@ STATE_STYLE = {
 
 
 def render(status: Status) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
     stages = Table(title=f"{status.dataset}: stages", title_justify="left")
     stages.add_column("stage")
     stages.add_column("state")
@@ -159,7 +146,7 @@ def render(status: Status) -> None:
     for row in status.stages:
         style = STATE_STYLE.get(row.state, "")
         stages.add_row(row.stage, f"[{style}]{row.state}[/]", _duration(row.seconds))
-    console.print(stages)
+    show(stages)
     if status.trainings:
         trainings = Table(title="trainings", title_justify="left")
         for col, justify in (
@@ -185,25 +172,24 @@ def render(status: Status) -> None:
                 _duration(t.seconds),
                 _duration(t.seconds_left) if t.state != "pending" else "-",
             )
-        console.print(trainings)
+        show(trainings)
     if status.selection:
         s = status.selection
-        interval = s.get("interval") or [None, None]
-        pp = s.get("postprocessing", {})
+        pp = s.postprocessing
         steps = []
-        if pp.get("largest_component_foreground"):
+        if pp.largest_component_foreground:
             steps.append("largest foreground component")
-        if pp.get("largest_component_classes"):
-            steps.append(f"largest component of classes {pp['largest_component_classes']}")
-        lo, hi = interval[0], interval[1]
-        ci = f" (95% CI {lo:.4f}-{hi:.4f})" if lo is not None and hi is not None else ""
-        console.print(
-            f"[bold]chosen:[/] {s.get('candidate')}, folds {s.get('folds')}: mean foreground Dice "
-            f"{s.get('mean_dice', float('nan')):.4f}{ci}, first in {100 * s.get('rank_first_frequency', 0):.0f}% "
+        if pp.largest_component_classes:
+            steps.append(f"largest component of classes {pp.largest_component_classes}")
+        lo, hi = s.interval.low, s.interval.high
+        ci = f" (95% CI {lo:.4f}-{hi:.4f})" if not (math.isnan(lo) or math.isnan(hi)) else ""
+        show(
+            f"[bold]chosen:[/] {s.candidate}, folds {s.folds}: mean foreground Dice "
+            f"{s.mean_dice:.4f}{ci}, first in {100 * s.rank_first_frequency:.0f}% "
             f"of bootstrap sets; postprocessing: {', '.join(steps) or 'none'} -> "
-            f"{s.get('mean_dice_postprocessed', float('nan')):.4f}"
+            f"{s.mean_dice_postprocessed:.4f}"
         )
     else:
-        console.print(
+        show(
             "[dim]no selection yet: `toolkit run-all` (or `toolkit evaluate` then `toolkit select`) makes one[/]"
         )

@@ -14,7 +14,6 @@ Two models:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from toolkit.errors import ToolkitError
+from toolkit.io.json_files import read_contract
 
 MemoryModelName = Literal["reference", "calibrated"]
 CALIBRATION_FILE = Path(__file__).with_name("memory_calibration.json")
@@ -121,17 +121,12 @@ class Calibration:
 
     @classmethod
     def load(cls, path: Path = CALIBRATION_FILE) -> Calibration:
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
+        if not Path(path).is_file():
             raise ToolkitError(
                 "no memory calibration: run `python -m bench.calibrate_memory` or use --memory-model reference",
                 path,
-            ) from None
-        try:
-            return cls(**data["fit"])
-        except (KeyError, TypeError) as exc:
-            raise ToolkitError(f"malformed memory calibration ({exc})", path) from None
+            )
+        return read_contract(path, lambda data: cls(**data["fit"]), what="memory calibration")
 
 
 @dataclass(frozen=True)

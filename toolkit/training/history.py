@@ -59,13 +59,17 @@ def write_log(path: Path, history: list[dict]) -> None:
 
 
 def read_log(path: Path) -> list[EpochRecord]:
+    """The epochs logged so far; none when there is no log yet. Lines that do not parse (a
+    log copied while being replaced) are skipped: the log is a progress view, not a contract."""
     if not Path(path).is_file():
         return []
-    return [
-        EpochRecord.from_dict(json.loads(line))
-        for line in Path(path).read_text().splitlines()
-        if line.strip()
-    ]
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            records.append(EpochRecord.from_dict(json.loads(line)))
+        except (json.JSONDecodeError, TypeError):
+            continue
+    return records
 
 
 def plot_progress(path: Path, history: list[dict], class_names: list[str]) -> None:
