@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.convert.stage import convert_task, dataset_paths_for, safe_extract
+from toolkit.convert.archive import safe_extract
+from toolkit.convert.stage import convert_task, dataset_paths_for
 from toolkit.errors import ToolkitError
 from toolkit.workspace import DatasetPaths
 

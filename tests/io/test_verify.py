@@ -10,7 +10,8 @@ from io_helpers import replace_array, rewrite
 
 from toolkit.errors import MissingStageError, ToolkitError
 from toolkit.io.nifti_scan import NiftiScan, scan
-from toolkit.verify.stage import Severity, require_valid, verify_dataset
+from toolkit.verify.report import Severity
+from toolkit.verify.stage import require_valid, verify_dataset
 from toolkit.workspace import DatasetPaths, channel_file, label_file
 
 CASE = "synthmr_002"

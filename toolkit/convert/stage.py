@@ -1,104 +1,48 @@
 """``toolkit convert``: a Medical Segmentation Decathlon task (folder or ``.tar``) -> ``raw/``.
 
-Sources accepted:
-
-* an MSD task folder (``dataset.json`` with ``modality``, ``labels``, ``training``, ``test``;
-  multi-modal images as one 4D NIfTI with the channels along the fourth axis);
-* its ``.tar`` archive (also ``.tar.gz``/``.tgz``), unpacked next to the output, never outside
-  its target folder: absolute names, ``..`` components, links out of it and special files
-  are refused before anything is written;
-* a dataset already in the converted layout (nnU-Net v2 raw: ``dataset.json`` with
-  ``channel_names``, ``imagesTr/CASE_0000<ending>``, ``labelsTr/CASE<ending>``), or a toolkit
-  dataset folder holding one in ``raw/``.
+Sources accepted (read by :mod:`toolkit.convert.sources`): an MSD task folder, its ``.tar``
+archive (also ``.tar.gz``/``.tgz``, unpacked safely by :mod:`toolkit.convert.archive`), or a
+dataset already in the converted (nnU-Net v2 raw) layout, or a toolkit dataset folder holding
+one in ``raw/``.
 
 Output: one ``.nii.gz`` per channel (spacing, origin and direction of the source's first three
-axes, exactly), integer labels (uint8, or uint16 beyond 255), and ``dataset.json``. Files whose
-names start with ``.`` are skipped. The source is only read. The new ``raw/`` is built under a
-temporary name and renamed into place when complete, so a killed convert leaves either no
-dataset or the previous one, never half of one.
+axes, exactly), integer labels (uint8, or uint16 beyond 255), written case by case by
+:mod:`toolkit.convert.cases`, and ``dataset.json``. Files whose names start with ``.`` are
+skipped. The source is only read. The new ``raw/`` is built under a temporary name and renamed
+into place when complete, so a killed convert leaves either no dataset or the previous one,
+never half of one. The new dataset is then verified (:mod:`toolkit.verify.stage`).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import posixpath
 import shutil
-import tarfile
-import zlib
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass
+from pathlib import Path
 
-import numpy as np
-import SimpleITK as sitk
 from rich.markup import escape
 
+from toolkit.convert.archive import TASK_ARCHIVE_SUFFIXES, is_archive, safe_extract, task_root
+from toolkit.convert.cases import CaseJob, convert_case
+from toolkit.convert.sources import Source, open_source
 from toolkit.errors import ToolkitError
-from toolkit.io.dataset_json import (
-    DatasetInfo,
-    parse_channel_names,
-    parse_labels,
-    test_cases,
-    training_cases,
-    write_dataset_info,
-)
-from toolkit.io.images import has_image_suffix, label_dtype, strip_image_suffix
-from toolkit.io.nifti_scan import scan
+from toolkit.io.dataset_json import DatasetInfo, write_dataset_info
 from toolkit.parallel import map_cases
-from toolkit.progress import info, track
-from toolkit.verify.stage import Report, choose_workers, verify_dataset
+from toolkit.progress import info
+from toolkit.verify.report import Report
+from toolkit.verify.stage import choose_workers, verify_dataset
 from toolkit.workspace import (
     FILE_ENDING,
     DatasetPaths,
     RawFolder,
-    channel_file,
     check_dataset_name,
-    label_file,
     resolve_workspace,
 )
 
-ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-FORMAT_MSD = "msd"
-FORMAT_RAW = "nnunetv2"
 # names of folders this module makes inside a dataset folder while it works
 _PARTIAL = ".raw-partial-"
 _OLD = ".raw-old-"
 _EXTRACT = ".extract-"
-_FILTER_ERRORS = (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()
-
-
-# ---------------------------------------------------------------------------------------------
-# what is converted
-
-
-@dataclass(frozen=True)
-class SourceCase:
-    """One case of the source: its image file(s) and label file."""
-
-    case: str
-    images: tuple[Path, ...]  # one (maybe 4D) file for MSD; one file per channel for nnU-Net v2
-    label: Path | None
-
-
-@dataclass(frozen=True)
-class Source:
-    """A task ready to convert: where it is, what its dataset.json says, its cases."""
-
-    root: Path
-    format: str  # FORMAT_MSD or FORMAT_RAW
-    channel_names: dict[str, str]
-    labels: dict[str, int]
-    training: list[SourceCase]
-    test: list[SourceCase]
-    name: str = ""
-    description: str = ""
-    licence: str = ""
-    reference: str = ""
-    notes: list[str] = field(default_factory=list)  # things the user should hear about
-
-
-def is_archive(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
 def default_dataset_name(source: str | Path) -> str:
@@ -107,399 +51,11 @@ def default_dataset_name(source: str | Path) -> str:
     name = source.name
     if source.is_dir() and name == "raw" and (source / "dataset.json").is_file():
         name = source.resolve().parent.name  # a toolkit dataset's raw/ folder
-    for suffix in ARCHIVE_SUFFIXES:
+    for suffix in TASK_ARCHIVE_SUFFIXES:
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
             break
     return check_dataset_name(name)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ToolkitError(f"not valid JSON ({exc})", path) from None
-    if not isinstance(data, dict):
-        raise ToolkitError("dataset.json must hold a JSON object", path)
-    return data
-
-
-def _inside(root: Path, relative: str, what: str, json_path: Path) -> Path:
-    """``root/relative`` for a path listed in dataset.json, refusing one that leaves ``root``."""
-    pure = PurePosixPath(relative.replace("\\", "/"))
-    if pure.is_absolute() or ".." in pure.parts:
-        raise ToolkitError(f"{what} {relative!r} points outside the task folder", json_path)
-    return root.joinpath(*[p for p in pure.parts if p != "."])
-
-
-def _listed_image(entry: object, key: str, root: Path, json_path: Path) -> Path:
-    value = entry.get(key) if isinstance(entry, dict) else entry
-    if not isinstance(value, str) or not value:
-        raise ToolkitError(f"entry {entry!r} has no {key!r} path", json_path)
-    return _inside(root, value, key, json_path)
-
-
-def read_msd_task(root: Path) -> Source:
-    """An MSD task folder's dataset.json and the cases it lists (junk ``._`` files skipped)."""
-    json_path = root / "dataset.json"
-    data = _read_json(json_path)
-    modality = data.get("modality", data.get("channel_names"))
-    channel_names = parse_channel_names(modality, json_path)
-    labels = parse_labels(data.get("labels"), json_path)
-    notes: list[str] = []
-
-    def case_of(path: Path) -> str:
-        return strip_image_suffix(path.name)
-
-    training: list[SourceCase] = []
-    if isinstance(data.get("training"), list):
-        for entry in data["training"]:
-            image = _listed_image(entry, "image", root, json_path)
-            label = _listed_image(entry, "label", root, json_path)
-            if image.name.startswith("."):
-                continue
-            training.append(SourceCase(case_of(image), (image,), label))
-    else:
-        for image in _image_files(root / "imagesTr"):
-            training.append(SourceCase(case_of(image), (image,), root / "labelsTr" / image.name))
-        notes.append("dataset.json lists no 'training' cases; took every image in imagesTr")
-    test: list[SourceCase] = []
-    if isinstance(data.get("test"), list):
-        for entry in data["test"]:
-            image = _listed_image(entry, "image", root, json_path)
-            if not image.name.startswith("."):
-                test.append(SourceCase(case_of(image), (image,), None))
-    else:
-        test = [SourceCase(case_of(p), (p,), None) for p in _image_files(root / "imagesTs")]
-
-    listed = {c.images[0].name for c in training}
-    unlisted = [p.name for p in _image_files(root / "imagesTr") if p.name not in listed]
-    if unlisted:
-        notes.append(
-            f"{len(unlisted)} image(s) in imagesTr not listed in dataset.json were left out, e.g. {unlisted[0]}"
-        )
-    declared = data.get("numTraining")
-    if isinstance(declared, int) and declared != len(training):
-        notes.append(
-            f"dataset.json says numTraining {declared} but lists {len(training)} training cases"
-        )
-    _check_unique(training + test, json_path)
-    return Source(
-        root=root,
-        format=FORMAT_MSD,
-        channel_names=channel_names,
-        labels=labels,
-        training=training,
-        test=test,
-        name=str(data.get("name") or ""),
-        description=str(data.get("description") or ""),
-        licence=str(data.get("licence") or data.get("license") or ""),
-        reference=str(data.get("reference") or ""),
-        notes=notes,
-    )
-
-
-def _image_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and has_image_suffix(p)
-    )
-
-
-def _check_unique(cases: list[SourceCase], json_path: Path) -> None:
-    seen: set[str] = set()
-    for c in cases:
-        if c.case in seen:
-            raise ToolkitError(f"case {c.case!r} is listed twice", json_path)
-        seen.add(c.case)
-
-
-def read_raw_dataset(root: Path) -> Source:
-    """A dataset already in the converted (nnU-Net v2 raw) layout."""
-    folder = RawFolder(root)
-    data = _read_json(folder.dataset_json)
-    info = DatasetInfo.from_json(data, folder.dataset_json)
-    training = [SourceCase(c.case, tuple(c.images), c.label) for c in training_cases(folder, info)]
-    test = [SourceCase(c.case, tuple(c.images), None) for c in test_cases(folder, info)]
-    return Source(
-        root=root,
-        format=FORMAT_RAW,
-        channel_names=info.channel_names,
-        labels=info.labels,
-        training=training,
-        test=test,
-        name=info.name,
-        description=info.description,
-        licence=info.licence,
-        reference=info.reference,
-    )
-
-
-def open_source(folder: Path) -> Source:
-    """Recognise the layout of an (unpacked) task folder."""
-    if not (folder / "dataset.json").is_file() and (folder / "raw" / "dataset.json").is_file():
-        folder = folder / "raw"  # a toolkit dataset folder
-    json_path = folder / "dataset.json"
-    if not json_path.is_file():
-        raise ToolkitError(
-            "no dataset.json: not an MSD task folder nor a converted dataset", folder
-        )
-    data = _read_json(json_path)
-    if "channel_names" in data and "modality" not in data:
-        return read_raw_dataset(folder)
-    if "modality" in data:
-        return read_msd_task(folder)
-    raise ToolkitError(
-        "dataset.json has neither 'modality' (MSD) nor 'channel_names' (converted layout)",
-        json_path,
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# safe unpacking
-
-
-def _member_problem(member: tarfile.TarInfo) -> str | None:
-    """Why a member may not be unpacked (``None`` when it may)."""
-    name = member.name
-    pure = PurePosixPath(name)
-    if pure.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        return "has an absolute path"
-    if ".." in pure.parts or ".." in PurePosixPath(name.replace("\\", "/")).parts:
-        return "has a '..' component"
-    if member.issym() or member.islnk():
-        target = member.linkname
-        if PurePosixPath(target).is_absolute() or target.startswith("\\"):
-            return f"is a link to the absolute path {target!r}"
-        base = str(pure.parent) if member.issym() else ""
-        resolved = posixpath.normpath(posixpath.join(base, target))
-        if resolved == ".." or resolved.startswith("../") or ".." in PurePosixPath(target).parts:
-            return f"is a link pointing out of the archive's folder ({target!r})"
-        return None
-    if not (member.isfile() or member.isdir()):
-        return "is a special file (device, fifo)"
-    return None
-
-
-def safe_extract(archive: Path, target: Path, quiet: bool = False) -> None:
-    """Unpack ``archive`` into ``target``; every member is checked before anything is written."""
-    try:
-        tar = tarfile.open(archive)
-    except (tarfile.TarError, OSError) as exc:
-        raise ToolkitError(f"not a readable tar archive ({exc})", archive) from None
-    with tar:
-        try:
-            members = tar.getmembers()
-        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-            raise ToolkitError(f"truncated or corrupt archive ({exc})", archive) from None
-        for member in members:
-            problem = _member_problem(member)
-            if problem is not None:
-                raise ToolkitError(f"refusing to unpack: member {member.name!r} {problem}", archive)
-        target.mkdir(parents=True, exist_ok=True)
-        root = target.resolve()
-        for member in track(members, f"unpack {archive.name}", quiet=quiet):
-            # links unpacked earlier could redirect a later member: check where it really lands
-            destination = Path(os.path.realpath(root / member.name))
-            if destination != root and root not in destination.parents:
-                raise ToolkitError(
-                    f"refusing to unpack: member {member.name!r} would land outside the target",
-                    archive,
-                )
-            try:
-                if hasattr(tarfile, "data_filter"):
-                    tar.extract(member, root, set_attrs=False, filter="data")
-                else:
-                    tar.extract(member, root, set_attrs=False)
-            except _FILTER_ERRORS as exc:
-                raise ToolkitError(f"refusing to unpack: {exc}", archive) from None
-            except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-                raise ToolkitError(f"truncated or corrupt archive ({exc})", archive) from None
-
-
-def _task_root(extracted: Path, archive: Path) -> Path:
-    """The folder with dataset.json: the unpack folder itself or its single task folder."""
-    if (extracted / "dataset.json").is_file():
-        return extracted
-    folders = [p for p in extracted.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    if len(folders) == 1:
-        inner = folders[0]
-        if (inner / "dataset.json").is_file() or (inner / "raw" / "dataset.json").is_file():
-            return inner
-    raise ToolkitError("holds no task folder with a dataset.json", archive)
-
-
-# ---------------------------------------------------------------------------------------------
-# one case (runs in worker processes)
-
-
-@dataclass(frozen=True)
-class CaseJob:
-    source: SourceCase
-    format: str
-    num_channels: int
-    images_out: Path
-    labels_out: Path | None
-    max_label: int
-
-
-@dataclass(frozen=True)
-class CaseResult:
-    case: str
-    problem: str | None  # one line naming the file, or None when converted
-
-
-def _read(path: Path) -> sitk.Image:
-    """A source image, refusing a truncated file that SimpleITK would read as zeros."""
-    if not path.is_file():
-        raise ToolkitError("file not found", path)
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-        payload = scan(path)
-        if payload.problem is not None:
-            raise ToolkitError(payload.problem, path)
-        if payload.nonfinite:
-            raise ToolkitError(
-                f"holds {payload.nonfinite} NaN or inf values (they would be read as 0)", path
-            )
-        image = reader.Execute()
-    except RuntimeError:
-        raise ToolkitError("unreadable image (not a file SimpleITK can read)", path) from None
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise ToolkitError(
-            f"has {image.GetNumberOfComponentsPerPixel()} values per pixel; expected scalar images",
-            path,
-        )
-    return image
-
-
-def _first_axes(image: sitk.Image, array: np.ndarray, dim: int, path: Path) -> sitk.Image:
-    """``array`` as an image with the geometry of ``image``'s first ``dim`` axes."""
-    full = image.GetDimension()
-    out = sitk.GetImageFromArray(array, isVector=False)
-    out.SetSpacing(image.GetSpacing()[:dim])
-    out.SetOrigin(image.GetOrigin()[:dim])
-    direction = np.asarray(image.GetDirection()).reshape(full, full)[:dim, :dim]
-    try:
-        out.SetDirection(tuple(float(v) for v in direction.ravel()))
-    except RuntimeError:
-        raise ToolkitError(
-            "its direction's first three axes do not form a valid direction matrix", path
-        ) from None
-    return out
-
-
-def _write(image: sitk.Image, path: Path) -> None:
-    # straight into the partial folder: renaming that whole folder is the atomic step, so a
-    # temporary file and fsync per image would only cost time
-    sitk.WriteImage(image, str(path), useCompression=True)
-
-
-def _split_channels(path: Path, num_channels: int) -> list[sitk.Image]:
-    """One image per channel: a 4D MSD image split along its fourth axis, else the image."""
-    image = _read(path)
-    dim = image.GetDimension()
-    if dim == 4:
-        channels = image.GetSize()[3]
-        if channels != num_channels:
-            raise ToolkitError(
-                f"has {channels} channels along its fourth axis but dataset.json declares {num_channels} modalities",
-                path,
-            )
-        array = sitk.GetArrayViewFromImage(image)  # (c, z, y, x)
-        return [
-            _first_axes(image, np.ascontiguousarray(array[c]), 3, path) for c in range(channels)
-        ]
-    if dim in (2, 3):
-        if num_channels != 1:
-            raise ToolkitError(
-                f"is a {dim}D image with one channel but dataset.json declares {num_channels} modalities "
-                "(multi-modal MSD images are 4D)",
-                path,
-            )
-        return [image]
-    raise ToolkitError(f"is {dim}D; expected a 2D, 3D or 4D (multi-modal) image", path)
-
-
-def convert_label(image: sitk.Image, path: Path, max_declared: int) -> sitk.Image:
-    """Integer label image (uint8, uint16 beyond 255); float labels must hold whole numbers."""
-    dim = image.GetDimension()
-    array = sitk.GetArrayFromImage(image)
-    if dim == 4 and image.GetSize()[3] == 1:
-        array, dim = array[0], 3
-    elif dim not in (2, 3):
-        raise ToolkitError(f"is a {dim}D label; expected 2D or 3D", path)
-    if array.dtype.kind == "f":
-        if not np.isfinite(array).all():
-            raise ToolkitError("label holds NaN or inf values", path)
-        whole = np.equal(np.round(array), array)
-        if not whole.all():
-            raise ToolkitError(
-                f"label holds values that are not whole numbers (e.g. {float(array[~whole].flat[0]):g})",
-                path,
-            )
-    elif array.dtype.kind not in "iub":
-        raise ToolkitError(
-            f"label has pixel type {array.dtype}; expected integers or whole floats", path
-        )
-    low = int(array.min()) if array.size else 0
-    high = int(array.max()) if array.size else 0
-    if low < 0:
-        raise ToolkitError(f"label holds the negative value {low}", path)
-    if high > np.iinfo(np.uint16).max:
-        raise ToolkitError(
-            f"label holds the value {high}; at most 65535 labels are supported", path
-        )
-    out = array.astype(label_dtype(max(high, max_declared)))
-    return (
-        _first_axes(image, out, dim, path)
-        if image.GetDimension() != dim
-        else _same_geometry(image, out)
-    )
-
-
-def _same_geometry(image: sitk.Image, array: np.ndarray) -> sitk.Image:
-    out = sitk.GetImageFromArray(array, isVector=False)
-    out.CopyInformation(image)
-    return out
-
-
-def convert_case(job: CaseJob) -> CaseResult:
-    """Write one case's channel files (and label); a data problem is returned, not raised."""
-    case = job.source.case
-    try:
-        if job.format == FORMAT_MSD:
-            channels = _split_channels(job.source.images[0], job.num_channels)
-        else:
-            channels = []
-            for path in job.source.images:
-                image = _read(path)
-                if image.GetDimension() not in (2, 3):
-                    raise ToolkitError(
-                        f"is {image.GetDimension()}D; expected 2D or 3D (one channel per file)",
-                        path,
-                    )
-                channels.append(image)
-        if job.source.label is not None and job.labels_out is not None:
-            label = convert_label(_read(job.source.label), job.source.label, job.max_label)
-        else:
-            label = None
-        for c, image in enumerate(channels):
-            _write(image, job.images_out / channel_file(case, c))
-        if label is not None and job.labels_out is not None:
-            _write(label, job.labels_out / label_file(case))
-    except ToolkitError as exc:
-        return CaseResult(case, exc.one_line())
-    return CaseResult(case, None)
-
-
-# ---------------------------------------------------------------------------------------------
-# the whole conversion
 
 
 @dataclass
@@ -592,7 +148,7 @@ def convert_task(
         if is_archive(source):
             shutil.rmtree(extract_dir, ignore_errors=True)
             safe_extract(source, extract_dir, quiet=quiet)
-            task = open_source(_task_root(extract_dir, source))
+            task = open_source(task_root(extract_dir, source))
         else:
             task = open_source(source)
         for note in task.notes:

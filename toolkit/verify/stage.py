@@ -1,146 +1,27 @@
 """Integrity checks of a converted dataset (``toolkit verify``), run first by every later stage.
 
-What is checked, per case (training and test):
-
-* every channel file (and the label of a training case) exists and is readable, headers and
-  pixel data alike: a truncated ``.nii.gz`` is found by reading its gzip stream to the end,
-  because SimpleITK fills the missing part with zeros without a word;
-* each case's channels and label share shape, spacing (relative tolerance 1e-4), origin and
-  direction; one value per pixel; the same dimension (2D or 3D) as the rest of the dataset;
-* images hold no NaN or inf; labels hold whole numbers, declared in ``dataset.json``;
-* a training case whose label holds no foreground is a warning, not an error.
-
-And for the dataset: ``dataset.json`` is valid, its ``numTraining`` matches the cases found,
-the channel files match ``channel_names`` (no ``CASE_0002`` when two channels are declared).
-
-Results of cases without errors are cached in ``raw/.verified.json``, keyed by each file's
-size and modification time and by ``dataset.json``'s, so verifying unchanged data again only
-reads the directory listing.
+The rules are in :mod:`toolkit.verify.checks` (per case, run in worker processes, and for the
+folder as a whole), the outcome in :mod:`toolkit.verify.report`. Results of cases without
+errors are cached in ``raw/.verified.json`` (:mod:`toolkit.verify.cache`), so verifying
+unchanged data again only reads the directory listing.
 """
 
 from __future__ import annotations
 
-import json
-from collections import Counter
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import SimpleITK as sitk
-
-from toolkit.core.labels import foreground_labels
 from toolkit.errors import ToolkitError
-from toolkit.io.atomic import write_json
-from toolkit.io.dataset_json import (
-    CaseFiles,
-    DatasetInfo,
-    load_dataset_info,
-    test_cases,
-    training_cases,
-)
-from toolkit.io.images import Geometry
-from toolkit.io.nifti_scan import is_nifti, scan
+from toolkit.io.dataset_json import CaseFiles, load_dataset_info, test_cases, training_cases
 from toolkit.parallel import map_cases
 from toolkit.progress import default_workers
+from toolkit.verify.cache import VerifyCache, case_key, case_stats, file_stat
+from toolkit.verify.checks import CaseCheck, check_case, dimension_problems, folder_problems
+from toolkit.verify.report import Problem, Report, count_phrase
 from toolkit.workspace import DatasetPaths, RawFolder
 
-CACHE_VERSION = 1
-SPACING_RTOL = 1e-4
 # below this much data, starting worker processes (about a second each) costs more than it saves
 PARALLEL_MIN_BYTES = 32 << 20
-
-
-class Severity(str, Enum):
-    ERROR = "error"
-    WARNING = "warning"
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a dataset: which case, which file, what."""
-
-    case: str  # "" for the dataset as a whole
-    file: Path | None
-    message: str
-    severity: Severity = Severity.ERROR
-
-    @property
-    def is_error(self) -> bool:
-        return self.severity is Severity.ERROR
-
-    def line(self) -> str:
-        parts = [self.severity.value]
-        if self.case:
-            parts.append(f"case {self.case}")
-        if self.file is not None:
-            parts.append(str(self.file))
-        return ": ".join(parts) + f": {self.message}"
-
-    def to_json(self, root: Path) -> dict[str, Any]:
-        file = None
-        if self.file is not None:
-            file = (
-                str(self.file.relative_to(root))
-                if self.file.is_relative_to(root)
-                else str(self.file)
-            )
-        return {
-            "case": self.case,
-            "file": file,
-            "message": self.message,
-            "severity": self.severity.value,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any], root: Path) -> Problem:
-        file = data.get("file")
-        return cls(
-            case=data["case"],
-            file=None if file is None else root / file,
-            message=data["message"],
-            severity=Severity(data["severity"]),
-        )
-
-
-@dataclass
-class Report:
-    """The outcome of verifying one dataset."""
-
-    folder: Path
-    problems: list[Problem] = field(default_factory=list)
-    training_cases: int = 0
-    test_cases: int = 0
-    cases_read: int = 0  # cases whose files were read this time (the rest came from the cache)
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.is_error]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if not p.is_error]
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-    @property
-    def broken_cases(self) -> list[str]:
-        return sorted({p.case for p in self.errors if p.case})
-
-    def summary(self) -> str:
-        cached = self.training_cases + self.test_cases - self.cases_read
-        note = f" ({cached} unchanged since the last check)" if cached else ""
-        return (
-            f"{self.training_cases} training and {self.test_cases} test cases{note}: "
-            f"{_count(len(self.errors), 'error')}, {_count(len(self.warnings), 'warning')}"
-        )
-
-
-def _count(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def choose_workers(requested: int | None, files: list[Path]) -> int:
@@ -156,334 +37,6 @@ def choose_workers(requested: int | None, files: list[Path]) -> int:
         if total >= PARALLEL_MIN_BYTES:
             return default_workers(None)
     return 1
-
-
-# ---------------------------------------------------------------------------------------------
-# one file
-
-
-@dataclass
-class _ReadFile:
-    geometry: Geometry | None = None
-    array: np.ndarray | None = None
-    nonfinite: int = 0  # NaN/inf found in the file's bytes (SimpleITK reads NaN in NIfTI as 0)
-    problems: list[str] = field(default_factory=list)
-
-
-def _read_file(path: Path, pixels: bool) -> _ReadFile:
-    """Header (and pixel data when asked) of one image file, problems as phrases."""
-    result = _ReadFile()
-    if not path.is_file():
-        result.problems.append("missing")
-        return result
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        result.problems.append("unreadable (not an image SimpleITK can read)")
-        return result
-    if reader.GetDimension() not in (2, 3):
-        result.problems.append(
-            f"is {reader.GetDimension()}D; expected a 2D or 3D image (one channel per file)"
-        )
-        return result
-    if reader.GetNumberOfComponents() != 1:
-        result.problems.append(
-            f"has {reader.GetNumberOfComponents()} values per pixel; expected one channel per file"
-        )
-        return result
-    result.geometry = Geometry(
-        spacing=tuple(reader.GetSpacing()),
-        origin=tuple(reader.GetOrigin()),
-        direction=tuple(reader.GetDirection()),
-        size=tuple(reader.GetSize()),
-    )
-    if any(s <= 0 for s in result.geometry.spacing):
-        result.problems.append(f"spacing {result.geometry.spacing} is not positive")
-    payload = scan(path)
-    if payload.problem is not None:
-        result.problems.append(payload.problem)
-        return result
-    result.nonfinite = payload.nonfinite
-    if pixels:
-        try:
-            result.array = sitk.GetArrayFromImage(reader.Execute())
-        except RuntimeError:
-            result.problems.append("unreadable pixel data (truncated or corrupt file)")
-    return result
-
-
-def _geometry_phrase(this: Geometry, reference: Geometry, reference_name: str) -> str | None:
-    """How ``this`` differs from its case's reference channel, or ``None``."""
-    if this.dimension != reference.dimension:
-        return f"is {this.dimension}D but {reference_name} is {reference.dimension}D"
-    problem = this.matches(reference, rtol=SPACING_RTOL)
-    if problem is None:
-        return None
-    if " != " in problem:  # "spacing A != B"
-        mine, theirs = problem.split(" != ", 1)
-        return f"{mine} differs from {reference_name} ({theirs})"
-    return f"{problem} from {reference_name}"
-
-
-def _label_values(array: np.ndarray) -> tuple[np.ndarray | None, str | None]:
-    """Distinct values of a label array, or a phrase saying why they are not whole numbers."""
-    if array.dtype.kind == "f":
-        finite = np.isfinite(array)
-        if not finite.all():
-            return (
-                None,
-                f"holds {int(array.size - finite.sum())} NaN or inf values; labels must be whole numbers",
-            )
-        whole = np.equal(np.round(array), array)
-        if not whole.all():
-            example = float(array[~whole].flat[0])
-            return (
-                None,
-                f"holds values that are not whole numbers (e.g. {example:g}); labels must be whole numbers",
-            )
-    if array.dtype.kind in "iu" and array.size and array.min() >= 0 and array.max() < 1 << 20:
-        counts = np.bincount(array.ravel().astype(np.int64, copy=False))
-        return np.flatnonzero(counts), None
-    return np.unique(array), None
-
-
-# ---------------------------------------------------------------------------------------------
-# one case (runs in worker processes: plain arguments, plain results)
-
-
-@dataclass(frozen=True)
-class CaseCheck:
-    case: str
-    images: tuple[Path, ...]
-    label: Path | None
-    declared_labels: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class CaseOutcome:
-    case: str
-    problems: tuple[Problem, ...]
-    dimension: int | None  # of channel 0, when readable
-
-
-def check_case(check: CaseCheck) -> CaseOutcome:
-    """Every per-case rule of the module docstring for one case."""
-    problems: list[Problem] = []
-
-    def add(file: Path, message: str, severity: Severity = Severity.ERROR) -> None:
-        problems.append(Problem(check.case, file, message, severity))
-
-    reference: tuple[Geometry, str] | None = None
-    for channel, path in enumerate(check.images):
-        # a NIfTI image's bytes were scanned for NaN already; decoding it again finds nothing new
-        read = _read_file(path, pixels=not is_nifti(path))
-        for message in read.problems:
-            add(
-                path,
-                message if channel == 0 or message != "missing" else f"missing (channel {channel})",
-            )
-        if read.geometry is None:
-            continue
-        if reference is None:
-            reference = (read.geometry, path.name)
-        else:
-            phrase = _geometry_phrase(read.geometry, *reference)
-            if phrase is not None:
-                add(path, phrase)
-        bad = read.nonfinite
-        if read.array is not None and read.array.dtype.kind in "fc":
-            bad = max(bad, int(read.array.size - np.isfinite(read.array).sum()))
-        if bad:
-            add(path, f"holds {bad} NaN or inf values")
-    if check.label is not None:
-        read = _read_file(check.label, pixels=True)
-        for message in read.problems:
-            add(check.label, message)
-        if read.geometry is not None and reference is not None:
-            phrase = _geometry_phrase(read.geometry, *reference)
-            if phrase is not None:
-                add(check.label, phrase)
-        if read.nonfinite:
-            add(
-                check.label,
-                f"holds {read.nonfinite} NaN or inf values; labels must be whole numbers",
-            )
-        elif read.array is not None:
-            values, phrase = _label_values(read.array)
-            if phrase is not None:
-                add(check.label, phrase)
-            elif values is not None:
-                undeclared = sorted(set(values.tolist()) - set(check.declared_labels))
-                if undeclared:
-                    declared = ", ".join(str(v) for v in check.declared_labels)
-                    add(
-                        check.label,
-                        f"holds label values {_list(undeclared)} not declared in dataset.json (declared: {declared})",
-                    )
-                elif not any(v != 0 for v in values.tolist()):
-                    add(check.label, "holds no foreground (only background)", Severity.WARNING)
-    dimension = reference[0].dimension if reference is not None else None
-    return CaseOutcome(check.case, tuple(problems), dimension)
-
-
-def _list(values: list) -> str:
-    shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values[:10])
-    return shown + (f" and {len(values) - 10} more" if len(values) > 10 else "")
-
-
-# ---------------------------------------------------------------------------------------------
-# the cache
-
-
-def _stat(path: Path) -> list[int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns]
-
-
-def _case_key(split: str, case: str) -> str:
-    return f"{split}/{case}"
-
-
-def _case_stats(files: CaseFiles, root: Path) -> dict[str, list[int] | None]:
-    paths = list(files.images) + ([files.label] if files.label is not None else [])
-    return {str(p.relative_to(root)): _stat(p) for p in paths}
-
-
-@dataclass
-class _Cache:
-    dataset_json: list[int] | None
-    cases: dict[str, dict[str, Any]]
-
-    @classmethod
-    def load(cls, folder: RawFolder) -> _Cache:
-        stat = _stat(folder.dataset_json)
-        try:
-            data = json.loads(folder.verify_cache.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return cls(stat, {})
-        if (
-            not isinstance(data, dict)
-            or data.get("version") != CACHE_VERSION
-            or data.get("dataset_json") != stat
-        ):
-            return cls(stat, {})
-        cases = data.get("cases")
-        return cls(stat, cases if isinstance(cases, dict) else {})
-
-    def lookup(self, key: str, stats: dict[str, list[int] | None]) -> dict[str, Any] | None:
-        entry = self.cases.get(key)
-        if entry is None or entry.get("files") != stats or None in stats.values():
-            return None
-        return entry
-
-    def save(self, folder: RawFolder) -> None:
-        try:
-            write_json(
-                folder.verify_cache,
-                {"version": CACHE_VERSION, "dataset_json": self.dataset_json, "cases": self.cases},
-            )
-        except OSError:
-            pass  # a read-only dataset is verified every time, which is correct, only slower
-
-
-# ---------------------------------------------------------------------------------------------
-# the dataset
-
-
-def _folder_problems(
-    folder: RawFolder, info: DatasetInfo, training: list[CaseFiles], test: list[CaseFiles]
-) -> list[Problem]:
-    """Rules about the dataset as a whole (cheap: listings and dataset.json only)."""
-    problems: list[Problem] = []
-    if not training:
-        problems.append(
-            Problem(
-                "",
-                folder.images_tr,
-                f"no training cases (CASE_0000{info.file_ending} with labelsTr/CASE{info.file_ending})",
-            )
-        )
-    if info.num_training != len(training):
-        problems.append(
-            Problem(
-                "",
-                folder.dataset_json,
-                f"numTraining is {info.num_training} but {len(training)} training cases were found",
-            )
-        )
-    if not foreground_labels(info.label_values):
-        problems.append(
-            Problem("", folder.dataset_json, "declares no foreground label (only background)")
-        )
-    pattern_cases = {"imagesTr": {c.case for c in training}, "imagesTs": {c.case for c in test}}
-    for directory, cases in (
-        (folder.images_tr, pattern_cases["imagesTr"]),
-        (folder.images_ts, pattern_cases["imagesTs"]),
-    ):
-        if not directory.is_dir():
-            continue
-        expected = {
-            p.name for c in (training if directory == folder.images_tr else test) for p in c.images
-        }
-        for path in sorted(directory.iterdir()):
-            if path.name.startswith(".") or path.name in expected:
-                continue
-            case = _case_of_channel_file(path.name, info.file_ending)
-            if case is not None and case in cases:
-                problems.append(
-                    Problem(
-                        case,
-                        path,
-                        f"is a channel beyond those in dataset.json's channel_names ({info.num_channels}: {', '.join(info.channels)})",
-                    )
-                )
-            else:
-                problems.append(
-                    Problem(
-                        "",
-                        path,
-                        f"is not a channel file CASE_NNNN{info.file_ending}; ignored",
-                        Severity.WARNING,
-                    )
-                )
-    if folder.labels_tr.is_dir():
-        known = {c.label.name for c in training if c.label is not None}
-        for path in sorted(folder.labels_tr.iterdir()):
-            if not path.name.startswith(".") and path.name not in known:
-                problems.append(
-                    Problem(
-                        "",
-                        path,
-                        f"is not a label file CASE{info.file_ending}; ignored",
-                        Severity.WARNING,
-                    )
-                )
-    return problems
-
-
-def _case_of_channel_file(name: str, file_ending: str) -> str | None:
-    if not name.endswith(file_ending):
-        return None
-    stem = name[: -len(file_ending)]
-    case, _, channel = stem.rpartition("_")
-    return case if case and len(channel) == 4 and channel.isdigit() else None
-
-
-def _dimension_problems(outcomes: list[tuple[CaseFiles, int | None]]) -> list[Problem]:
-    dims = Counter(d for _, d in outcomes if d is not None)
-    if len(dims) <= 1:
-        return []
-    usual = dims.most_common(1)[0][0]
-    return [
-        Problem(files.case, files.images[0], f"is {d}D while the other cases are {usual}D")
-        for files, d in outcomes
-        if d is not None and d != usual
-    ]
 
 
 def verify_folder(
@@ -502,17 +55,19 @@ def verify_folder(
     training = training_cases(folder, info)
     test = test_cases(folder, info)
     report.training_cases, report.test_cases = len(training), len(test)
-    report.problems.extend(_folder_problems(folder, info, training, test))
+    report.problems.extend(folder_problems(folder, info, training, test))
 
-    cache = _Cache.load(folder) if use_cache else _Cache(_stat(folder.dataset_json), {})
+    cache = (
+        VerifyCache.load(folder) if use_cache else VerifyCache(file_stat(folder.dataset_json), {})
+    )
     declared = tuple(info.label_values)
     dims: list[tuple[CaseFiles, int | None]] = []
     to_check: list[tuple[str, CaseFiles, dict[str, list[int] | None]]] = []
     fresh: dict[str, dict[str, Any]] = {}
     for split, cases in (("train", training), ("test", test)):
         for files in cases:
-            key = _case_key(split, files.case)
-            stats = _case_stats(files, folder.root)
+            key = case_key(split, files.case)
+            stats = case_stats(files, folder.root)
             entry = cache.lookup(key, stats) if use_cache else None
             if entry is None:
                 to_check.append((key, files, stats))
@@ -544,7 +99,7 @@ def verify_folder(
                 "dimension": outcome.dimension,
                 "problems": [p.to_json(folder.root) for p in outcome.problems],
             }
-    report.problems.extend(_dimension_problems(dims))
+    report.problems.extend(dimension_problems(dims))
     report.problems.sort(key=lambda p: (p.case, str(p.file), p.message))
     if use_cache and (fresh != cache.cases or not folder.verify_cache.is_file()):
         cache.cases = fresh
@@ -574,16 +129,16 @@ def require_valid(paths: DatasetPaths, workers: int | None = None, quiet: bool =
 def listed_message(report: Report) -> str:
     """The closing line of a report whose problems were just printed one per line."""
     cases = report.broken_cases
-    scope = f" in {_count(len(cases), 'case')}" if cases else ""
-    return f"{_count(len(report.errors), 'error')}{scope}, listed above"
+    scope = f" in {count_phrase(len(cases), 'case')}" if cases else ""
+    return f"{count_phrase(len(report.errors), 'error')}{scope}, listed above"
 
 
 def invalid_message(report: Report, dataset: str) -> str:
     first = report.errors[0]
     where = f"case {first.case}: " if first.case else ""
     cases = report.broken_cases
-    scope = f" in {_count(len(cases), 'case')}" if cases else ""
+    scope = f" in {count_phrase(len(cases), 'case')}" if cases else ""
     return (
-        f"{_count(len(report.errors), 'error')}{scope} (first: {where}{first.file.name if first.file else ''}: "
+        f"{count_phrase(len(report.errors), 'error')}{scope} (first: {where}{first.file.name if first.file else ''}: "
         f"{first.message}); run `toolkit verify {dataset}` to list them"
     )

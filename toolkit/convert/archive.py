@@ -1,0 +1,93 @@
+"""Unpacking a task's ``.tar`` archive (also ``.tar.gz``/``.tgz``) for ``toolkit convert``.
+
+The archive is unpacked next to the output, never outside its target folder: absolute names,
+``..`` components, links out of it and special files are refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tarfile
+import zlib
+from pathlib import Path, PurePosixPath
+
+from toolkit.errors import ToolkitError
+from toolkit.progress import track
+
+TASK_ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+_FILTER_ERRORS = (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()
+
+
+def is_archive(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(TASK_ARCHIVE_SUFFIXES)
+
+
+def _member_problem(member: tarfile.TarInfo) -> str | None:
+    """Why a member may not be unpacked (``None`` when it may)."""
+    name = member.name
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return "has an absolute path"
+    if ".." in pure.parts or ".." in PurePosixPath(name.replace("\\", "/")).parts:
+        return "has a '..' component"
+    if member.issym() or member.islnk():
+        target = member.linkname
+        if PurePosixPath(target).is_absolute() or target.startswith("\\"):
+            return f"is a link to the absolute path {target!r}"
+        base = str(pure.parent) if member.issym() else ""
+        resolved = posixpath.normpath(posixpath.join(base, target))
+        if resolved == ".." or resolved.startswith("../") or ".." in PurePosixPath(target).parts:
+            return f"is a link pointing out of the archive's folder ({target!r})"
+        return None
+    if not (member.isfile() or member.isdir()):
+        return "is a special file (device, fifo)"
+    return None
+
+
+def safe_extract(archive: Path, target: Path, quiet: bool = False) -> None:
+    """Unpack ``archive`` into ``target``; every member is checked before anything is written."""
+    try:
+        tar = tarfile.open(archive)
+    except (tarfile.TarError, OSError) as exc:
+        raise ToolkitError(f"not a readable tar archive ({exc})", archive) from None
+    with tar:
+        try:
+            members = tar.getmembers()
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+            raise ToolkitError(f"truncated or corrupt archive ({exc})", archive) from None
+        for member in members:
+            problem = _member_problem(member)
+            if problem is not None:
+                raise ToolkitError(f"refusing to unpack: member {member.name!r} {problem}", archive)
+        target.mkdir(parents=True, exist_ok=True)
+        root = target.resolve()
+        for member in track(members, f"unpack {archive.name}", quiet=quiet):
+            # links unpacked earlier could redirect a later member: check where it really lands
+            destination = Path(os.path.realpath(root / member.name))
+            if destination != root and root not in destination.parents:
+                raise ToolkitError(
+                    f"refusing to unpack: member {member.name!r} would land outside the target",
+                    archive,
+                )
+            try:
+                if hasattr(tarfile, "data_filter"):
+                    tar.extract(member, root, set_attrs=False, filter="data")
+                else:
+                    tar.extract(member, root, set_attrs=False)
+            except _FILTER_ERRORS as exc:
+                raise ToolkitError(f"refusing to unpack: {exc}", archive) from None
+            except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+                raise ToolkitError(f"truncated or corrupt archive ({exc})", archive) from None
+
+
+def task_root(extracted: Path, archive: Path) -> Path:
+    """The folder with dataset.json: the unpack folder itself or its single task folder."""
+    if (extracted / "dataset.json").is_file():
+        return extracted
+    folders = [p for p in extracted.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if len(folders) == 1:
+        inner = folders[0]
+        if (inner / "dataset.json").is_file() or (inner / "raw" / "dataset.json").is_file():
+            return inner
+    raise ToolkitError("holds no task folder with a dataset.json", archive)
