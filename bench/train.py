@@ -368,7 +368,7 @@ def main(argv: list[str]) -> int:
         "--task",
         default="mr",
         choices=sorted(TASKS),
-        help="Synthetic task (toolkit/synthetic.py).",
+        help="Synthetic task (toolkit/synthetic/).",
     )
     parser.add_argument(
         "--shape",

@@ -12,7 +12,6 @@ Files whose names start with ``.`` (macOS ``._`` junk) are skipped. Paths listed
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -25,6 +24,7 @@ from toolkit.io.dataset_json import (
     training_cases,
 )
 from toolkit.io.images import has_image_suffix, strip_image_suffix
+from toolkit.io.json_files import read_json
 from toolkit.workspace import RawFolder
 
 FORMAT_MSD = "msd"
@@ -58,13 +58,7 @@ class Source:
 
 
 def _read_dataset_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ToolkitError(f"not valid JSON ({exc})", path) from None
-    if not isinstance(data, dict):
-        raise ToolkitError("dataset.json must hold a JSON object", path)
-    return data
+    return read_json(path, what="dataset.json")
 
 
 def _inside(root: Path, relative: str, what: str, json_path: Path) -> Path:

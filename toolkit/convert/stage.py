@@ -39,6 +39,8 @@ from toolkit.workspace import (
     resolve_workspace,
 )
 
+__all__ = ["ConvertResult", "convert_task", "dataset_paths_for"]
+
 # names of folders this module makes inside a dataset folder while it works
 _PARTIAL = ".raw-partial-"
 _OLD = ".raw-old-"

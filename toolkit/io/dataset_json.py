@@ -9,7 +9,7 @@ The converted layout is nnU-Net v2's raw layout::
 
 Cases are found from the files, not from a list in ``dataset.json``: a training case is any
 ``CASE`` with a label file or a channel file in ``imagesTr``. Files whose names start with
-``.`` are never cases. Whether every expected file exists is :mod:`toolkit.verify.stage`'s job;
+``.`` are never cases. Whether every expected file exists is :mod:`toolkit.verify.checks`' job;
 :func:`training_cases` lists the paths a case *should* have.
 """
 

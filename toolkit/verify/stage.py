@@ -20,6 +20,8 @@ from toolkit.verify.checks import CaseCheck, check_case, dimension_problems, fol
 from toolkit.verify.report import Problem, Report, count_phrase
 from toolkit.workspace import DatasetPaths, RawFolder
 
+__all__ = ["invalid_message", "listed_message", "require_valid", "verify_dataset"]
+
 # below this much data, starting worker processes (about a second each) costs more than it saves
 PARALLEL_MIN_BYTES = 32 << 20
 
