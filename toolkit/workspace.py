@@ -7,7 +7,7 @@
         raw/.verified.json                      verify's cache (per case, keyed by file stats)
         fingerprint.json
         plans.json
-        splits.json                             5-fold cross-validation split, written once
+        splits.json                             cross-validation split (5 folds), written once; may be edited
         preprocessed/<data_identifier>/CASE.npy, CASE_seg.npy, CASE.json
         models/<config>/plans.json, dataset.json        (self-contained model folder)
         models/<config>/fold_<k>/checkpoint_{latest,best,final}.pt, log.jsonl, progress.png
@@ -16,7 +16,7 @@
         evaluation/cases.csv, summary.json, bootstrap.json, report.md, *.png
         selection.json
         export/
-        pipeline/<stage>.json                   run-all's completion records
+        pipeline/<stage>.json                   run-all's completion records; pipeline/run.json its options
 
 The workspace root comes from ``--workspace``, else ``$TOOLKIT_WORKSPACE``, else
 ``./workspace``. Nothing else is global.

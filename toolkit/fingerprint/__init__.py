@@ -1,0 +1,1 @@
+"""The `fingerprint` stage: what planning needs to know about the training cases."""

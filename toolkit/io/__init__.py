@@ -1,1 +1,1 @@
-"""Input and output: images (SimpleITK), dataset.json, MSD conversion, integrity checks."""
+"""Formats only: atomic writes, images (SimpleITK), dataset.json, preprocessed cases, the JSON reader."""

@@ -1,1 +1,1 @@
-"""Self-configuration: plan dataclasses, the method's rules, the memory estimate."""
+"""Self-configuration: the method's rules, the network topology, the memory estimate (plans.json itself is :mod:`toolkit.core.plans`)."""

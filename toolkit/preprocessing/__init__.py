@@ -1,1 +1,1 @@
-"""Crop, normalize, resample, and store cases for fast random patch reads."""
+"""The `preprocess` stage: every case cropped, normalized and resampled (:mod:`.case`), stored for fast patch reads."""
