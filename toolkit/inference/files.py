@@ -3,13 +3,14 @@
 Cases are found as :mod:`toolkit.inference.inputs` says, then read, predicted and written one
 at a time, each reported as a :class:`CaseReport` (time, windows, output); the person at the
 terminal gets one summary line (:func:`log_prediction_summary`). An ensemble of
-configurations averages their probabilities per case and takes the argmax.
+configurations averages their probabilities per case
+(:func:`~toolkit.inference.ensemble.average_probabilities`) and takes the argmax.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,10 +18,11 @@ import numpy as np
 
 from toolkit.core.postprocessing import Postprocessing
 from toolkit.errors import ToolkitError
+from toolkit.inference.ensemble import average_probabilities, labels_from_probabilities
 from toolkit.inference.export import Prediction
 from toolkit.inference.inputs import InputCase, find_input_cases, read_input_case
 from toolkit.inference.predictor import Predictor
-from toolkit.io.images import Geometry, has_image_suffix, label_dtype, strip_image_suffix
+from toolkit.io.images import Geometry, has_image_suffix, strip_image_suffix
 from toolkit.progress import info, progress_bar
 from toolkit.workspace import PROBABILITIES_ENDING
 
@@ -101,19 +103,20 @@ def predict_with_ensemble(
     """An ensemble of configurations: the mean of their probabilities, then the argmax."""
     if not predictors:
         raise ValueError("an ensemble needs at least one predictor")
-    total: np.ndarray | None = None
-    for p in predictors:
-        result = p.predict_case(image, geometry, with_probabilities=True, on_windows=on_windows)
-        assert result.probabilities is not None
-        if total is None:
-            total = result.probabilities
-        else:
-            total += result.probabilities
-        del result
-    assert total is not None
-    total /= len(predictors)
-    labels = np.argmax(total, axis=0).astype(label_dtype(total.shape[0] - 1))
-    return Prediction(labels, geometry, total if with_probabilities else None)
+
+    def each_member() -> Iterator[np.ndarray]:  # one member's probabilities at a time
+        for p in predictors:
+            prediction = p.predict_case(
+                image, geometry, with_probabilities=True, on_windows=on_windows
+            )
+            assert prediction.probabilities is not None
+            yield prediction.probabilities
+            del prediction
+
+    mean = average_probabilities(each_member())
+    return Prediction(
+        labels_from_probabilities(mean), geometry, mean if with_probabilities else None
+    )
 
 
 def _probabilities_path(label_path: Path) -> Path:
