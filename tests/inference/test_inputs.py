@@ -5,6 +5,7 @@ from inference_helpers import make_case, make_plans, save_model_dir
 
 from toolkit.core.postprocessing import Postprocessing, apply_postprocessing
 from toolkit.errors import ToolkitError
+from toolkit.inference.files import predict_paths
 from toolkit.inference.inputs import find_input_cases, read_input_case
 from toolkit.inference.predictor import Predictor
 from toolkit.io.images import read_image, write_image
@@ -83,9 +84,9 @@ def test_postprocessing_is_applied_to_the_written_labels(tmp_path):
     image, _, geometry = make_case(2)
     write_image(tmp_path / "in" / "c.nii.gz", image, geometry)
     predictor = Predictor.from_model_dir(model, device="cpu", use_mirroring=False)
-    predictor.predict_paths(tmp_path / "in", tmp_path / "plain", quiet=True)
+    predict_paths([predictor], tmp_path / "in", tmp_path / "plain", quiet=True)
     choice = Postprocessing(largest_component_foreground=True, largest_component_classes=[1, 2])
-    predictor.predict_paths(tmp_path / "in", tmp_path / "pp", postprocessing=choice, quiet=True)
+    predict_paths([predictor], tmp_path / "in", tmp_path / "pp", postprocessing=choice, quiet=True)
     plain, _ = read_image(tmp_path / "plain" / "c.nii.gz")
     processed, _ = read_image(tmp_path / "pp" / "c.nii.gz")
     assert np.array_equal(processed, apply_postprocessing(plain, choice))

@@ -12,6 +12,7 @@ import torch
 from inference_helpers import make_plans, write_raw_dataset
 
 from toolkit.errors import ToolkitError
+from toolkit.inference.files import predict_paths
 from toolkit.inference.predictor import Predictor
 from toolkit.io.images import read_image
 from toolkit.nets import nnunet_v2
@@ -392,9 +393,8 @@ def test_nnunet_v2_trained_model_agrees_with_its_own_predictor(tmp_path):
     )
 
     ours_out = tmp_path / "ours"
-    Predictor.from_model_dir(model, folds=[0], device="cpu").predict_paths(
-        raw / "imagesTs", ours_out, quiet=True
-    )
+    predictor = Predictor.from_model_dir(model, folds=[0], device="cpu")
+    predict_paths([predictor], raw / "imagesTs", ours_out, quiet=True)
     cases = sorted(p.name for p in reference_out.glob("*.nii.gz"))
     assert len(cases) == 3
     foreground_seen = set()

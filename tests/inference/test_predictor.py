@@ -9,7 +9,8 @@ from inference_helpers import FLIPPED_DIRECTION, make_case, make_plans, save_mod
 from toolkit.errors import ToolkitError
 from toolkit.inference.ensemble import load_probabilities
 from toolkit.inference.export import logits_to_original
-from toolkit.inference.predictor import Predictor, predict_with_ensemble
+from toolkit.inference.files import predict_paths, predict_with_ensemble
+from toolkit.inference.predictor import Predictor
 from toolkit.io.images import Geometry, read_image, write_image
 from toolkit.preprocessing.case import preprocess_case, revert_to_original
 
@@ -40,7 +41,7 @@ def test_output_geometry_equals_input_for_non_identity_direction_and_anisotropic
     source = tmp_path / "in" / "case_0000.nii.gz"
     write_image(source, image, geometry)
     predictor = Predictor.from_model_dir(model_3d, device="cpu")
-    reports = predictor.predict_paths(source, tmp_path / "out", quiet=True)
+    reports = predict_paths([predictor], source, tmp_path / "out", quiet=True)
     assert [r.case for r in reports] == ["case"]
     out = tmp_path / "out" / "case.nii.gz"
     _assert_same_geometry(_geometry_of(out), _geometry_of(source))
@@ -58,9 +59,8 @@ def test_probabilities_are_saved_with_their_geometry(tmp_path, transpose):
     image, _, geometry = make_case(0, shape=(14, 30, 22), spacing_zyx=(2.0, 1.0, 1.5))
     source = tmp_path / "in" / "a.mha"
     write_image(source, image, geometry)
-    Predictor.from_model_dir(model, device="cpu", use_mirroring=False).predict_paths(
-        source, tmp_path / "out", save_probabilities=True, quiet=True
-    )
+    predictor = Predictor.from_model_dir(model, device="cpu", use_mirroring=False)
+    predict_paths([predictor], source, tmp_path / "out", save_probabilities=True, quiet=True)
     saved = load_probabilities(tmp_path / "out" / "a.npz")
     assert saved.probabilities.shape == (3, *image.shape)
     assert np.allclose(saved.probabilities.sum(0), 1.0, atol=3e-3)  # float16 on disk

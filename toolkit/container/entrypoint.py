@@ -220,7 +220,8 @@ def predict_labels(
     and from the exported model. One configuration is predicted exactly as ``toolkit
     predict`` does; several are averaged by :func:`predict_with_ensemble`.
     """
-    from toolkit.inference.predictor import Predictor, predict_with_ensemble
+    from toolkit.inference.files import predict_with_ensemble
+    from toolkit.inference.predictor import Predictor
 
     predictors = [
         Predictor.from_model_dir(

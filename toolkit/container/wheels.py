@@ -41,7 +41,11 @@ TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 # always in the image; the rest is what the entrypoint's imports pull in (see below)
 BASE_DISTRIBUTIONS = ("numpy", "scipy", "SimpleITK")
 # modules the container's job imports: their distributions are what the image installs
-ENTRYPOINT_MODULES = ("toolkit.container.entrypoint", "toolkit.inference.predictor")
+ENTRYPOINT_MODULES = (
+    "toolkit.container.entrypoint",
+    "toolkit.inference.files",
+    "toolkit.inference.predictor",
+)
 PACKAGE_NAME = "toolkit"
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from toolkit.errors import ToolkitError
 from toolkit.evaluation.candidates import Candidate
 from toolkit.evaluation.crossval import ValidationCase
-from toolkit.inference.ensemble import load_probabilities
+from toolkit.inference.ensemble import load_probabilities, sum_probabilities
 from toolkit.io.images import Geometry, label_dtype, read_image
 from toolkit.workspace import DatasetPaths
 
@@ -91,9 +91,7 @@ def ensemble_argmax(probabilities: list[np.ndarray], label_values: list[int]) ->
     step = max(1, _SLAB_VALUES // per_slice)
     for start in range(0, shape[0], step):
         stop = min(shape[0], start + step)
-        total = probabilities[0][:, start:stop].astype(np.float32)
-        for p in probabilities[1:]:
-            total += p[:, start:stop]
+        total = sum_probabilities(p[:, start:stop] for p in probabilities)
         out[start:stop] = values[np.argmax(total, axis=0)]
     return out
 

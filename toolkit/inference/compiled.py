@@ -32,6 +32,7 @@ def compile_unavailable_reason(device: torch.device) -> str | None:
 
 def _compile_errors() -> tuple[type[BaseException], ...]:
     """What torch.compile raises when it cannot compile (not errors of the computation itself)."""
+    # imported here: importing torch._dynamo takes seconds, paid only when compiling
     from torch._dynamo.exc import TorchDynamoException
 
     errors: list[type[BaseException]] = [TorchDynamoException]

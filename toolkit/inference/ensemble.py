@@ -12,13 +12,17 @@ Files written elsewhere (nnU-Net v2's own ``.npz``) carry no geometry; the label
 same case next to them (``CASE.nii.gz``, ``CASE.mha``, ...) then supplies it.
 
 An ensemble averages the probabilities of its members with equal weights (in float32),
-then takes the argmax.
+then takes the argmax. The rule is written once here and used by every ensemble: ``toolkit
+ensemble`` (saved files, :func:`ensemble_folders`), ``toolkit predict`` with several
+configurations (:func:`toolkit.inference.files.predict_with_ensemble`) and the evaluation of
+ensemble candidates (:func:`toolkit.evaluation.predictions.ensemble_argmax`, which sums without
+dividing).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,16 +119,38 @@ def labels_from_probabilities(probabilities: np.ndarray) -> np.ndarray:
     return np.argmax(probabilities, axis=0).astype(label_dtype(probabilities.shape[0] - 1))
 
 
-def average_probabilities(members: Sequence[np.ndarray]) -> np.ndarray:
-    """Equal-weight mean of the members' probabilities, float32."""
-    if not members:
+def sum_probabilities(members: Iterable[np.ndarray]) -> np.ndarray:
+    """The members' probabilities summed in float32, in their order (the members unchanged).
+
+    ``members`` may be a generator: then only the sum and one member are held at a time.
+    """
+    total: np.ndarray | None = None
+    for member in members:
+        if total is None:
+            total = np.array(member, dtype=np.float32)  # a copy: the sum is written in place
+        elif member.shape != total.shape:
+            raise ValueError(f"ensemble members differ in shape: {member.shape} != {total.shape}")
+        else:
+            total += member
+        del member  # released before the next member is made
+    if total is None:
         raise ValueError("an ensemble needs at least one member")
-    total = np.zeros(members[0].shape, dtype=np.float32)
-    for m in members:
-        if m.shape != total.shape:
-            raise ValueError(f"ensemble members differ in shape: {m.shape} != {total.shape}")
-        total += m
-    total /= len(members)
+    return total
+
+
+def average_probabilities(members: Iterable[np.ndarray]) -> np.ndarray:
+    """Equal-weight mean of the members' probabilities, float32: their sum, divided by their
+    number (``members`` may be a generator, as for :func:`sum_probabilities`)."""
+    count = 0
+
+    def counted() -> Iterator[np.ndarray]:
+        nonlocal count
+        for member in members:
+            count += 1
+            yield member
+
+    total = sum_probabilities(counted())
+    total /= count
     return total
 
 
@@ -141,28 +167,33 @@ def probability_files(folder: Path) -> dict[str, Path]:
 
 def ensemble_case(files: Sequence[Path]) -> SavedProbabilities:
     """Average one case's probabilities over the members, keeping at most two arrays in memory."""
-    total: np.ndarray | None = None
-    geometry: Geometry | None = None
+    geometries: list[Geometry] = []
+    mean = average_probabilities(_checked_probabilities(files, geometries))
+    return SavedProbabilities(mean, geometries[0] if geometries else None)
+
+
+def _checked_probabilities(
+    files: Sequence[Path], geometries: list[Geometry]
+) -> Iterator[np.ndarray]:
+    """Each file's probabilities, checked against the first file's shape and the first geometry
+    found (which is put in ``geometries``)."""
+    shape = None
     for f in files:
         saved = load_probabilities(f)
-        if total is None:
-            total, geometry = saved.probabilities, saved.geometry
-            continue
-        if saved.probabilities.shape != total.shape:
+        if shape is None:
+            shape = saved.probabilities.shape
+        elif saved.probabilities.shape != shape:
             raise ToolkitError(
-                f"probabilities of shape {saved.probabilities.shape} differ from {total.shape} in {files[0]}",
+                f"probabilities of shape {saved.probabilities.shape} differ from {shape} in {files[0]}",
                 f,
             )
-        if geometry is None:
-            geometry = saved.geometry
-        elif (
-            saved.geometry is not None and (problem := geometry.matches(saved.geometry)) is not None
-        ):
-            raise ToolkitError(f"geometry differs from {files[0]}: {problem}", f)
-        total += saved.probabilities
-    assert total is not None
-    total /= len(files)
-    return SavedProbabilities(total, geometry)
+        if saved.geometry is not None:
+            if not geometries:
+                geometries.append(saved.geometry)
+            elif (problem := geometries[0].matches(saved.geometry)) is not None:
+                raise ToolkitError(f"geometry differs from {files[0]}: {problem}", f)
+        yield saved.probabilities
+        del saved
 
 
 def ensemble_folders(

@@ -9,31 +9,27 @@ selection ``3d_fullres`` (else ``2d``) is used.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from toolkit.core.constants import STEP_SIZE
 from toolkit.core.postprocessing import Postprocessing
 from toolkit.errors import MissingStageError, ToolkitError
 from toolkit.inference.ensemble import ensemble_folders
-from toolkit.inference.predictor import CaseReport, Predictor, predict_paths, summarize
+from toolkit.inference.files import CaseReport, log_prediction_summary, predict_paths
+from toolkit.inference.options import ModelOptions
+from toolkit.inference.predictor import Predictor
 from toolkit.progress import info
 from toolkit.workspace import FILE_ENDING, MODEL_PLANS, DatasetPaths
 
 DEFAULT_CONFIGURATIONS = ("3d_fullres", "2d")
 
 
-@dataclass(frozen=True)
-class PredictOptions:
-    folds: list[int] | None = None
-    checkpoint: str = "final"
-    device: str = "auto"
-    use_mirroring: bool = True
-    step_size: float = STEP_SIZE
-    precision: str = "auto"
+@dataclass(frozen=True, kw_only=True)
+class PredictOptions(ModelOptions):
+    """``toolkit predict``'s options: how the model is loaded and run, and what is written."""
+
     save_probabilities: bool = False
     quiet: bool = False
-    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,6 +49,8 @@ def choose_models(
         origin = f"configuration{'s' if len(dirs) > 1 else ''} {', '.join(configurations)}"
         postprocessing = None
     elif paths.selection_json.is_file():
+        # imported only when there is a selection: toolkit.core.selection imports
+        # toolkit.evaluation, which inference must not import at module level
         from toolkit.core.selection import Selection
 
         selection = Selection.load(paths.selection_json)
@@ -78,22 +76,8 @@ def choose_models(
     return ModelChoice(dirs, folds, postprocessing, origin)
 
 
-def load_predictors(
-    model_dirs: list[Path], options: PredictOptions, folds: list[int] | None
-) -> list[Predictor]:
-    return [
-        Predictor.from_model_dir(
-            d,
-            folds=folds,
-            checkpoint=options.checkpoint,
-            device=options.device,
-            use_mirroring=options.use_mirroring,
-            step_size=options.step_size,
-            precision=options.precision,
-            compile=options.compile,
-        )
-        for d in model_dirs
-    ]
+def load_predictors(model_dirs: list[Path], options: ModelOptions) -> list[Predictor]:
+    return [Predictor.from_model_dir(d, options) for d in model_dirs]
 
 
 def run_predict(
@@ -111,13 +95,13 @@ def run_predict(
     if model is not None and configurations:
         raise ToolkitError("--config goes with --dataset; a --model folder holds one configuration")
     if model is not None:
-        predictors = load_predictors([model], options, options.folds)
+        predictors = load_predictors([model], options)
         postprocessing = None
         origin = str(model)
     else:
         assert dataset is not None
         choice = choose_models(DatasetPaths.open(workspace, dataset), configurations, options.folds)
-        predictors = load_predictors(choice.model_dirs, options, choice.folds)
+        predictors = load_predictors(choice.model_dirs, replace(options, folds=choice.folds))
         postprocessing = choice.postprocessing
         origin = choice.origin
     if postprocess is not None:
@@ -136,7 +120,7 @@ def run_predict(
         options.quiet,
     )
     if not options.quiet:
-        summarize(reports)
+        log_prediction_summary(reports)
     return reports
 
 

@@ -1,0 +1,145 @@
+"""Predicting image files: a file or a folder of cases, one configuration or an ensemble of them.
+
+Cases are found as :mod:`toolkit.inference.inputs` says, then read, predicted and written one
+at a time, each reported as a :class:`CaseReport` (time, windows, output); the person at the
+terminal gets one summary line (:func:`log_prediction_summary`). An ensemble of
+configurations averages their probabilities per case
+(:func:`~toolkit.inference.ensemble.average_probabilities`) and takes the argmax.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.core.postprocessing import Postprocessing
+from toolkit.errors import ToolkitError
+from toolkit.inference.ensemble import average_probabilities, labels_from_probabilities
+from toolkit.inference.export import Prediction
+from toolkit.inference.inputs import InputCase, find_input_cases, read_input_case
+from toolkit.inference.predictor import Predictor
+from toolkit.io.images import Geometry, has_image_suffix, strip_image_suffix
+from toolkit.progress import info, progress_bar
+from toolkit.workspace import PROBABILITIES_ENDING
+
+
+@dataclass(frozen=True)
+class CaseReport:
+    case: str
+    seconds: float
+    windows: int
+    output: Path
+
+
+def predict_paths(
+    predictors: Sequence[Predictor],
+    input_path: str | Path,
+    output: str | Path,
+    save_probabilities: bool = False,
+    postprocessing: Postprocessing | None = None,
+    quiet: bool = False,
+) -> list[CaseReport]:
+    """Predict a file or a folder (see :mod:`toolkit.inference.inputs`) into ``output``.
+
+    Several predictors (configurations) form an ensemble: their probabilities are averaged.
+    ``output`` is a folder (``CASE<ending>`` per case, ``CASE.npz`` with probabilities), or a
+    file name when the input is one case. Cases are read, predicted and written one at a
+    time.
+    """
+    if not predictors:
+        raise ValueError("predict_paths needs at least one predictor")
+    channels = {p.num_input_channels for p in predictors}
+    if len(channels) != 1:
+        raise ToolkitError(
+            f"the ensemble's models need different numbers of channels: {sorted(channels)}"
+        )
+    num_channels = channels.pop()
+    cases = find_input_cases(input_path, num_channels)
+    targets = _output_paths(cases, Path(output))
+    reports = []
+    with progress_bar(quiet) as bar:
+        case_task = bar.add_task("cases", total=len(cases))
+        window_task = bar.add_task("windows", total=None)
+        for case, target in zip(cases, targets, strict=True):
+            start = time.perf_counter()
+            image, geometry = read_input_case(case, num_channels)
+            windows = sum(p.estimate_windows(image.shape[1:], geometry) for p in predictors)
+            bar.reset(window_task, total=windows, description=case.case)
+            counted: list[int] = []
+
+            def advance(n: int, counted=counted) -> None:
+                counted.append(n)
+                bar.advance(window_task, n)
+
+            if len(predictors) == 1:
+                prediction = predictors[0].predict_case(
+                    image, geometry, with_probabilities=save_probabilities, on_windows=advance
+                )
+            else:
+                prediction = predict_with_ensemble(
+                    predictors, image, geometry, save_probabilities, advance
+                )
+            del image
+            prediction = prediction.postprocessed(postprocessing)
+            probabilities_path = _probabilities_path(target) if save_probabilities else None
+            prediction.save(target, probabilities_path)
+            del prediction
+            reports.append(CaseReport(case.case, time.perf_counter() - start, sum(counted), target))
+            bar.advance(case_task)
+    return reports
+
+
+def predict_with_ensemble(
+    predictors: Sequence[Predictor],
+    image: np.ndarray,
+    geometry: Geometry,
+    with_probabilities: bool = True,
+    on_windows: Callable[[int], None] | None = None,
+) -> Prediction:
+    """An ensemble of configurations: the mean of their probabilities, then the argmax."""
+    if not predictors:
+        raise ValueError("an ensemble needs at least one predictor")
+
+    def each_member() -> Iterator[np.ndarray]:  # one member's probabilities at a time
+        for p in predictors:
+            prediction = p.predict_case(
+                image, geometry, with_probabilities=True, on_windows=on_windows
+            )
+            assert prediction.probabilities is not None
+            yield prediction.probabilities
+            del prediction
+
+    mean = average_probabilities(each_member())
+    return Prediction(
+        labels_from_probabilities(mean), geometry, mean if with_probabilities else None
+    )
+
+
+def _probabilities_path(label_path: Path) -> Path:
+    return label_path.with_name(strip_image_suffix(label_path.name) + PROBABILITIES_ENDING)
+
+
+def _output_paths(cases: list[InputCase], output: Path) -> list[Path]:
+    if has_image_suffix(output):
+        if len(cases) != 1:
+            raise ToolkitError(
+                f"is a file name but the input holds {len(cases)} cases: give a folder", output
+            )
+        return [output]
+    return [output / f"{c.case}{c.file_ending}" for c in cases]
+
+
+def log_prediction_summary(reports: Sequence[CaseReport]) -> None:
+    """One line for the person at the terminal: cases, time, peak memory of this process."""
+    # imported here: the resource module exists on Unix only
+    import resource
+
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    total = sum(r.seconds for r in reports)
+    info(
+        f"predicted {len(reports)} case(s) in {total:.1f} s ({total / max(1, len(reports)):.1f} s per case), peak memory {peak_gb:.2f} GB"
+    )
