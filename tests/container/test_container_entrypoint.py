@@ -84,7 +84,7 @@ def test_input_problems_name_what_is_missing(tmp_path):
     with pytest.raises(ToolkitError, match=r"no input for interface\(s\) \['adc-image'\]"):
         find_inputs(tmp_path, SPEC)
     (tmp_path / "inputs.json").write_text("{not json")
-    with pytest.raises(ToolkitError, match="not readable JSON"):
+    with pytest.raises(ToolkitError, match="not valid JSON"):
         find_inputs(tmp_path, SPEC)
     touch(tmp_path / "two/a.mha")
     touch(tmp_path / "two/b.mha")

@@ -7,6 +7,7 @@ from toolkit.core.postprocessing import Postprocessing, apply_postprocessing
 from toolkit.errors import ToolkitError
 from toolkit.inference.files import predict_paths
 from toolkit.inference.inputs import find_input_cases, read_input_case
+from toolkit.inference.options import ModelOptions
 from toolkit.inference.predictor import Predictor
 from toolkit.io.images import read_image, write_image
 
@@ -83,7 +84,7 @@ def test_postprocessing_is_applied_to_the_written_labels(tmp_path):
     model = save_model_dir(tmp_path / "models" / "3d_fullres", plans, "3d_fullres")
     image, _, geometry = make_case(2)
     write_image(tmp_path / "in" / "c.nii.gz", image, geometry)
-    predictor = Predictor.from_model_dir(model, device="cpu", use_mirroring=False)
+    predictor = Predictor.from_model_dir(model, ModelOptions(device="cpu", use_mirroring=False))
     predict_paths([predictor], tmp_path / "in", tmp_path / "plain", quiet=True)
     choice = Postprocessing(largest_component_foreground=True, largest_component_classes=[1, 2])
     predict_paths([predictor], tmp_path / "in", tmp_path / "pp", postprocessing=choice, quiet=True)

@@ -13,9 +13,10 @@ from inference_helpers import make_plans, write_raw_dataset
 
 from toolkit.errors import ToolkitError
 from toolkit.inference.files import predict_paths
+from toolkit.inference.options import ModelOptions
 from toolkit.inference.predictor import Predictor
 from toolkit.io.images import read_image
-from toolkit.nets import nnunet_v2
+from toolkit.nets import nnunet_v2, nnunet_v2_weights
 from toolkit.nets.unet import build_network
 
 REPO = Path(__file__).resolve().parents[2]
@@ -253,16 +254,18 @@ def test_weights_are_renamed_and_load_strictly():
         configuration = plans.configuration(name)
         torch.manual_seed(0)
         source = build_network(plans, configuration, deep_supervision=False)
-        converted = nnunet_v2.convert_state_dict(nnunet_names(source.state_dict()))
+        converted = nnunet_v2_weights.convert_state_dict(nnunet_names(source.state_dict()))
         assert converted.keys() == source.state_dict().keys()
         target = build_network(plans, configuration, deep_supervision=False)
         target.load_state_dict(converted, strict=True)
         for key, value in source.state_dict().items():
             assert torch.equal(target.state_dict()[key], value)
     with pytest.raises(ToolkitError, match="no counterpart"):
-        nnunet_v2.convert_state_dict({"encoder.stem.weight": torch.zeros(1)})
+        nnunet_v2_weights.convert_state_dict({"encoder.stem.weight": torch.zeros(1)})
     with pytest.raises(ToolkitError, match="pooling"):
-        nnunet_v2.convert_state_dict({"encoder.stages.1.1.convs.0.conv.weight": torch.zeros(1)})
+        nnunet_v2_weights.convert_state_dict(
+            {"encoder.stages.1.1.convs.0.conv.weight": torch.zeros(1)}
+        )
 
 
 def write_fake_nnunet_model(folder: Path, seed=0) -> Path:
@@ -293,7 +296,7 @@ def test_an_nnunet_model_folder_is_detected_and_loaded(tmp_path):
     folder = write_fake_nnunet_model(tmp_path / "nnUNetTrainer__nnUNetPlans__3d_fullres")
     assert nnunet_v2.is_nnunet_v2_model_dir(folder)
     assert not nnunet_v2.is_nnunet_v2_model_dir(tmp_path)
-    predictor = Predictor.from_model_dir(folder, device="cpu")
+    predictor = Predictor.from_model_dir(folder, ModelOptions(device="cpu"))
     assert predictor.configuration.name == "3d_fullres"
     assert predictor.mirror_axes == (1, 2)  # the checkpoint's allowed axes, not all three
     assert not nnunet_v2.is_nnunet_v2_model_dir(make_plans_dir(tmp_path / "ours"))
@@ -393,7 +396,7 @@ def test_nnunet_v2_trained_model_agrees_with_its_own_predictor(tmp_path):
     )
 
     ours_out = tmp_path / "ours"
-    predictor = Predictor.from_model_dir(model, folds=[0], device="cpu")
+    predictor = Predictor.from_model_dir(model, ModelOptions(folds=[0], device="cpu"))
     predict_paths([predictor], raw / "imagesTs", ours_out, quiet=True)
     cases = sorted(p.name for p in reference_out.glob("*.nii.gz"))
     assert len(cases) == 3

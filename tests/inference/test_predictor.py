@@ -10,6 +10,7 @@ from toolkit.errors import ToolkitError
 from toolkit.inference.ensemble import load_probabilities
 from toolkit.inference.export import logits_to_original
 from toolkit.inference.files import predict_paths, predict_with_ensemble
+from toolkit.inference.options import ModelOptions
 from toolkit.inference.predictor import Predictor
 from toolkit.io.images import Geometry, read_image, write_image
 from toolkit.preprocessing.case import preprocess_case, revert_to_original
@@ -40,7 +41,7 @@ def test_output_geometry_equals_input_for_non_identity_direction_and_anisotropic
     assert geometry.direction == FLIPPED_DIRECTION
     source = tmp_path / "in" / "case_0000.nii.gz"
     write_image(source, image, geometry)
-    predictor = Predictor.from_model_dir(model_3d, device="cpu")
+    predictor = Predictor.from_model_dir(model_3d, ModelOptions(device="cpu"))
     reports = predict_paths([predictor], source, tmp_path / "out", quiet=True)
     assert [r.case for r in reports] == ["case"]
     out = tmp_path / "out" / "case.nii.gz"
@@ -59,7 +60,7 @@ def test_probabilities_are_saved_with_their_geometry(tmp_path, transpose):
     image, _, geometry = make_case(0, shape=(14, 30, 22), spacing_zyx=(2.0, 1.0, 1.5))
     source = tmp_path / "in" / "a.mha"
     write_image(source, image, geometry)
-    predictor = Predictor.from_model_dir(model, device="cpu", use_mirroring=False)
+    predictor = Predictor.from_model_dir(model, ModelOptions(device="cpu", use_mirroring=False))
     predict_paths([predictor], source, tmp_path / "out", save_probabilities=True, quiet=True)
     saved = load_probabilities(tmp_path / "out" / "a.npz")
     assert saved.probabilities.shape == (3, *image.shape)
@@ -72,7 +73,7 @@ def test_probabilities_are_saved_with_their_geometry(tmp_path, transpose):
 
 def test_predict_case_returns_original_shape_and_probabilities(model_3d):
     image, _, geometry = make_case(2)
-    predictor = Predictor.from_model_dir(model_3d, device="cpu", use_mirroring=False)
+    predictor = Predictor.from_model_dir(model_3d, ModelOptions(device="cpu", use_mirroring=False))
     assert len(predictor.networks) == 2
     prediction = predictor.predict_case(image[None], geometry)
     assert prediction.labels.shape == image.shape and prediction.labels.dtype == np.uint8
@@ -86,7 +87,7 @@ def test_predict_case_returns_original_shape_and_probabilities(model_3d):
 
 def test_predict_preprocessed_equals_predict_case(model_3d):
     image, _, geometry = make_case(3)
-    predictor = Predictor.from_model_dir(model_3d, device="cpu", use_mirroring=False)
+    predictor = Predictor.from_model_dir(model_3d, ModelOptions(device="cpu", use_mirroring=False))
     data, _, props = preprocess_case(
         image[None], geometry, predictor.plans, predictor.configuration
     )
@@ -119,22 +120,29 @@ def test_export_matches_the_preprocessing_inverse(tmp_path):
 
 
 def test_folds_are_chosen_and_missing_ones_reported(model_3d):
-    assert len(Predictor.from_model_dir(model_3d, folds=[1], device="cpu").networks) == 1
+    assert (
+        len(Predictor.from_model_dir(model_3d, ModelOptions(folds=[1], device="cpu")).networks) == 1
+    )
     with pytest.raises(ToolkitError, match="fold 3 has no checkpoint_final.pt"):
-        Predictor.from_model_dir(model_3d, folds=[3], device="cpu")
+        Predictor.from_model_dir(model_3d, ModelOptions(folds=[3], device="cpu"))
     with pytest.raises(ToolkitError, match="not a model folder"):
-        Predictor.from_model_dir(model_3d.parent, device="cpu")
+        Predictor.from_model_dir(model_3d.parent, ModelOptions(device="cpu"))
 
 
 def test_mirroring_axes_default_and_off(model_3d):
-    assert Predictor.from_model_dir(model_3d, device="cpu").mirror_axes == (0, 1, 2)
-    assert Predictor.from_model_dir(model_3d, device="cpu", use_mirroring=False).mirror_axes == ()
+    assert Predictor.from_model_dir(model_3d, ModelOptions(device="cpu")).mirror_axes == (0, 1, 2)
+    assert (
+        Predictor.from_model_dir(
+            model_3d, ModelOptions(device="cpu", use_mirroring=False)
+        ).mirror_axes
+        == ()
+    )
 
 
 def test_2d_configuration_predicts_a_volume_slice_by_slice(tmp_path):
     plans = make_plans(spatial_dims=2, patch=(32, 32), features=(4, 8, 16))
     model = save_model_dir(tmp_path / "models" / "2d", plans, "2d")
-    predictor = Predictor.from_model_dir(model, device="cpu")
+    predictor = Predictor.from_model_dir(model, ModelOptions(device="cpu"))
     assert predictor.mirror_axes == (1, 2) and predictor.patch_size == (1, 32, 32)
     image, _, geometry = make_case(5, shape=(7, 40, 36))
     prediction = predictor.predict_case(image[None], geometry)
@@ -147,7 +155,7 @@ def test_cascade_runs_the_low_resolution_stage_first(tmp_path):
     save_model_dir(models / "3d_lowres", plans, "3d_lowres")
     save_model_dir(models / "3d_cascade_fullres", plans, "3d_cascade_fullres", seed=7)
     predictor = Predictor.from_model_dir(
-        models / "3d_cascade_fullres", device="cpu", use_mirroring=False
+        models / "3d_cascade_fullres", ModelOptions(device="cpu", use_mirroring=False)
     )
     assert (
         predictor.previous_stage is not None
@@ -171,13 +179,13 @@ def test_cascade_without_its_first_stage_says_so(tmp_path):
         tmp_path / "Synth" / "models" / "3d_cascade_fullres", plans, "3d_cascade_fullres"
     )
     with pytest.raises(ToolkitError, match="3d_lowres must be trained"):
-        Predictor.from_model_dir(model, device="cpu")
+        Predictor.from_model_dir(model, ModelOptions(device="cpu"))
 
 
 def test_from_networks_for_validation(model_3d):
-    loaded = Predictor.from_model_dir(model_3d, device="cpu", use_mirroring=False)
+    loaded = Predictor.from_model_dir(model_3d, ModelOptions(device="cpu", use_mirroring=False))
     again = Predictor.from_networks(
-        loaded.plans, "3d_fullres", loaded.networks, device="cpu", use_mirroring=False
+        loaded.plans, "3d_fullres", loaded.networks, ModelOptions(device="cpu", use_mirroring=False)
     )
     image, _, geometry = make_case(7)
     assert np.array_equal(
@@ -188,8 +196,12 @@ def test_from_networks_for_validation(model_3d):
 
 def test_configuration_ensemble_averages_probabilities(tmp_path, model_3d):
     image, _, geometry = make_case(8)
-    a = Predictor.from_model_dir(model_3d, folds=[0], device="cpu", use_mirroring=False)
-    b = Predictor.from_model_dir(model_3d, folds=[1], device="cpu", use_mirroring=False)
+    a = Predictor.from_model_dir(
+        model_3d, ModelOptions(folds=[0], device="cpu", use_mirroring=False)
+    )
+    b = Predictor.from_model_dir(
+        model_3d, ModelOptions(folds=[1], device="cpu", use_mirroring=False)
+    )
     pa, pb = a.predict_case(image[None], geometry), b.predict_case(image[None], geometry)
     both = predict_with_ensemble([a, b], image[None], geometry)
     assert np.allclose(both.probabilities, (pa.probabilities + pb.probabilities) / 2, atol=1e-6)
@@ -199,7 +211,7 @@ def test_configuration_ensemble_averages_probabilities(tmp_path, model_3d):
 def test_damaged_checkpoint_is_a_one_line_error(model_3d):
     (model_3d / "fold_0" / "checkpoint_final.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ToolkitError, match="cannot be loaded as a checkpoint"):
-        Predictor.from_model_dir(model_3d, folds=[0], device="cpu")
+        Predictor.from_model_dir(model_3d, ModelOptions(folds=[0], device="cpu"))
     plans = json.loads((model_3d / "plans.json").read_text())
     assert plans["format_version"] == 1
 
@@ -219,7 +231,7 @@ def test_gpu_accumulation_rule():
 def test_out_of_gpu_memory_falls_back_to_accumulating_on_the_cpu(model_3d, monkeypatch):
     import toolkit.inference.predictor as predictor_module
 
-    predictor = Predictor.from_model_dir(model_3d, device="cpu", use_mirroring=False)
+    predictor = Predictor.from_model_dir(model_3d, ModelOptions(device="cpu", use_mirroring=False))
     image, _, geometry = make_case(3)
     expected = predictor.predict_case(image[None], geometry).labels
     real = predictor_module.sliding_window_logits
@@ -245,8 +257,10 @@ def test_compiled_predictor_gives_the_eager_labels(model_3d, tmp_path, dims):
         plans = make_plans(spatial_dims=2, patch=(32, 32), features=(4, 8, 16))
         model = save_model_dir(tmp_path / "models" / "2d", plans, "2d")
     image, _, geometry = make_case(3)
-    eager = Predictor.from_model_dir(model, device="cpu", use_mirroring=False)
-    compiled = Predictor.from_model_dir(model, device="cpu", use_mirroring=False, compile=True)
+    eager = Predictor.from_model_dir(model, ModelOptions(device="cpu", use_mirroring=False))
+    compiled = Predictor.from_model_dir(
+        model, ModelOptions(device="cpu", use_mirroring=False, compile=True)
+    )
     assert compiled.compiled and "compiled" in compiled.describe()
     a = eager.predict_case(image[None], geometry)
     b = compiled.predict_case(image[None], geometry)
@@ -269,8 +283,10 @@ def test_a_failed_compile_falls_back_to_eager(model_3d, monkeypatch):
     monkeypatch.setattr(compiled_module.torch, "compile", broken)
     monkeypatch.setattr(compiled_module, "compile_unavailable_reason", lambda device: None)
     image, _, geometry = make_case(3)
-    eager = Predictor.from_model_dir(model_3d, device="cpu", use_mirroring=False)
-    compiled = Predictor.from_model_dir(model_3d, device="cpu", use_mirroring=False, compile=True)
+    eager = Predictor.from_model_dir(model_3d, ModelOptions(device="cpu", use_mirroring=False))
+    compiled = Predictor.from_model_dir(
+        model_3d, ModelOptions(device="cpu", use_mirroring=False, compile=True)
+    )
     labels = compiled.predict_case(image[None], geometry).labels
     assert np.array_equal(labels, eager.predict_case(image[None], geometry).labels)
     assert [n.failed for n in compiled.networks] == ["C++ compile error: cannot find cc1plus"] * 2
@@ -320,5 +336,5 @@ def test_compile_is_skipped_without_a_compiler(model_3d, monkeypatch):
     import toolkit.inference.compiled as compiled_module
 
     monkeypatch.setattr(compiled_module.shutil, "which", lambda name: None)
-    predictor = Predictor.from_model_dir(model_3d, device="cpu", compile=True)
+    predictor = Predictor.from_model_dir(model_3d, ModelOptions(device="cpu", compile=True))
     assert not predictor.compiled and "compiled" not in predictor.describe()

@@ -221,14 +221,13 @@ def predict_labels(
     predict`` does; several are averaged by :func:`predict_with_ensemble`.
     """
     from toolkit.inference.files import predict_with_ensemble
+    from toolkit.inference.options import ModelOptions
     from toolkit.inference.predictor import Predictor
 
     predictors = [
         Predictor.from_model_dir(
             DatasetPaths(model_root).model_dir(config),
-            folds=ensemble.folds,
-            device=device,
-            use_mirroring=ensemble.use_mirroring,
+            ModelOptions(folds=ensemble.folds, device=device, use_mirroring=ensemble.use_mirroring),
         )
         for config in ensemble.configurations
     ]

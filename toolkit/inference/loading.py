@@ -20,7 +20,7 @@ from toolkit.core.checkpoint import KEY_CONFIGURATION, KEY_MIRROR_AXES, KEY_NETW
 from toolkit.core.plans import Configuration, Plans
 from toolkit.errors import ToolkitError
 from toolkit.inference.options import ModelOptions
-from toolkit.nets import nnunet_v2
+from toolkit.nets import nnunet_v2, nnunet_v2_weights
 from toolkit.nets.unet import build_network
 from toolkit.workspace import (
     CHECKPOINT_BEST,
@@ -111,10 +111,10 @@ def _load_toolkit(model_dir: Path, options: ModelOptions) -> LoadedModel:
 
 
 def _load_nnunet_v2(model_dir: Path, options: ModelOptions) -> LoadedModel:
-    plans = nnunet_v2.load_plans(model_dir)
-    file_name = nnunet_v2.checkpoint_file_name(options.checkpoint)
+    plans = nnunet_v2.load_nnunet_plans(model_dir)
+    file_name = nnunet_v2_weights.checkpoint_file_name(options.checkpoint)
     fold_dirs = _fold_dirs(model_dir, options.folds, file_name)
-    checkpoints = [nnunet_v2.load_checkpoint(d / file_name) for d in fold_dirs]
+    checkpoints = [nnunet_v2_weights.load_nnunet_checkpoint(d / file_name) for d in fold_dirs]
     names = {c.configuration for c in checkpoints}
     if len(names) != 1:
         raise ToolkitError(f"folds hold different configurations: {sorted(names)}", model_dir)

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -145,28 +143,21 @@ class Predictor:
         plans: Plans,
         configuration: Configuration | str,
         networks: Sequence[nn.Module],
-        options: ModelOptions | None = None,
-        **fields: Any,
+        options: ModelOptions = ModelOptions(),
     ) -> Predictor:
-        """Networks already in memory (validation at the end of training).
-
-        ``options`` (default: :class:`ModelOptions`'s defaults), with any of its fields given
-        as keywords instead (``device=..., use_mirroring=False``).
-        """
-        return cls(plans, configuration, networks, replace(options or ModelOptions(), **fields))
+        """Networks already in memory (validation at the end of training)."""
+        return cls(plans, configuration, networks, options)
 
     @classmethod
     def from_model_dir(
-        cls, model_dir: str | Path, options: ModelOptions | None = None, **fields: Any
+        cls, model_dir: str | Path, options: ModelOptions = ModelOptions()
     ) -> Predictor:
         """Load a model folder (ours or nnU-Net v2's; see :func:`~toolkit.inference.loading.load_model`).
 
-        ``options`` (default: :class:`ModelOptions`'s defaults: every fold present, the final
-        checkpoint), with any of its fields given as keywords instead (``device="cpu"``). For a
-        cascade configuration, the first stage's model folder beside it is loaded too, with
-        the same options.
+        ``options`` default to every fold present and the final checkpoint. For a cascade
+        configuration, the first stage's model folder beside it is loaded too, with the same
+        options.
         """
-        options = replace(options or ModelOptions(), **fields)
         return cls._from_loaded(load_model(model_dir, options), options)
 
     @classmethod

@@ -9,10 +9,12 @@ selection ``3d_fullres`` (else ``2d``) is used.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from toolkit.core.postprocessing import Postprocessing
+from toolkit.core.selection import Selection
 from toolkit.errors import MissingStageError, ToolkitError
 from toolkit.inference.ensemble import ensemble_folders
 from toolkit.inference.files import CaseReport, log_prediction_summary, predict_paths
@@ -20,6 +22,8 @@ from toolkit.inference.options import ModelOptions
 from toolkit.inference.predictor import Predictor
 from toolkit.progress import info
 from toolkit.workspace import FILE_ENDING, MODEL_PLANS, DatasetPaths
+
+__all__ = ["PredictOptions", "run_ensemble", "run_predict"]
 
 DEFAULT_CONFIGURATIONS = ("3d_fullres", "2d")
 
@@ -35,13 +39,13 @@ class PredictOptions(ModelOptions):
 @dataclass(frozen=True)
 class ModelChoice:
     model_dirs: list[Path]
-    folds: list[int] | None
+    folds: Sequence[int | str] | None
     postprocessing: Postprocessing | None
     origin: str  # said to the user: where the choice came from
 
 
 def choose_models(
-    paths: DatasetPaths, configurations: list[str] | None, folds: list[int] | None
+    paths: DatasetPaths, configurations: list[str] | None, folds: Sequence[int | str] | None
 ) -> ModelChoice:
     """The model folders of a dataset to predict with (see the module's docstring)."""
     if configurations:
@@ -49,10 +53,6 @@ def choose_models(
         origin = f"configuration{'s' if len(dirs) > 1 else ''} {', '.join(configurations)}"
         postprocessing = None
     elif paths.selection_json.is_file():
-        # imported only when there is a selection: toolkit.core.selection imports
-        # toolkit.evaluation, which inference must not import at module level
-        from toolkit.core.selection import Selection
-
         selection = Selection.load(paths.selection_json)
         dirs = [paths.model_dir(c) for c in selection.configurations]
         folds = folds if folds is not None else list(selection.folds)

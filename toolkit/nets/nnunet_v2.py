@@ -13,21 +13,15 @@ and resampling orders. Anything our pipeline would compute differently (another 
 class, region-based labels, other intensity schemes or resampling functions, a non-SimpleITK
 image reader) is refused with an error that names it, rather than predicted wrongly.
 
-nnU-Net checkpoints are pickles holding numpy scalars next to the weights; they are loaded
-with ``weights_only=True`` and only those numpy types allowed.
+Its checkpoints and their weights are read by :mod:`toolkit.nets.nnunet_v2_weights`.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
 
 from toolkit.core.constants import ANISOTROPY_THRESHOLD, INSTANCE_NORM_EPS, LEAKY_RELU_SLOPE
 from toolkit.core.plans import (
@@ -39,11 +33,12 @@ from toolkit.core.plans import (
     deep_supervision_scales,
 )
 from toolkit.errors import ToolkitError
+from toolkit.io.json_files import read_json
+from toolkit.nets.nnunet_v2_weights import NNUNET_CHECKPOINT_SUFFIX
 
 PLANS_FILE = "plans.json"
 DATASET_FILE = "dataset.json"
 FINGERPRINT_FILE = "dataset_fingerprint.json"
-CHECKPOINT_SUFFIX = ".pth"
 SUPPORTED_NETWORK = "PlainConvUNet"
 SUPPORTED_RESAMPLING = "resample_data_or_seg_to_shape"
 SUPPORTED_READERS = ("SimpleITKIO", "SimpleITKIOWithReorient")
@@ -70,7 +65,7 @@ def is_nnunet_v2_model_dir(path: str | Path) -> bool:
         return False
     if not isinstance(data, dict) or "plans_name" not in data or "format_version" in data:
         return False
-    return any(path.glob(f"fold_*/*{CHECKPOINT_SUFFIX}"))
+    return any(path.glob(f"fold_*/*{NNUNET_CHECKPOINT_SUFFIX}"))
 
 
 # --------------------------------------------------------------------------- plans
@@ -345,122 +340,15 @@ def _configuration(
     )
 
 
-def load_plans(model_dir: str | Path) -> Plans:
+def load_nnunet_plans(model_dir: str | Path) -> Plans:
     """The plans of an nnU-Net v2 model folder, as ours."""
     model_dir = Path(model_dir)
-    plans = _read_json(model_dir / PLANS_FILE)
-    dataset = _read_json(model_dir / DATASET_FILE)
+    plans = read_json(model_dir / PLANS_FILE, what="nnU-Net v2 plans")
+    dataset = read_json(model_dir / DATASET_FILE, what="dataset.json")
     try:
         return convert_plans(plans, dataset, model_dir / PLANS_FILE)
     except (KeyError, TypeError, ValueError) as exc:
         raise ToolkitError(f"malformed nnU-Net v2 plans ({exc})", model_dir / PLANS_FILE) from None
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ToolkitError("not found", path) from None
-    except json.JSONDecodeError as exc:
-        raise ToolkitError(f"is not valid JSON ({exc.msg} at line {exc.lineno})", path) from None
-
-
-# --------------------------------------------------------------------------- weights
-
-_ENCODER = re.compile(r"^encoder\.stages\.(\d+)\.(\d+)\.convs\.(\d+)\.(conv|norm)\.(weight|bias)$")
-_DECODER = re.compile(r"^decoder\.stages\.(\d+)\.convs\.(\d+)\.(conv|norm)\.(weight|bias)$")
-_TRANSPOSED = re.compile(r"^decoder\.transpconvs\.(\d+)\.(weight|bias)$")
-_HEAD = re.compile(r"^decoder\.seg_layers\.(\d+)\.(weight|bias)$")
-# duplicates of the same tensors under a second name (a Sequential of the block's modules,
-# and the encoder referenced from the decoder)
-_ALIASES = re.compile(r"(\.all_modules\.\d+\.|^decoder\.encoder\.)")
-
-
-def convert_state_dict(
-    state: Mapping[str, torch.Tensor], source: Path | None = None
-) -> dict[str, torch.Tensor]:
-    """A ``PlainConvUNet`` state dict renamed to :class:`~toolkit.nets.unet.UNet`'s parameter names."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        key = key.removeprefix("module.").removeprefix("_orig_mod.")  # DDP / torch.compile wrappers
-        if _ALIASES.search(key):
-            continue
-        if m := _ENCODER.match(key):
-            stage, position, block, kind, param = m.groups()
-            if position != "0":
-                raise ToolkitError(
-                    f"parameter {key!r}: encoder stages with pooling layers are not supported",
-                    source,
-                )
-            out[f"encoder.{stage}.{block}.{kind}.{param}"] = value
-        elif m := _DECODER.match(key):
-            stage, block, kind, param = m.groups()
-            out[f"decoder.{stage}.{block}.{kind}.{param}"] = value
-        elif m := _TRANSPOSED.match(key):
-            out[f"upsamples.{m.group(1)}.{m.group(2)}"] = value
-        elif m := _HEAD.match(key):
-            out[f"heads.{m.group(1)}.{m.group(2)}"] = value
-        else:
-            raise ToolkitError(
-                f"parameter {key!r} has no counterpart in the toolkit's U-Net", source
-            )
-    return out
-
-
-def _numpy_safe_globals() -> list:
-    try:
-        from numpy._core.multiarray import scalar  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
-    dtypes = {
-        type(np.dtype(t))
-        for t in (np.float16, np.float32, np.float64, np.int32, np.int64, np.uint8, np.bool_)
-    }
-    return [scalar, np.dtype, *dtypes]
-
-
-@dataclass
-class NnUNetCheckpoint:
-    state_dict: dict[str, torch.Tensor]  # already renamed to our UNet's names
-    configuration: str
-    trainer_name: str
-    mirror_axes: (
-        tuple[int, ...] | None
-    )  # spatial axes of the network input; None = no mirroring allowed
-
-
-def load_checkpoint(path: str | Path) -> NnUNetCheckpoint:
-    """An nnU-Net v2 ``checkpoint_*.pth``: its weights renamed, its configuration and mirroring axes."""
-    path = Path(path)
-    if not path.is_file():
-        raise ToolkitError("checkpoint not found", path)
-    try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a damaged or foreign file: torch raises many kinds
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ToolkitError(
-            f"cannot be loaded as an nnU-Net v2 checkpoint ({first[:200]})", path
-        ) from None
-    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
-        raise ToolkitError("is not an nnU-Net v2 checkpoint (no 'network_weights')", path)
-    init_args = checkpoint.get("init_args") or {}
-    axes = checkpoint.get("inference_allowed_mirroring_axes")
-    return NnUNetCheckpoint(
-        state_dict=convert_state_dict(checkpoint["network_weights"], path),
-        configuration=str(init_args.get("configuration", "")),
-        trainer_name=str(checkpoint.get("trainer_name", "")),
-        mirror_axes=None if axes is None else tuple(int(a) for a in axes),
-    )
-
-
-def checkpoint_file_name(checkpoint: str) -> str:
-    """``final`` -> ``checkpoint_final.pth`` (a full file name is kept)."""
-    return (
-        checkpoint
-        if checkpoint.endswith(CHECKPOINT_SUFFIX)
-        else f"checkpoint_{checkpoint}{CHECKPOINT_SUFFIX}"
-    )
 
 
 def sibling_model_dir(

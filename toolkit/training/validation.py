@@ -24,6 +24,7 @@ from toolkit.core.cascade import with_cascade_channels
 from toolkit.core.labels import foreground_labels
 from toolkit.evaluation.metrics import case_metrics
 from toolkit.inference.export import Prediction, logits_to_original
+from toolkit.inference.options import ModelOptions
 from toolkit.inference.predictor import Predictor
 from toolkit.io.atomic import write_json
 from toolkit.io.images import read_image
@@ -62,9 +63,9 @@ def validate_fold(
         plans,
         cfg,
         [network],
-        device=device,
-        precision=precision,
-        use_mirroring=job.options.validation_mirroring,
+        ModelOptions(
+            device=device, precision=precision, use_mirroring=job.options.validation_mirroring
+        ),
     )
     followers = cascade.next_stages(plans, cfg)
     labels = foreground_labels(plans.labels)
