@@ -283,7 +283,7 @@ class Stages:
     def training_tasks(
         self, plans: Plans, configs: list[str], preprocess_keys: dict[str, str]
     ) -> list[TrainTask]:
-        from toolkit.training.checkpoint import plans_configuration_dict
+        from toolkit.training.stage import plans_configuration_dict
 
         epochs, iters, val_iters = self.schedule()
         o = self.options
@@ -338,9 +338,7 @@ class Stages:
 
 def run_training_task(task: TrainTask) -> str:
     """Train one fold (resuming it when it was started with the same key); record completion."""
-    from toolkit.training.job import TrainOptions
-    from toolkit.training.schedule import Schedule
-    from toolkit.training.trainer import train_fold
+    from toolkit.training.stage import Schedule, TrainOptions, train_fold
 
     paths = DatasetPaths(Path(task.dataset_root))
     if records.is_valid(paths, task.stage, task.key):
