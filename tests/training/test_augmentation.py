@@ -10,7 +10,12 @@ import torch
 from scipy import ndimage
 
 from toolkit.training import augmentation as A
-from toolkit.training.spatial import SpatialRules, enlarged_crop_size, spatial_rules, warp
+from toolkit.training.augmentation.spatial import (
+    SpatialRules,
+    enlarged_crop_size,
+    spatial_rules,
+    warp,
+)
 
 PATCH = (12, 14, 16)
 
@@ -89,7 +94,7 @@ def test_warp_matches_an_independent_resampler(dims):
     rules = SpatialRules(
         patch, crop, 0.5, (0,) if dims == 2 else (0, 1, 2), tuple(range(dims)), (), False
     )
-    from toolkit.training.spatial import sampling_matrix
+    from toolkit.training.augmentation.spatial import sampling_matrix
 
     matrix = sampling_matrix(rules, np.array([angle] * len(rules.rotation_axes)), 1.2)
     _, ours = warp(labels.float(), labels, torch.from_numpy(matrix)[None], patch)

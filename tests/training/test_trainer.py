@@ -16,7 +16,7 @@ from training_helpers import blob_case, tiny_plans, write_case
 
 from toolkit.core.checkpoint import load_checkpoint
 from toolkit.errors import ToolkitError
-from toolkit.training import trainer
+from toolkit.training import stage, trainer
 from toolkit.training.job import TrainOptions
 from toolkit.training.schedule import Schedule
 from toolkit.workspace import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LATEST
@@ -37,7 +37,7 @@ def options(**changes) -> TrainOptions:
 
 
 def test_training_writes_a_self_contained_model_folder(tiny_dataset):
-    result = trainer.train_fold(tiny_dataset, "3d_fullres", 1, options(validate=True))
+    result = stage.train_fold(tiny_dataset, "3d_fullres", 1, options(validate=True))
     fold = tiny_dataset.fold_dir("3d_fullres", 1)
     model = tiny_dataset.model_dir("3d_fullres")
     assert (model / "plans.json").is_file() and (model / "dataset.json").is_file()
@@ -64,7 +64,7 @@ def test_training_writes_a_self_contained_model_folder(tiny_dataset):
     summary = json.loads((fold / "validation" / "summary.json").read_text())
     assert [r["case"] for r in summary["cases"]] == sorted(val) and result.validation == summary
     # a finished fold is a no-op
-    again = trainer.train_fold(tiny_dataset, "3d_fullres", 1, options(validate=True, resume=True))
+    again = stage.train_fold(tiny_dataset, "3d_fullres", 1, options(validate=True, resume=True))
     assert again.already_done
 
 
@@ -73,7 +73,7 @@ def _weights(paths, fold, name=CHECKPOINT_FINAL):
 
 
 def test_resume_mid_epoch_equals_an_uninterrupted_run(tiny_dataset, monkeypatch):
-    trainer.train_fold(tiny_dataset, "3d_fullres", 0, options())
+    stage.train_fold(tiny_dataset, "3d_fullres", 0, options())
     reference = _weights(tiny_dataset, 0)
     # the same fold again, in another folder, interrupted in the middle of epoch 1
     import shutil
@@ -89,15 +89,15 @@ def test_resume_mid_epoch_equals_an_uninterrupted_run(tiny_dataset, monkeypatch)
 
     monkeypatch.setattr(trainer, "train_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        trainer.train_fold(tiny_dataset, "3d_fullres", 0, options())
+        stage.train_fold(tiny_dataset, "3d_fullres", 0, options())
     partial = _weights(tiny_dataset, 0, CHECKPOINT_LATEST)
     assert (partial["epoch"], partial["iteration"]) == (1, 1)
     monkeypatch.setattr(trainer, "train_step", real_step)
     with pytest.raises(ToolkitError, match="--resume"):
-        trainer.train_fold(tiny_dataset, "3d_fullres", 0, options())
+        stage.train_fold(tiny_dataset, "3d_fullres", 0, options())
     with pytest.raises(ToolkitError, match="same options"):
-        trainer.train_fold(tiny_dataset, "3d_fullres", 0, options(resume=True, seed=3))
-    trainer.train_fold(tiny_dataset, "3d_fullres", 0, options(resume=True))
+        stage.train_fold(tiny_dataset, "3d_fullres", 0, options(resume=True, seed=3))
+    stage.train_fold(tiny_dataset, "3d_fullres", 0, options(resume=True))
     resumed = _weights(tiny_dataset, 0)
     for key, value in reference["network"].items():
         assert torch.equal(value, resumed["network"][key]), key
@@ -118,7 +118,7 @@ def test_missing_stages_name_the_command(tiny_dataset):
         plans.configurations["2d"] = tiny_plans(patch=(16, 16)).configurations["2d"]
         plans.configurations["2d"].data_identifier = "2d"
         plans.save(tiny_dataset.plans_json)
-        trainer.train_fold(tiny_dataset, "2d", 0, options())
+        stage.train_fold(tiny_dataset, "2d", 0, options())
     tiny_dataset.plans_json.unlink()
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "Tiny", "3d_fullres", "0", "--device", "cpu"])
@@ -128,24 +128,24 @@ def test_missing_stages_name_the_command(tiny_dataset):
 def test_cascade_without_first_stage_says_what_to_train(tiny_dataset):
     tiny_plans(cascade=True).save(tiny_dataset.plans_json)
     with pytest.raises(ToolkitError, match="toolkit train Tiny 3d_lowres 0"):
-        trainer.train_fold(tiny_dataset, "3d_cascade_fullres", 0, options())
+        stage.train_fold(tiny_dataset, "3d_cascade_fullres", 0, options())
 
 
 def test_2d_configuration_trains(tiny_dataset):
     plans = tiny_plans()
     plans.configurations["2d"] = tiny_plans(patch=(16, 16), batch_size=3).configurations["2d"]
     plans.save(tiny_dataset.plans_json)
-    trainer.train_fold(tiny_dataset, "2d", 0, options(schedule=Schedule(1, 2, 1), validate=True))
+    stage.train_fold(tiny_dataset, "2d", 0, options(schedule=Schedule(1, 2, 1), validate=True))
     summary = json.loads(tiny_dataset.validation_summary("2d", 0).read_text())
     assert len(summary["cases"]) == 2
 
 
 def test_bf16_on_the_cpu(tiny_dataset):
-    trainer.train_fold(
+    stage.train_fold(
         tiny_dataset, "3d_fullres", 2, options(schedule=Schedule(1, 2, 1), precision="bf16")
     )
     with pytest.raises(ToolkitError, match="fp16 needs a CUDA"):
-        trainer.train_fold(tiny_dataset, "3d_fullres", 3, options(precision="fp16"))
+        stage.train_fold(tiny_dataset, "3d_fullres", 3, options(precision="fp16"))
 
 
 # slow: other processes -----------------------------------------------------------------------
@@ -259,11 +259,11 @@ def test_cascade_trains_on_out_of_fold_low_resolution_predictions(tiny_dataset):
         )
     one = options(schedule=Schedule(1, 1, 1), validate=True)
     for fold in range(5):
-        trainer.train_fold(tiny_dataset, "3d_lowres", fold, one)
+        stage.train_fold(tiny_dataset, "3d_lowres", fold, one)
     folder = tiny_dataset.next_stage_dir("3d_lowres", "3d_cascade_fullres")
     prediction = np.load(folder / "case_03.npy")
     assert prediction.shape == (1, 20, 24, 24) and prediction.dtype == np.int8
-    trainer.train_fold(tiny_dataset, "3d_cascade_fullres", 0, one)
+    stage.train_fold(tiny_dataset, "3d_cascade_fullres", 0, one)
     final = load_checkpoint(tiny_dataset.fold_dir("3d_cascade_fullres", 0) / CHECKPOINT_FINAL)
     assert final["network"]["encoder.0.0.conv.weight"].shape[1] == 1 + 2  # image + one-hot classes
     assert tiny_dataset.validation_summary("3d_cascade_fullres", 0).is_file()
@@ -276,7 +276,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 
 @needs_cuda
 def test_cuda_training_in_mixed_precision_with_validation(tiny_dataset):
-    trainer.train_fold(tiny_dataset, "3d_fullres", 0, options(device="cuda", validate=True))
+    stage.train_fold(tiny_dataset, "3d_fullres", 0, options(device="cuda", validate=True))
     final = load_checkpoint(tiny_dataset.fold_dir("3d_fullres", 0) / CHECKPOINT_FINAL)
     assert final["grad_scaler"] is not None and all(
         np.isfinite(r["train_loss"]) for r in final["history"]
@@ -288,7 +288,7 @@ def test_cuda_training_in_mixed_precision_with_validation(tiny_dataset):
 @needs_cuda
 def test_augmentation_on_cuda_matches_the_cpu():
     from toolkit.training import augmentation as A
-    from toolkit.training.spatial import spatial_rules
+    from toolkit.training.augmentation.spatial import spatial_rules
 
     rules = spatial_rules((12, 14, 16))
     aug = A.Augmenter(rules)

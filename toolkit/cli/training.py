@@ -91,9 +91,7 @@ def train(
     the deep-supervision outputs, SGD with Nesterov momentum, poly learning rate). A killed
     run continues with `--resume`.
     """
-    from toolkit.training.job import TrainOptions
-    from toolkit.training.schedule import Schedule
-    from toolkit.training.trainer import train_fold
+    from toolkit.training.stage import Schedule, TrainOptions, train_fold
     from toolkit.workspace import DatasetPaths
 
     options = TrainOptions(

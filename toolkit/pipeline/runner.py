@@ -37,7 +37,7 @@ from toolkit.planning.stage import plan_dataset
 from toolkit.preprocessing.case import source_record
 from toolkit.preprocessing.stage import preprocess_dataset
 from toolkit.progress import info
-from toolkit.training.checkpoint import plans_configuration_dict
+from toolkit.training.stage import plans_configuration_dict
 from toolkit.verify.stage import require_valid
 from toolkit.workspace import DatasetPaths
 

@@ -13,9 +13,7 @@ from pathlib import Path
 
 from toolkit.pipeline import records
 from toolkit.pipeline.records import train_stage
-from toolkit.training.job import TrainOptions
-from toolkit.training.schedule import Schedule
-from toolkit.training.trainer import train_fold
+from toolkit.training.stage import Schedule, TrainOptions, train_fold
 from toolkit.workspace import CHECKPOINT_FINAL, CHECKPOINT_LATEST, DatasetPaths
 
 

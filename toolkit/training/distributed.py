@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from toolkit.errors import ToolkitError
 
@@ -72,6 +73,11 @@ def batch_share(global_batch: int, world_size: int, rank: int) -> tuple[int, int
     sizes = [base + (1 if r < extra else 0) for r in range(world_size)]
     start = sum(sizes[:rank])
     return start, start + sizes[rank]
+
+
+def rank_device(device: torch.device, local_rank: int) -> torch.device:
+    """The device of the process with ``local_rank``: its own GPU on CUDA, else ``device``."""
+    return torch.device("cuda", local_rank) if device.type == "cuda" else device
 
 
 def launched_by_torchrun() -> bool:
@@ -133,8 +139,6 @@ def spawn(world_size: int, fn: Callable[..., Any], args: tuple) -> None:
     A failure in any process stops all of them; a :class:`ToolkitError` raised in a worker
     comes back as one (its one-line message), anything else keeps its traceback.
     """
-    import torch.multiprocessing as mp
-
     port = free_port()
     try:
         mp.start_processes(

@@ -73,6 +73,8 @@ def read_log(path: Path) -> list[EpochRecord]:
 
 
 def plot_progress(path: Path, history: list[dict], class_names: list[str]) -> None:
+    # imported here: choosing the Agg backend is process-wide state, set only when a plot is
+    # drawn (and pyplot is a slow import that inference and the CLI need not pay)
     import matplotlib
 
     matplotlib.use("Agg")

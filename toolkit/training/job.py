@@ -15,7 +15,7 @@ import torch
 
 from toolkit.core.checkpoint import KEY_RUN, load_checkpoint
 from toolkit.core.device import resolve_device, resolve_precision
-from toolkit.core.plans import Configuration, Plans
+from toolkit.core.plans import Configuration, Plans, dataset_plans
 from toolkit.core.splits import Split, fold_split, load_or_create_splits
 from toolkit.errors import MissingStageError, ToolkitError
 from toolkit.io.atomic import write_text
@@ -84,7 +84,7 @@ class TrainingJob:
 def prepare(
     paths: DatasetPaths, configuration_name: str, fold: int, options: TrainOptions
 ) -> TrainingJob:
-    plans = Plans.load(paths.require(paths.plans_json, f"toolkit plan {paths.name}"))
+    plans = dataset_plans(paths)
     configuration = plans.configuration(configuration_name)
     device = resolve_device(options.device)
     resolve_precision(options.precision, device)

@@ -25,7 +25,9 @@ from typing import Generic, TypeVar
 import numpy as np
 import torch
 
-from toolkit.training.augmentation import Augmenter, Batch, RandomBinaryOperator, finish
+from toolkit.training.augmentation.augmenter import Augmenter
+from toolkit.training.augmentation.cascade_labels import RandomBinaryOperator, finish
+from toolkit.training.augmentation.framework import Batch
 from toolkit.training.sampling import PatchSampler
 
 TRAIN = 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 
 from toolkit.core.plans import Configuration
@@ -69,8 +70,6 @@ def soft_dice(
     predicted = probs.sum(axes)
     reference = onehot.sum(axes)
     if batch_dice and reduce_group is not None:
-        import torch.distributed.nn.functional as dist_fn
-
         intersection = dist_fn.all_reduce(intersection, group=reduce_group)
         predicted = dist_fn.all_reduce(predicted, group=reduce_group)
         reference = dist_fn.all_reduce(reference, group=reduce_group)

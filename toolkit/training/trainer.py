@@ -1,7 +1,7 @@
 """The training loop: a short loop that calls its parts.
 
-``train_fold`` checks the job (:mod:`toolkit.training.job`), starts the processes
-(:mod:`toolkit.training.distributed`) and in each runs :func:`run`: build the parts
+:func:`run` is what each training process does (started by
+:func:`toolkit.training.stage.train_fold`): build the parts
 (sampler, augmenter, network, loss, optimiser), restore a checkpoint, then for every epoch
 set the learning rate, take the training steps on prefetched batches, measure the
 validation loss and pseudo-Dice, and checkpoint; at the end write the final checkpoint and
@@ -31,8 +31,9 @@ from toolkit.core.device import autocast, resolve_precision
 from toolkit.core.labels import foreground_labels
 from toolkit.nets.unet import UNet, build_network
 from toolkit.progress import info, progress_bar
-from toolkit.training import distributed
-from toolkit.training.augmentation import Augmenter, RandomBinaryOperator
+from toolkit.training.augmentation.augmenter import Augmenter
+from toolkit.training.augmentation.cascade_labels import RandomBinaryOperator
+from toolkit.training.augmentation.spatial import SpatialRules, spatial_rules
 from toolkit.training.checkpoint import (
     TrainingState,
     build_checkpoint,
@@ -40,7 +41,7 @@ from toolkit.training.checkpoint import (
     restore_rng_state,
     training_state,
 )
-from toolkit.training.distributed import DistContext, batch_share
+from toolkit.training.distributed import DistContext, batch_share, rank_device
 from toolkit.training.history import (
     EpochRecord,
     mean_or_none,
@@ -49,12 +50,7 @@ from toolkit.training.history import (
     update_ema,
     write_log,
 )
-from toolkit.training.job import (
-    TrainingJob,
-    TrainOptions,
-    prepare,
-    write_model_folder,
-)
+from toolkit.training.job import TrainingJob
 from toolkit.training.loader import TRAIN, VALIDATION, BatchKey, BatchMaker, Prefetcher, ReadyBatch
 from toolkit.training.loss import (
     DeepSupervisionLoss,
@@ -64,14 +60,13 @@ from toolkit.training.loss import (
 )
 from toolkit.training.sampling import CaseData, PatchSampler, foreground_flags
 from toolkit.training.schedule import make_optimizer, set_lr
-from toolkit.training.spatial import SpatialRules, spatial_rules
+from toolkit.training.validation import validate_fold
 from toolkit.workspace import (
     CHECKPOINT_BEST,
     CHECKPOINT_FINAL,
     CHECKPOINT_LATEST,
     PROGRESS_PLOT,
     TRAINING_LOG,
-    DatasetPaths,
 )
 
 
@@ -95,46 +90,8 @@ class Parts:
     val_maker: BatchMaker
 
 
-def train_fold(
-    paths: DatasetPaths, configuration: str, fold: int, options: TrainOptions
-) -> FoldResult:
-    job = prepare(paths, configuration, fold, options)
-    from toolkit.training.validation import validation_complete
-
-    if job.only_validation and (not options.validate or validation_complete(job)):
-        info(
-            f"{configuration} fold {fold} is already trained ({job.fold_dir / CHECKPOINT_FINAL}): nothing to do"
-        )
-        return FoldResult(job.fold_dir, job.options.schedule.epochs, True, None)
-    write_model_folder(job)
-    if distributed.launched_by_torchrun():
-        device = _rank_device(job.device, distributed.torchrun_local_rank())
-        ctx = distributed.context_from_torchrun(device)
-        try:
-            return run(job, ctx)
-        finally:
-            distributed.shutdown()
-    if options.devices > 1:
-        distributed.spawn(options.devices, _spawned, (job,))
-        return FoldResult(job.fold_dir, options.schedule.epochs, False, None)
-    return run(job, DistContext())
-
-
-def _rank_device(device: torch.device, local_rank: int) -> torch.device:
-    return torch.device("cuda", local_rank) if device.type == "cuda" else device
-
-
-def _spawned(rank: int, world_size: int, job: TrainingJob) -> None:
-    device = _rank_device(job.device, rank)
-    ctx = distributed.init_process(rank, world_size, rank, device)
-    try:
-        run(job, ctx)
-    finally:
-        distributed.shutdown()
-
-
 def run(job: TrainingJob, ctx: DistContext) -> FoldResult:
-    device = _rank_device(job.device, ctx.local_rank)
+    device = rank_device(job.device, ctx.local_rank)
     if ctx.is_main:
         remove_stale_temporaries(job.fold_dir)
     torch.manual_seed(job.options.seed)
@@ -163,8 +120,6 @@ def run(job: TrainingJob, ctx: DistContext) -> FoldResult:
             (job.fold_dir / CHECKPOINT_LATEST).unlink(missing_ok=True)
     summary = None
     if job.options.validate:
-        from toolkit.training.validation import validate_fold
-
         summary = validate_fold(job, ctx, parts.network, device, parts.precision)
     return FoldResult(job.fold_dir, state.epoch, False, summary)
 

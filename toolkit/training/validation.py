@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from toolkit.core.cascade import with_cascade_channels
 from toolkit.core.labels import foreground_labels
@@ -95,7 +96,7 @@ def validate_fold(
     rows = _gather(ctx, rows)
     if not ctx.is_main:
         return None
-    summary = summarize(sorted(rows, key=lambda r: r["case"]), labels)
+    summary = summarize_validation(sorted(rows, key=lambda r: r["case"]), labels)
     write_json(job.paths.validation_summary(cfg.name, job.fold), summary)
     mean = summary["mean_foreground_dice"]
     info(
@@ -111,14 +112,13 @@ def _finite(value: float) -> float | None:
 def _gather(ctx: DistContext, rows: list[dict]) -> list[dict]:
     if not ctx.enabled:
         return rows
-    import torch.distributed as dist
-
     every: list[list[dict]] = [[] for _ in range(ctx.world_size)]
     dist.all_gather_object(every, rows)
     return [r for part in every for r in part]
 
 
-def summarize(rows: list[dict], labels: list[int]) -> dict:
+def summarize_validation(rows: list[dict], labels: list[int]) -> dict:
+    """The fold's ``summary.json``: each case's Dice, the mean per class and over classes."""
     per_class = {}
     for label in labels:
         values = [r["dice"][str(label)] for r in rows if r["dice"].get(str(label)) is not None]

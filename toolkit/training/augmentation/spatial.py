@@ -1,4 +1,5 @@
-"""Spatial augmentation rules and the batched rotation + scaling + crop.
+"""Spatial augmentation: the rules for a patch size, the batched rotation + scaling + crop
+(:class:`SpatialTransform`) and mirroring (:class:`Mirror`).
 
 The rules (the reference implementation's, checked against nnU-Net v2):
 
@@ -15,7 +16,7 @@ The rules (the reference implementation's, checked against nnU-Net v2):
   limit, divided by 0.85 (the reference enlarges by the same factor). Crop minus patch is
   kept even so an untransformed sample is an exact central crop.
 
-The transform itself is one ``grid_sample`` per batch on the training device: trilinear
+Rotation and scaling are one ``grid_sample`` per batch on the training device: trilinear
 (bilinear in 2D) for the image, nearest for the labels, zeros outside the crop.
 """
 
@@ -29,6 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from toolkit.core.constants import ANISOTROPY_THRESHOLD
+from toolkit.training.augmentation.framework import (
+    Batch,
+    RandomTransform,
+    TransformParams,
+    check_probability,
+    check_range,
+)
 
 ROTATION_3D = math.radians(30)
 ROTATION_2D = math.radians(180)
@@ -162,3 +170,110 @@ def warp(
         labels.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
     )
     return warped, warped_labels.round().to(labels.dtype)
+
+
+# rotation + scaling -------------------------------------------------------------------------
+
+
+@dataclass
+class SpatialParams(TransformParams):
+    matrices: np.ndarray  # (n, d, d): patch voxel offset -> crop voxel offset
+    rotated: np.ndarray  # (n,) bool
+    scaled: np.ndarray  # (n,) bool
+
+
+class SpatialTransform(RandomTransform):
+    """Rotation (p 0.2) and scaling (p 0.2, 0.7-1.4), one resampling from crop to patch.
+
+    Applied to every batch: samples that are neither rotated nor scaled are cut out of the
+    crop without interpolation.
+    """
+
+    name = "spatial"
+
+    def __init__(
+        self,
+        rules: SpatialRules,
+        p_rotation: float = 0.2,
+        p_scaling: float = 0.2,
+        scaling=(0.7, 1.4),
+    ):
+        super().__init__(1.0)
+        self.rules = rules
+        self.p_rotation = check_probability("spatial.p_rotation", p_rotation)
+        self.p_scaling = check_probability("spatial.p_scaling", p_scaling)
+        self.scaling = check_range("spatial.scaling", tuple(scaling), low=1e-3)
+
+    def sample(self, rng, batch_size, num_channels):
+        rotate = rng.random(batch_size) < self.p_rotation
+        scale = rng.random(batch_size) < self.p_scaling
+        angles = rng.uniform(
+            -self.rules.rotation_limit,
+            self.rules.rotation_limit,
+            (batch_size, len(self.rules.rotation_axes)),
+        )
+        factors = rng.uniform(*self.scaling, batch_size)
+        chosen = np.flatnonzero(rotate | scale)
+        matrices = (
+            np.stack(
+                [
+                    sampling_matrix(
+                        self.rules, angles[b] * rotate[b], factors[b] if scale[b] else 1.0
+                    )
+                    for b in chosen
+                ]
+            )
+            if chosen.size
+            else np.zeros((0, self.rules.dims, self.rules.dims))
+        )
+        return SpatialParams(chosen, matrices, rotate[chosen], scale[chosen])
+
+    def apply(self, batch: Batch, params: SpatialParams | None) -> Batch:
+        patch = self.rules.patch_size
+        image = central_crop(batch.image, patch).contiguous()
+        labels = central_crop(batch.labels, patch).contiguous()
+        if params is not None and params.samples.size:
+            idx = params.index(batch.image.device)
+            warped, warped_labels = warp(
+                batch.image.index_select(0, idx),
+                batch.labels.index_select(0, idx),
+                torch.from_numpy(params.matrices),
+                patch,
+            )
+            image[idx] = warped
+            labels[idx] = warped_labels
+        return Batch(image, labels)
+
+
+# mirroring ---------------------------------------------------------------------------------
+
+
+@dataclass
+class MirrorParams:
+    flips: np.ndarray  # (B, n_axes) bool
+    axes: tuple[int, ...]
+
+
+class Mirror(RandomTransform):
+    """Flip each spatial axis with p 0.5, image and labels together."""
+
+    name = "mirror"
+
+    def __init__(self, axes: tuple[int, ...], probability: float = 0.5):
+        super().__init__(probability)
+        self.axes = tuple(axes)
+
+    def sample(self, rng, batch_size, num_channels):
+        flips = rng.random((batch_size, len(self.axes))) < self.probability
+        return MirrorParams(flips, self.axes) if flips.any() else None
+
+    def apply(self, batch, params: MirrorParams):
+        for column, axis in enumerate(params.axes):
+            rows = np.flatnonzero(params.flips[:, column])
+            if rows.size == 0:
+                continue
+            idx = torch.as_tensor(rows, device=batch.image.device)
+            dim = 2 + axis
+            batch.image[idx] = batch.image[idx].flip(dim)
+            batch.labels[idx] = batch.labels[idx].flip(dim)
+        return batch
