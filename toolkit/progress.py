@@ -4,7 +4,7 @@ Quietness is one rule, :func:`enabled`: progress is drawn unless the caller pass
 ``quiet=True`` (the commands' ``--quiet``, handed down as a parameter, also to worker
 processes), the process runs with ``TOOLKIT_QUIET`` set (containers, test runs, benchmarks) or
 stderr is not a terminal. Messages go to stderr (:func:`info`), tables and data to stdout
-(:func:`show`); no other module makes a console or reads ``TOOLKIT_QUIET``.
+(:func:`show_table`); no other module makes a console or reads ``TOOLKIT_QUIET``.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def info(message: str) -> None:
     console.print(message, highlight=False, soft_wrap=True)  # never break a path across lines
 
 
-def show(renderable: object) -> None:
+def show_table(renderable: object) -> None:
     """A table (or other rich renderable) on stdout, as a command's result."""
     _stdout.print(renderable)
 

@@ -29,7 +29,9 @@ def run_all(
         help="Comma-separated configurations to train, e.g. 2d,3d_fullres. Default: the preset's (paper: every planned one).",
     ),
     folds: str = typer.Option(
-        None, "--folds", help="Comma-separated folds, e.g. 0,1. Default: 0,1,2,3,4."
+        None,
+        "--folds",
+        help="Comma-separated folds, e.g. 0,1. Default: every fold of splits.json (five).",
     ),
     preset: str = typer.Option("paper", "--preset", help=f"Budget. {_PRESETS_HELP}."),
     epochs: int = typer.Option(

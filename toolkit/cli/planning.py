@@ -13,7 +13,7 @@ from toolkit.cli.common import (
     dataset_argument,
     parse_str_list,
 )
-from toolkit.progress import info
+from toolkit.progress import info, show_table
 
 
 def fingerprint(
@@ -104,7 +104,7 @@ def plan(
     info(f"plans written to {paths.plans_json} ({planner_summary(plans)})")
     if show:
         for table in plans_tables(plans):
-            show(table)
+            show_table(table)
 
 
 def preprocess(

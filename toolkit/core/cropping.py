@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from toolkit.core.labels import storage_dtype
+
 OUTSIDE_LABEL = -1  # voxels outside the non-zero mask in a preprocessed label map
 
 
@@ -70,17 +72,8 @@ def crop_to_nonzero(
     if seg is None:
         cropped_seg = np.where(mask, 0, OUTSIDE_LABEL).astype(np.int8)[None]
     else:
-        cropped_seg = np.array(seg[(slice(None), *slices)], dtype=_label_dtype(seg))
+        cropped_seg = np.array(
+            seg[(slice(None), *slices)], dtype=storage_dtype(int(seg.max(initial=0)))
+        )
         cropped_seg[0][(cropped_seg[0] == 0) & ~mask] = OUTSIDE_LABEL
     return cropped, cropped_seg, box
-
-
-def _label_dtype(seg: np.ndarray) -> np.dtype:
-    top = int(seg.max(initial=0))
-    return (
-        np.dtype(np.int8)
-        if top <= 127
-        else np.dtype(np.int16)
-        if top <= 32767
-        else np.dtype(np.int32)
-    )

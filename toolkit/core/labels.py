@@ -31,6 +31,9 @@ def one_hot_batch(labels: torch.Tensor, values: Sequence[int], dtype: torch.dtyp
     return torch.stack([(labels == v) for v in values], dim=1).to(dtype)
 
 
-def storage_dtype(num_classes: int) -> np.dtype:
-    """Smallest signed integer type for a label map of ``num_classes`` values (and -1)."""
-    return np.dtype(np.int8 if num_classes <= 127 else np.int16)
+def storage_dtype(top: int) -> np.dtype:
+    """Smallest signed integer type for a stored label map whose values go up to ``top`` (and
+    down to -1, the mark outside the non-zero mask)."""
+    if top <= 127:
+        return np.dtype(np.int8)
+    return np.dtype(np.int16) if top <= 32767 else np.dtype(np.int32)

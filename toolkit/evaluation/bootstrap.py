@@ -92,10 +92,7 @@ class BootstrapResult:
     candidates: list[CandidateBootstrap] = field(default_factory=list)
 
     def candidate(self, name: str) -> CandidateBootstrap:
-        for c in self.candidates:
-            if c.name == name:
-                return c
-        raise KeyError(name)
+        return {c.name: c for c in self.candidates}[name]  # names are unique
 
     def to_dict(self) -> dict:
         return {

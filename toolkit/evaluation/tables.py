@@ -228,10 +228,7 @@ class EvaluationSummary:
         return [c.name for c in self.candidates]
 
     def candidate(self, name: str) -> CandidateSummary:
-        for c in self.candidates:
-            if c.name == name:
-                return c
-        raise KeyError(name)
+        return {c.name: c for c in self.candidates}[name]  # names are unique
 
     def to_dict(self) -> dict:
         return {

@@ -14,7 +14,7 @@ from toolkit.core.splits import fold_numbers
 from toolkit.io.json_files import read_json
 from toolkit.pipeline import records
 from toolkit.pipeline.records import preprocess_stage, train_stage
-from toolkit.progress import show
+from toolkit.progress import show_table
 from toolkit.training.history import read_log
 from toolkit.workspace import CHECKPOINT_FINAL, TRAINING_LOG, DatasetPaths
 
@@ -146,7 +146,7 @@ def render(status: Status) -> None:
     for row in status.stages:
         style = STATE_STYLE.get(row.state, "")
         stages.add_row(row.stage, f"[{style}]{row.state}[/]", _duration(row.seconds))
-    show(stages)
+    show_table(stages)
     if status.trainings:
         trainings = Table(title="trainings", title_justify="left")
         for col, justify in (
@@ -172,7 +172,7 @@ def render(status: Status) -> None:
                 _duration(t.seconds),
                 _duration(t.seconds_left) if t.state != "pending" else "-",
             )
-        show(trainings)
+        show_table(trainings)
     if status.selection:
         s = status.selection
         pp = s.postprocessing
@@ -183,13 +183,13 @@ def render(status: Status) -> None:
             steps.append(f"largest component of classes {pp.largest_component_classes}")
         lo, hi = s.interval.low, s.interval.high
         ci = f" (95% CI {lo:.4f}-{hi:.4f})" if not (math.isnan(lo) or math.isnan(hi)) else ""
-        show(
+        show_table(
             f"[bold]chosen:[/] {s.candidate}, folds {s.folds}: mean foreground Dice "
             f"{s.mean_dice:.4f}{ci}, first in {100 * s.rank_first_frequency:.0f}% "
             f"of bootstrap sets; postprocessing: {', '.join(steps) or 'none'} -> "
             f"{s.mean_dice_postprocessed:.4f}"
         )
     else:
-        show(
+        show_table(
             "[dim]no selection yet: `toolkit run-all` (or `toolkit evaluate` then `toolkit select`) makes one[/]"
         )

@@ -5,10 +5,10 @@ second are *out of fold*: at the end of training, ``3d_lowres`` fold ``k`` predi
 validation cases (cases it never trained on), upsamples the probabilities to the
 full-resolution preprocessed grid and stores the argmax as ``CASE.npy`` (int8, ``(1, z, y,
 x)``, memory-mappable) in ``models/3d_lowres/predicted_next_stage/3d_cascade_fullres/``.
-After the five folds every training case has one. Training the second stage on the first
+After every fold of the split, every training case has one. Training the second stage on the first
 stage's predictions of its own training cases would show it near-perfect inputs it never
 gets at test time, so it would learn to copy them; out-of-fold predictions have test-time
-quality. Consequently a cascade fold needs all five low-resolution folds trained first.
+quality. Consequently a cascade fold needs every low-resolution fold trained first.
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ def export_case(
         spacing=props.spacing,
         next_shape=next_props.shape_after_resampling,
     )
+    # bounded by the class count, as every stored cascade input has been
     labels = labels.astype(storage_dtype(plans.num_classes))[None]
     target = prediction_path(
         paths.next_stage_dir(configuration.name, next_configuration.name), case

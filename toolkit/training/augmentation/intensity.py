@@ -137,7 +137,19 @@ class ChannelFactors(TransformParams):
     factors: np.ndarray  # (n, C)
 
 
-class Brightness(RandomTransform):
+class ChannelFactorTransform(RandomTransform):
+    """A transform drawing one factor per sample and channel in ``factor_range``, half of the
+    draws below 1 and half above (the reference's rule for brightness and contrast)."""
+
+    factor_range: tuple[float, float]
+
+    def make_params(self, rng, samples, num_channels):
+        return ChannelFactors(
+            samples, below_or_above_one(rng, *self.factor_range, (samples.size, num_channels))
+        )
+
+
+class Brightness(ChannelFactorTransform):
     """Multiply each channel (p 0.15) by a factor in 0.75-1.25 (half below 1, half above)."""
 
     name = "brightness"
@@ -145,11 +157,7 @@ class Brightness(RandomTransform):
     def __init__(self, probability: float = 0.15, multiplier=(0.75, 1.25)):
         super().__init__(probability)
         self.multiplier = check_range("brightness.multiplier", tuple(multiplier))
-
-    def make_params(self, rng, samples, num_channels):
-        return ChannelFactors(
-            samples, below_or_above_one(rng, *self.multiplier, (samples.size, num_channels))
-        )
+        self.factor_range = self.multiplier
 
     def apply(self, batch, params: ChannelFactors):
         image = batch.image
@@ -172,7 +180,7 @@ def _reduce_spatial(x: torch.Tensor, how: str) -> torch.Tensor:
     return out.view(*out.shape, *[1] * (x.dim() - 2))
 
 
-class Contrast(RandomTransform):
+class Contrast(ChannelFactorTransform):
     """Stretch each channel about its mean (p 0.15) by 0.75-1.25, clipped to its old range."""
 
     name = "contrast"
@@ -180,11 +188,7 @@ class Contrast(RandomTransform):
     def __init__(self, probability: float = 0.15, factor=(0.75, 1.25)):
         super().__init__(probability)
         self.factor = check_range("contrast.factor", tuple(factor))
-
-    def make_params(self, rng, samples, num_channels):
-        return ChannelFactors(
-            samples, below_or_above_one(rng, *self.factor, (samples.size, num_channels))
-        )
+        self.factor_range = self.factor
 
     def apply(self, batch, params: ChannelFactors):
         image = batch.image
