@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import statistics
@@ -160,22 +161,22 @@ def render(data: dict) -> str:
         f"at start, {data['machine']['date']}. {data['cases']} training cases of {DATASET} "
         f"(`toolkit demo-data --seed 0`), `plan --preset cpu`, 3d_fullres fold 0 trained "
         f"{data['epochs']} x {data['iterations']} iterations (seeded), "
-        f"{data['rounds']} round(s), revisions alternating; medians.",
+        f"{data['rounds']} round(s), revisions alternating; medians (peak memory too; the range is the fastest and slowest run).",
         "",
     ]
     rows = []
     for stage in STAGES:
-        a = statistics.median(r[stage]["wall_s"] for r in data["runs"][base])
-        b = statistics.median(r[stage]["wall_s"] for r in data["runs"][new])
-        ma = max(r[stage]["peak_rss_mb"] for r in data["runs"][base])
-        mb = max(r[stage]["peak_rss_mb"] for r in data["runs"][new])
-        rows.append([stage, a, b, b / a if a else float("nan"), ma, mb])
-    lines.append(
-        harness.markdown_table(
-            ["stage", f"{base} s", f"{new} s", "ratio", f"{base} peak MB", f"{new} peak MB"],
-            rows,
+        walls = [[r[stage]["wall_s"] for r in data["runs"][side]] for side in (base, new)]
+        peaks = [[r[stage]["peak_rss_mb"] for r in data["runs"][side]] for side in (base, new)]
+        a, b = (statistics.median(w) for w in walls)
+        spread = [f"{min(w):.3g}-{max(w):.3g}" for w in walls]
+        rows.append(
+            [stage, a, b, b / a if a else float("nan"), *spread]
+            + [statistics.median(p) for p in peaks]
         )
-    )
+    headers = ["stage", f"{base} s", f"{new} s", "ratio", f"{base} range s", f"{new} range s"]
+    headers += [f"{base} peak MB", f"{new} peak MB"]
+    lines.append(harness.markdown_table(headers, rows))
     lines += ["", "Results bit for bit:", ""]
     lines.append(
         harness.markdown_table(
@@ -191,13 +192,22 @@ def render(data: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", required=True, help="git revision to compare against")
+    parser.add_argument("--base", help="git revision to compare against (required to run)")
+    parser.add_argument(
+        "--render", action="store_true", help="only rewrite the Markdown from the last JSON result"
+    )
     parser.add_argument("--new", default=None, help="git revision (default: the working tree)")
     parser.add_argument("--rounds", type=int, default=1, help="runs per revision (medians)")
     parser.add_argument("--cases", type=int, default=8, help="training cases of the task")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=10, help="iterations per epoch")
     args = parser.parse_args(argv)
+    if args.render:
+        data = json.loads((harness.RESULTS / f"{NAME}.json").read_text())
+        harness.write_results(NAME, data, render(data))
+        return 0
+    if not args.base:
+        parser.error("--base is required")
 
     sides = [checkout(args.base), checkout(args.new)]
     if sides[0][0] == sides[1][0]:
