@@ -13,6 +13,7 @@ from toolkit.training import augmentation as A
 from toolkit.training.augmentation.spatial import (
     SpatialRules,
     enlarged_crop_size,
+    sampling_matrix,
     spatial_rules,
     warp,
 )
@@ -54,62 +55,100 @@ def test_rules_follow_the_reference():
     assert spatial_rules((64, 64)).rotation_limit == pytest.approx(math.pi)
 
 
-@pytest.mark.parametrize("patch", [(64, 64, 64), (20, 96, 80), (8, 64, 64), (96, 64), (40, 40)])
-def test_crop_covers_every_rotation_and_keeps_even_margins(patch):
-    rules = spatial_rules(patch)
-    for axis, (p, c) in enumerate(zip(rules.patch_size, rules.crop_size, strict=True)):
-        assert (c - p) % 2 == 0 and c >= p
-        if not (rules.slice_stack and axis == 0):
-            assert c >= p / 0.85 - 1
-    # any angle up to the limit fits: check the rotated patch's corners in each rotation plane
-    dims = len(patch)
-    planes = (
-        [(0, 1)] if dims == 2 else ([(1, 2)] if rules.slice_stack else [(1, 2), (0, 2), (0, 1)])
-    )
-    for i, j in planes:
-        for angle in np.linspace(0, min(rules.rotation_limit, math.pi / 2), 37):
-            c, s = math.cos(angle), math.sin(angle)
-            assert patch[i] * c + patch[j] * s <= rules.crop_size[i] + 1e-6
-            assert patch[i] * s + patch[j] * c <= rules.crop_size[j] + 1e-6
-    assert enlarged_crop_size(tuple(patch), 0.0, False)[-1] >= patch[-1]
+@pytest.mark.parametrize(
+    "patch, crop",
+    [
+        # worked by hand from nnU-Net's get_patch_size: the edge vector rotated by the largest
+        # angle (capped at 90 degrees) about each axis, the largest |coordinate| / 0.85, floored
+        ((512, 512), (602, 602)),  # +-180 degrees, capped at 90: 512 / 0.85
+        ((512, 256), (659, 301)),  # elongated, 15 degrees: 512 cos + 256 sin = 560.8
+        ((128, 128, 128), (205, 205, 205)),  # 30 degrees: 128 (cos + sin) = 174.9
+        ((64, 96, 128), (121, 173, 168)),  # the sign of each rotation matters
+        ((20, 256, 256), (20, 301, 301)),  # slice stack: first axis kept
+    ],
+)
+def test_crop_size_follows_the_reference(patch, crop):
+    assert spatial_rules(patch).crop_size == crop
+
+
+def test_crop_size_is_never_below_the_patch():
+    for patch in [(64, 64, 64), (20, 96, 80), (8, 64, 64), (96, 64), (40, 40), (5, 7)]:
+        rules = spatial_rules(patch)
+        assert all(c >= p for c, p in zip(rules.crop_size, patch, strict=True))
+    assert enlarged_crop_size((41, 40), 0.0, False) == (48, 47)  # no rotation: / 0.85 only
 
 
 # spatial alignment --------------------------------------------------------------------------------
 
 
+def one_hot_resampled(labels: np.ndarray, matrix: np.ndarray, patch, order: int) -> np.ndarray:
+    """An independent resampler (scipy) of one label channel. Order 1: the reference's rule,
+    each value as a one-hot map, linearly interpolated, scaled by 1000 and compared in float16,
+    first (lowest) value on ties, -1 beyond the border voxels' centres. Order 0: nearest."""
+    crop = np.array(labels.shape)
+    c_in, c_out = (crop - 1) / 2, (np.array(patch) - 1) / 2
+    offset = c_in - matrix @ c_out
+
+    def resample(x):
+        return ndimage.affine_transform(x, matrix, offset=offset, output_shape=patch, order=order)
+
+    if order == 0:
+        out = resample(labels)
+    else:
+        values = np.unique(labels)
+        maps = np.stack([resample((labels == v).astype(np.float64)) for v in values])
+        out = values[(maps * 1000).astype(np.float16).argmax(0)]
+    points = np.indices(patch).reshape(len(patch), -1) - c_out[:, None]
+    points = (matrix @ points + c_in[:, None]).reshape(len(patch), *patch)
+    out[((points < 0) | (points > (crop - 1).reshape(-1, *[1] * len(patch)))).any(0)] = -1
+    return out
+
+
 @pytest.mark.parametrize("dims", [2, 3])
-def test_warp_matches_an_independent_resampler(dims):
-    """Our grid_sample convention equals scipy's affine_transform (order 0) with the same map."""
+def test_labels_resample_as_interpolated_one_hot_maps(dims):
+    """Every label channel (target with its -1, a cascade's previous stage) is resampled as
+    one-hot maps, linearly, argmax; checked against scipy. Nearest neighbour differs a lot."""
     rng = np.random.default_rng(1)
-    crop = (22, 26, 30)[-dims:]
-    patch = (12, 14, 16)[-dims:]
-    # blocky regions so that rounding ties at voxel boundaries are rare
-    big = ndimage.zoom(
-        rng.integers(0, 4, [max(2, c // 5) for c in crop]),
-        [c / max(2, c // 5) for c in crop],
-        order=0,
-    )
-    labels = torch.from_numpy(big[tuple(slice(0, c) for c in crop)].astype(np.int16))[None, None]
-    angle = 0.4
+    crop, patch = (16, 18, 20)[-dims:], (12, 14, 16)[-dims:]
+    labels = torch.from_numpy(rng.integers(-1, 3, (1, 2, *crop)).astype(np.int16))
+    labels[0, 1] = labels[0, 1].clamp(0, 1)  # the previous stage's prediction: 0 / 1 only
     rules = SpatialRules(
         patch, crop, 0.5, (0,) if dims == 2 else (0, 1, 2), tuple(range(dims)), (), False
     )
-    from toolkit.training.augmentation.spatial import sampling_matrix
-
-    matrix = sampling_matrix(rules, np.array([angle] * len(rules.rotation_axes)), 1.2)
+    matrix = sampling_matrix(rules, np.array([0.4] * len(rules.rotation_axes)), 1.3)
     _, ours = warp(labels.float(), labels, torch.from_numpy(matrix)[None], patch)
-    c_in = (np.array(crop) - 1) / 2
-    c_out = (np.array(patch) - 1) / 2
-    expected = ndimage.affine_transform(
-        labels[0, 0].numpy(),
-        matrix,
-        offset=c_in - matrix @ c_out,
-        output_shape=patch,
-        order=0,
-        cval=0,
+    for channel in (0, 1):
+        source = labels[0, channel].numpy()
+        expected = one_hot_resampled(source, matrix, patch, order=1)
+        nearest = one_hot_resampled(source, matrix, patch, order=0)
+        got = ours[0, channel].numpy()
+        assert (expected == -1).any() and (expected[expected != -1] >= channel - 1).all()
+        assert (got == expected).mean() > 0.995
+        assert (nearest == expected).mean() < 0.97  # the test tells the two rules apart
+
+
+def test_label_ties_go_to_the_lowest_value():
+    """Halfway between two voxels each one-hot map reads 0.5: the lower value wins, -1 too."""
+    labels = torch.tensor([[[[-1, 0, 5]], [[2, 1, 3]]]], dtype=torch.int16)  # (1, 2, 1, 3)
+    _, out = warp(labels.float(), labels, torch.eye(2, dtype=torch.float64)[None], (1, 2))
+    assert out.tolist() == [[[[-1, 0]], [[1, 1]]]]  # nearest would give [-1, 5] and [2, 3]
+
+
+def test_points_outside_the_crop_get_the_outside_label_in_every_channel():
+    rules = SpatialRules(PATCH, PATCH, 0.0, (0, 1, 2), (0, 1, 2), (), False)
+    labels = torch.ones((1, 2, *PATCH), dtype=torch.int16)
+    labels[:, 1] = 2
+    params = A.SpatialParams(
+        np.array([0]), np.diag([1.4] * 3)[None], np.array([False]), np.array([True])
     )
-    agree = (ours[0, 0].numpy() == expected).mean()
-    assert agree > 0.97
+    out = A.SpatialTransform(rules).apply(A.Batch(labels.float(), labels), params)
+    centre = (np.array(PATCH) - 1) / 2
+    offsets = np.abs(np.indices(PATCH) - centre.reshape(3, 1, 1, 1)) * 1.4
+    outside = torch.from_numpy((offsets > centre.reshape(3, 1, 1, 1)).any(0))
+    assert outside.any() and not outside.all()
+    for channel, value in ((0, 1), (1, 2)):
+        got = out.labels[0, channel]
+        assert (got[outside] == -1).all() and (got[~outside] == value).all()
 
 
 @pytest.mark.parametrize("transform", ["spatial", "mirror"])
@@ -156,9 +195,11 @@ def test_slice_stack_rotates_in_plane_only():
     for z in range(4):
         labels[:, 0, z, 8:22, 8:22] = z + 1
     out = t.apply(A.Batch(labels.float(), labels), params)
-    # every slice of the output comes from the same slice of the input
+    # every slice of the output comes from the same slice of the input (-1: zoomed beyond it)
     for z in range(4):
-        assert set(out.labels[:, 0, z].unique().tolist()) == {0, z + 1}
+        assert set(out.labels[:, 0, z].unique().tolist()) - {-1} == {0, z + 1}
+    outside = out.labels[:, 0] == -1  # zoomed beyond the crop alike in every slice
+    assert outside.any() and (outside == outside[:, :1]).all()
 
 
 # value ranges ----------------------------------------------------------------------------------
@@ -179,7 +220,6 @@ def test_noise_blur_brightness_contrast_gamma_lowres_ranges():
     assert ((noise.std >= 0) & (noise.std <= 0.1)).all()
     out = A.GaussianNoise().apply(A.Batch(before.clone(), batch.labels), noise)
     diff = out.image - before
-    assert torch.allclose(diff[:, 0], diff[:, 1], atol=1e-6)  # one field for all channels
     assert diff.std() < 0.15
 
     blur = _forced(A.GaussianBlur(), batch)
@@ -219,6 +259,22 @@ def test_noise_blur_brightness_contrast_gamma_lowres_ranges():
     out = A.LowResolution().apply(A.Batch(before.clone(), batch.labels), low)
     assert out.image.shape == before.shape
     assert (out.image.flatten(2).amax(2) <= before.flatten(2).amax(2) + 1e-5).all()
+
+
+def test_noise_shares_its_sigma_across_channels_but_not_its_field():
+    """As the reference's GaussianNoiseTransform (synchronize_channels): one standard deviation
+    per sample, the noise drawn independently for each channel."""
+    batch = blobs(batch=8, channels=3)
+    t = A.GaussianNoise()
+    params = t.make_params(np.random.default_rng(0), np.arange(8), 3)
+    params.std[:] = np.linspace(0.02, 0.1, 8)
+    out = t.apply(A.Batch(batch.image.clone(), batch.labels), params)
+    diff = (out.image - batch.image).flatten(2)  # (sample, channel, voxel)
+    for b in range(8):
+        expected = torch.full((3,), float(params.std[b]))
+        assert torch.allclose(diff[b].std(dim=1), expected, rtol=0.1)
+        correlation = torch.corrcoef(diff[b])  # independent fields: off-diagonal near 0
+        assert (correlation - torch.eye(3)).abs().max() < 0.1
 
 
 def test_low_resolution_keeps_the_first_axis_of_a_slice_stack():

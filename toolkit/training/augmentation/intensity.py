@@ -29,14 +29,16 @@ def below_or_above_one(rng: np.random.Generator, low: float, high: float, size) 
 
 @dataclass
 class NoiseParams(TransformParams):
-    std: np.ndarray  # (n,)
+    std: np.ndarray  # (n,): one per sample, all its channels
     seed: int
 
 
 class GaussianNoise(RandomTransform):
-    """Additive noise (p 0.1), standard deviation uniform in 0-0.1, one field for all channels.
+    """Additive noise (p 0.1): one standard deviation per sample, uniform in 0-0.1, shared by
+    its channels; the noise itself drawn independently for every channel and voxel.
 
-    The reference calls the range a variance but uses it as the standard deviation; so do we.
+    The reference (``GaussianNoiseTransform`` with ``synchronize_channels``) calls the range a
+    variance but uses it as the standard deviation; so do we.
     """
 
     name = "noise"
@@ -52,7 +54,7 @@ class GaussianNoise(RandomTransform):
         image = batch.image
         device = image.device
         gen = torch.Generator(device=device).manual_seed(params.seed)
-        shape = (params.samples.size, 1, *image.shape[2:])
+        shape = (params.samples.size, *image.shape[1:])
         noise = torch.randn(shape, generator=gen, device=device, dtype=image.dtype)
         std = torch.as_tensor(params.std, dtype=image.dtype, device=device).view(
             -1, *[1] * (image.dim() - 1)

@@ -11,13 +11,19 @@ The rules (the reference implementation's, checked against nnU-Net v2):
   (aspect ratio above 1.5).
 * Scaling: one factor for all (scaled) axes, uniform in 0.7-1.4; a factor above 1 samples a
   larger region, so structures appear smaller.
-* The crop read from the case is larger than the patch, so the rotated and scaled sampling
-  grid stays inside real data: the bounding box of the patch rotated by any angle up to the
-  limit, divided by 0.85 (the reference enlarges by the same factor). Crop minus patch is
-  kept even so an untransformed sample is an exact central crop.
+* The crop read from the case is larger than the patch (nnU-Net's ``get_patch_size``): the
+  vector of the patch's edge lengths, taken as one point, is rotated by the largest angle
+  (capped at 90 degrees) about each axis in turn; each axis keeps the largest absolute
+  coordinate met, divided by 0.85 and rounded down. This is the reference's estimate, not
+  the bounding box over all angles: a 512^2 patch that may turn by 180 degrees reads a
+  602^2 crop, so large turns and zooms sample beyond the crop.
 
-Rotation and scaling are one ``grid_sample`` per batch on the training device: trilinear
-(bilinear in 2D) for the image, nearest for the labels, zeros outside the crop.
+Rotation and scaling are one sampling grid per batch on the training device. The image is
+interpolated (bi/tri)linearly with zeros outside the crop. The labels are resampled as the
+reference does: each label value present (the outside label -1 included) as a one-hot map,
+interpolated linearly, the largest wins (the lowest value on ties); points beyond the
+centres of the crop's border voxels get the outside label. A cascade's second label channel
+(the previous stage's prediction) is resampled the same way, on its own.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from toolkit.core.constants import ANISOTROPY_THRESHOLD
+from toolkit.core.cropping import OUTSIDE_LABEL
 from toolkit.training.augmentation.framework import (
     Batch,
     RandomTransform,
@@ -42,7 +49,15 @@ ROTATION_3D = math.radians(30)
 ROTATION_2D = math.radians(180)
 ROTATION_2D_ELONGATED = math.radians(15)
 ELONGATED_2D_ASPECT = 1.5
-CROP_SCALE_MARGIN = 0.85
+CROP_ROTATION_CAP = math.radians(90)  # the crop rule rotates by at most this much
+CROP_SCALE_MARGIN = 0.85  # the crop rule divides by the smallest scale of its (old) range
+# The reference compares the interpolated one-hot maps in float16 after scaling them by 1000:
+# maps closer than that precision tie, and ties go to the lowest label value.
+ONE_HOT_SCALE = 1000.0
+ONE_HOT_COMPARE_DTYPE = torch.float16
+# Voxels: a point this close beyond a border voxel's centre still counts as inside the crop, so
+# float rounding cannot push exact voxel centres (a slice stack's first axis) outside.
+BORDER_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -89,36 +104,31 @@ def spatial_rules(patch_size: tuple[int, ...] | list[int]) -> SpatialRules:
     return SpatialRules(patch, crop, limit, rotation_axes, scaled, tuple(range(dims)), stack)
 
 
-def _rotated_extent(a: float, b: float, limit: float) -> tuple[float, float]:
-    """Largest bounding box of an a x b rectangle rotated by any angle in [0, limit]."""
-    angles = np.linspace(0.0, min(limit, math.pi / 2), 91)
-    c, s = np.abs(np.cos(angles)), np.abs(np.sin(angles))
-    return float(np.max(a * c + b * s)), float(np.max(a * s + b * c))
-
-
 def enlarged_crop_size(patch: tuple[int, ...], limit: float, slice_stack: bool) -> tuple[int, ...]:
-    extent = [float(p) for p in patch]
+    """The crop the sampler reads for ``patch`` (nnU-Net's ``get_patch_size``).
+
+    The vector of edge lengths, as one point, is rotated by ``limit`` (capped at 90 degrees)
+    about each axis in turn, one rotation at a time (in 2D once); per axis the largest
+    absolute coordinate, the patch edge included, is divided by 0.85 and rounded down. A
+    slice stack keeps its first axis. The reference multiplies the row vector by the
+    rotation matrix, i.e. rotates by ``-limit``; so does this.
+    """
     dims = len(patch)
-    planes = [(0, 1)] if dims == 2 else ([(1, 2)] if slice_stack else [(1, 2), (0, 2), (0, 1)])
-    for i, j in planes:
-        ei, ej = _rotated_extent(patch[i], patch[j], limit)
-        extent[i] = max(extent[i], ei)
-        extent[j] = max(extent[j], ej)
-    crop = []
-    for axis, (p, e) in enumerate(zip(patch, extent, strict=True)):
-        if slice_stack and axis == 0:
-            crop.append(p)
-            continue
-        c = max(p, math.ceil(e / CROP_SCALE_MARGIN - 1e-6))
-        c += (c - p) % 2
-        crop.append(c)
+    angle = min(limit, CROP_ROTATION_CAP)
+    edges = np.asarray(patch, dtype=np.float64)
+    extent = edges.copy()
+    for axis in range(1 if dims == 2 else 3):
+        extent = np.maximum(extent, np.abs(rotation_matrix(dims, axis, -angle) @ edges))
+    crop = [int(e / CROP_SCALE_MARGIN) for e in extent]
+    if slice_stack:
+        crop[0] = patch[0]
     return tuple(crop)
 
 
 def rotation_matrix(dims: int, axis: int, angle: float) -> np.ndarray:
-    """Rotation about array axis ``axis`` (3D), or in the plane (2D)."""
+    """Right-handed rotation about array axis ``axis`` (3D), or in the plane (2D)."""
     m = np.eye(dims)
-    i, j = (0, 1) if dims == 2 else tuple(a for a in range(3) if a != axis)
+    i, j = (0, 1) if dims == 2 else ((axis + 1) % 3, (axis + 2) % 3)
     c, s = math.cos(angle), math.sin(angle)
     m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
     return m
@@ -136,12 +146,70 @@ def sampling_matrix(rules: SpatialRules, angles: np.ndarray, scale: float) -> np
 
 
 def central_crop(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    spatial = x.shape[2:]
+    """The patch around the crop's centre voxel ``have // 2`` (the reference's integer centre)."""
     index = [slice(None), slice(None)]
-    for have, want in zip(spatial, size, strict=True):
-        start = (have - want) // 2
+    for have, want in zip(x.shape[2:], size, strict=True):
+        start = have // 2 - want // 2
         index.append(slice(start, start + want))
     return x[tuple(index)]
+
+
+def sampling_grid(
+    matrices: torch.Tensor, crop: tuple[int, ...], patch_size: tuple[int, ...], device
+) -> torch.Tensor:
+    """``grid_sample``'s grid ``(n, *patch, d)`` for per-sample ``matrices`` (n, d, d), which
+    map voxel offsets from the patch centre to offsets in the crop, in array axis order."""
+    n, dims = matrices.shape[0], len(patch_size)
+    out_half = torch.tensor([p / 2 for p in patch_size], dtype=torch.float64)
+    in_scale = torch.tensor([2 / c for c in crop], dtype=torch.float64)
+    # normalised output coordinate -> normalised input coordinate, array axis order
+    a = in_scale[None, :, None] * matrices.to(torch.float64) * out_half[None, None, :]
+    theta = torch.zeros((n, dims, dims + 1), dtype=torch.float64)
+    theta[:, :, :dims] = a.flip(1).flip(2)  # grid_sample wants (x, y[, z]) order
+    theta = theta.to(device=device, dtype=torch.float32)
+    return F.affine_grid(theta, [n, 1, *patch_size], align_corners=False)
+
+
+def outside_crop(grid: torch.Tensor, crop: tuple[int, ...]) -> torch.Tensor:
+    """``(n, *patch)``: points beyond the centres of the crop's border voxels, where linear
+    interpolation would mix in the padding (by more than :data:`BORDER_TOLERANCE`)."""
+    inner = [1 - (1 - 2 * BORDER_TOLERANCE) / c for c in reversed(crop)]  # grid units
+    inner = torch.tensor(inner, device=grid.device)
+    return (grid.abs() > inner).any(dim=-1)
+
+
+def resample_labels(labels: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Labels ``(n, S, *crop)`` onto the grid, each channel as the reference does.
+
+    Every value present (the outside label included) becomes a one-hot map, interpolated
+    linearly; the largest map wins, compared as :data:`ONE_HOT_COMPARE_DTYPE` after scaling
+    by :data:`ONE_HOT_SCALE`, the lowest value on ties. Points outside the crop get
+    ``OUTSIDE_LABEL``. One ``grid_sample`` per value for the whole batch, keeping only the
+    running best, so memory stays at one map whatever the number of labels. A value absent
+    from a channel interpolates to 0 everywhere and never wins inside the crop, so taking
+    the values of the whole batch, as here, equals taking each channel's own.
+    """
+    out = torch.empty(
+        (*labels.shape[:2], *grid.shape[1:-1]), dtype=labels.dtype, device=labels.device
+    )
+    best = None
+    low, high = (int(v) for v in torch.aminmax(labels))
+    for value in range(low, high + 1):  # ascending, so ties keep the lowest value
+        present = labels == value
+        if not bool(present.any()):
+            continue
+        one_hot = present.to(torch.float32).mul_(ONE_HOT_SCALE)
+        score = F.grid_sample(
+            one_hot, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        ).to(ONE_HOT_COMPARE_DTYPE)
+        if best is None:
+            best = score
+            out.fill_(value)
+        else:
+            out.masked_fill_(score > best, value)
+            best = torch.maximum(best, score)
+    out.masked_fill_(outside_crop(grid, tuple(labels.shape[2:])).unsqueeze(1), OUTSIDE_LABEL)
+    return out
 
 
 def warp(
@@ -153,23 +221,11 @@ def warp(
     """Resample crops ``(n, C, *crop)`` onto patches through per-sample ``matrices``.
 
     ``matrices`` (n, d, d) map voxel offsets from the patch centre to offsets in the crop, in
-    array axis order. Image: (bi/tri)linear; labels: nearest; zeros outside.
+    array axis order. Image: (bi/tri)linear, zeros outside; labels: :func:`resample_labels`.
     """
-    n, dims = image.shape[0], image.dim() - 2
-    crop = image.shape[2:]
-    out_half = torch.tensor([p / 2 for p in patch_size], dtype=torch.float64)
-    in_scale = torch.tensor([2 / c for c in crop], dtype=torch.float64)
-    # normalised output coordinate -> normalised input coordinate, array axis order
-    a = in_scale[None, :, None] * matrices.to(torch.float64) * out_half[None, None, :]
-    theta = torch.zeros((n, dims, dims + 1), dtype=torch.float64)
-    theta[:, :, :dims] = a.flip(1).flip(2)  # grid_sample wants (x, y[, z]) order
-    theta = theta.to(device=image.device, dtype=torch.float32)
-    grid = F.affine_grid(theta, [n, 1, *patch_size], align_corners=False)
+    grid = sampling_grid(matrices, tuple(image.shape[2:]), patch_size, image.device)
     warped = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    warped_labels = F.grid_sample(
-        labels.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
-    )
-    return warped, warped_labels.round().to(labels.dtype)
+    return warped, resample_labels(labels, grid)
 
 
 # rotation + scaling -------------------------------------------------------------------------
