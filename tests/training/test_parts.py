@@ -85,6 +85,31 @@ def test_2d_sampler_picks_slices(tiny_dataset):
     assert batch.image.shape == (2, 1, 20, 20) and (batch.labels[1] > 0).any()
 
 
+def _case(shape, voxels_by_class, previous=False):
+    """A case whose image holds each voxel's slice index, labels set at ``voxels_by_class``."""
+    image = np.broadcast_to(np.arange(shape[0], dtype=np.float32)[:, None, None], shape).copy()[
+        None
+    ]
+    labels = np.zeros((1, *shape), dtype=np.int16)
+    locations = {}
+    for label, voxels in voxels_by_class.items():
+        array = np.asarray(voxels, dtype=np.int64).reshape(-1, 3)
+        labels[(0, *array.T)] = label
+        locations[label] = array
+    prev = labels.copy() if previous else None
+    return CaseData("case", image, labels, prev, locations)
+
+
+def test_sampler_hands_the_previous_stage_labels_on_unchanged():
+    rng = np.random.default_rng(3)
+    voxels = [tuple(int(v) for v in rng.integers(0, 12, 3)) for _ in range(12)]
+    case = _case((12, 12, 12), {1: voxels[:6], 2: voxels[6:]}, previous=True)
+    sampler = PatchSampler([case], (8, 8, 8), (10, 10, 10), [False, True])
+    for _ in range(100):  # perturbing it is the augmentation's job, after the spatial transforms
+        labels = sampler.sample(rng).labels
+        assert np.array_equal(labels[:, 1], labels[:, 0])
+
+
 # loss -------------------------------------------------------------------------------------------
 
 
