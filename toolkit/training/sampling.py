@@ -10,9 +10,11 @@ Rules (the reference implementation's, nnU-Net v2):
   third, which keeps the foreground share of each batch constant. With several processes
   the flags are those of the global batch, each process taking its slice.
 * A forced sample picks a foreground class present in the case (uniformly among them),
-  then one of that class's recorded voxel locations, and centres the crop on it. In 2D the
-  slice is picked first, uniformly among the slices holding that class. A case without
-  foreground falls back to a random crop.
+  then one of that class's recorded voxel locations (uniformly: in 2D the slice is that
+  voxel's, so slices count by their recorded voxels), and centres the crop on it. Only the
+  lower bound of the random crops holds the crop's start, so the voxel stays at the centre
+  and the crop may run into padding at the upper border. A case without foreground falls
+  back to a random crop.
 * Random crops may reach half the enlargement beyond the image on each side, so patch
   centres cover the border; images smaller than the crop are padded. Padding is 0 for the
   image and -1 for the labels and for the previous stage's (the "outside" label,
@@ -160,10 +162,6 @@ class PatchSampler:
         if forced and case.locations:
             label = sorted(case.locations)[int(rng.integers(len(case.locations)))]
             voxels = case.locations[label]
-            if self.two_d:
-                slices = np.unique(voxels[:, 0])
-                z = slices[int(rng.integers(len(slices)))]
-                voxels = voxels[voxels[:, 0] == z]
             center = voxels[int(rng.integers(len(voxels)))]
         if self.two_d:
             z = int(center[0]) if center is not None else int(rng.integers(shape[0]))
@@ -187,10 +185,11 @@ class PatchSampler:
         return img, lab, prev
 
     def crop_start(self, shape, center, rng: np.random.Generator) -> list[int]:
+        """A random start within :func:`crop_range`, or the one centring ``center`` (held
+        by the lower bound only, as the reference's ``get_bbox``)."""
         lows, highs = crop_range(tuple(shape), self.crop, self.patch)
         if center is None:
             return [int(rng.integers(lo, hi + 1)) for lo, hi in zip(lows, highs, strict=True)]
         return [
-            int(min(max(int(c) - size // 2, lo), hi))
-            for c, size, lo, hi in zip(center, self.crop, lows, highs, strict=True)
+            max(int(c) - size // 2, lo) for c, size, lo in zip(center, self.crop, lows, strict=True)
         ]
