@@ -368,18 +368,21 @@ def test_finish_masks_maps_outside_label_and_builds_cascade_channels():
     assert (net_input[0, 2] == (labels[0, 1] == 1)).all() and net_input[0, 3].sum() == 0
 
 
-def test_binary_operator_keeps_one_hot_exclusive():
+def test_binary_operator_uses_the_ball_and_keeps_one_hot_exclusive():
     onehot = torch.zeros((1, 2, 12, 12, 12))
     onehot[0, 0, 3:6, 3:6, 3:6] = 1
     onehot[0, 1, 6:9, 6:9, 6:9] = 1
     op = A.RandomBinaryOperator()
-    params = A.BinaryOperatorParams(np.array([0]), [[(0, "dilate", 2)]])
+    params = A.BinaryOperatorParams(np.array([0]), [[(0, "dilate", 2.3)]])
     out = op.apply_to_onehot(onehot.clone(), params)
-    # 3^3 dilated by 2 is 7^3; class 1 loses the 2^3 voxels class 0 grew into
-    assert out[0, 0].sum() == 343 and out[0, 1].sum() == 27 - 8
+    # 3^3 grown by the ball of radius 2 (33 voxels, not the 5^3 cube): 179 voxels; class 1
+    # loses its one corner voxel within that ball (a cube would take 2^3 of them)
+    grown = ndimage.binary_dilation(onehot[0, 0].numpy() > 0, structure=A.ball_footprint(2.3, 3))
+    assert grown.sum() == 179 and torch.equal(out[0, 0] > 0, torch.from_numpy(grown))
+    assert out[0, 1].sum() == 27 - 1
     assert (out.sum(1) <= 1).all()
     eroded = op.apply_to_onehot(
-        onehot.clone(), A.BinaryOperatorParams(np.array([0]), [[(1, "erode", 1)]])
+        onehot.clone(), A.BinaryOperatorParams(np.array([0]), [[(1, "erode", 1.0)]])
     )
     assert eroded[0, 1].sum() == 1 and torch.equal(eroded[0, 0], onehot[0, 0])
 

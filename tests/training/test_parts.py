@@ -85,6 +85,55 @@ def test_2d_sampler_picks_slices(tiny_dataset):
     assert batch.image.shape == (2, 1, 20, 20) and (batch.labels[1] > 0).any()
 
 
+def _case(shape, voxels_by_class, previous=False):
+    """A case whose image holds each voxel's slice index, labels set at ``voxels_by_class``."""
+    image = np.broadcast_to(np.arange(shape[0], dtype=np.float32)[:, None, None], shape).copy()[
+        None
+    ]
+    labels = np.zeros((1, *shape), dtype=np.int16)
+    locations = {}
+    for label, voxels in voxels_by_class.items():
+        array = np.asarray(voxels, dtype=np.int64).reshape(-1, 3)
+        labels[(0, *array.T)] = label
+        locations[label] = array
+    prev = labels.copy() if previous else None
+    return CaseData("case", image, labels, prev, locations)
+
+
+def test_2d_forced_sample_picks_a_class_then_a_voxel_among_its_locations():
+    # class 1: one voxel on slice 0 and nine on slice 2; class 2: one voxel on slice 4
+    ones = [(0, 8, 8)] + [(2, y, x) for y in (3, 8, 12) for x in (3, 8, 12)]
+    case = _case((5, 16, 16), {1: ones, 2: [(4, 8, 8)]})
+    sampler = PatchSampler([case], (8, 8), (8, 8), [True])
+    rng = np.random.default_rng(0)
+    slices = [int(sampler.sample(rng).image[0, 0, 0, 0]) for _ in range(3000)]
+    share = {z: slices.count(z) / len(slices) for z in (0, 2, 4)}
+    assert abs(share[4] - 0.5) < 0.04  # classes are equally likely
+    # within class 1, slices count by their voxels: 1/10 and 9/10 (not 1/2 each)
+    assert abs(share[0] - 0.05) < 0.015 and abs(share[2] - 0.45) < 0.04
+
+
+def test_forced_crop_stays_centred_on_the_voxel_and_may_run_into_padding():
+    for corner, centre in [((19, 19, 19), (6, 6, 6)), ((0, 0, 0), (2, 2, 2))]:
+        case = _case((20, 20, 20), {1: [corner]})
+        sampler = PatchSampler([case], (8, 8, 8), (12, 12, 12), [True])
+        labels = sampler.sample(np.random.default_rng(0)).labels[0, 0]
+        # upper border: centred, the crop runs 5 voxels into padding; lower border: the
+        # crop starts at the lowest random start (-2), as the reference's get_bbox
+        assert labels[centre] == 1 and labels.max() == 1
+    assert (labels[:2] == -1).all() and (labels[2:, 2:, 2:] >= 0).all()
+
+
+def test_sampler_hands_the_previous_stage_labels_on_unchanged():
+    rng = np.random.default_rng(3)
+    voxels = [tuple(int(v) for v in rng.integers(0, 12, 3)) for _ in range(12)]
+    case = _case((12, 12, 12), {1: voxels[:6], 2: voxels[6:]}, previous=True)
+    sampler = PatchSampler([case], (8, 8, 8), (10, 10, 10), [False, True])
+    for _ in range(100):  # perturbing it is the augmentation's job, after the spatial transforms
+        labels = sampler.sample(rng).labels
+        assert np.array_equal(labels[:, 1], labels[:, 0])
+
+
 # loss -------------------------------------------------------------------------------------------
 
 

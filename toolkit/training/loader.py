@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from toolkit.training.augmentation.augmenter import Augmenter
-from toolkit.training.augmentation.cascade_labels import RandomBinaryOperator, finish
+from toolkit.training.augmentation.cascade_labels import CascadeAugmentation, finish
 from toolkit.training.augmentation.framework import Batch
 from toolkit.training.sampling import PatchSampler
 
@@ -69,7 +69,7 @@ class BatchMaker:
         rank: int,
         foreground_labels: list[int],
         masked_channels: list[int],
-        binary_operator: RandomBinaryOperator | None = None,
+        cascade: CascadeAugmentation | None = None,
         synchronize_timings: bool = False,
     ):
         self.sampler = sampler
@@ -79,7 +79,7 @@ class BatchMaker:
         self.rank = rank
         self.foreground_labels = foreground_labels
         self.masked_channels = masked_channels
-        self.binary_operator = binary_operator
+        self.cascade = cascade
         self.synchronize_timings = synchronize_timings
         self._local = threading.local()
 
@@ -110,9 +110,9 @@ class BatchMaker:
             batch = Batch(image, labels)
             if self.augmenter is not None:
                 batch = self.augmenter(batch, augment_seed)
-            operator_params = None
-            if self.binary_operator is not None:
-                operator_params = self.binary_operator.sample(
+            cascade_params = None
+            if self.cascade is not None:
+                cascade_params = self.cascade.sample(
                     np.random.default_rng(operator_seed),
                     batch.batch_size,
                     len(self.foreground_labels),
@@ -121,8 +121,8 @@ class BatchMaker:
                 batch,
                 self.foreground_labels,
                 self.masked_channels,
-                self.binary_operator,
-                operator_params,
+                self.cascade,
+                cascade_params,
             )
             event = None
             if stream is not None:

@@ -10,12 +10,17 @@ Rules (the reference implementation's, nnU-Net v2):
   third, which keeps the foreground share of each batch constant. With several processes
   the flags are those of the global batch, each process taking its slice.
 * A forced sample picks a foreground class present in the case (uniformly among them),
-  then one of that class's recorded voxel locations, and centres the crop on it. In 2D the
-  slice is picked first, uniformly among the slices holding that class. A case without
-  foreground falls back to a random crop.
+  then one of that class's recorded voxel locations (uniformly: in 2D the slice is that
+  voxel's, so slices count by their recorded voxels), and centres the crop on it. Only the
+  lower bound of the random crops holds the crop's start, so the voxel stays at the centre
+  and the crop may run into padding at the upper border. A case without foreground falls
+  back to a random crop.
 * Random crops may reach half the enlargement beyond the image on each side, so patch
   centres cover the border; images smaller than the crop are padded. Padding is 0 for the
-  image and -1 for the labels (the "outside" label, background for the loss).
+  image and -1 for the labels and for the previous stage's (the "outside" label,
+  background for the loss and for the cascade's one-hot channels).
+* The previous stage's labels are cropped as they are: the cascade's perturbations act on
+  the final patch after augmentation (:mod:`toolkit.training.augmentation.cascade_labels`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from toolkit.errors import ToolkitError
 from toolkit.io.preprocessed import CaseProperties, load_case
@@ -32,9 +36,6 @@ from toolkit.io.preprocessed import CaseProperties, load_case
 OVERSAMPLE_FRACTION = 0.33
 IMAGE_PAD = 0.0
 LABEL_PAD = -1
-PREVIOUS_PAD = 0
-CC_REMOVAL_PROBABILITY = 0.2
-CC_REMOVAL_MAX_FRACTION = 0.15
 
 
 def foreground_flags(batch_size: int, fraction: float = OVERSAMPLE_FRACTION) -> list[bool]:
@@ -128,7 +129,6 @@ class PatchSampler:
         patch: tuple[int, ...],
         crop: tuple[int, ...],
         flags: list[bool],
-        perturb_previous: bool = False,
     ):
         if not cases:
             raise ValueError("PatchSampler needs at least one case")
@@ -136,7 +136,6 @@ class PatchSampler:
         self.patch = tuple(patch)
         self.crop = tuple(crop)
         self.flags = list(flags)
-        self.perturb_previous = perturb_previous
         self.two_d = len(self.patch) == 2
 
     def sample(self, rng: np.random.Generator) -> SampledBatch:
@@ -154,8 +153,6 @@ class PatchSampler:
             image[j] = img
             labels[j, 0] = lab[0]
             if prev is not None:
-                if self.perturb_previous and rng.random() < CC_REMOVAL_PROBABILITY:
-                    prev = remove_random_component(prev, rng)
                 labels[j, 1] = prev[0]
         return SampledBatch(image, labels, names)
 
@@ -165,10 +162,6 @@ class PatchSampler:
         if forced and case.locations:
             label = sorted(case.locations)[int(rng.integers(len(case.locations)))]
             voxels = case.locations[label]
-            if self.two_d:
-                slices = np.unique(voxels[:, 0])
-                z = slices[int(rng.integers(len(slices)))]
-                voxels = voxels[voxels[:, 0] == z]
             center = voxels[int(rng.integers(len(voxels)))]
         if self.two_d:
             z = int(center[0]) if center is not None else int(rng.integers(shape[0]))
@@ -185,36 +178,18 @@ class PatchSampler:
         img = crop_and_pad(arrays[0], start, self.crop, IMAGE_PAD, np.float32)
         lab = crop_and_pad(arrays[1], start, self.crop, LABEL_PAD, np.int16)
         prev = (
-            crop_and_pad(arrays[2], start, self.crop, PREVIOUS_PAD, np.int16)
+            crop_and_pad(arrays[2], start, self.crop, LABEL_PAD, np.int16)
             if len(arrays) > 2
             else None
         )
         return img, lab, prev
 
     def crop_start(self, shape, center, rng: np.random.Generator) -> list[int]:
+        """A random start within :func:`crop_range`, or the one centring ``center`` (held
+        by the lower bound only, as the reference's ``get_bbox``)."""
         lows, highs = crop_range(tuple(shape), self.crop, self.patch)
         if center is None:
             return [int(rng.integers(lo, hi + 1)) for lo, hi in zip(lows, highs, strict=True)]
         return [
-            int(min(max(int(c) - size // 2, lo), hi))
-            for c, size, lo, hi in zip(center, self.crop, lows, highs, strict=True)
+            max(int(c) - size // 2, lo) for c, size, lo in zip(center, self.crop, lows, strict=True)
         ]
-
-
-def remove_random_component(previous: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Cascade augmentation (p 0.2 per sample, the reference's): for each foreground class of
-    the previous stage's prediction, delete one random connected component smaller than 15%
-    of the crop, as if the first stage had missed it."""
-    out = previous.copy()
-    limit = CC_REMOVAL_MAX_FRACTION * out[0].size
-    for label in np.unique(out):
-        if label <= 0:
-            continue
-        components, count = ndimage.label(out[0] == label)
-        if count == 0:
-            continue
-        sizes = np.bincount(components.ravel())[1:]
-        eligible = np.flatnonzero(sizes < limit) + 1
-        if eligible.size:
-            out[0][components == eligible[int(rng.integers(eligible.size))]] = 0
-    return out

@@ -32,7 +32,7 @@ from toolkit.core.labels import foreground_labels
 from toolkit.nets.unet import UNet, build_network
 from toolkit.progress import info, progress_bar
 from toolkit.training.augmentation.augmenter import Augmenter
-from toolkit.training.augmentation.cascade_labels import RandomBinaryOperator
+from toolkit.training.augmentation.cascade_labels import CascadeAugmentation
 from toolkit.training.augmentation.spatial import SpatialRules, spatial_rules
 from toolkit.training.checkpoint import (
     TrainingState,
@@ -343,13 +343,12 @@ def batch_makers(
         rules.patch_size,
         rules.crop_size,
         flags,
-        perturb_previous=cascade,
     )
     val_rules = SpatialRules(rules.patch_size, rules.patch_size, 0.0, (), (), (), rules.slice_stack)
     val_sampler = PatchSampler(
         open_cases(job.split.val), val_rules.patch_size, val_rules.crop_size, flags
     )
-    operator = RandomBinaryOperator() if cascade else None
+    cascade_augmentation = CascadeAugmentation() if cascade else None
     seed = job.options.seed
     train = BatchMaker(
         train_sampler,
@@ -359,7 +358,7 @@ def batch_makers(
         ctx.rank,
         fg,
         masked,
-        operator,
+        cascade_augmentation,
         synchronize_timings,
     )
     val = BatchMaker(val_sampler, None, device, seed, ctx.rank, fg, [], None, synchronize_timings)

@@ -12,15 +12,24 @@ The parts:
 * :mod:`~toolkit.training.augmentation.augmenter`: the :class:`Augmenter`, the method's
   nine transforms in the reference's order (METHOD.md section 4).
 * :mod:`~toolkit.training.augmentation.cascade_labels`: :func:`finish` (network input and
-  target from an augmented batch) and the cascade's random binary operator.
+  target from an augmented batch) and the cascade's perturbations of the previous stage's
+  one-hot channels (random binary operator, then random component removal), which the
+  reference applies last.
 """
 
 from toolkit.training.augmentation.augmenter import AugmentationParams, Augmenter
 from toolkit.training.augmentation.cascade_labels import (
     BinaryOperatorParams,
+    CascadeAugmentation,
+    CascadeParams,
+    ComponentRemovalParams,
     RandomBinaryOperator,
+    RandomComponentRemoval,
+    ball_footprint,
+    dilate,
     finish,
     morphology,
+    removable_component,
 )
 from toolkit.training.augmentation.framework import (
     Batch,
@@ -57,7 +66,10 @@ __all__ = [
     "BinaryOperatorParams",
     "BlurParams",
     "Brightness",
+    "CascadeAugmentation",
+    "CascadeParams",
     "ChannelFactors",
+    "ComponentRemovalParams",
     "Contrast",
     "Gamma",
     "GaussianBlur",
@@ -68,14 +80,18 @@ __all__ = [
     "MirrorParams",
     "NoiseParams",
     "RandomBinaryOperator",
+    "RandomComponentRemoval",
     "RandomTransform",
     "SpatialParams",
     "SpatialRules",
     "SpatialTransform",
     "TransformParams",
+    "ball_footprint",
     "check_probability",
     "check_range",
+    "dilate",
     "finish",
     "morphology",
+    "removable_component",
     "spatial_rules",
 ]

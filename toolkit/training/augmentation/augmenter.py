@@ -2,7 +2,11 @@
 
 Rotation and scaling (one resampling, :mod:`toolkit.training.augmentation.spatial`),
 Gaussian noise, Gaussian blur, brightness, contrast, low-resolution simulation, inverted
-gamma, gamma (:mod:`toolkit.training.augmentation.intensity`), mirroring.
+gamma, gamma (:mod:`toolkit.training.augmentation.intensity`), mirroring. The reference then masks
+the image, maps the outside label to background and, in a cascade, moves the previous
+stage's labels to one-hot channels and perturbs them (binary operator, then component
+removal): :func:`toolkit.training.augmentation.cascade_labels.finish` does those steps, in
+that order, after the augmenter.
 """
 
 from __future__ import annotations
