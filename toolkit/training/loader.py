@@ -3,8 +3,9 @@
 :class:`BatchMaker` turns a :class:`BatchKey` (epoch, phase, iteration) into a ready
 network input and target: crops sampled from the memory-mapped cases, moved to the
 training device, augmented there, finished (mask, labels, cascade channels). All its
-randomness comes from a seed derived from the run's seed, the key and the process rank, so
-a batch does not depend on which thread made it or on when the run was resumed.
+randomness comes from a seed derived from the run's seed (``--seed`` mixed with the
+configuration and the fold: :func:`toolkit.training.job.run_seed`), the key and the process
+rank, so a batch does not depend on which thread made it or on when the run was resumed.
 
 :class:`Prefetcher` keeps ``depth`` batches in flight in ``threads`` background threads
 (torch and numpy release the interpreter lock in their heavy work) and records how long the
