@@ -1,9 +1,19 @@
-"""The cascade's input, one rule for training, validation and prediction.
+"""The cascade's input, one owner for training, validation and prediction (nnU-Net v2's rules).
 
-The first stage's softmax probabilities, on its own preprocessed grid, are resampled to the
-next stage's grid of the same case (linearly, nearest along a coarse axis), turned into labels
-by argmax, and enter the next stage's network as one one-hot channel per foreground label
-after the image channels.
+The first stage's labels reach the next stage's preprocessed grid of a case in one of two ways:
+
+- for training (:func:`next_stage_labels`; the stored out-of-fold ``predicted_next_stage``
+  predictions, which validation reads too): the first stage's *logits* on its own preprocessed
+  grid are resampled straight to the next stage's grid with the probability resampler
+  (linear, nearest along a coarse axis), then argmaxed. Whether an axis is coarse is decided
+  on one spacing, the first stage's, given as both the current and the new spacing.
+- for prediction (:func:`segmentation_on_grid`): the first stage's segmentation exported to
+  the case's original geometry, as any prediction (resampled logits, argmax, pasted into the
+  uncropped extent), is preprocessed as a label map is: cropped to the case's box, transposed,
+  resampled with the label resampler from the case's spacing to the next stage's.
+
+Either way the labels enter the next stage's network as one one-hot channel per foreground
+label after the image channels (:func:`cascade_channels`).
 """
 
 from __future__ import annotations
@@ -12,33 +22,87 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from toolkit.core.labels import foreground_labels, one_hot
+from toolkit.core.cropping import box_slices
+from toolkit.core.labels import foreground_labels, one_hot, storage_dtype
 from toolkit.core.plans import Configuration, Plans
-from toolkit.core.resampling import case_target_spacing, resample_probabilities
+from toolkit.core.resampling import (
+    case_target_spacing,
+    resample_labels,
+    resample_probabilities,
+    transpose_spatial,
+)
+from toolkit.io.preprocessed import CaseProperties
 
 
-def labels_on_next_grid(
-    probabilities: np.ndarray,
+def next_stage_labels(
+    logits: Sequence[np.ndarray],
     *,
     plans: Plans,
     configuration: Configuration,
-    next_configuration: Configuration,
     spacing: Sequence[float],
     next_shape: Sequence[int],
 ) -> np.ndarray:
-    """First-stage ``(classes, *grid)`` probabilities -> labels ``(*next_shape)`` on the next grid.
+    """First-stage logits, one ``(*grid)`` array per class -> labels ``(*next_shape)``, in the
+    stored label type (:func:`~toolkit.core.labels.storage_dtype`).
 
-    ``spacing`` is the case's original spacing (before transposition).
+    ``configuration`` is the first stage's; ``spacing`` the case's original spacing (before
+    transposition; a 2D first stage keeps its slice spacing). One class is resampled at a
+    time, keeping a running maximum: the argmax of the resampled logits, ties to the lower
+    class.
     """
     spacing_t = [spacing[a] for a in plans.transpose_forward]
-    upsampled = resample_probabilities(
-        probabilities,
-        next_shape,
+    own = case_target_spacing(configuration, spacing_t)
+    shape = [int(s) for s in next_shape]
+    best = labels = None
+    for c, class_logits in enumerate(logits):
+        values = resample_probabilities(
+            np.asarray(class_logits, dtype=np.float32)[None],
+            shape,
+            own,
+            own,
+            configuration.resampling,
+        )[0]
+        if best is None:
+            best, labels = values, np.zeros(shape, dtype=storage_dtype(plans.num_classes))
+            continue
+        better = values > best
+        labels[better] = c
+        np.maximum(best, values, out=best)
+    if labels is None:
+        raise ValueError("no logits given")
+    return labels
+
+
+def segmentation_on_grid(
+    segmentation: np.ndarray,
+    *,
+    plans: Plans,
+    configuration: Configuration,
+    props: CaseProperties,
+) -> np.ndarray:
+    """A segmentation in the case's original geometry ``(z, y, x)`` (or ``(1, z, y, x)``) ->
+    labels on ``configuration``'s preprocessed grid of the case (``props``), ``(*grid)``.
+
+    Preprocessing marks voxels outside the non-zero mask ``-1``; that marker changes no
+    foreground channel (labels are resampled in ascending order, foreground last), so it is
+    left out and those voxels stay background.
+    """
+    volume = np.asarray(segmentation)
+    if volume.ndim == len(props.shape_before_cropping) + 1:
+        volume = volume[0]
+    if list(volume.shape) != list(props.shape_before_cropping):
+        raise ValueError(
+            f"segmentation of shape {volume.shape} is not on case {props.case!r}'s original grid {tuple(props.shape_before_cropping)}"
+        )
+    cropped = transpose_spatial(volume[box_slices(props.crop_bbox)][None], plans.transpose_forward)
+    spacing_t = [props.spacing[a] for a in plans.transpose_forward]
+    return resample_labels(
+        cropped,
+        props.shape_after_resampling,
+        spacing_t,
         case_target_spacing(configuration, spacing_t),
-        case_target_spacing(next_configuration, spacing_t),
         configuration.resampling,
-    )
-    return upsampled.argmax(0)
+    )[0]
 
 
 def cascade_channels(plans: Plans, previous_labels: np.ndarray) -> np.ndarray:

@@ -1,11 +1,12 @@
-"""A cascade stage's extra input at prediction time: the first stage's labels on its grid.
+"""A cascade stage's extra input at prediction time, as nnU-Net v2's predictor makes it.
 
-The labels are given (a preprocessed case's ``predicted_next_stage`` labels, or a label map
-the caller passes) or predicted by the first stage's own predictor on the raw image, as
-training's cascade export makes them (:func:`toolkit.core.cascade.labels_on_next_grid`:
-probabilities resampled from the first stage's grid to the next stage's, then the argmax).
-They enter the network as one-hot channels after the image's
-(:func:`toolkit.core.cascade.cascade_channels`).
+A raw case takes the first stage's segmentation in the case's original geometry: given by
+the caller (nnU-Net's folder of previous-stage predictions), or predicted here by the first
+stage's own predictor and exported as any prediction is (no postprocessing). It is brought to
+the stage's preprocessed grid as a label map is preprocessed
+(:func:`toolkit.core.cascade.segmentation_on_grid`). A preprocessed case takes labels already
+on its grid (training's stored ``predicted_next_stage``). Either way they enter the network as
+one-hot channels after the image's (:func:`toolkit.core.cascade.cascade_channels`).
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
-import torch
 
-from toolkit.core.cascade import cascade_channels, labels_on_next_grid
+from toolkit.core.cascade import cascade_channels, segmentation_on_grid
 from toolkit.core.plans import Configuration, Plans
 from toolkit.errors import ToolkitError
 from toolkit.io.images import Geometry
 from toolkit.io.preprocessed import CaseProperties
-from toolkit.preprocessing.case import preprocess_case
+
+
+class Segmentation(Protocol):
+    labels: np.ndarray  # (z, y, x), the input's grid
 
 
 class CascadeStage(Protocol):
@@ -36,36 +39,43 @@ class CascadeStage(Protocol):
     @property
     def previous_stage(self) -> CascadeStage | None: ...
 
-    def predict_logits(
-        self, data: np.ndarray | torch.Tensor, on_windows: Callable[[int], None] | None = None
-    ) -> list[torch.Tensor]: ...
+    def predict_case(
+        self,
+        image: np.ndarray,
+        geometry: Geometry,
+        previous_stage: np.ndarray | None = None,
+        with_probabilities: bool = True,
+        on_windows: Callable[[int], None] | None = None,
+    ) -> Segmentation: ...
 
 
-def cascade_input_channels(
+def channels_from_segmentation(
     stage: CascadeStage,
-    image: np.ndarray | None,
-    geometry: Geometry | None,
+    image: np.ndarray,
+    geometry: Geometry,
     props: CaseProperties,
-    first_stage_labels: np.ndarray | None,
+    segmentation: np.ndarray | None,
     on_windows: Callable[[int], None] | None,
 ) -> np.ndarray:
-    """One-hot foreground channels of the first stage's labels on ``stage``'s grid.
+    """One-hot foreground channels of the first stage's segmentation on ``stage``'s grid.
 
-    ``first_stage_labels``: the labels on that grid; without them ``stage``'s first stage
-    predicts them from the raw ``image``.
+    ``segmentation``: the first stage's, in the raw ``image``'s geometry; without it
+    ``stage``'s first stage predicts it from the image.
     """
-    if first_stage_labels is None:
-        if stage.previous_stage is None:
-            raise ToolkitError(
-                f"{stage.configuration.name} is a cascade: it needs the {stage.configuration.previous_stage} model or its prediction"
-            )
-        if image is None or geometry is None:
-            raise ValueError("the cascade's first stage needs the raw image")
-        first_stage_labels = predict_first_stage_labels(
-            stage.previous_stage, image, geometry, props, stage.configuration, on_windows
-        )
-    labels = np.asarray(first_stage_labels)
-    if labels.ndim == 4:
+    if segmentation is None:
+        segmentation = first_stage_segmentation(stage, image, geometry, on_windows)
+    on_grid = segmentation_on_grid(
+        segmentation, plans=stage.plans, configuration=stage.configuration, props=props
+    )
+    return cascade_channels(stage.plans, on_grid)
+
+
+def channels_from_grid_labels(
+    stage: CascadeStage, props: CaseProperties, labels: np.ndarray
+) -> np.ndarray:
+    """One-hot foreground channels of first-stage labels already on ``stage``'s grid."""
+    labels = np.asarray(labels)
+    if labels.ndim == len(props.shape_after_resampling) + 1:
         labels = labels[0]
     if tuple(labels.shape) != tuple(props.shape_after_resampling):
         raise ValueError(
@@ -74,33 +84,18 @@ def cascade_input_channels(
     return cascade_channels(stage.plans, labels)
 
 
-def predict_first_stage_labels(
-    first_stage: CascadeStage,
+def first_stage_segmentation(
+    stage: CascadeStage,
     image: np.ndarray,
     geometry: Geometry,
-    next_props: CaseProperties,
-    next_configuration: Configuration,
     on_windows: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """The first stage's labels of a raw case on the next stage's preprocessed grid, as
-    training's cascade export makes them.
-
-    Probabilities are resampled from the first stage's grid to the next stage's, then the
-    argmax.
-    """
-    data, _, props = preprocess_case(image, geometry, first_stage.plans, first_stage.configuration)
-    if first_stage.configuration.is_cascade:
-        data = np.concatenate(
-            [data, cascade_input_channels(first_stage, image, geometry, props, None, on_windows)]
+    """The segmentation ``(z, y, x)`` ``stage``'s first stage predicts for a raw case."""
+    if stage.previous_stage is None:
+        raise ToolkitError(
+            f"{stage.configuration.name} is a cascade: it needs the {stage.configuration.previous_stage} model or its prediction"
         )
-    logits = first_stage.predict_logits(data, on_windows)
-    probabilities = torch.softmax(torch.stack([t.float().cpu() for t in logits]), dim=0).numpy()
-    del logits
-    return labels_on_next_grid(
-        probabilities,
-        plans=first_stage.plans,
-        configuration=first_stage.configuration,
-        next_configuration=next_configuration,
-        spacing=props.spacing,
-        next_shape=next_props.shape_after_resampling,
+    prediction = stage.previous_stage.predict_case(
+        image, geometry, with_probabilities=False, on_windows=on_windows
     )
+    return prediction.labels

@@ -2,7 +2,8 @@
 
 One case goes: raw ``(c, z, y, x)`` -> :func:`~toolkit.preprocessing.case.preprocess_case`
 (exactly what training saw: crop, transpose, normalize, resample) -> for a cascade, the
-previous stage's labels as one-hot channels (:mod:`toolkit.inference.first_stage`) -> sliding
+previous stage's segmentation, preprocessed as a label map, as one-hot channels
+(:mod:`toolkit.inference.first_stage`) -> sliding
 window over every fold at once (:mod:`toolkit.inference.sliding_window`: Gaussian-weighted mean
 of the folds' and the mirrored copies' mean logits) -> back to the input's grid
 (:mod:`toolkit.inference.export`) -> label map and, on request, softmax probabilities.
@@ -35,7 +36,7 @@ from toolkit.core.resampling import case_target_spacing
 from toolkit.errors import ToolkitError
 from toolkit.inference.compiled import CompiledNetwork, compile_networks
 from toolkit.inference.export import Prediction, logits_to_original
-from toolkit.inference.first_stage import cascade_input_channels
+from toolkit.inference.first_stage import channels_from_grid_labels, channels_from_segmentation
 from toolkit.inference.loading import LoadedModel, load_model
 from toolkit.inference.options import ModelOptions
 from toolkit.inference.sliding_window import (
@@ -302,7 +303,7 @@ class Predictor:
             data = np.concatenate(
                 [
                     np.asarray(data, dtype=np.float32),
-                    cascade_input_channels(self, None, None, props, previous_stage, None),
+                    channels_from_grid_labels(self, props, previous_stage),
                 ]
             )
         logits = self.predict_logits(data, on_windows)
@@ -321,8 +322,9 @@ class Predictor:
     ) -> Prediction:
         """A raw case ``(c, z, y, x)`` (as read) -> labels and probabilities in the original image's array shape.
 
-        ``previous_stage``: for a cascade, the first stage's label map on the original grid
-        ``(z, y, x)``; without it the first stage's model predicts it.
+        ``previous_stage``: for a cascade, the first stage's segmentation on the original grid
+        ``(z, y, x)`` (as ``toolkit predict`` writes it); without it the first stage's model
+        predicts it.
         """
         image = np.asarray(image)
         if image.ndim == 3:
@@ -335,22 +337,23 @@ class Predictor:
             raise ValueError(
                 f"image of shape {image.shape[1:]} does not fit its geometry {geometry.shape_zyx}"
             )
-        seg = None
+        segmentation = None
         if self.configuration.is_cascade and previous_stage is not None:
-            seg = np.asarray(previous_stage)
-            if seg.shape[-3:] != image.shape[1:]:
+            segmentation = np.asarray(previous_stage)
+            if segmentation.shape[-3:] != image.shape[1:]:
                 raise ToolkitError(
-                    f"the previous stage's labels of shape {seg.shape} do not match the image {image.shape[1:]}"
+                    f"the previous stage's labels of shape {segmentation.shape} do not match the image {image.shape[1:]}"
                 )
-        data, grid_seg, props = preprocess_case(
-            image.astype(np.float32, copy=False), geometry, self.plans, self.configuration, seg=seg
+        data, _, props = preprocess_case(
+            image.astype(np.float32, copy=False), geometry, self.plans, self.configuration
         )
         if self.configuration.is_cascade:
-            previous_grid = None if grid_seg is None else np.where(grid_seg < 0, 0, grid_seg)
             data = np.concatenate(
                 [
                     data,
-                    cascade_input_channels(self, image, geometry, props, previous_grid, on_windows),
+                    channels_from_segmentation(
+                        self, image, geometry, props, segmentation, on_windows
+                    ),
                 ]
             )
         logits = self.predict_logits(data, on_windows)

@@ -2,9 +2,10 @@
 
 As in the reference implementation, the first stage's predictions used for training the
 second are *out of fold*: at the end of training, ``3d_lowres`` fold ``k`` predicts its own
-validation cases (cases it never trained on), upsamples the probabilities to the
-full-resolution preprocessed grid and stores the argmax as ``CASE.npy`` (int8, ``(1, z, y,
-x)``, memory-mappable) in ``models/3d_lowres/predicted_next_stage/3d_cascade_fullres/``.
+validation cases (cases it never trained on), resamples the logits to the full-resolution
+preprocessed grid and stores their argmax (:func:`toolkit.core.cascade.next_stage_labels`) as
+``CASE.npy`` (int8, ``(1, z, y, x)``, memory-mappable) in
+``models/3d_lowres/predicted_next_stage/3d_cascade_fullres/``.
 After every fold of the split, every training case has one. Training the second stage on the first
 stage's predictions of its own training cases would show it near-perfect inputs it never
 gets at test time, so it would learn to copy them; out-of-fold predictions have test-time
@@ -13,12 +14,12 @@ quality. Consequently a cascade fold needs every low-resolution fold trained fir
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from toolkit.core.cascade import labels_on_next_grid
-from toolkit.core.labels import storage_dtype
+from toolkit.core.cascade import next_stage_labels
 from toolkit.core.plans import Configuration, Plans
 from toolkit.core.splits import Split
 from toolkit.errors import ToolkitError
@@ -67,26 +68,23 @@ def export_case(
     next_configuration: Configuration,
     paths: DatasetPaths,
     case: str,
-    probabilities: np.ndarray,
+    logits: Sequence[np.ndarray],
 ) -> Path:
     """Store one case's first-stage prediction on the next stage's preprocessed grid.
 
-    ``probabilities`` ``(classes, *grid)`` are on the first stage's preprocessed grid; they are
-    resampled (linearly, nearest along a coarse axis) to the next stage's grid of the same
-    case, and their argmax is written as ``(1, z, y, x)`` int8.
+    ``logits`` (one array per class) are on the first stage's preprocessed grid; the labels
+    :func:`~toolkit.core.cascade.next_stage_labels` makes of them on the next stage's grid of
+    the same case are written as ``(1, z, y, x)``.
     """
     props = load_properties(paths.preprocessed_dir(configuration.data_identifier), case)
     next_props = load_properties(paths.preprocessed_dir(next_configuration.data_identifier), case)
-    labels = labels_on_next_grid(
-        probabilities,
+    labels = next_stage_labels(
+        logits,
         plans=plans,
         configuration=configuration,
-        next_configuration=next_configuration,
         spacing=props.spacing,
         next_shape=next_props.shape_after_resampling,
-    )
-    # bounded by the class count, as every stored cascade input has been
-    labels = labels.astype(storage_dtype(plans.num_classes))[None]
+    )[None]
     target = prediction_path(
         paths.next_stage_dir(configuration.name, next_configuration.name), case
     )

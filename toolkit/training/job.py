@@ -4,10 +4,18 @@ Everything a user can get wrong is found here, before any process is started or 
 written: missing plans or preprocessing (the error says which command to run), an unknown
 configuration or fold, a cascade whose first stage has not been trained, a fold folder
 with checkpoints but no ``--resume``, a resume with a different schedule.
+
+Each fold of each configuration draws its own random numbers (initial weights, batches,
+augmentation): the run's seed is a stable hash of ``--seed``, the configuration and the fold
+(:func:`run_seed`), so the members of a cross-validation ensemble differ and the same
+``--seed`` still repeats a run exactly. A checkpoint written before this rule (its run settings
+have no ``run_seed``) resumes with the seed it was started with, ``--seed`` itself.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,6 +39,19 @@ from toolkit.workspace import (
     DatasetPaths,
 )
 
+# the run settings' entry holding the seed derived from --seed, the configuration and the fold
+KEY_RUN_SEED = "run_seed"
+# bits of the derived seed: torch.manual_seed and numpy's SeedSequence both take 63
+RUN_SEED_BITS = 63
+
+
+def run_seed(seed: int, configuration: str, fold: int) -> int:
+    """The seed of one fold of one configuration: a stable hash of the three (never Python's
+    salted ``hash``), the same in every process and on every machine."""
+    text = json.dumps([int(seed), str(configuration), int(fold)])
+    digest = hashlib.sha256(text.encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> (64 - RUN_SEED_BITS)
+
 
 @dataclass(frozen=True)
 class TrainOptions:
@@ -53,12 +74,16 @@ class TrainOptions:
             return self.loader_threads
         return 2 if device.type == "cuda" else 1
 
-    def run_settings(self) -> dict:
-        """What a resumed run must share with the run it continues."""
-        return {"seed": self.seed, "schedule": asdict(self.schedule)}
+    def run_settings(self, configuration: str, fold: int) -> dict:
+        """What a resumed run must share with the run it continues, with the derived seed."""
+        return {
+            "seed": self.seed,
+            "schedule": asdict(self.schedule),
+            KEY_RUN_SEED: run_seed(self.seed, configuration, fold),
+        }
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainingJob:
     paths: DatasetPaths
     plans: Plans
@@ -71,6 +96,12 @@ class TrainingJob:
     device: torch.device
     start_from: Path | None  # checkpoint to resume from
     only_validation: bool  # training finished, its final validation did not
+    run_settings: dict  # stored in every checkpoint (KEY_RUN); a resume keeps the stored ones
+
+    @property
+    def seed(self) -> int:
+        """The seed of every random draw of this run (``--seed`` for a pre-``run_seed`` checkpoint)."""
+        return int(self.run_settings.get(KEY_RUN_SEED, self.run_settings["seed"]))
 
     @property
     def fold_dir(self) -> Path:
@@ -112,6 +143,7 @@ def prepare(
     latest, final = fold_dir / CHECKPOINT_LATEST, fold_dir / CHECKPOINT_FINAL
     start_from = None
     only_validation = False
+    run = options.run_settings(configuration.name, fold)
     existing = [p for p in (final, latest) if p.is_file()]
     if existing and not options.resume:
         raise ToolkitError(
@@ -122,27 +154,41 @@ def prepare(
     if options.resume and existing:
         start_from = existing[0]
         checkpoint = load_checkpoint(start_from)
-        stored = checkpoint.get(KEY_RUN, {})
-        wanted = options.run_settings()
-        if stored != wanted:
-            raise ToolkitError(
-                f"was trained with {_describe(stored)}; resume with the same options (asked for {_describe(wanted)})",
-                start_from,
-            )
+        run = resumed_run_settings(checkpoint.get(KEY_RUN, {}), run, start_from)
         only_validation = training_state(checkpoint).finished
     return TrainingJob(
-        paths,
-        plans,
-        configuration,
-        fold,
-        split,
-        data_folder,
-        previous_folder,
-        options,
-        device,
-        start_from,
-        only_validation,
+        paths=paths,
+        plans=plans,
+        configuration=configuration,
+        fold=fold,
+        split=split,
+        data_folder=data_folder,
+        previous_folder=previous_folder,
+        options=options,
+        device=device,
+        start_from=start_from,
+        only_validation=only_validation,
+        run_settings=run,
     )
+
+
+def resumed_run_settings(stored: dict, wanted: dict, checkpoint: Path) -> dict:
+    """The run settings a resume continues with: the stored ones, if the options match them.
+
+    A checkpoint from before the per-fold seed has no ``run_seed``: it is compared without it
+    and continues with its own seed.
+    """
+    comparable = wanted if KEY_RUN_SEED in stored else _without_run_seed(wanted)
+    if stored != comparable:
+        raise ToolkitError(
+            f"was trained with {_describe(stored)}; resume with the same options (asked for {_describe(wanted)})",
+            checkpoint,
+        )
+    return stored
+
+
+def _without_run_seed(run: dict) -> dict:
+    return {k: v for k, v in run.items() if k != KEY_RUN_SEED}
 
 
 def _describe(run: dict) -> str:

@@ -3,8 +3,9 @@
 :class:`BatchMaker` turns a :class:`BatchKey` (epoch, phase, iteration) into a ready
 network input and target: crops sampled from the memory-mapped cases, moved to the
 training device, augmented there, finished (mask, labels, cascade channels). All its
-randomness comes from a seed derived from the run's seed, the key and the process rank, so
-a batch does not depend on which thread made it or on when the run was resumed.
+randomness comes from a seed derived from the run's seed (``--seed`` mixed with the
+configuration and the fold: :func:`toolkit.training.job.run_seed`), the key and the process
+rank, so a batch does not depend on which thread made it or on when the run was resumed.
 
 :class:`Prefetcher` keeps ``depth`` batches in flight in ``threads`` background threads
 (torch and numpy release the interpreter lock in their heavy work) and records how long the
@@ -96,7 +97,7 @@ class BatchMaker:
         return self._local.stream
 
     def __call__(self, key: BatchKey) -> ReadyBatch:
-        sample_seed, augment_seed, operator_seed = self.seeds(key)
+        sample_seed, augment_seed, cascade_seed = self.seeds(key)
         t0 = time.perf_counter()
         sampled = self.sampler.sample(np.random.default_rng(sample_seed))
         t1 = time.perf_counter()
@@ -113,7 +114,7 @@ class BatchMaker:
             cascade_params = None
             if self.cascade is not None:
                 cascade_params = self.cascade.sample(
-                    np.random.default_rng(operator_seed),
+                    np.random.default_rng(cascade_seed),
                     batch.batch_size,
                     len(self.foreground_labels),
                 )

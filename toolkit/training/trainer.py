@@ -94,7 +94,7 @@ def run(job: TrainingJob, ctx: DistContext) -> FoldResult:
     device = rank_device(job.device, ctx.local_rank)
     if ctx.is_main:
         remove_stale_temporaries(job.fold_dir)
-    torch.manual_seed(job.options.seed)
+    torch.manual_seed(job.seed)
     parts = build_parts(job, ctx, device)
     state = TrainingState()
     if job.start_from is not None:
@@ -284,7 +284,7 @@ def save(job: TrainingJob, parts: Parts, state: TrainingState, name: str) -> Non
         parts.optimizer.state_dict(),
         parts.scaler.state_dict() if parts.scaler is not None else None,
         state,
-        job.options.run_settings(),
+        job.run_settings,
     )
     save_checkpoint(job.fold_dir / name, checkpoint)
 
@@ -349,7 +349,7 @@ def batch_makers(
         open_cases(job.split.val), val_rules.patch_size, val_rules.crop_size, flags
     )
     cascade_augmentation = CascadeAugmentation() if cascade else None
-    seed = job.options.seed
+    seed = job.seed
     train = BatchMaker(
         train_sampler,
         Augmenter(rules),

@@ -78,7 +78,7 @@ def validate_fold(
         data, props = network_input(job, case)
         logits = predictor.predict_logits(data)
         if followers:
-            on_grid = torch.softmax(torch.stack([t.float().cpu() for t in logits]), dim=0).numpy()
+            on_grid = [t.float().cpu().numpy() for t in logits]
             for follower in followers:
                 cascade.export_case(plans, cfg, follower, job.paths, case, on_grid)
             del on_grid
