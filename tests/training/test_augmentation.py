@@ -13,6 +13,7 @@ from toolkit.training import augmentation as A
 from toolkit.training.augmentation.spatial import (
     SpatialRules,
     enlarged_crop_size,
+    rotation_matrix,
     sampling_matrix,
     spatial_rules,
     warp,
@@ -392,3 +393,20 @@ def test_parameter_checks_name_the_parameter():
         A.GaussianNoise(std=(0.2, 0.1))
     with pytest.raises(ValueError, match="`blur.probability`"):
         A.GaussianBlur(probability=1.5)
+
+
+def test_3d_rotations_compose_last_axis_first():
+    # the reference builds Rz @ Ry @ Rx @ S (x, y, z = array axes 0, 1, 2)
+    rules = spatial_rules((64, 64, 64))
+    angles = np.array([0.3, -0.2, 0.5])
+    expected = (
+        rotation_matrix(3, 2, 0.5)
+        @ rotation_matrix(3, 1, -0.2)
+        @ rotation_matrix(3, 0, 0.3)
+        @ np.diag([1.1] * 3)
+    )
+    np.testing.assert_allclose(sampling_matrix(rules, angles, 1.1), expected)
+    reversed_order = (
+        rotation_matrix(3, 0, 0.3) @ rotation_matrix(3, 1, -0.2) @ rotation_matrix(3, 2, 0.5)
+    )
+    assert not np.allclose(sampling_matrix(rules, angles, 1.0), reversed_order)

@@ -135,11 +135,15 @@ def rotation_matrix(dims: int, axis: int, angle: float) -> np.ndarray:
 
 
 def sampling_matrix(rules: SpatialRules, angles: np.ndarray, scale: float) -> np.ndarray:
-    """Maps a voxel offset from the patch centre to the offset read in the crop."""
+    """Maps a voxel offset from the patch centre to the offset read in the crop.
+
+    Rotations compose as the reference's: the last axis's first, ``R2 @ R1 @ R0 @ S``
+    (batchgeneratorsv2 builds ``Rz Ry Rx S`` with x, y, z the array axes 0, 1, 2).
+    """
     m = np.eye(rules.dims)
     for axis, angle in zip(rules.rotation_axes, angles, strict=True):
         if angle != 0.0:
-            m = m @ rotation_matrix(rules.dims, axis, float(angle))
+            m = rotation_matrix(rules.dims, axis, float(angle)) @ m
     s = np.ones(rules.dims)
     s[list(rules.scaled_axes)] = scale
     return m @ np.diag(s)
