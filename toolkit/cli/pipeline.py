@@ -66,7 +66,9 @@ def run_all(
         "8). With --executor ray: how many per-case Ray tasks run at once (default: as many as the "
         "cluster has CPUs).",
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the trainings (mixed with each configuration and fold)."),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed of the trainings (mixed with each configuration and fold)."
+    ),
     workspace: Path = WorkspaceOption,
     quiet: bool = QuietOption,
 ) -> None:

@@ -57,7 +57,9 @@ def train(
         help="Processes training this model together (one per GPU on CUDA; gloo on the CPU). torchrun is detected too.",
     ),
     seed: int = typer.Option(
-        0, "--seed", help="Seed of the network's initialisation and of every batch, mixed with the configuration and the fold (each fold draws its own numbers; the same seed repeats a run exactly)."
+        0,
+        "--seed",
+        help="Seed of the network's initialisation and of every batch, mixed with the configuration and the fold (each fold draws its own numbers; the same seed repeats a run exactly).",
     ),
     checkpoint_minutes: float = typer.Option(
         5.0,
