@@ -69,7 +69,10 @@ def prepare(args: argparse.Namespace) -> dict:
         clean=True,
         verbose=False,
     )
-    plan_experiments([args.dataset_id])
+    if args.gpu_memory:  # a smaller budget plans smaller patches (and topologies to match)
+        plan_experiments([args.dataset_id], gpu_memory_target_in_gb=args.gpu_memory)
+    else:
+        plan_experiments([args.dataset_id])
     plans_file = root / "nnUNet_preprocessed" / target.name / "nnUNetPlans.json"
     plans = json.loads(plans_file.read_text())
     if args.width_divisor > 1:
@@ -175,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--name", default="Synth")
     p.add_argument("--configurations", default="3d_fullres")
     p.add_argument("--width-divisor", type=int, default=1)
+    p.add_argument("--gpu-memory", type=float, default=0.0, help="memory target in GB (0: default)")
     p.add_argument("--processes", type=int, default=1)
     p.set_defaults(func=prepare)
 

@@ -1,0 +1,291 @@
+"""Equal-budget quality against nnU-Net v2: the same plan, split and iterations, several seeds.
+
+On a task built from real anatomy (:mod:`bench.anatomy`: four deep grey structures), nnU-Net
+v2 plans the dataset with a small memory target and narrowed features so that a CPU trains
+it in minutes; the toolkit takes exactly that plan (read through its nnU-Net v2 plans
+converter), the same split (``splits.json`` = nnU-Net's ``splits_final.json``), and both
+train fold 0 for the same number of epochs and iterations, ``--seeds`` times each. Every
+model then predicts the same held-out cases (``labelsTs``, without test-time mirroring),
+scored with the toolkit's metrics. Reported: Dice per class and tool (mean over seeds), the
+seed-to-seed spread of each tool's mean Dice, and the per-case paired difference (toolkit
+minus nnU-Net, averaged over seeds) with a bootstrap interval.
+
+    python -m bench.quality [--seeds 3] [--epochs 5] [--iterations 50] [--cases 20]
+
+Needs nnU-Net v2 in ``bench/.venv-nnunet`` (made on first use, several GB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from bench import anatomy, harness
+from toolkit.core.splits import load_or_create_splits
+from toolkit.evaluation.metrics import case_metrics
+from toolkit.io.dataset_json import load_dataset_info, training_cases
+from toolkit.nets import nnunet_v2
+from toolkit.workspace import DatasetPaths
+
+NAME = "quality"
+DATASET_ID = 905
+REFERENCE = harness.BENCH / "nnunet_v2_reference.py"
+
+
+def _run(command: list, log: Path, env: dict | None = None) -> str:
+    m = harness.measure([str(c) for c in command], log, env=env).check()
+    harness.log(f"{Path(log).stem}: {m.wall_s:.0f} s")
+    return Path(m.log).read_text()
+
+
+def _result(output: str) -> dict:
+    line = [x for x in output.splitlines() if x.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT ") :])
+
+
+def prepare(work: Path, args: argparse.Namespace) -> tuple[DatasetPaths, Path, dict]:
+    """The task converted for the toolkit, nnU-Net's plan (also ours) and its preprocessing."""
+    source = anatomy.write_task(work / "source", args.cases, args.test_cases, seed=0)
+    toolkit = [sys.executable, "-m", "toolkit"]
+    ws = work / "ws"
+    _run([*toolkit, "convert", source, "-w", ws, "--force"], work / "logs" / "convert.log")
+    paths = DatasetPaths(ws / anatomy.TASK)
+    root = work / "nnunet"
+    output = _run(
+        [
+            harness.ensure_nnunet(),
+            REFERENCE,
+            "prepare",
+            "--root",
+            root,
+            "--raw",
+            paths.raw,
+            "--dataset-id",
+            DATASET_ID,
+            "--name",
+            "DeepGrey",
+            "--width-divisor",
+            args.width_divisor,
+            "--gpu-memory",
+            args.gpu_memory,
+            "--processes",
+            2,
+        ],
+        work / "logs" / "nnunet_prepare.log",
+    )
+    prepared = _result(output)
+    nnunet_plans = json.loads(Path(prepared["plans"]).read_text())
+    dataset_json = json.loads((paths.raw / "dataset.json").read_text())
+    plans = nnunet_v2.convert_plans(nnunet_plans, dataset_json)
+    plans.configurations = {"3d_fullres": plans.configuration("3d_fullres")}
+    plans.dataset_name = paths.name
+    plans.save(paths.plans_json)
+    _run(
+        [*toolkit, "preprocess", paths.name, "-w", ws, "--configs", "3d_fullres", "-q"],
+        work / "logs" / "preprocess.log",
+    )
+    # one split for both tools: ours, written as nnU-Net's splits_final.json
+    cases = [c.case for c in training_cases(paths, load_dataset_info(paths))]
+    splits = load_or_create_splits(paths.splits_json, cases)
+    nnunet_dataset = root / "nnUNet_preprocessed" / prepared["dataset"]
+    (nnunet_dataset / "splits_final.json").write_text(
+        json.dumps([s.to_json() for s in splits], indent=2)
+    )
+    return paths, root, prepared
+
+
+def train_and_predict_ours(
+    paths: DatasetPaths, test_images: Path, out: Path, seed: int, args
+) -> float:
+    toolkit = [sys.executable, "-m", "toolkit"]
+    fold_dir = paths.fold_dir("3d_fullres", 0)
+    if fold_dir.exists():
+        shutil.rmtree(fold_dir)
+    train = [*toolkit, "train", paths.name, "3d_fullres", "0", "-w", paths.root.parent]
+    train += ["--epochs", args.epochs, "--iters-per-epoch", args.iterations]
+    train += ["--val-iters", max(1, args.iterations // 5), "--seed", seed, "--device", "cpu"]
+    train += ["--no-validate", "-q"]
+    m = harness.measure([str(c) for c in train], out / "logs" / f"ours_train_{seed}.log").check()
+    predict = [*toolkit, "predict", "-i", test_images]
+    predict += ["-o", out / f"ours_{seed}", "-m", paths.model_dir("3d_fullres"), "-f", "0"]
+    predict += ["--no-tta", "--device", "cpu", "-q"]
+    _run(predict, out / "logs" / f"ours_predict_{seed}.log")
+    return m.wall_s
+
+
+def train_and_predict_nnunet(root: Path, test_images: Path, out: Path, seed: int, args) -> float:
+    python = harness.ensure_nnunet()
+    results = root / "nnUNet_results"
+    if results.exists():
+        shutil.rmtree(results)
+    train = [python, REFERENCE, "train", "--root", root, "--dataset-id", DATASET_ID]
+    train += ["--configuration", "3d_fullres", "--fold", 0, "--epochs", args.epochs]
+    train += ["--iterations", args.iterations, "--seed", seed]
+    log = out / "logs" / f"nnunet_train_{seed}.log"
+    m = harness.measure([str(c) for c in train], log).check()
+    model = _result(Path(m.log).read_text())["model"]
+    # nnU-Net reads CASE_0000 files: the held-out images renamed by links
+    inputs = out / f"nnunet_inputs_{seed}"
+    shutil.rmtree(inputs, ignore_errors=True)
+    inputs.mkdir(parents=True)
+    for image in sorted(test_images.glob("*.nii.gz")):
+        (inputs / image.name.replace(".nii.gz", "_0000.nii.gz")).symlink_to(image.resolve())
+    predict = [python, REFERENCE, "predict", "--model", model, "--input", inputs]
+    predict += ["--output", out / f"nnunet_{seed}", "--folds", "0", "--no-tta"]
+    _run(predict, out / "logs" / f"nnunet_predict_{seed}.log")
+    return m.wall_s
+
+
+def case_dice(prediction_dir: Path, reference_dir: Path, labels: list[int]) -> dict[str, list]:
+    """Case name -> Dice per foreground label."""
+    scores = {}
+    for reference_path in sorted(reference_dir.glob("*.nii.gz")):
+        reference = sitk.ReadImage(str(reference_path))
+        predicted = sitk.ReadImage(str(prediction_dir / reference_path.name))
+        rows = case_metrics(
+            sitk.GetArrayFromImage(reference),
+            sitk.GetArrayFromImage(predicted),
+            labels,
+            reference.GetSpacing()[::-1],
+        )
+        scores[reference_path.name] = [r.dice for r in rows]
+    return scores
+
+
+def bootstrap_interval(values: np.ndarray, samples: int = 1000, seed: int = 12345) -> list:
+    rng = np.random.default_rng(seed)
+    means = [values[rng.integers(0, values.size, values.size)].mean() for _ in range(samples)]
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def summarize(data: dict) -> dict:
+    names = data["class_names"]
+    out = {}
+    for tool in ("toolkit", "nnunet"):
+        runs = data["dice"][tool]  # seed -> case -> [dice per class]
+        per_seed = [np.nanmean(np.array(list(r.values())), axis=0) for r in runs.values()]
+        out[tool] = {
+            "class_dice": dict(zip(names, np.mean(per_seed, axis=0).tolist(), strict=True)),
+            "mean_dice_per_seed": [float(np.mean(s)) for s in per_seed],
+        }
+        spread = out[tool]["mean_dice_per_seed"]
+        out[tool]["seed_spread"] = float(statistics.pstdev(spread)) if len(spread) > 1 else 0.0
+    cases = sorted(next(iter(data["dice"]["toolkit"].values())))
+
+    def case_means(tool: str) -> np.ndarray:
+        runs = data["dice"][tool].values()
+        return np.array([np.mean([np.nanmean(r[c]) for r in runs]) for c in cases])
+
+    difference = case_means("toolkit") - case_means("nnunet")
+    out["paired_difference"] = {
+        "mean": float(difference.mean()),
+        "interval": bootstrap_interval(difference),
+        "cases": len(cases),
+    }
+    return out
+
+
+def render(data: dict) -> str:
+    s = data["summary"]
+    lines = [
+        "# Equal-budget quality: toolkit vs nnU-Net v2",
+        "",
+        f"Machine: {data['machine']['cpus']} CPUs, {data['machine']['date']}. Task: "
+        f"`{anatomy.TASK}` from `bench/anatomy.py` ({data['cases']} training cases, "
+        f"{data['test_cases']} held out; four deep grey structures of the Colin 27 brain under "
+        "random smooth deformations). Plan: nnU-Net v2's own, planned with a "
+        f"{data['gpu_memory']} GB memory target and features divided by {data['width_divisor']} "
+        f"(patch {data['patch_size']}), used by both tools; fold 0 of the same split; "
+        f"{data['epochs']} x {data['iterations']} iterations; {data['seeds']} seed(s) per tool; "
+        "held-out cases predicted without mirroring.",
+        "",
+    ]
+    names = data["class_names"]
+    rows = [[tool, *[s[tool]["class_dice"][n] for n in names]] for tool in ("toolkit", "nnunet")]
+    lines.append(harness.markdown_table(["tool", *names], rows))
+    lines += [""]
+    rows = [
+        [
+            tool,
+            float(np.mean(s[tool]["mean_dice_per_seed"])),
+            ", ".join(f"{v:.3f}" for v in s[tool]["mean_dice_per_seed"]),
+            s[tool]["seed_spread"],
+            statistics.median(data["train_seconds"][tool]),
+        ]
+        for tool in ("toolkit", "nnunet")
+    ]
+    lines.append(
+        harness.markdown_table(
+            ["tool", "mean Dice", "per seed", "seed-to-seed std", "train s (median)"], rows
+        )
+    )
+    d = s["paired_difference"]
+    lines += [
+        "",
+        f"Per-case paired difference (toolkit minus nnU-Net v2, mean Dice over classes, "
+        f"averaged over seeds): {d['mean']:+.4f}, 95% bootstrap interval "
+        f"[{d['interval'][0]:+.4f}, {d['interval'][1]:+.4f}] over {d['cases']} cases.",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--iterations", type=int, default=50, help="iterations per epoch")
+    parser.add_argument("--cases", type=int, default=20)
+    parser.add_argument("--test-cases", type=int, default=6)
+    parser.add_argument("--gpu-memory", type=float, default=0.5, help="nnU-Net's memory target")
+    parser.add_argument("--width-divisor", type=int, default=4)
+    parser.add_argument("--render", action="store_true", help="only rewrite the Markdown")
+    args = parser.parse_args(argv)
+    if args.render:
+        data = json.loads((harness.RESULTS / f"{NAME}.json").read_text())
+        harness.write_results(NAME, data, render(data))
+        return 0
+    os.environ.setdefault("TOOLKIT_QUIET", "1")
+    work = harness.WORK / NAME
+    shutil.rmtree(work, ignore_errors=True)
+    paths, root, prepared = prepare(work, args)
+    test_images = work / "source" / anatomy.TASK / "imagesTs"
+    references = work / "source" / anatomy.TASK / "labelsTs"
+    labels = [v for v in sorted(load_dataset_info(paths).labels.values()) if v]
+    data = {
+        "machine": harness.machine(),
+        "nnunet": harness.nnunet_versions(),
+        "cases": args.cases,
+        "test_cases": args.test_cases,
+        "epochs": args.epochs,
+        "iterations": args.iterations,
+        "seeds": args.seeds,
+        "gpu_memory": args.gpu_memory,
+        "width_divisor": args.width_divisor,
+        "patch_size": prepared["configurations"]["3d_fullres"],
+        "class_names": list(anatomy.STRUCTURES),
+        "dice": {"toolkit": {}, "nnunet": {}},
+        "train_seconds": {"toolkit": [], "nnunet": []},
+    }
+    for seed in range(args.seeds):
+        seconds = train_and_predict_ours(paths, test_images, work, seed, args)
+        data["train_seconds"]["toolkit"].append(seconds)
+        data["dice"]["toolkit"][str(seed)] = case_dice(work / f"ours_{seed}", references, labels)
+        seconds = train_and_predict_nnunet(root, test_images, work, seed, args)
+        data["train_seconds"]["nnunet"].append(seconds)
+        data["dice"]["nnunet"][str(seed)] = case_dice(work / f"nnunet_{seed}", references, labels)
+        data["summary"] = summarize(data)
+        harness.write_results(NAME, data, render(data))  # kept after every seed
+    print(render(data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
