@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from toolkit.core.cropping import box_slices
-from toolkit.core.labels import foreground_labels, one_hot, storage_dtype
+from toolkit.core.labels import foreground_labels, label_volume, one_hot, storage_dtype
 from toolkit.core.plans import Configuration, Plans
 from toolkit.core.resampling import (
     case_target_spacing,
@@ -87,13 +87,9 @@ def segmentation_on_grid(
     foreground channel (labels are resampled in ascending order, foreground last), so it is
     left out and those voxels stay background.
     """
-    volume = np.asarray(segmentation)
-    if volume.ndim == len(props.shape_before_cropping) + 1:
-        volume = volume[0]
-    if list(volume.shape) != list(props.shape_before_cropping):
-        raise ValueError(
-            f"segmentation of shape {volume.shape} is not on case {props.case!r}'s original grid {tuple(props.shape_before_cropping)}"
-        )
+    volume = label_volume(
+        segmentation, props.shape_before_cropping, f"segmentation of case {props.case!r}"
+    )
     cropped = transpose_spatial(volume[box_slices(props.crop_bbox)][None], plans.transpose_forward)
     spacing_t = [props.spacing[a] for a in plans.transpose_forward]
     return resample_labels(

@@ -37,3 +37,14 @@ def storage_dtype(top: int) -> np.dtype:
     if top <= 127:
         return np.dtype(np.int8)
     return np.dtype(np.int16) if top <= 32767 else np.dtype(np.int32)
+
+
+def label_volume(labels: np.ndarray, shape: Sequence[int], what: str) -> np.ndarray:
+    """``labels`` as one volume of ``shape`` (a leading channel axis of one is dropped);
+    ``what`` names it in the error when it has another shape."""
+    volume = np.asarray(labels)
+    if volume.ndim == len(shape) + 1:
+        volume = volume[0]
+    if tuple(volume.shape) != tuple(shape):
+        raise ValueError(f"{what} of shape {volume.shape} is not on the grid {tuple(shape)}")
+    return volume

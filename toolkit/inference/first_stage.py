@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from toolkit.core.cascade import cascade_channels, segmentation_on_grid
+from toolkit.core.labels import label_volume
 from toolkit.core.plans import Configuration, Plans
 from toolkit.errors import ToolkitError
 from toolkit.io.images import Geometry
@@ -74,13 +75,7 @@ def channels_from_grid_labels(
     stage: CascadeStage, props: CaseProperties, labels: np.ndarray
 ) -> np.ndarray:
     """One-hot foreground channels of first-stage labels already on ``stage``'s grid."""
-    labels = np.asarray(labels)
-    if labels.ndim == len(props.shape_after_resampling) + 1:
-        labels = labels[0]
-    if tuple(labels.shape) != tuple(props.shape_after_resampling):
-        raise ValueError(
-            f"previous stage labels of shape {labels.shape} are not on the grid {tuple(props.shape_after_resampling)}"
-        )
+    labels = label_volume(labels, props.shape_after_resampling, "previous stage labels")
     return cascade_channels(stage.plans, labels)
 
 
