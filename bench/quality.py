@@ -237,6 +237,19 @@ def render(data: dict) -> str:
     return "\n".join(lines)
 
 
+def claim_work_folder(pid_file: Path) -> None:
+    """One run at a time: a second would delete the first one's work folder under it."""
+    if pid_file.is_file():
+        try:
+            os.kill(int(pid_file.read_text()), 0)
+        except (ValueError, ProcessLookupError):
+            pass  # a run that is gone
+        else:
+            raise SystemExit(f"another bench.quality run (pid {pid_file.read_text()}) is running")
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(str(os.getpid()))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -254,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     os.environ.setdefault("TOOLKIT_QUIET", "1")
     work = harness.WORK / NAME
+    claim_work_folder(harness.WORK / f"{NAME}.pid")
     shutil.rmtree(work, ignore_errors=True)
     paths, root, prepared = prepare(work, args)
     test_images = work / "source" / anatomy.TASK / "imagesTs"
