@@ -1,6 +1,7 @@
 import os
 
 import pytest
+import torch
 
 # no progress bars in test output; each test gets its own workspace through tmp_path
 os.environ.setdefault("TOOLKIT_QUIET", "1")
@@ -11,3 +12,13 @@ def workspace(tmp_path, monkeypatch):
     root = tmp_path / "workspace"
     monkeypatch.setenv("TOOLKIT_WORKSPACE", str(root))
     return root
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread: tiny networks and many small tensor passes run faster on one, and
+    the suite shares two cores between its workers."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

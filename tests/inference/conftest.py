@@ -1,11 +1,7 @@
 import pytest
-import torch
 
 
+# every inference test runs its networks on one torch thread (tests/conftest.py)
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny networks run faster on one thread, and the suite shares two cores between workers."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _inference_on_one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(before)

@@ -12,14 +12,8 @@ from scipy import ndimage
 
 from toolkit.training import augmentation as A
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Many small boolean passes: one thread avoids waiting on the two shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# many small boolean passes: one torch thread avoids waiting on the two shared cores
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # scikit-image 0.26's ball (3D) and disk (2D) for these float radii, as the reference calls

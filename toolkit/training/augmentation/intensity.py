@@ -143,7 +143,10 @@ class ChannelFactorTransform(RandomTransform):
     """A transform drawing one factor per sample and channel in ``factor_range``, half of the
     draws below 1 and half above (the reference's rule for brightness and contrast)."""
 
-    factor_range: tuple[float, float]
+    @property
+    def factor_range(self) -> tuple[float, float]:
+        """The range the factors are drawn from (a subclass names it for what it scales)."""
+        raise NotImplementedError
 
     def make_params(self, rng, samples, num_channels):
         return ChannelFactors(
@@ -159,7 +162,10 @@ class Brightness(ChannelFactorTransform):
     def __init__(self, probability: float = 0.15, multiplier=(0.75, 1.25)):
         super().__init__(probability)
         self.multiplier = check_range("brightness.multiplier", tuple(multiplier))
-        self.factor_range = self.multiplier
+
+    @property
+    def factor_range(self) -> tuple[float, float]:
+        return self.multiplier
 
     def apply(self, batch, params: ChannelFactors):
         image = batch.image
@@ -190,7 +196,10 @@ class Contrast(ChannelFactorTransform):
     def __init__(self, probability: float = 0.15, factor=(0.75, 1.25)):
         super().__init__(probability)
         self.factor = check_range("contrast.factor", tuple(factor))
-        self.factor_range = self.factor
+
+    @property
+    def factor_range(self) -> tuple[float, float]:
+        return self.factor
 
     def apply(self, batch, params: ChannelFactors):
         image = batch.image
