@@ -75,6 +75,22 @@ def prepare(args: argparse.Namespace) -> dict:
         plan_experiments([args.dataset_id])
     plans_file = root / "nnUNet_preprocessed" / target.name / "nnUNetPlans.json"
     plans = json.loads(plans_file.read_text())
+    if args.network:  # a plan made elsewhere (e.g. the toolkit's cpu preset) for 3d_fullres
+        network = json.loads(Path(args.network).read_text())
+        config = plans["configurations"]["3d_fullres"]
+        config["patch_size"] = network["patch_size"]
+        config["batch_size"] = network["batch_size"]
+        kwargs = config["architecture"]["arch_kwargs"]
+        kwargs["n_stages"] = len(network["features_per_stage"])
+        for key in (
+            "features_per_stage",
+            "kernel_sizes",
+            "strides",
+            "n_conv_per_stage",
+            "n_conv_per_stage_decoder",
+        ):
+            kwargs[key] = network[key]
+        plans_file.write_text(json.dumps(plans, indent=2))
     if args.width_divisor > 1:
         for config in plans["configurations"].values():
             arch = config.get("architecture")
@@ -180,6 +196,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--width-divisor", type=int, default=1)
     p.add_argument("--gpu-memory", type=float, default=0.0, help="memory target in GB (0: default)")
     p.add_argument("--processes", type=int, default=1)
+    p.add_argument(
+        "--network",
+        default="",
+        help="JSON with patch_size, batch_size and the architecture lists to plan 3d_fullres with",
+    )
     p.set_defaults(func=prepare)
 
     t = sub.add_parser("train", help="train one fold briefly with nnUNetTrainer")

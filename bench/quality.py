@@ -1,16 +1,17 @@
 """Equal-budget quality against nnU-Net v2: the same plan, split and iterations, several seeds.
 
 On a task built from real anatomy (:mod:`bench.anatomy`: four deep grey structures), nnU-Net
-v2 plans the dataset with a small memory target and narrowed features so that a CPU trains
-it in minutes; the toolkit takes exactly that plan (read through its nnU-Net v2 plans
-converter), the same split (``splits.json`` = nnU-Net's ``splits_final.json``), and both
+v2 plans the dataset with the network of the toolkit's ``cpu`` preset (``--plan cpu``, the
+default) or with its own planner under a small memory target and narrowed features
+(``--plan nnunet``), so that a CPU trains it in minutes; the toolkit takes exactly nnU-Net's
+resulting plan (read through its nnU-Net v2 plans converter), the same split (``splits.json`` = nnU-Net's ``splits_final.json``), and both
 train fold 0 for the same number of epochs and iterations, ``--seeds`` times each. Every
 model then predicts the same held-out cases (``labelsTs``, without test-time mirroring),
 scored with the toolkit's metrics. Reported: Dice per class and tool (mean over seeds), the
 seed-to-seed spread of each tool's mean Dice, and the per-case paired difference (toolkit
 minus nnU-Net, averaged over seeds) with a bootstrap interval.
 
-    python -m bench.quality [--seeds 3] [--epochs 5] [--iterations 50] [--cases 20]
+    python -m bench.quality [--seeds 3] [--epochs 20] [--iterations 50] [--plan cpu|nnunet]
 
 Needs nnU-Net v2 in ``bench/.venv-nnunet`` (made on first use, several GB).
 """
@@ -38,6 +39,13 @@ from toolkit.workspace import DatasetPaths
 NAME = "quality"
 DATASET_ID = 905
 REFERENCE = harness.BENCH / "nnunet_v2_reference.py"
+NETWORK_KEYS = (
+    "features_per_stage",
+    "kernel_sizes",
+    "strides",
+    "n_conv_per_stage",
+    "n_conv_per_stage_decoder",
+)
 
 
 def _run(command: list, log: Path, env: dict | None = None) -> str:
@@ -59,6 +67,15 @@ def prepare(work: Path, args: argparse.Namespace) -> tuple[DatasetPaths, Path, d
     _run([*toolkit, "convert", source, "-w", ws, "--force"], work / "logs" / "convert.log")
     paths = DatasetPaths(ws / anatomy.TASK)
     root = work / "nnunet"
+    network_args = []
+    if args.plan == "cpu":  # the toolkit's cpu preset plans the network; nnU-Net takes it
+        for stage in (["fingerprint"], ["plan", "--preset", "cpu"]):
+            _run([*toolkit, *stage, paths.name, "-w", ws], work / "logs" / f"{stage[0]}.log")
+        ours = json.loads(paths.plans_json.read_text())["configurations"]["3d_fullres"]
+        network = {"patch_size": ours["patch_size"], "batch_size": ours["batch_size"]}
+        network.update({k: ours["architecture"][k] for k in NETWORK_KEYS})
+        (work / "network.json").write_text(json.dumps(network))
+        network_args = ["--network", work / "network.json"]
     output = _run(
         [
             harness.ensure_nnunet(),
@@ -78,6 +95,7 @@ def prepare(work: Path, args: argparse.Namespace) -> tuple[DatasetPaths, Path, d
             args.gpu_memory,
             "--processes",
             2,
+            *network_args,
         ],
         work / "logs" / "nnunet_prepare.log",
     )
@@ -193,6 +211,15 @@ def summarize(data: dict) -> dict:
     return out
 
 
+def plan_text(data: dict) -> str:
+    if data.get("plan") == "cpu":
+        return "the toolkit's `cpu` preset network given to nnU-Net v2's plans"
+    return (
+        f"nnU-Net v2's own, planned with a {data['gpu_memory']} GB memory target and features "
+        f"divided by {data['width_divisor']}"
+    )
+
+
 def render(data: dict) -> str:
     s = data["summary"]
     lines = [
@@ -201,9 +228,8 @@ def render(data: dict) -> str:
         f"Machine: {data['machine']['cpus']} CPUs, {data['machine']['date']}. Task: "
         f"`{anatomy.TASK}` from `bench/anatomy.py` ({data['cases']} training cases, "
         f"{data['test_cases']} held out; four deep grey structures of the Colin 27 brain under "
-        "random smooth deformations). Plan: nnU-Net v2's own, planned with a "
-        f"{data['gpu_memory']} GB memory target and features divided by {data['width_divisor']} "
-        f"(patch {data['patch_size']}), used by both tools; fold 0 of the same split; "
+        f"random smooth deformations). Plan: {plan_text(data)}, used by both tools (patch "
+        f"{data['patch_size']}, features {data.get('features')}); fold 0 of the same split; "
         f"{data['epochs']} x {data['iterations']} iterations; {data['seeds']} seed(s) per tool; "
         "held-out cases predicted without mirroring.",
         "",
@@ -253,10 +279,17 @@ def claim_work_folder(pid_file: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--iterations", type=int, default=50, help="iterations per epoch")
     parser.add_argument("--cases", type=int, default=20)
     parser.add_argument("--test-cases", type=int, default=6)
+    parser.add_argument(
+        "--plan",
+        choices=("cpu", "nnunet"),
+        default="cpu",
+        help="cpu: the toolkit's cpu preset network, given to nnU-Net; nnunet: nnU-Net's own "
+        "planner with --gpu-memory and --width-divisor",
+    )
     parser.add_argument("--gpu-memory", type=float, default=0.5, help="nnU-Net's memory target")
     parser.add_argument("--width-divisor", type=int, default=4)
     parser.add_argument("--render", action="store_true", help="only rewrite the Markdown")
@@ -283,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": args.seeds,
         "gpu_memory": args.gpu_memory,
         "width_divisor": args.width_divisor,
+        "plan": args.plan,
+        "features": json.loads(paths.plans_json.read_text())["configurations"]["3d_fullres"][
+            "architecture"
+        ]["features_per_stage"],
         "patch_size": prepared["configurations"]["3d_fullres"],
         "class_names": list(anatomy.STRUCTURES),
         "dice": {"toolkit": {}, "nnunet": {}},
