@@ -40,7 +40,7 @@ STRUCTURES = {
     "thalamus": (77, 78),
     "hippocampus": (37, 38),
 }
-MARGIN_MM = 20  # around the structures' bounding box
+MARGIN_MM = 10  # around the structures' bounding box: about 74 x 90 x 102 voxels
 MAX_DISPLACEMENT_MM = 4.0
 DISPLACEMENT_SMOOTHING_MM = 10.0
 MAX_ROTATION_DEG = 6.0

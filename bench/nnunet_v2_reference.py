@@ -137,6 +137,8 @@ def train(args: argparse.Namespace) -> dict:
     trainer.num_epochs = args.epochs
     trainer.num_iterations_per_epoch = args.iterations
     trainer.num_val_iterations_per_epoch = max(1, args.iterations // 5)
+    if not args.validate:  # the final validation (with mirroring) is not timed or used here
+        trainer.perform_actual_validation = lambda *a, **k: None
     start = time.perf_counter()
     trainer.run_training()
     model_dir = Path(trainer.output_folder).parent
@@ -212,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--iterations", type=int, default=50)
     t.add_argument("--device", default="cpu")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--validate", action="store_true", help="run the final validation of the fold")
     t.set_defaults(func=train)
 
     r = sub.add_parser("predict", help="predict a folder of CASE_0000 images with nnUNetPredictor")
