@@ -137,8 +137,6 @@ def train(args: argparse.Namespace) -> dict:
     trainer.num_epochs = args.epochs
     trainer.num_iterations_per_epoch = args.iterations
     trainer.num_val_iterations_per_epoch = max(1, args.iterations // 5)
-    if not args.validate:  # the final validation (with mirroring) is not timed or used here
-        trainer.perform_actual_validation = lambda *a, **k: None
     start = time.perf_counter()
     trainer.run_training()
     model_dir = Path(trainer.output_folder).parent
