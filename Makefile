@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/toolkit demo-data $(DEMO_DIR)/source --task mr --cases 12 --force
 	$(BIN)/toolkit convert $(DEMO_DIR)/source/Task901_SynthMR --workspace $(DEMO_DIR)/workspace --force
-	$(BIN)/toolkit run-all Task901_SynthMR --workspace $(DEMO_DIR)/workspace --preset smoke
+	$(BIN)/toolkit run-all Task901_SynthMR --workspace $(DEMO_DIR)/workspace --preset demo
 	$(BIN)/toolkit export-container Task901_SynthMR --workspace $(DEMO_DIR)/workspace --no-build
 	@echo
 	@echo "demo finished:"

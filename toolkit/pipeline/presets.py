@@ -40,6 +40,16 @@ PRESETS: dict[str, Preset] = {
             5,
         ),
         Preset(
+            "demo",
+            "the built-in demo task (make demo) in a few minutes on a CPU: small plans, 3d_fullres only, 5 folds x 4 x 40 iterations, validation without mirroring",
+            "cpu",
+            4,
+            40,
+            5,
+            configs=("3d_fullres",),
+            validation_mirroring=False,
+        ),
+        Preset(
             "smoke",
             "a few minutes on a CPU: small plans, 2 x 4 iterations, 2d and 3d_fullres, folds 0 and 1, validation without mirroring",
             "cpu",
