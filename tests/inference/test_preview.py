@@ -2,7 +2,8 @@ import struct
 
 import numpy as np
 import pytest
-from inference_helpers import make_case
+from inference_helpers import make_case, make_plans, save_model_dir
+from test_predict_cli import run
 
 from toolkit.inference.preview import (
     DPI,
@@ -16,7 +17,7 @@ from toolkit.inference.preview import (
     slice_axis,
     write_overlay,
 )
-from toolkit.io.images import NO_SPACING
+from toolkit.io.images import NO_SPACING, Geometry, write_image
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -136,3 +137,36 @@ def test_mismatched_shapes_are_refused(tmp_path):
             spacing_zyx=(1, 1, 1),
             class_names={},
         )
+
+
+def test_predict_preview_writes_a_picture_beside_each_prediction(tmp_path, capsys):
+    plans = make_plans(target_spacing=(3.0, 1.1, 1.0))
+    model = save_model_dir(tmp_path / "m" / "3d_fullres", plans, "3d_fullres")
+    for i in range(2):
+        image, _, geometry = make_case(i, shape=(8, 24, 20))
+        write_image(tmp_path / "in" / f"c{i}_0000.nii.gz", image, geometry)
+    argv = ["predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out")]
+    argv += ["--model", str(model), "--device", "cpu", "--no-tta", "--preview", "-q"]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "c0.nii.gz",
+        "c0_preview.png",
+        "c1.nii.gz",
+        "c1_preview.png",
+    ]
+    for i in range(2):
+        assert png_size(tmp_path / "out" / f"c{i}_preview.png")[0] == 2 * PANEL_INCHES * DPI
+
+
+def test_predict_preview_of_a_two_dimensional_image(tmp_path, capsys):
+    plans = make_plans(spatial_dims=2, patch=(32, 32), target_spacing=(1.0, 0.5, 0.5))
+    model = save_model_dir(tmp_path / "m" / "2d", plans, "2d")
+    image, _, _ = make_case(0, shape=(1, 40, 36))
+    flat = Geometry((0.5, 0.5), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0), (36, 40))
+    write_image(tmp_path / "cell.nii.gz", image, flat)
+    argv = ["predict", "-i", str(tmp_path / "cell.nii.gz"), "-o", str(tmp_path / "seg.nii.gz")]
+    argv += ["--model", str(model), "--device", "cpu", "--no-tta", "--preview", "-q"]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    assert png_size(tmp_path / "seg_preview.png")[0] == 2 * PANEL_INCHES * DPI
