@@ -35,6 +35,7 @@ WORKSPACE_ENV = "TOOLKIT_WORKSPACE"
 DEFAULT_WORKSPACE = "workspace"
 FILE_ENDING = ".nii.gz"
 PROBABILITIES_ENDING = ".npz"
+PREVIEW_ENDING = "_preview.png"  # `predict --preview`: CASE.nii.gz -> CASE_preview.png beside it
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 

@@ -41,6 +41,8 @@ def test_evaluate_then_select_write_every_file_and_plot(workspace, capsys):
         "dice_boxplots.png",
         "differences.png",
         "rank_frequency.png",
+    ] + [
+        f"segmentation_class{k}_{role}.png" for k in (1, 2) for role in ("best", "median", "worst")
     ]
     for name in figures:
         assert (paths.evaluation / name).read_bytes()[:8] == PNG

@@ -66,7 +66,8 @@ def evaluate(
 
     Candidates are the trained configurations and their pairwise ensembles (probabilities
     averaged). Writes `evaluation/cases.csv` (Dice, IoU, TP/FP/FN, HD95, NSD, volumes per case
-    and class), `summary.json`, `bootstrap.json` and `report.md` with figures.
+    and class), `summary.json`, `bootstrap.json` and `report.md` with figures and pictures of
+    the chosen candidate's best, median and worst validation case per class.
     """
     from toolkit.evaluation.stage import EvaluationOptions, evaluate_dataset
     from toolkit.workspace import DatasetPaths

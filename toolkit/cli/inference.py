@@ -70,6 +70,13 @@ def predict(
         "--save-probabilities",
         help="Also write CASE.npz: float16 softmax probabilities and the image geometry (for `toolkit ensemble`).",
     ),
+    preview: bool = typer.Option(
+        False,
+        "--preview",
+        help="Also write CASE_preview.png beside each CASE label map: the slice with the most "
+        "foreground, the image (first channel) beside it with the prediction drawn in, one colour "
+        "per class, a legend naming them. To look at results without a viewer.",
+    ),
     step: float = typer.Option(
         0.5,
         "--step",
@@ -116,6 +123,7 @@ def predict(
         step_size=step,
         precision=precision,
         save_probabilities=save_probabilities,
+        preview=preview,
         quiet=quiet,
         compile=compile,
     )

@@ -1,4 +1,5 @@
-"""``evaluation/report.md``: the evaluation and the selection for a person, with figures.
+"""``evaluation/report.md``: the evaluation and the selection for a person, with figures and
+pictures of the chosen candidate's segmentations (:mod:`toolkit.evaluation.pictures`).
 
 Built from the files alone (``cases.csv``, ``summary.json``, ``bootstrap.json`` and, when it
 belongs to this evaluation, ``selection.json``), so ``toolkit evaluate`` and ``toolkit
@@ -19,6 +20,7 @@ from toolkit.evaluation import plots
 from toolkit.evaluation.bootstrap import BootstrapResult, bootstrap_candidates
 from toolkit.evaluation.candidates import CONFIGURATION_COST_ORDER
 from toolkit.evaluation.metrics import HD_PERCENTILE
+from toolkit.evaluation.pictures import write_pictures
 from toolkit.evaluation.tables import (
     EvaluationSummary,
     evaluation_digest,
@@ -135,6 +137,7 @@ def write_report(paths: DatasetPaths) -> Path:
     else:
         paths.evaluation_figure(FIGURE_DIFFERENCES).unlink(missing_ok=True)
 
+    pictures = write_pictures(paths, summary, rows, dice)
     lines = render_markdown(
         paths,
         summary,
@@ -144,6 +147,7 @@ def write_report(paths: DatasetPaths) -> Path:
         selection,
         selection_note,
         has_differences=bool(others),
+        pictures=pictures,
     )
     write_text(paths.evaluation_report, "\n".join(lines) + "\n")
     return paths.evaluation_report
@@ -158,6 +162,7 @@ def render_markdown(
     selection: Selection | None,
     selection_note: str,
     has_differences: bool,
+    pictures: list[str],
 ) -> list[str]:
     names = summary.candidate_names
     label_text = ", ".join(f"{k} ({v})" for k, v in summary.labels.items())
@@ -280,6 +285,7 @@ def render_markdown(
     lines += [""]
 
     lines += _worst_cases(summary, dice)
+    lines += pictures
 
     if summary.notes:
         lines += ["## Configurations not fully used", ""]

@@ -10,5 +10,8 @@ ensemble`` do), :mod:`~toolkit.inference.options` (how a model is loaded and run
 :mod:`~toolkit.inference.sliding_window`, :mod:`~toolkit.inference.compiled`,
 :mod:`~toolkit.inference.export` (back to the input's grid), :mod:`~toolkit.inference.inputs`
 and :mod:`~toolkit.inference.files` (cases found, predicted and written; configuration
-ensembles), :mod:`~toolkit.inference.ensemble` (saved probabilities and the averaging rule).
+ensembles), :mod:`~toolkit.inference.ensemble` (saved probabilities and the averaging rule),
+:mod:`~toolkit.inference.preview` (a picture of a segmentation: ``predict --preview`` and the
+evaluation report; the one module here that imports matplotlib, which the container image does
+not install).
 """

@@ -2,7 +2,8 @@
 
 Cases are found as :mod:`toolkit.inference.inputs` says, then read, predicted and written one
 at a time, each reported as a :class:`CaseReport` (time, windows, output); the person at the
-terminal gets one summary line (:func:`log_prediction_summary`). An ensemble of
+terminal gets one summary line (:func:`log_prediction_summary`); ``on_written`` is called with
+each written case (``toolkit predict --preview`` draws its picture there). An ensemble of
 configurations averages their probabilities per case
 (:func:`~toolkit.inference.ensemble.average_probabilities`) and takes the argmax.
 """
@@ -26,6 +27,10 @@ from toolkit.io.images import Geometry, has_image_suffix, strip_image_suffix
 from toolkit.progress import info, progress_bar
 from toolkit.workspace import PROBABILITIES_ENDING
 
+# after a case is written: its first channel (z, y, x), its prediction, the label map's path.
+# A hook, so that this module (which the container image runs) never imports matplotlib.
+WrittenHook = Callable[[np.ndarray, Prediction, Path], None]
+
 
 @dataclass(frozen=True)
 class CaseReport:
@@ -42,6 +47,7 @@ def predict_paths(
     save_probabilities: bool = False,
     postprocessing: Postprocessing | None = None,
     quiet: bool = False,
+    on_written: WrittenHook | None = None,
 ) -> list[CaseReport]:
     """Predict a file or a folder (see :mod:`toolkit.inference.inputs`) into ``output``.
 
@@ -83,11 +89,14 @@ def predict_paths(
                 prediction = predict_with_ensemble(
                     predictors, image, geometry, save_probabilities, advance
                 )
+            first_channel = image[0].copy() if on_written is not None else None
             del image
             prediction = prediction.postprocessed(postprocessing)
             probabilities_path = _probabilities_path(target) if save_probabilities else None
             prediction.save(target, probabilities_path)
-            del prediction
+            if on_written is not None:
+                on_written(first_channel, prediction, target)
+            del prediction, first_channel
             reports.append(CaseReport(case.case, time.perf_counter() - start, sum(counted), target))
             bar.advance(case_task)
     return reports

@@ -4,7 +4,8 @@
 from a dataset in the workspace: ``--config`` names one configuration or several (an
 ensemble, comma-separated); without it the dataset's ``selection.json`` decides
 (configurations, folds and postprocessing chosen by ``toolkit select``), and without a
-selection ``3d_fullres`` (else ``2d``) is used.
+selection ``3d_fullres`` (else ``2d``) is used. ``--preview`` draws a picture beside each
+label map (:func:`toolkit.inference.preview.preview_path`).
 """
 
 from __future__ import annotations
@@ -13,13 +14,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
+from toolkit.core.labels import foreground_labels
 from toolkit.core.postprocessing import Postprocessing
 from toolkit.core.selection import Selection
 from toolkit.errors import MissingStageError, ToolkitError
 from toolkit.inference.ensemble import ensemble_folders
-from toolkit.inference.files import CaseReport, log_prediction_summary, predict_paths
+from toolkit.inference.export import Prediction
+from toolkit.inference.files import (
+    CaseReport,
+    WrittenHook,
+    log_prediction_summary,
+    predict_paths,
+)
 from toolkit.inference.options import ModelOptions
 from toolkit.inference.predictor import Predictor
+from toolkit.inference.preview import preview_path, write_overlay
+from toolkit.io.images import strip_image_suffix
 from toolkit.progress import info
 from toolkit.workspace import FILE_ENDING, MODEL_PLANS, DatasetPaths
 
@@ -33,6 +45,7 @@ class PredictOptions(ModelOptions):
     """``toolkit predict``'s options: how the model is loaded and run, and what is written."""
 
     save_probabilities: bool = False
+    preview: bool = False  # CASE_preview.png beside each CASE label map
     quiet: bool = False
 
 
@@ -80,6 +93,28 @@ def load_predictors(model_dirs: list[Path], options: ModelOptions) -> list[Predi
     return [Predictor.from_model_dir(d, options) for d in model_dirs]
 
 
+def preview_writer(predictor: Predictor) -> WrittenHook:
+    """Draws ``CASE_preview.png`` beside each label map: the image's first channel and the
+    prediction, on the slice with the most foreground, the legend naming the model's classes."""
+    labels = predictor.plans.labels
+    names: dict[int, str] = {}
+    for name, value in labels.items():
+        if value in foreground_labels(labels):
+            names.setdefault(value, name)
+
+    def write(image: np.ndarray, prediction: Prediction, target: Path) -> None:
+        write_overlay(
+            preview_path(target),
+            image,
+            prediction.labels,
+            spacing_zyx=prediction.geometry.spacing_zyx,
+            class_names=names,
+            title=strip_image_suffix(target.name),
+        )
+
+    return write
+
+
 def run_predict(
     input_path: Path,
     output: Path,
@@ -118,6 +153,7 @@ def run_predict(
         options.save_probabilities,
         postprocessing,
         options.quiet,
+        preview_writer(predictors[0]) if options.preview else None,
     )
     if not options.quiet:
         log_prediction_summary(reports)
