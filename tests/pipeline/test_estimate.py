@@ -1,9 +1,17 @@
-"""What the training stage costs: the pure estimator on fake numbers, and the count line."""
+"""What the training stage costs: the pure estimator on fake numbers, the count line, and the
+estimate ``toolkit status`` and run-all read from fake training logs."""
 
 from __future__ import annotations
 
+import json
+import os
+import time
+
 import pytest
 
+from toolkit import progress
+from toolkit.core.plans import Architecture, Configuration, Normalization, Plans
+from toolkit.pipeline import records
 from toolkit.pipeline.estimate import (
     ConfigurationSpeed,
     TrainingWork,
@@ -16,6 +24,17 @@ from toolkit.pipeline.estimate import (
     speed_from_epochs,
 )
 from toolkit.pipeline.presets import get_preset
+from toolkit.pipeline.records import train_stage
+from toolkit.pipeline.runner import RunOptions, Stages
+from toolkit.pipeline.status import (
+    LiveEstimate,
+    TrainingRow,
+    dataset_status,
+    render,
+    training_work,
+)
+from toolkit.pipeline.training_task import TrainTask
+from toolkit.workspace import TRAINING_LOG, DatasetPaths
 
 
 def work(configuration, fold, done, total, finished=False):
@@ -141,3 +160,173 @@ def test_count_line_with_a_cascade_and_a_resume():
         "6 trainings (3d_lowres x 5 folds, 3d_cascade_fullres x 1 fold), "
         "1000 epochs x 250 iterations each, 2 already done"
     )
+
+
+# from the files on disk ---------------------------------------------------------------------
+
+
+def _plans() -> Plans:
+    def configuration(name, patch, batch):
+        dims = len(patch)
+        arch = Architecture([4, 8], [[3] * dims] * 2, [[1] * dims, [2] * dims], [1, 1], [1])
+        return Configuration(
+            name,
+            name,
+            dims,
+            [1.0] * 3,
+            [20, 24, 24],
+            list(patch),
+            batch,
+            arch,
+            [Normalization("zscore")],
+        )
+
+    configs = {
+        "2d": configuration("2d", (16, 16), 4),
+        "3d_fullres": configuration("3d_fullres", (16, 16, 16), 2),
+    }
+    labels = {"background": 0, "a": 1}
+    return Plans(
+        "Fake", {"0": "MR"}, labels, [0, 1, 2], [0, 1, 2], [1.0] * 3, [20, 24, 24], configs
+    )
+
+
+EPOCHS, ITERATIONS = 10, 5
+
+
+def _write_log(paths, configuration, fold, epochs, ended):
+    """``epochs`` epochs of 2 s (the first of 4 s): 0.4 s per iteration; the last ended at
+    ``ended``."""
+    lines = []
+    for e in range(epochs):
+        seconds = 4.0 if e == 0 else 2.0
+        record = {
+            "epoch": e,
+            "train_loss": 1.0,
+            "val_loss": 1.0,
+            "pseudo_dice": [0.5],
+            "mean_pseudo_dice": 0.5,
+            "ema_pseudo_dice": 0.5,
+            "lr": 0.01,
+            "epoch_time_s": seconds,
+            "data_wait_s": 0.0,
+            "train_iterations": ITERATIONS,
+            "timestamp": ended - 2.0 * (epochs - 1 - e),
+        }
+        lines.append(json.dumps(record))
+    log = paths.fold_dir(configuration, fold) / TRAINING_LOG
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("\n".join(lines) + "\n")
+    os.utime(log, (ended, ended))
+
+
+@pytest.fixture
+def fake_run(tmp_path):
+    """run-all's record and logs: 2d fold 0 done (validation 6 s), fold 1 interrupted after
+    4 of 10 epochs, 3d_fullres not started."""
+    paths = DatasetPaths(tmp_path / "Fake")
+    _plans().save(paths.plans_json)
+    trainings = [["2d", 0], ["2d", 1], ["3d_fullres", 0], ["3d_fullres", 1]]
+    run = {"configurations": ["2d", "3d_fullres"], "folds": [0, 1], "trainings": trainings}
+    paths.pipeline.mkdir(parents=True)
+    paths.run_json.write_text(json.dumps({**run, "epochs": EPOCHS, "iters_per_epoch": ITERATIONS}))
+    long_ago = time.time() - 7200
+    _write_log(paths, "2d", 0, EPOCHS, long_ago)
+    summary = paths.validation_summary("2d", 0)
+    summary.parent.mkdir(parents=True)
+    summary.write_text("{}")
+    os.utime(summary, (long_ago + 6, long_ago + 6))
+    records.write_record(paths, train_stage("2d", 0), "key-2d-0", long_ago - 30)
+    _write_log(paths, "2d", 1, 4, long_ago + 60)
+    return paths
+
+
+# 2d: 0.4 s/iteration, 30 iterations left + 6 s validation; 3d_fullres: 8x the voxels per
+# iteration (16^3 x 2 against 16^2 x 4), guessed 3.2 s/iteration, 2 x 50 iterations
+FAKE_SECONDS_LEFT = 30 * 0.4 + 6 + 2 * 50 * 3.2
+
+
+def test_status_shows_trainings_done_and_the_estimate_from_the_logs(fake_run, capsys):
+    status = dataset_status(fake_run)
+    assert [(t.configuration, t.fold, t.state) for t in status.trainings] == [
+        ("2d", 0, "done"),
+        ("2d", 1, "interrupted"),
+        ("3d_fullres", 0, "pending"),
+        ("3d_fullres", 1, "pending"),
+    ]
+    estimate = status.estimate
+    assert (estimate.done, estimate.total) == (1, 4)
+    assert estimate.seconds_per_iteration == pytest.approx({"2d": 0.4, "3d_fullres": 3.2})
+    assert estimate.validation_seconds == pytest.approx({"2d": 6.0}, abs=0.01)
+    assert estimate.seconds_left == pytest.approx(FAKE_SECONDS_LEFT, abs=0.1)
+    assert status.trainings[1].seconds_left == pytest.approx(30 * 0.4 + 6, abs=0.01)
+    assert status.trainings[2].seconds_left == pytest.approx(50 * 3.2)
+    render(status)
+    out = capsys.readouterr().out
+    assert "1/4 trainings done, ~6 min left (3d_fullres guessed from 2d;" in " ".join(out.split())
+    assert "3d_fullres 3.2 s/iteration (guessed)" in out
+
+
+def test_status_without_a_run_all_budget_has_no_estimate(fake_run):
+    fake_run.run_json.unlink()
+    status = dataset_status(fake_run)
+    assert status.estimate is None
+    assert len(status.trainings) == 10  # every configuration and fold of the plan
+
+
+def test_a_running_training_counts_down_between_epochs():
+    row = TrainingRow("2d", 1, "running", epoch=2, epochs=EPOCHS, iterations=2 * ITERATIONS)
+    row.seconds_per_iteration, row.last_logged = 0.5, 100.0
+    assert training_work(row, ITERATIONS, now=101.0).iterations_done == 12
+    # never more than one epoch past the log
+    assert training_work(row, ITERATIONS, now=200.0).iterations_done == 15
+    row.state = "interrupted"
+    assert training_work(row, ITERATIONS, now=200.0).iterations_done == 10
+
+
+def test_live_estimate_counts_a_training_done_by_its_key(fake_run):
+    keys = {
+        ("2d", 0): "key-2d-0",
+        ("2d", 1): "k1",
+        ("3d_fullres", 0): "k2",
+        ("3d_fullres", 1): "k3",
+    }
+    live = LiveEstimate(fake_run, _plans(), keys, EPOCHS, ITERATIONS)
+    assert live.estimate().done == 1
+    assert live.note().startswith("training: ~6 min left, 1/4 done (3d_fullres guessed")
+    # trained from other inputs (a changed plan): to be trained again
+    stale = LiveEstimate(fake_run, _plans(), {**keys, ("2d", 0): "changed"}, EPOCHS, ITERATIONS)
+    assert stale.estimate().done == 0
+
+
+class _FakeExecutor:
+    def __init__(self):
+        self.columns = []
+
+    def run(self, tasks, on_done=None):
+        with progress.progress_bar() as bar:
+            self.columns = [type(c).__name__ for c in bar.columns]
+        for task in tasks:
+            on_done(task)
+
+
+def test_run_all_says_what_training_costs_before_and_as_it_goes(fake_run, capsys):
+    stages = Stages(
+        fake_run,
+        RunOptions(preset="smoke", folds=(0, 1), epochs=EPOCHS, iters_per_epoch=ITERATIONS),
+    )
+    tasks = [
+        TrainTask(str(fake_run.root), c, f, k, EPOCHS, ITERATIONS, 1, 0, "cpu", True)
+        for (c, f), k in {("2d", 0): "key-2d-0", ("2d", 1): "k1", ("3d_fullres", 0): "k2"}.items()
+    ]
+    executor = _FakeExecutor()
+    live = stages.train(executor, _plans(), tasks, tasks[1:])
+    err = " ".join(capsys.readouterr().err.split())
+    assert (
+        "training: 3 trainings (2d x 2 folds, 3d_fullres x 1 fold), 10 epochs x 5 iterations "
+        "each, 1 already done; ~3 min left (3d_fullres guessed from 2d;"
+    ) in err
+    assert "training: 2d fold 1 done; 1/3 trainings done, ~3 min left" in err
+    assert "_NoteColumn" in executor.columns  # the stage's time left beside each bar
+    assert live.estimate().total == 3
+    assert stages.summary.ran == [t.stage for t in tasks[1:]]
