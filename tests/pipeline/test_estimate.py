@@ -282,6 +282,18 @@ def test_a_running_training_counts_down_between_epochs():
     assert training_work(row, ITERATIONS, now=200.0).iterations_done == 15
     row.state = "interrupted"
     assert training_work(row, ITERATIONS, now=200.0).iterations_done == 10
+    # trained: its final validation counts down
+    row.state, row.iterations = "running", EPOCHS * ITERATIONS
+    validating = training_work(row, ITERATIONS, now=104.0)
+    assert (validating.iterations_done, validating.seconds_validating) == (50, 4.0)
+
+
+def test_a_running_final_validation_counts_down():
+    validating = TrainingWork(
+        configuration="2d", fold=0, iterations_done=10, iterations_total=10, seconds_validating=4
+    )
+    assert remaining_seconds([validating], {"2d": 1.0}, {"2d": 10.0}) == 6.0
+    assert remaining_seconds([validating], {"2d": 1.0}, {"2d": 3.0}) == 0.0
 
 
 def test_live_estimate_counts_a_training_done_by_its_key(fake_run):

@@ -31,6 +31,7 @@ class TrainingWork:
     iterations_done: float  # may be extrapolated past the last logged epoch
     iterations_total: int
     done: bool = False  # trained and validated (its run-all record, or its validation summary)
+    seconds_validating: float = 0.0  # trained, its final validation running this long
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,7 +145,7 @@ def training_seconds_left(
     if seconds_per_iteration is None:
         return None
     left = max(0.0, work.iterations_total - work.iterations_done) * seconds_per_iteration
-    return left + (validation_seconds or 0.0)
+    return left + max(0.0, (validation_seconds or 0.0) - work.seconds_validating)
 
 
 def remaining_seconds(

@@ -279,7 +279,7 @@ class Stages:
 
         def done(task: TrainTask) -> None:
             if not quiet:
-                estimate = live.estimate().describe()
+                estimate = live.refresh().describe()
                 info(f"training: {task.configuration} fold {task.fold} done; {estimate}")
 
         with progress_note(live.note):

@@ -143,10 +143,7 @@ def stage_estimate(
     now: float | None = None,
 ) -> StageEstimate:
     """The training stage's estimate from the rows read off disk; fills each row's time left.
-
-    A running training is taken to have gone on since its latest epoch at its measured speed
-    (at most one epoch further), so the estimate counts down between epochs.
-    """
+    A running training counts down between epochs (:func:`training_work`)."""
     now = time.time() if now is None else now
     speeds = {}
     for name in dict.fromkeys(r.configuration for r in rows):
@@ -172,16 +169,24 @@ def stage_estimate(
 
 
 def training_work(row: TrainingRow, iterations_per_epoch: int, now: float) -> TrainingWork:
+    """A row as work done and to do; a running training is taken to have gone on since its
+    latest epoch at its speed (at most one epoch further), or with its final validation."""
     done = float(row.iterations)
+    total = (row.epochs or 0) * iterations_per_epoch
+    validating = 0.0
     if row.state == "running" and row.seconds_per_iteration and row.last_logged is not None:
-        since = max(0.0, now - row.last_logged) / row.seconds_per_iteration
-        done += min(float(iterations_per_epoch), since)
+        since = max(0.0, now - row.last_logged)
+        if done >= total:
+            validating = since
+        else:
+            done += min(float(iterations_per_epoch), since / row.seconds_per_iteration)
     return TrainingWork(
         configuration=row.configuration,
         fold=row.fold,
         iterations_done=done,
-        iterations_total=(row.epochs or 0) * iterations_per_epoch,
+        iterations_total=total,
         done=row.state == "done",
+        seconds_validating=validating,
     )
 
 
@@ -245,7 +250,7 @@ class LiveEstimate:
         self.paths, self.plans, self.keys = paths, plans, keys
         self.epochs, self.iterations_per_epoch = epochs, iterations_per_epoch
         self._logs: dict[Path, tuple[int, list[EpochRecord]]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._text, self._made = "", -math.inf
 
     def _read(self, path: Path) -> list[EpochRecord]:
@@ -260,18 +265,20 @@ class LiveEstimate:
         return cached[1]
 
     def estimate(self) -> StageEstimate:
-        rows = []
-        for (configuration, fold), key in self.keys.items():
-            row = training_row(self.paths, configuration, fold, self.epochs, self._read)
-            valid = records.is_valid(self.paths, train_stage(configuration, fold), key)
-            if row.state == "done" and not valid:
-                row.state = "pending"  # trained from other inputs: trained again
-            elif valid:
-                row.state = "done"
-            rows.append(row)
-        return stage_estimate(rows, self.plans, self.iterations_per_epoch)
+        with self._lock:  # the bar's thread and this one share the cache of logs
+            rows = []
+            for (configuration, fold), key in self.keys.items():
+                row = training_row(self.paths, configuration, fold, self.epochs, self._read)
+                valid = records.is_valid(self.paths, train_stage(configuration, fold), key)
+                if row.state == "done" and not valid:
+                    row.state = "pending"  # trained from other inputs: trained again
+                elif valid:
+                    row.state = "done"
+                rows.append(row)
+            return stage_estimate(rows, self.plans, self.iterations_per_epoch)
 
     def note(self) -> str:
+        """The short text beside each progress bar, remade at most every :data:`REFRESH_S`."""
         with self._lock:
             if time.monotonic() - self._made >= REFRESH_S:
                 try:
@@ -280,6 +287,13 @@ class LiveEstimate:
                     pass
                 self._made = time.monotonic()
             return self._text
+
+    def refresh(self) -> StageEstimate:
+        """The estimate now (a training just ended); the next bar's note starts from it."""
+        with self._lock:
+            estimate = self.estimate()
+            self._text, self._made = estimate.note(), time.monotonic()
+        return estimate
 
 
 def _duration(seconds: float | None) -> str:
@@ -332,7 +346,7 @@ def render(status: Status) -> None:
                 epoch,
                 dice,
                 _duration(t.seconds),
-                _duration(t.seconds_left) if t.state != "pending" else "-",
+                _duration(t.seconds_left),
             )
         show_table(trainings)
     if status.estimate is not None:
