@@ -306,6 +306,12 @@ def test_live_estimate_counts_a_training_done_by_its_key(fake_run):
     live = LiveEstimate(fake_run, _plans(), keys, EPOCHS, ITERATIONS)
     assert live.estimate().done == 1
     assert live.note().startswith("training: ~6 min left, 1/4 done (3d_fullres guessed")
+    # a log written since run-all started: counted down; one from before: not
+    _write_log(fake_run, "2d", 1, 4, time.time() - 5)
+    live.started = time.time() - 10
+    assert live.estimate().seconds_left < FAKE_SECONDS_LEFT - 1
+    live.started = time.time()
+    assert live.estimate().seconds_left == pytest.approx(FAKE_SECONDS_LEFT, abs=0.1)
     # trained from other inputs (a changed plan): to be trained again
     stale = LiveEstimate(fake_run, _plans(), {**keys, ("2d", 0): "changed"}, EPOCHS, ITERATIONS)
     assert stale.estimate().done == 0

@@ -237,7 +237,8 @@ class LiveEstimate:
     """The training stage's estimate while run-all trains, read from the same files as
     ``toolkit status``: logs re-read when they change, the text remade at most every
     :data:`REFRESH_S` (a progress bar asks for it several times a second, from its thread).
-    A training counts as done once its record carries the key it is trained with now."""
+    A training counts as done once its record carries the key it is trained with now, and as
+    running once it has logged an epoch in this run."""
 
     def __init__(
         self,
@@ -250,6 +251,7 @@ class LiveEstimate:
         self.paths, self.plans, self.keys = paths, plans, keys
         self.epochs, self.iterations_per_epoch = epochs, iterations_per_epoch
         self._logs: dict[Path, tuple[int, list[EpochRecord]]] = {}
+        self.started = time.time()  # a log older than this is an earlier run's
         self._lock = threading.RLock()
         self._text, self._made = "", -math.inf
 
@@ -274,6 +276,8 @@ class LiveEstimate:
                     row.state = "pending"  # trained from other inputs: trained again
                 elif valid:
                     row.state = "done"
+                elif row.state == "running" and (row.last_logged or 0.0) < self.started:
+                    row.state = "interrupted"  # by an earlier run: not counted down
                 rows.append(row)
             return stage_estimate(rows, self.plans, self.iterations_per_epoch)
 
