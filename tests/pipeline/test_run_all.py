@@ -104,6 +104,14 @@ def test_smoke_run_all_produces_selection_report_and_status(finished):
     assert len(status.trainings) == 4
     assert all(s.state == "done" for s in status.stages)
     assert status.selection.candidate == summary.selection
+    # the training stage's estimate, and the speeds measured in run-all's record
+    assert (status.estimate.done, status.estimate.total) == (4, 4)
+    assert status.estimate.seconds_left == 0.0
+    run = json.loads(paths.run_json.read_text())
+    assert run["trainings"] == [[c, f] for c in ("2d", "3d_fullres") for f in (0, 1)]
+    assert (
+        set(run["seconds_per_iteration"]) == set(run["validation_seconds"]) == {"2d", "3d_fullres"}
+    )
 
 
 def test_second_run_skips_everything(finished, tmp_path):

@@ -78,6 +78,9 @@ def run_all(
     Resumable: run it again after an interruption and it skips what is complete and valid,
     resumes trainings from their checkpoints and redoes what changed.
 
+    Before training it says how many trainings and iterations are ahead, then shows the
+    training stage's time left, estimated from the speeds measured so far (see `toolkit status`).
+
     Example: `toolkit run-all Task04_Hippocampus --preset quick`
     """
     from toolkit.pipeline.runner import RunOptions
@@ -117,7 +120,8 @@ def status(
     workspace: Path = WorkspaceOption,
 ) -> None:
     """Show the stages and trainings of a dataset: state, epoch, best pseudo-Dice, time spent and
-    left, and the chosen candidate once selected.
+    left; the trainings done and the training stage's time left, from the seconds per iteration
+    measured in the training logs; and the chosen candidate once selected.
 
     Example: `toolkit status Task04_Hippocampus`
     """

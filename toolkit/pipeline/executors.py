@@ -7,17 +7,21 @@ must be on storage every Ray node sees (the task carries the dataset folder's pa
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from toolkit.errors import ToolkitError
-from toolkit.pipeline.training_task import run_training_task
+from toolkit.pipeline.training_task import TrainTask, run_training_task
 from toolkit.progress import info, progress_bar
 
 
 class LocalExecutor:
     """One training at a time on this machine's device, in dependency order."""
 
-    def run(self, tasks) -> None:
+    def run(self, tasks, on_done: Callable[[TrainTask], None] | None = None) -> None:
         for task in _dependency_order(tasks):
             run_training_task(task)
+            if on_done is not None:
+                on_done(task)
 
 
 class RayExecutor:
@@ -94,20 +98,29 @@ class RayExecutor:
         cpus = self.cpus_per_task or max(1, int(cluster.get("CPU", 1)))
         return {"num_gpus": 0, "num_cpus": cpus}
 
-    def run(self, tasks) -> None:
-        """Every training as a task, dependencies respected; the first failure is raised."""
+    def run(self, tasks, on_done: Callable[[TrainTask], None] | None = None) -> None:
+        """Every training as a task, dependencies respected; the first failure is raised.
+        ``on_done`` is called here, in the driver, as each training ends."""
         with self:
             self._connect()
             ray = self.ray
             resources = self.resources()
             info(f"ray: {len(tasks)} training(s), each with {resources}")
             remote = ray.remote(**resources)(_ray_train)
+            by_ref: dict[object, TrainTask] = {}
             refs: dict[str, object] = {}
             for task in _dependency_order(tasks):
                 deps = [refs[s] for s in task.after if s in refs]
                 refs[task.stage] = remote.remote(task, *deps)
+                by_ref[refs[task.stage]] = task
             self.training_tasks += len(refs)
-            self._get(list(refs.values()))
+            running = list(refs.values())
+            while running:
+                done, running = ray.wait(running, num_returns=1)
+                self._get(done)
+                if on_done is not None:
+                    for ref in done:
+                        on_done(by_ref[ref])
 
     def map(self, fn, items, description: str, quiet: bool) -> list:
         """``[fn(x) for x in items]``, one Ray task (one CPU) per item, in order, with progress.

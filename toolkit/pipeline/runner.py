@@ -28,15 +28,17 @@ from toolkit.fingerprint.stage import extract_fingerprint
 from toolkit.io.atomic import write_json
 from toolkit.parallel import case_backend
 from toolkit.pipeline import records
+from toolkit.pipeline.estimate import count_line, planned_trainings
 from toolkit.pipeline.executors import LocalExecutor, RayExecutor
 from toolkit.pipeline.presets import Preset, get_preset
 from toolkit.pipeline.records import preprocess_stage, train_stage
+from toolkit.pipeline.status import LiveEstimate
 from toolkit.pipeline.training_task import TrainTask
 from toolkit.planning.planner import preset as planner_preset
 from toolkit.planning.stage import plan_dataset
 from toolkit.preprocessing.case import source_record
 from toolkit.preprocessing.stage import preprocess_dataset
-from toolkit.progress import info
+from toolkit.progress import info, progress_note
 from toolkit.training.stage import plans_configuration_dict
 from toolkit.verify.stage import require_valid
 from toolkit.workspace import DatasetPaths
@@ -202,19 +204,18 @@ class Stages:
         plans = dataset_plans(paths)
         configs = selected_configurations(plans, o, self.preset)
         epochs, iters, val_iters = self.schedule()
-        write_json(
-            paths.run_json,
-            {
-                "preset": o.preset,
-                "configurations": configs,
-                "folds": list(self.folds()),
-                "epochs": epochs,
-                "iters_per_epoch": iters,
-                "val_iters": val_iters,
-                "executor": o.executor,
-                "started_at": start,
-            },
-        )
+        run_record = {
+            "preset": o.preset,
+            "configurations": configs,
+            "folds": list(self.folds()),
+            "trainings": [list(t) for t in self.planned(plans, configs)],
+            "epochs": epochs,
+            "iters_per_epoch": iters,
+            "val_iters": val_iters,
+            "executor": o.executor,
+            "started_at": start,
+        }
+        write_json(paths.run_json, run_record)
 
         preprocess_keys: dict[str, str] = {}
         for name in configs:
@@ -234,8 +235,9 @@ class Stages:
         pending = [t for t in tasks if not records.is_valid(paths, t.stage, t.key)]
         self.summary.skipped += [t.stage for t in tasks if t not in pending]
         if pending:
-            executor.run(pending)
-            self.summary.ran += [t.stage for t in pending]
+            live = self.train(executor, plans, tasks, pending)
+            # the speeds measured, for the record (run-all's options and what they cost)
+            write_json(paths.run_json, {**run_record, **live.estimate().as_record()})
 
         folds = self.folds()
         evaluate_key = records.digest(
@@ -257,6 +259,34 @@ class Stages:
         self.summary.seconds = time.time() - start
         return self.summary
 
+    def planned(self, plans: Plans, configs: list[str]) -> list[tuple[str, int]]:
+        """The (configuration, fold) trainings, first stages (every fold) first."""
+        previous = {c: plans.configurations[c].previous_stage for c in configs}
+        return planned_trainings(configs, previous, self.folds(), self.all_folds())
+
+    def train(
+        self, executor, plans: Plans, tasks: list[TrainTask], pending: list[TrainTask]
+    ) -> LiveEstimate:
+        """The pending trainings, after a line saying what the stage costs; its time left on
+        each progress bar and after each training. Returns the estimate, read from disk."""
+        epochs, iters, _ = self.schedule()
+        keys = {(t.configuration, t.fold): t.key for t in tasks}
+        live = LiveEstimate(self.paths, plans, keys, epochs, iters)
+        quiet = self.options.quiet
+        if not quiet:
+            count = count_line(list(keys), epochs, iters, len(tasks) - len(pending))
+            info(f"[bold cyan]training[/]: {count}; {live.estimate().time_left()}")
+
+        def done(task: TrainTask) -> None:
+            if not quiet:
+                estimate = live.refresh().describe()
+                info(f"training: {task.configuration} fold {task.fold} done; {estimate}")
+
+        with progress_note(live.note):
+            executor.run(pending, on_done=done)
+        self.summary.ran += [t.stage for t in pending]
+        return live
+
     def training_tasks(
         self, plans: Plans, configs: list[str], preprocess_keys: dict[str, str]
     ) -> list[TrainTask]:
@@ -264,52 +294,45 @@ class Stages:
         o = self.options
         keys: dict[tuple[str, int], str] = {}
         tasks = []
-        # first stages before the stages that read their predictions
-        ordered = sorted(configs, key=lambda c: plans.configurations[c].previous_stage is not None)
-        # a cascade reads its first stage's out-of-fold predictions of every training case,
-        # so each of its folds needs every fold of the first stage
-        first_stages = {
-            plans.configurations[c].previous_stage
-            for c in configs
-            if plans.configurations[c].previous_stage
-        }
-        for name in ordered:
+        planned = self.planned(plans, configs)
+        if not o.quiet:
+            for name in dict.fromkeys(c for c, _ in planned):
+                folds = tuple(f for c, f in planned if c == name)
+                if folds != self.folds():
+                    info(f"{name}: training every fold, the cascade needs every case's prediction")
+        for name, fold in planned:
             configuration = plans.configuration(name)
-            folds = self.all_folds() if name in first_stages else self.folds()
-            if name in first_stages and folds != self.folds() and not o.quiet:
-                info(f"{name}: training every fold, the cascade needs every case's prediction")
-            for fold in folds:
-                after: tuple[str, ...] = ()
-                upstream: list[str] = []
-                if configuration.previous_stage:
-                    after = tuple(
-                        train_stage(configuration.previous_stage, f) for f in self.all_folds()
-                    )
-                    upstream = [keys[(configuration.previous_stage, f)] for f in self.all_folds()]
-                key = records.digest(
-                    "train",
-                    plans_configuration_dict(configuration),
-                    preprocess_keys[configuration.data_identifier],
-                    [epochs, iters, val_iters, o.seed, self.preset.validation_mirroring],
-                    upstream,
+            after: tuple[str, ...] = ()
+            upstream: list[str] = []
+            if configuration.previous_stage:
+                after = tuple(
+                    train_stage(configuration.previous_stage, f) for f in self.all_folds()
                 )
-                keys[(name, fold)] = key
-                tasks.append(
-                    TrainTask(
-                        str(self.paths.root),
-                        name,
-                        fold,
-                        key,
-                        epochs,
-                        iters,
-                        val_iters,
-                        o.seed,
-                        o.device,
-                        o.quiet,
-                        self.preset.validation_mirroring,
-                        after,
-                    )
+                upstream = [keys[(configuration.previous_stage, f)] for f in self.all_folds()]
+            key = records.digest(
+                "train",
+                plans_configuration_dict(configuration),
+                preprocess_keys[configuration.data_identifier],
+                [epochs, iters, val_iters, o.seed, self.preset.validation_mirroring],
+                upstream,
+            )
+            keys[(name, fold)] = key
+            tasks.append(
+                TrainTask(
+                    str(self.paths.root),
+                    name,
+                    fold,
+                    key,
+                    epochs,
+                    iters,
+                    val_iters,
+                    o.seed,
+                    o.device,
+                    o.quiet,
+                    self.preset.validation_mirroring,
+                    after,
                 )
+            )
         return tasks
 
 
