@@ -138,6 +138,12 @@ def test_2d_configuration_trains(tiny_dataset):
     stage.train_fold(tiny_dataset, "2d", 0, options(schedule=Schedule(1, 2, 1), validate=True))
     summary = json.loads(tiny_dataset.validation_summary("2d", 0).read_text())
     assert len(summary["cases"]) == 2
+    assert summary["training"] == {  # the budget the report names
+        "epochs": 1,
+        "iterations_per_epoch": 2,
+        "mirroring": True,
+        "precision": "fp32",
+    }
 
 
 def test_bf16_on_the_cpu(tiny_dataset):

@@ -18,6 +18,7 @@ from toolkit import __version__
 from toolkit.core.selection import Selection
 from toolkit.evaluation import plots
 from toolkit.evaluation.bootstrap import BootstrapResult, bootstrap_candidates
+from toolkit.evaluation.budget import budget_lines
 from toolkit.evaluation.candidates import CONFIGURATION_COST_ORDER
 from toolkit.evaluation.metrics import HD_PERCENTILE
 from toolkit.evaluation.pictures import write_pictures
@@ -179,6 +180,11 @@ def render_markdown(
         "",
         f"- Cross-validation: {scope}.",
         f"- Candidates: {len(names)} ({singles} configuration(s), {len(names) - singles} pairwise ensemble(s)).",
+        *budget_lines(
+            paths,
+            [c.configurations[0] for c in summary.candidates if len(c.configurations) == 1],
+            list(summary.folds),
+        ),
         f"- Foreground classes: {label_text}.",
         f"- Bootstrap: {bootstrap.samples} virtual validation sets of {bootstrap.num_cases} cases drawn with "
         f"replacement (seed {bootstrap.seed}), the same draws for every candidate; {conf} percentile intervals.",

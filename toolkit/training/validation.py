@@ -97,6 +97,13 @@ def validate_fold(
     if not ctx.is_main:
         return None
     summary = summarize_validation(sorted(rows, key=lambda r: r["case"]), labels)
+    schedule = job.run_settings.get("schedule", {})
+    summary["training"] = {  # what the report says about the budget behind these numbers
+        "epochs": schedule.get("epochs"),
+        "iterations_per_epoch": schedule.get("iterations_per_epoch"),
+        "mirroring": bool(job.options.validation_mirroring),
+        "precision": precision,
+    }
     write_json(job.paths.validation_summary(cfg.name, job.fold), summary)
     mean = summary["mean_foreground_dice"]
     info(
