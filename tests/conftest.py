@@ -5,6 +5,10 @@ import torch
 
 # no progress bars in test output; each test gets its own workspace through tmp_path
 os.environ.setdefault("TOOLKIT_QUIET", "1")
+# `--precision auto` picks fp32 in every test, on every machine, subprocesses included: CPUs
+# differ (on one with native bf16 auto picks bf16) and tests compare against fp32 references.
+# The pick itself is tested with fake flags (test_core_rules).
+os.environ["TOOLKIT_CPU_FLAGS"] = "fpu,sse2,avx2"
 
 
 @pytest.fixture

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from toolkit.core.constants import NUM_FOLDS
-from toolkit.core.device import autocast, native_bf16, resolve_device, resolve_precision
+from toolkit.core.device import (
+    auto_precision,
+    autocast,
+    describe_precision,
+    native_bf16,
+    resolve_device,
+    resolve_precision,
+)
 from toolkit.core.labels import foreground_labels, one_hot, one_hot_batch, storage_dtype
 from toolkit.core.splits import fold_numbers
 from toolkit.errors import MissingStageError, ToolkitError
@@ -32,8 +39,17 @@ def test_native_bf16_is_read_from_the_cpu_flags(flags, native):
 
 def test_precision_rules():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_precision("auto", cpu) == "fp32"
-    assert resolve_precision("auto", cuda) == "fp16"
+    avx2, amx = ["fpu", "avx2"], ["avx2", "amx_tile", "amx_bf16"]
+    assert resolve_precision("auto", cpu, flags=avx2) == "fp32"
+    assert resolve_precision("auto", cpu, flags=amx) == "bf16"
+    assert resolve_precision("auto", cpu, flags=["avx512_bf16"]) == "bf16"
+    assert resolve_precision("auto", cuda, flags=amx) == "fp16"
+    assert resolve_precision("fp32", cpu, flags=amx) == "fp32"  # the user overrides auto
+    assert auto_precision("cpu", None) == "fp32"  # flags unknown: the safe pick
+    assert resolve_precision("auto", cpu) == "fp32"  # the suite pins an AVX2 CPU (conftest)
+    assert describe_precision("auto", "bf16", cpu) == "bf16 (auto: this CPU computes bf16 natively)"
+    assert describe_precision("auto", "fp32", cpu).startswith("fp32 (auto: no native bf16")
+    assert describe_precision("fp32", "fp32", cpu) == "fp32"
     assert resolve_precision("bf16", cpu) == "bf16"
     with pytest.raises(ToolkitError, match="fp16 needs a CUDA"):
         resolve_precision("fp16", cpu)

@@ -96,7 +96,8 @@ def predict(
     precision: str = typer.Option(
         "auto",
         "--precision",
-        help="auto (fp16 autocast on CUDA, fp32 on the CPU), fp32, bf16 (autocast, CPU or CUDA) or fp16 (CUDA).",
+        help="auto (fp16 autocast on CUDA; on the CPU bf16 autocast where it computes bf16 natively, AVX-512 BF16 "
+        "or AMX, else fp32), fp32, bf16 (autocast, CPU or CUDA) or fp16 (CUDA).",
     ),
     compile: bool = typer.Option(
         False,

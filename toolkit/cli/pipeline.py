@@ -47,6 +47,12 @@ def run_all(
         None, "--val-iters", min=1, help="Validation iterations per epoch (overrides the preset)."
     ),
     device: str = DeviceOption,
+    precision: str = typer.Option(
+        "auto",
+        "--precision",
+        help="Of the trainings: auto (fp16 on CUDA; on the CPU bf16 where it computes bf16 natively, "
+        "AVX-512 BF16 or AMX, else fp32), fp32, bf16 or fp16 (CUDA).",
+    ),
     executor: str = typer.Option(
         "local",
         "--executor",
@@ -99,6 +105,7 @@ def run_all(
         iters_per_epoch=iters_per_epoch,
         val_iters=val_iters,
         device=device,
+        precision=precision,
         executor=executor,
         ray_address=ray_address,
         workers=workers,

@@ -37,8 +37,9 @@ def train(
     precision: str = typer.Option(
         "auto",
         "--precision",
-        help="auto (fp16 with gradient scaling on CUDA, fp32 on the CPU), fp32, bf16 (autocast) or fp16 (CUDA). "
-        "bf16 also runs on the CPU, but there its 3D backward pass is much slower than fp32 (torch 2.13).",
+        help="auto (fp16 with gradient scaling on CUDA; on the CPU bf16 autocast where it computes bf16 natively, "
+        "AVX-512 BF16 or AMX, else fp32), fp32, bf16 (autocast) or fp16 (CUDA). On CPUs without native bf16, "
+        "torch emulates it: many times slower than fp32. The loss is computed in fp32 either way.",
     ),
     compile_network: bool = typer.Option(
         False,

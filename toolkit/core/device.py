@@ -1,14 +1,18 @@
 """Device and precision: one rule for training, validation, prediction, the cascade and the container.
 
 ``auto`` picks CUDA when torch sees a GPU, else the CPU; on CUDA the network runs under fp16
-autocast (training adds gradient scaling), on the CPU in float32. bf16 autocast is the
-user's choice on either device; fp16 needs CUDA. Whether a CPU computes bf16 natively is a
-pure function of its flags (:func:`native_bf16`), so it is testable with fake flags.
+autocast (training adds gradient scaling); on the CPU under bf16 autocast when the CPU
+computes bf16 natively (AVX-512 BF16 or AMX-BF16: about 2x faster than float32 there), else
+in float32 (torch emulates bf16 elsewhere, many times slower). ``fp32``/``bf16``/``fp16``
+override it; fp16 needs CUDA. The pick is a pure function of the device and the CPU's flags
+(:func:`auto_precision`), so it is testable with fake flags; losses and Dice are computed in
+float32 whatever the network runs under.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable
 
 import torch
@@ -20,6 +24,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")  # what a network runs under
 PRECISION_CHOICES = ("auto", *PRECISIONS)  # what a user may ask for
 # CPU flags (as in /proc/cpuinfo) of native bf16 arithmetic; without one torch emulates it
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+CPU_FLAGS_ENV = "TOOLKIT_CPU_FLAGS"  # replaces /proc/cpuinfo's flags (tests)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -40,10 +45,21 @@ def resolve_device(device: str | torch.device) -> torch.device:
     raise ToolkitError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> fp16 autocast on CUDA, float32 on the CPU; fp16 on the CPU is an error."""
+def auto_precision(device_type: str, flags: Iterable[str] | None) -> str:
+    """``auto``'s pick: fp16 on CUDA; on the CPU bf16 when ``flags`` (None: unknown) show
+    native bf16, else fp32."""
+    if device_type == "cuda":
+        return "fp16"
+    return "bf16" if flags is not None and native_bf16(flags) else "fp32"
+
+
+def resolve_precision(
+    precision: str, device: torch.device, flags: Iterable[str] | None = None
+) -> str:
+    """``auto`` -> :func:`auto_precision` with ``flags`` (default: this CPU's); fp16 on the CPU
+    is an error."""
     if precision == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
+        return auto_precision(device.type, cpu_flags() if flags is None else flags)
     if precision not in PRECISIONS:
         raise ToolkitError(
             f"--precision must be one of {', '.join(PRECISION_CHOICES)}, not {precision!r}"
@@ -51,6 +67,17 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "fp16" and device.type != "cuda":
         raise ToolkitError("--precision fp16 needs a CUDA device (use bf16 or fp32 on the CPU)")
     return precision
+
+
+def describe_precision(requested: str, resolved: str, device: torch.device) -> str:
+    """What runs and why, for the logs: ``bf16 (auto: this CPU computes bf16 natively)``."""
+    if requested != "auto":
+        return resolved
+    if device.type == "cuda":
+        return f"{resolved} (auto: CUDA)"
+    if resolved == "bf16":
+        return "bf16 (auto: this CPU computes bf16 natively)"
+    return "fp32 (auto: no native bf16 on this CPU; --precision bf16 would be emulated)"
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -68,7 +95,14 @@ def native_bf16(flags: Iterable[str]) -> bool:
 
 
 def cpu_flags() -> list[str] | None:
-    """This CPU's flags from ``/proc/cpuinfo``; None where they cannot be read (not Linux)."""
+    """This CPU's flags from ``/proc/cpuinfo``; None where they cannot be read (not Linux).
+
+    ``TOOLKIT_CPU_FLAGS`` (comma- or space-separated) replaces them: the test suite pins an
+    AVX2 CPU with it, so that ``auto`` means fp32 in every test on every machine.
+    """
+    pinned = os.environ.get(CPU_FLAGS_ENV)
+    if pinned is not None:
+        return pinned.replace(",", " ").split()
     try:
         with open("/proc/cpuinfo") as fh:
             return next((line for line in fh if line.startswith("flags")), "").split()

@@ -27,6 +27,6 @@ class ModelOptions:
     device: str | torch.device = "auto"  # auto: CUDA when present
     use_mirroring: bool = True  # test-time mirroring over the checkpoint's axes
     step_size: float = STEP_SIZE  # window step as a share of the patch size, in (0, 1]
-    precision: str = "auto"  # auto: fp16 autocast on CUDA, float32 on the CPU
+    precision: str = "auto"  # auto: fp16 on CUDA, bf16 on CPUs with native bf16, else float32
     images_per_forward: int | None = None  # None: by device and dimensionality
     compile: bool = False  # run the networks through torch.compile

@@ -16,8 +16,8 @@ configurations, are :mod:`toolkit.inference.files`'s.
 
 Devices: ``auto`` picks CUDA when present. On CUDA the networks run under fp16 autocast and
 the volume and its accumulators live on the GPU when they fit in its free memory (else on the
-CPU, windows moving across); on the CPU they run in float32 unless ``precision`` says
-otherwise. Everything runs in this process: no worker is started, none is left behind.
+CPU, windows moving across); on the CPU under bf16 autocast where the CPU computes bf16
+natively, else in float32 (``precision`` overrides either, :mod:`toolkit.core.device`). Everything runs in this process: no worker is started, none is left behind.
 """
 
 from __future__ import annotations
@@ -30,7 +30,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from toolkit.core.device import cpu_has_native_bf16, resolve_device, resolve_precision
+from toolkit.core.device import (
+    cpu_has_native_bf16,
+    describe_precision,
+    resolve_device,
+    resolve_precision,
+)
 from toolkit.core.plans import Configuration, Plans
 from toolkit.core.resampling import case_target_spacing
 from toolkit.errors import ToolkitError
@@ -210,7 +215,8 @@ class Predictor:
         )
         return (
             f"{self.configuration.name}, {folds} fold{'s' if folds != 1 else ''}, patch {'x'.join(map(str, self.configuration.patch_size))}, "
-            f"step {self.step_size:g}, {tta}, {self.device.type} {self.precision}"
+            f"step {self.step_size:g}, {tta}, {self.device.type} "
+            f"{describe_precision(self.options.precision, self.precision, self.device)}"
             + self._compile_state()
         )
 

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
+from toolkit.core.device import PRECISION_CHOICES
 from toolkit.core.plans import Plans, dataset_plans
 from toolkit.core.selection import Selection
 from toolkit.core.splits import fold_numbers
@@ -53,6 +54,7 @@ class RunOptions:
     iters_per_epoch: int | None = None
     val_iters: int | None = None
     device: str = "auto"
+    precision: str = "auto"  # of the trainings (auto: core/device.py's pick)
     executor: str = "local"  # local | ray
     ray_address: str | None = None
     workers: int | None = None
@@ -63,6 +65,10 @@ class RunOptions:
         get_preset(self.preset)
         if self.executor not in ("local", "ray"):
             raise ToolkitError(f"--executor must be local or ray, not {self.executor!r}")
+        if self.precision not in PRECISION_CHOICES:
+            raise ToolkitError(
+                f"--precision must be one of {', '.join(PRECISION_CHOICES)}, not {self.precision!r}"
+            )
         if self.ray_address and self.executor != "ray":
             raise ToolkitError("--ray-address needs --executor ray")
         for name in ("epochs", "iters_per_epoch", "val_iters", "workers"):
@@ -331,6 +337,7 @@ class Stages:
                     o.quiet,
                     self.preset.validation_mirroring,
                     after,
+                    o.precision,
                 )
             )
         return tasks

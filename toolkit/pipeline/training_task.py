@@ -32,7 +32,8 @@ class TrainTask:
     device: str
     quiet: bool
     validation_mirroring: bool = True
-    after: tuple[str, ...] = ()  # stages that must finish first (the cascade's low-res fold)
+    after: tuple[str, ...] = ()
+    precision: str = "auto"  # not part of the key: a run may resume under another precision  # stages that must finish first (the cascade's low-res fold)
 
     @property
     def stage(self) -> str:
@@ -65,6 +66,7 @@ def run_training_task(task: TrainTask) -> str:
             validation_iterations=task.val_iters,
         ),
         device=task.device,
+        precision=task.precision,
         resume=has_checkpoint,
         seed=task.seed,
         quiet=task.quiet,

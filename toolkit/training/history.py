@@ -30,6 +30,7 @@ class EpochRecord:
     data_wait_s: float  # time the loop waited for batches
     train_iterations: int
     timestamp: float
+    precision: str | None = None  # what the network ran under (fp32, bf16, fp16)
     extra: dict = field(default_factory=dict)
 
     @classmethod

@@ -27,7 +27,7 @@ from toolkit.core.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from toolkit.core.device import autocast, resolve_precision
+from toolkit.core.device import autocast, describe_precision, resolve_precision
 from toolkit.core.labels import foreground_labels
 from toolkit.nets.unet import UNet, build_network
 from toolkit.progress import info, progress_bar
@@ -96,6 +96,9 @@ def run(job: TrainingJob, ctx: DistContext) -> FoldResult:
         remove_stale_temporaries(job.fold_dir)
     torch.manual_seed(job.seed)
     parts = build_parts(job, ctx, device)
+    if ctx.is_main:
+        note = describe_precision(job.options.precision, parts.precision, device)
+        info(f"training {job.configuration.name} fold {job.fold} on {device.type}, {note}")
     state = TrainingState()
     if job.start_from is not None:
         state = restore(parts, job.start_from, device)
@@ -204,7 +207,8 @@ def make(parts: Parts, key: BatchKey) -> ReadyBatch:
 def train_step(parts: Parts, batch: ReadyBatch, grad_clip: float) -> float:
     parts.optimizer.zero_grad(set_to_none=True)
     with autocast(batch.input.device, parts.precision):
-        loss = parts.loss(parts.model(batch.input), batch.target)
+        outputs = parts.model(batch.input)
+    loss = parts.loss(as_float32(outputs), batch.target)  # the loss in float32, always
     if parts.scaler is not None:
         parts.scaler.scale(loss).backward()
         parts.scaler.unscale_(parts.optimizer)
@@ -218,11 +222,18 @@ def train_step(parts: Parts, batch: ReadyBatch, grad_clip: float) -> float:
     return float(loss.detach())
 
 
+def as_float32(outputs):
+    """A network's output(s) (a list under deep supervision) in float32, for the loss."""
+    if isinstance(outputs, list | tuple):
+        return [o.float() for o in outputs]
+    return outputs.float()
+
+
 @torch.no_grad()
 def validation_step(parts: Parts, batch: ReadyBatch) -> tuple[float, torch.Tensor]:
     with autocast(batch.input.device, parts.precision):
-        outputs = parts.model(batch.input)
-        loss = parts.loss(outputs, batch.target)
+        outputs = as_float32(parts.model(batch.input))
+    loss = parts.loss(outputs, batch.target)
     highest = outputs[0] if isinstance(outputs, list | tuple) else outputs
     return float(loss), hard_counts(highest, batch.target).cpu()
 
@@ -251,6 +262,7 @@ def epoch_record(
         data_wait_s=waited,
         train_iterations=len(losses),
         timestamp=time.time(),
+        precision=parts.precision,
     )
 
 
