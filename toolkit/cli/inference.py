@@ -70,6 +70,13 @@ def predict(
         "--save-probabilities",
         help="Also write CASE.npz: float16 softmax probabilities and the image geometry (for `toolkit ensemble`).",
     ),
+    continue_prediction: bool = typer.Option(
+        False,
+        "--continue",
+        help="Skip cases whose outputs are already there (label map, and the probabilities and "
+        "preview when asked): an interrupted run over a folder resumes. Files are written "
+        "atomically, so a case cut off mid-write is predicted again.",
+    ),
     preview: bool = typer.Option(
         False,
         "--preview",
@@ -125,6 +132,7 @@ def predict(
         precision=precision,
         save_probabilities=save_probabilities,
         preview=preview,
+        continue_prediction=continue_prediction,
         quiet=quiet,
         compile=compile,
     )

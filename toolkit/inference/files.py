@@ -38,6 +38,7 @@ class CaseReport:
     seconds: float
     windows: int
     output: Path
+    skipped: bool = False  # complete before this run (--continue)
 
 
 def predict_paths(
@@ -48,13 +49,15 @@ def predict_paths(
     postprocessing: Postprocessing | None = None,
     quiet: bool = False,
     on_written: WrittenHook | None = None,
+    is_complete: Callable[[Path], bool] | None = None,
 ) -> list[CaseReport]:
     """Predict a file or a folder (see :mod:`toolkit.inference.inputs`) into ``output``.
 
     Several predictors (configurations) form an ensemble: their probabilities are averaged.
     ``output`` is a folder (``CASE<ending>`` per case, ``CASE.npz`` with probabilities), or a
     file name when the input is one case. Cases are read, predicted and written one at a
-    time.
+    time. With ``is_complete`` (``predict --continue``), a case whose output it accepts is
+    skipped: every file is written atomically, so one that exists is whole.
     """
     if not predictors:
         raise ValueError("predict_paths needs at least one predictor")
@@ -71,6 +74,10 @@ def predict_paths(
         case_task = bar.add_task("cases", total=len(cases))
         window_task = bar.add_task("windows", total=None)
         for case, target in zip(cases, targets, strict=True):
+            if is_complete is not None and is_complete(target):
+                reports.append(CaseReport(case.case, 0.0, 0, target, skipped=True))
+                bar.advance(case_task)
+                continue
             start = time.perf_counter()
             image, geometry = read_input_case(case, num_channels)
             windows = sum(p.estimate_windows(image.shape[1:], geometry) for p in predictors)
@@ -92,8 +99,8 @@ def predict_paths(
             first_channel = image[0].copy() if on_written is not None else None
             del image
             prediction = prediction.postprocessed(postprocessing)
-            probabilities_path = _probabilities_path(target) if save_probabilities else None
-            prediction.save(target, probabilities_path)
+            probabilities = probabilities_path(target) if save_probabilities else None
+            prediction.save(target, probabilities)
             if on_written is not None:
                 on_written(first_channel, prediction, target)
             del prediction, first_channel
@@ -128,7 +135,7 @@ def predict_with_ensemble(
     )
 
 
-def _probabilities_path(label_path: Path) -> Path:
+def probabilities_path(label_path: Path) -> Path:
     return label_path.with_name(strip_image_suffix(label_path.name) + PROBABILITIES_ENDING)
 
 
@@ -148,7 +155,10 @@ def log_prediction_summary(reports: Sequence[CaseReport]) -> None:
     import resource
 
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    total = sum(r.seconds for r in reports)
+    done = [r for r in reports if not r.skipped]
+    total = sum(r.seconds for r in done)
+    skipped = len(reports) - len(done)
     info(
-        f"predicted {len(reports)} case(s) in {total:.1f} s ({total / max(1, len(reports)):.1f} s per case), peak memory {peak_gb:.2f} GB"
+        f"predicted {len(done)} case(s) in {total:.1f} s ({total / max(1, len(done)):.1f} s per case), peak memory {peak_gb:.2f} GB"
+        + (f"; {skipped} already complete, skipped (--continue)" if skipped else "")
     )

@@ -10,7 +10,7 @@ label map (:func:`toolkit.inference.preview.preview_path`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from toolkit.inference.files import (
     WrittenHook,
     log_prediction_summary,
     predict_paths,
+    probabilities_path,
 )
 from toolkit.inference.options import ModelOptions
 from toolkit.inference.predictor import Predictor
@@ -46,6 +47,7 @@ class PredictOptions(ModelOptions):
 
     save_probabilities: bool = False
     preview: bool = False  # CASE_preview.png beside each CASE label map
+    continue_prediction: bool = False  # skip cases whose outputs are all there (--continue)
     quiet: bool = False
 
 
@@ -115,6 +117,21 @@ def preview_writer(predictor: Predictor) -> WrittenHook:
     return write
 
 
+def complete_check(options: PredictOptions) -> Callable[[Path], bool]:
+    """``--continue``: a case is complete when every file this run would write exists (each
+    is written atomically: one that exists is whole)."""
+
+    def complete(target: Path) -> bool:
+        wanted = [target]
+        if options.save_probabilities:
+            wanted.append(probabilities_path(target))
+        if options.preview:
+            wanted.append(preview_path(target))
+        return all(path.is_file() for path in wanted)
+
+    return complete
+
+
 def run_predict(
     input_path: Path,
     output: Path,
@@ -154,6 +171,7 @@ def run_predict(
         postprocessing,
         options.quiet,
         preview_writer(predictors[0]) if options.preview else None,
+        complete_check(options) if options.continue_prediction else None,
     )
     if not options.quiet:
         log_prediction_summary(reports)
