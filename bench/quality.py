@@ -24,6 +24,7 @@ import os
 import shutil
 import statistics
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -231,7 +232,10 @@ def render(data: dict) -> str:
         f"random smooth deformations). Plan: {plan_text(data)}, used by both tools (patch "
         f"{data['patch_size']}, features {data.get('features')}); fold 0 of the same split; "
         f"{data['epochs']} x {data['iterations']} iterations; {data['seeds']} seed(s) per tool; "
-        "held-out cases predicted without mirroring.",
+        "held-out cases predicted without mirroring; "
+        f"{data.get('threads', 2)} torch thread(s) per tool"
+        + (", the two tools of a seed side by side" if data.get("side_by_side") else "")
+        + " (train times are therefore not a speed comparison: see `bench/train.py`).",
         "",
     ]
     names = data["class_names"]
@@ -292,6 +296,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--gpu-memory", type=float, default=0.5, help="nnU-Net's memory target")
     parser.add_argument("--width-divisor", type=int, default=4)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads of each tool (OMP_NUM_THREADS)"
+    )
+    parser.add_argument(
+        "--side-by-side",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train and predict the two tools of a seed at the same time (one core each)",
+    )
     parser.add_argument("--render", action="store_true", help="only rewrite the Markdown")
     args = parser.parse_args(argv)
     if args.render:
@@ -299,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         harness.write_results(NAME, data, render(data))
         return 0
     os.environ.setdefault("TOOLKIT_QUIET", "1")
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # both tools' subprocesses inherit it
     work = harness.WORK / NAME
     claim_work_folder(harness.WORK / f"{NAME}.pid")
     shutil.rmtree(work, ignore_errors=True)
@@ -317,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         "gpu_memory": args.gpu_memory,
         "width_divisor": args.width_divisor,
         "plan": args.plan,
+        "threads": args.threads,
+        "side_by_side": args.side_by_side,
         "features": json.loads(paths.plans_json.read_text())["configurations"]["3d_fullres"][
             "architecture"
         ]["features_per_stage"],
@@ -326,12 +342,15 @@ def main(argv: list[str] | None = None) -> int:
         "train_seconds": {"toolkit": [], "nnunet": []},
     }
     for seed in range(args.seeds):
-        seconds = train_and_predict_ours(paths, test_images, work, seed, args)
-        data["train_seconds"]["toolkit"].append(seconds)
-        data["dice"]["toolkit"][str(seed)] = case_dice(work / f"ours_{seed}", references, labels)
-        seconds = train_and_predict_nnunet(root, test_images, work, seed, args)
-        data["train_seconds"]["nnunet"].append(seconds)
-        data["dice"]["nnunet"][str(seed)] = case_dice(work / f"nnunet_{seed}", references, labels)
+        # side by side, one core each (--threads 1): neither waits for the other, and work
+        # elsewhere on the machine cannot stall a multi-threaded step of one of them
+        with ThreadPoolExecutor(max_workers=2 if args.side_by_side else 1) as pool:
+            ours = pool.submit(train_and_predict_ours, paths, test_images, work, seed, args)
+            theirs = pool.submit(train_and_predict_nnunet, root, test_images, work, seed, args)
+            seconds = {"toolkit": ours.result(), "nnunet": theirs.result()}
+        for tool, prefix in (("toolkit", "ours"), ("nnunet", "nnunet")):
+            data["train_seconds"][tool].append(seconds[tool])
+            data["dice"][tool][str(seed)] = case_dice(work / f"{prefix}_{seed}", references, labels)
         data["summary"] = summarize(data)
         harness.write_results(NAME, data, render(data))  # kept after every seed
     print(render(data))
