@@ -88,6 +88,7 @@ def train(
     logger: list[str] = typer.Option(
         None,
         "--logger",
+        metavar="tensorboard|mlflow",
         help="Also log each epoch's losses, pseudo-Dice per class, learning rate and time, and the final validation Dice, to "
         "tensorboard (models/<config>/fold_<k>/tensorboard) and/or mlflow (a local store in the fold folder, or "
         "MLFLOW_TRACKING_URI when set). Repeat it or separate with commas; optional extras: pip install 'toolkit[tensorboard]' "

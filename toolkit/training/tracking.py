@@ -39,6 +39,7 @@ LOGGER_CHOICES = (TENSORBOARD, MLFLOW)
 # the module each backend needs, and the extra that installs it
 _REQUIRED_MODULE = {TENSORBOARD: "tensorboard", MLFLOW: "mlflow"}
 MLFLOW_URI_VARIABLE = "MLFLOW_TRACKING_URI"
+MLFLOW_ALLOW_FILE_STORE = "MLFLOW_ALLOW_FILE_STORE"
 
 
 class EpochLogger(Protocol):
@@ -201,8 +202,16 @@ class TensorBoardWriter:
 
 
 def mlflow_tracking_uri(fold_dir: Path) -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else a file store in the fold folder."""
-    return os.environ.get(MLFLOW_URI_VARIABLE) or (fold_dir / MLFLOW_STORE).resolve().as_uri()
+    """``MLFLOW_TRACKING_URI`` when set, else a file store in the fold folder.
+
+    MLflow 3.7 and later refuse a file store unless ``MLFLOW_ALLOW_FILE_STORE`` is true (the
+    backend is kept, in maintenance mode; a database store needs the full ``mlflow`` with
+    SQLAlchemy): the default local store opts in, unless the user set that variable."""
+    configured = os.environ.get(MLFLOW_URI_VARIABLE)
+    if configured:
+        return configured
+    os.environ.setdefault(MLFLOW_ALLOW_FILE_STORE, "true")
+    return (fold_dir / MLFLOW_STORE).resolve().as_uri()
 
 
 class MlflowWriter:
