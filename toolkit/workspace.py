@@ -257,6 +257,9 @@ CHECKPOINT_BEST = "checkpoint_best.pt"
 CHECKPOINT_FINAL = "checkpoint_final.pt"
 TRAINING_LOG = "log.jsonl"
 PROGRESS_PLOT = "progress.png"
+TENSORBOARD_DIR = "tensorboard"  # --logger tensorboard: the fold's event files
+MLFLOW_STORE = "mlruns"  # --logger mlflow: the fold's local file store (no MLFLOW_TRACKING_URI)
+MLFLOW_RUN = "mlflow_run.json"  # --logger mlflow: the run a resumed training continues
 
 
 @dataclass(frozen=True)

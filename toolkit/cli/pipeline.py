@@ -75,6 +75,16 @@ def run_all(
     seed: int = typer.Option(
         0, "--seed", help="Seed of the trainings (mixed with each configuration and fold)."
     ),
+    logger: list[str] = typer.Option(
+        None,
+        "--logger",
+        metavar="tensorboard|mlflow",
+        help="Of the trainings: log each epoch's losses, pseudo-Dice per class, learning rate and time, and the final validation Dice, to "
+        "tensorboard (models/<config>/fold_<k>/tensorboard) and/or mlflow (a local store in the fold folder, or "
+        "MLFLOW_TRACKING_URI when set). Repeat it or separate with commas; optional extras: pip install 'toolkit[tensorboard]' "
+        "or 'toolkit[mlflow]'. Default: none.",
+        show_default=False,
+    ),
     workspace: Path = WorkspaceOption,
     quiet: bool = QuietOption,
 ) -> None:
@@ -111,6 +121,7 @@ def run_all(
         workers=workers,
         seed=seed,
         quiet=quiet,
+        loggers=tuple(logger or ()),
     )
     summary = run(paths, options)
     info(

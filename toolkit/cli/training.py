@@ -85,6 +85,16 @@ def train(
         help="Background threads preparing batches. Default: 1 on the CPU, 2 on CUDA.",
         show_default=False,
     ),
+    logger: list[str] = typer.Option(
+        None,
+        "--logger",
+        metavar="tensorboard|mlflow",
+        help="Also log each epoch's losses, pseudo-Dice per class, learning rate and time, and the final validation Dice, to "
+        "tensorboard (models/<config>/fold_<k>/tensorboard) and/or mlflow (a local store in the fold folder, or "
+        "MLFLOW_TRACKING_URI when set). Repeat it or separate with commas; optional extras: pip install 'toolkit[tensorboard]' "
+        "or 'toolkit[mlflow]'. Default: none.",
+        show_default=False,
+    ),
     quiet: bool = QuietOption,
 ) -> None:
     """Train one fold of one configuration: `models/<config>/fold_<k>/` gets checkpoints, `log.jsonl`, `progress.png` and the validation predictions.
@@ -112,6 +122,7 @@ def train(
         validation_mirroring=validation_tta,
         loader_threads=loader_threads,
         quiet=quiet,
+        loggers=tuple(logger or ()),
     )
     train_fold(DatasetPaths.open(workspace, dataset), configuration, fold, options)
 

@@ -40,7 +40,7 @@ from toolkit.planning.stage import plan_dataset
 from toolkit.preprocessing.case import source_record
 from toolkit.preprocessing.stage import preprocess_dataset
 from toolkit.progress import info, progress_note
-from toolkit.training.stage import plans_configuration_dict
+from toolkit.training.stage import plans_configuration_dict, require_loggers
 from toolkit.verify.stage import require_valid
 from toolkit.workspace import DatasetPaths
 
@@ -60,9 +60,11 @@ class RunOptions:
     workers: int | None = None
     seed: int = 0
     quiet: bool = False
+    loggers: tuple[str, ...] = ()  # of the trainings: tensorboard, mlflow (not in their keys)
 
     def check(self) -> RunOptions:
         get_preset(self.preset)
+        require_loggers(self.loggers)
         if self.executor not in ("local", "ray"):
             raise ToolkitError(f"--executor must be local or ray, not {self.executor!r}")
         if self.precision not in PRECISION_CHOICES:
@@ -338,6 +340,7 @@ class Stages:
                     self.preset.validation_mirroring,
                     after,
                     o.precision,
+                    loggers=o.loggers,
                 )
             )
         return tasks

@@ -31,6 +31,7 @@ from toolkit.io.preprocessed import complete_cases
 from toolkit.training import cascade
 from toolkit.training.checkpoint import training_state
 from toolkit.training.schedule import Schedule
+from toolkit.training.tracking import require_loggers
 from toolkit.workspace import (
     CHECKPOINT_FINAL,
     CHECKPOINT_LATEST,
@@ -68,6 +69,7 @@ class TrainOptions:
     loader_threads: int | None = None  # None: 1 on the CPU (it shares the cores), 2 on CUDA
     prefetch: int = 3
     quiet: bool = False
+    loggers: tuple[str, ...] = ()  # --logger: tensorboard, mlflow (toolkit/training/tracking.py)
 
     def threads_for(self, device: torch.device) -> int:
         if self.loader_threads is not None:
@@ -119,6 +121,7 @@ def prepare(
     configuration = plans.configuration(configuration_name)
     device = resolve_device(options.device)
     resolve_precision(options.precision, device)
+    require_loggers(options.loggers)
     if options.devices < 1:
         raise ToolkitError(f"--devices must be at least 1, not {options.devices}")
     if device.type == "cuda" and options.devices > torch.cuda.device_count():

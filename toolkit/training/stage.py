@@ -20,11 +20,19 @@ from toolkit.training.checkpoint import plans_configuration_dict
 from toolkit.training.distributed import DistContext, rank_device
 from toolkit.training.job import TrainingJob, TrainOptions, prepare, write_model_folder
 from toolkit.training.schedule import Schedule
+from toolkit.training.tracking import require_loggers
 from toolkit.training.trainer import FoldResult, run
 from toolkit.training.validation import validation_complete
 from toolkit.workspace import CHECKPOINT_FINAL, DatasetPaths
 
-__all__ = ["FoldResult", "Schedule", "TrainOptions", "plans_configuration_dict", "train_fold"]
+__all__ = [
+    "FoldResult",
+    "Schedule",
+    "TrainOptions",
+    "plans_configuration_dict",
+    "require_loggers",
+    "train_fold",
+]
 
 
 def train_fold(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +60,7 @@ from toolkit.training.loss import (
 )
 from toolkit.training.sampling import CaseData, PatchSampler, foreground_flags
 from toolkit.training.schedule import make_optimizer, set_lr
+from toolkit.training.tracking import EpochLogger, Tracking, open_run_tracking
 from toolkit.training.validation import validate_fold
 from toolkit.workspace import (
     CHECKPOINT_BEST,
@@ -88,6 +89,7 @@ class Parts:
     precision: str
     train_maker: BatchMaker
     val_maker: BatchMaker
+    tracking: EpochLogger = field(default_factory=Tracking)  # rank 0: --logger backends
 
 
 def run(job: TrainingJob, ctx: DistContext) -> FoldResult:
@@ -106,6 +108,8 @@ def run(job: TrainingJob, ctx: DistContext) -> FoldResult:
             info(
                 f"resuming {job.configuration.name} fold {job.fold} at epoch {state.epoch}, iteration {state.iteration}"
             )
+    if ctx.is_main:
+        parts.tracking = open_run_tracking(job, state.epoch)
     schedule = job.options.schedule
     last_save = time.monotonic()
     if not state.finished:
@@ -124,6 +128,9 @@ def run(job: TrainingJob, ctx: DistContext) -> FoldResult:
     summary = None
     if job.options.validate:
         summary = validate_fold(job, ctx, parts.network, device, parts.precision)
+    if summary is not None:
+        parts.tracking.log_final(summary)
+    parts.tracking.close()
     return FoldResult(job.fold_dir, state.epoch, False, summary)
 
 
@@ -280,6 +287,7 @@ def report(job: TrainingJob, parts: Parts, state: TrainingState, record: EpochRe
         name for name, value in sorted(job.plans.labels.items(), key=lambda kv: kv[1]) if value > 0
     ]
     plot_progress(job.fold_dir / PROGRESS_PLOT, state.history, names)
+    parts.tracking.log_epoch(record, names)
     dice = ", ".join("-" if d is None else f"{d:.3f}" for d in record.pseudo_dice)
     val = "-" if record.val_loss is None else f"{record.val_loss:.4f}"
     info(
