@@ -16,10 +16,12 @@ def train(
         help="Configuration of the plan: 2d, 3d_fullres, 3d_lowres or 3d_cascade_fullres.",
         show_default=False,
     ),
-    fold: int = typer.Argument(
+    fold: str = typer.Argument(
         ...,
-        min=0,
-        help="Cross-validation fold, 0-4 (the split is written once to splits.json).",
+        help="Cross-validation fold, 0-4 (the split is written once to splits.json), or `all`: "
+        "train on every case into fold_all/ (nnU-Net v2's fold all: the per-epoch pseudo-Dice is "
+        "measured on training cases, and there is no final validation, so evaluate and select "
+        "leave it out; predict with --folds all).",
         show_default=False,
     ),
     workspace: Path | None = WorkspaceOption,
@@ -87,14 +89,14 @@ def train(
     ),
     quiet: bool = QuietOption,
 ) -> None:
-    """Train one fold of one configuration: `models/<config>/fold_<k>/` gets checkpoints, `log.jsonl`, `progress.png` and the validation predictions.
+    """Train one fold of one configuration: `models/<config>/fold_<k>/` gets checkpoints, `log.jsonl`, `progress.png` and the validation predictions (fold `all`: `fold_all/`, no validation).
 
     Patches are sampled from the preprocessed cases (a third forced onto foreground),
     augmented on the training device, and fed to the plan's U-Net (Dice + cross-entropy over
     the deep-supervision outputs, SGD with Nesterov momentum, poly learning rate). A killed
     run continues with `--resume`.
     """
-    from toolkit.training.stage import Schedule, TrainOptions, train_fold
+    from toolkit.training.stage import Schedule, TrainOptions, parse_fold, train_fold
     from toolkit.workspace import DatasetPaths
 
     options = TrainOptions(
@@ -113,7 +115,7 @@ def train(
         loader_threads=loader_threads,
         quiet=quiet,
     )
-    train_fold(DatasetPaths.open(workspace, dataset), configuration, fold, options)
+    train_fold(DatasetPaths.open(workspace, dataset), configuration, parse_fold(fold), options)
 
 
 def register(app: typer.Typer) -> None:

@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 
 from toolkit.core.checkpoint import KEY_RUN, load_checkpoint
+from toolkit.core.constants import FOLD_ALL
 from toolkit.core.device import resolve_device, resolve_precision
 from toolkit.core.plans import Configuration, Plans, dataset_plans
-from toolkit.core.splits import Split, fold_split, load_or_create_splits
+from toolkit.core.splits import Fold, Split, fold_split, load_or_create_splits
 from toolkit.errors import MissingStageError, ToolkitError
 from toolkit.io.atomic import write_text
 from toolkit.io.preprocessed import complete_cases
@@ -45,10 +46,11 @@ KEY_RUN_SEED = "run_seed"
 RUN_SEED_BITS = 63
 
 
-def run_seed(seed: int, configuration: str, fold: int) -> int:
+def run_seed(seed: int, configuration: str, fold: Fold) -> int:
     """The seed of one fold of one configuration: a stable hash of the three (never Python's
-    salted ``hash``), the same in every process and on every machine."""
-    text = json.dumps([int(seed), str(configuration), int(fold)])
+    salted ``hash``), the same in every process and on every machine. Fold ``all`` is hashed
+    as its name, a fold number as the number."""
+    text = json.dumps([int(seed), str(configuration), fold if fold == FOLD_ALL else int(fold)])
     digest = hashlib.sha256(text.encode()).digest()
     return int.from_bytes(digest[:8], "little") >> (64 - RUN_SEED_BITS)
 
@@ -74,7 +76,7 @@ class TrainOptions:
             return self.loader_threads
         return 2 if device.type == "cuda" else 1
 
-    def run_settings(self, configuration: str, fold: int) -> dict:
+    def run_settings(self, configuration: str, fold: Fold) -> dict:
         """What a resumed run must share with the run it continues, with the derived seed."""
         return {
             "seed": self.seed,
@@ -88,7 +90,7 @@ class TrainingJob:
     paths: DatasetPaths
     plans: Plans
     configuration: Configuration
-    fold: int
+    fold: Fold  # a fold of splits.json, or FOLD_ALL (every case trains, none is held out)
     split: Split
     data_folder: Path
     previous_folder: Path | None  # cascade: the first stage's predictions
@@ -104,6 +106,12 @@ class TrainingJob:
         return int(self.run_settings.get(KEY_RUN_SEED, self.run_settings["seed"]))
 
     @property
+    def final_validation(self) -> bool:
+        """Whether the run ends by predicting its held-out cases: fold ``all`` has none (its
+        pseudo-Dice is measured on training cases), so it never does."""
+        return self.options.validate and self.fold != FOLD_ALL
+
+    @property
     def fold_dir(self) -> Path:
         return self.paths.fold_dir(self.configuration.name, self.fold)
 
@@ -113,7 +121,7 @@ class TrainingJob:
 
 
 def prepare(
-    paths: DatasetPaths, configuration_name: str, fold: int, options: TrainOptions
+    paths: DatasetPaths, configuration_name: str, fold: Fold, options: TrainOptions
 ) -> TrainingJob:
     plans = dataset_plans(paths)
     configuration = plans.configuration(configuration_name)

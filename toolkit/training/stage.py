@@ -14,6 +14,7 @@ pipeline keys a trained fold on).
 
 from __future__ import annotations
 
+from toolkit.core.splits import Fold, parse_fold
 from toolkit.progress import info
 from toolkit.training import distributed
 from toolkit.training.checkpoint import plans_configuration_dict
@@ -24,14 +25,23 @@ from toolkit.training.trainer import FoldResult, run
 from toolkit.training.validation import validation_complete
 from toolkit.workspace import CHECKPOINT_FINAL, DatasetPaths
 
-__all__ = ["FoldResult", "Schedule", "TrainOptions", "plans_configuration_dict", "train_fold"]
+__all__ = [
+    "FoldResult",
+    "Schedule",
+    "TrainOptions",
+    "parse_fold",
+    "plans_configuration_dict",
+    "train_fold",
+]
 
 
 def train_fold(
-    paths: DatasetPaths, configuration: str, fold: int, options: TrainOptions
+    paths: DatasetPaths, configuration: str, fold: Fold, options: TrainOptions
 ) -> FoldResult:
+    """Train ``fold`` of ``configuration`` (a fold number, or ``"all"``: every case, no final
+    validation)."""
     job = prepare(paths, configuration, fold, options)
-    if job.only_validation and (not options.validate or validation_complete(job)):
+    if job.only_validation and (not job.final_validation or validation_complete(job)):
         info(
             f"{configuration} fold {fold} is already trained ({job.fold_dir / CHECKPOINT_FINAL}): nothing to do"
         )

@@ -122,8 +122,13 @@ def run(job: TrainingJob, ctx: DistContext) -> FoldResult:
             save(job, parts, state, CHECKPOINT_FINAL)
             (job.fold_dir / CHECKPOINT_LATEST).unlink(missing_ok=True)
     summary = None
-    if job.options.validate:
+    if job.final_validation:
         summary = validate_fold(job, ctx, parts.network, device, parts.precision)
+    elif job.options.validate and ctx.is_main:
+        info(
+            f"{job.configuration.name} fold {job.fold}: no final validation, every case was trained on "
+            "(its pseudo-Dice was measured on training cases, not held-out ones)"
+        )
     return FoldResult(job.fold_dir, state.epoch, False, summary)
 
 
