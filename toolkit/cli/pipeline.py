@@ -75,6 +75,14 @@ def run_all(
     seed: int = typer.Option(
         0, "--seed", help="Seed of the trainings (mixed with each configuration and fold)."
     ),
+    pretrained: Path = typer.Option(
+        None,
+        "--pretrained",
+        help="Start every training's network from these weights (as `toolkit train --pretrained`: "
+        "a checkpoint file, fold folder or model folder, ours or nnU-Net v2's; tensors whose name "
+        "and shape match). Its content is part of each training's key: a changed file trains again.",
+        show_default=False,
+    ),
     workspace: Path = WorkspaceOption,
     quiet: bool = QuietOption,
 ) -> None:
@@ -111,6 +119,7 @@ def run_all(
         workers=workers,
         seed=seed,
         quiet=quiet,
+        pretrained=None if pretrained is None else str(pretrained.expanduser().resolve()),
     )
     summary = run(paths, options)
     info(

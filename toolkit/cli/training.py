@@ -87,6 +87,17 @@ def train(
         help="Background threads preparing batches. Default: 1 on the CPU, 2 on CUDA.",
         show_default=False,
     ),
+    pretrained: Path | None = typer.Option(
+        None,
+        "--pretrained",
+        help="Start the network from another model's weights: a checkpoint file (ours, "
+        "checkpoint_*.pt, or nnU-Net v2's, checkpoint_*.pth), a fold folder, or a model folder "
+        "(ours or nnU-Net v2's; its fold_all, else its first fold). Every tensor whose name and "
+        "shape match is loaded, the rest (e.g. the heads when the labels differ, the first "
+        "convolution when the channels differ) stays freshly initialised; one line says which. "
+        "Only at the start: a resume continues from its own checkpoint (give the same option).",
+        show_default=False,
+    ),
     quiet: bool = QuietOption,
 ) -> None:
     """Train one fold of one configuration: `models/<config>/fold_<k>/` gets checkpoints, `log.jsonl`, `progress.png` and the validation predictions (fold `all`: `fold_all/`, no validation).
@@ -95,6 +106,9 @@ def train(
     augmented on the training device, and fed to the plan's U-Net (Dice + cross-entropy over
     the deep-supervision outputs, SGD with Nesterov momentum, poly learning rate). A killed
     run continues with `--resume`.
+
+    Examples: `toolkit train Task04_Hippocampus 3d_fullres all` (every case, no validation);
+    `toolkit train Task05_Prostate 3d_fullres 0 --pretrained workspace/Task04_Hippocampus/models/3d_fullres`
     """
     from toolkit.training.stage import Schedule, TrainOptions, parse_fold, train_fold
     from toolkit.workspace import DatasetPaths
@@ -114,6 +128,7 @@ def train(
         validation_mirroring=validation_tta,
         loader_threads=loader_threads,
         quiet=quiet,
+        pretrained=None if pretrained is None else str(pretrained),
     )
     train_fold(DatasetPaths.open(workspace, dataset), configuration, parse_fold(fold), options)
 

@@ -34,6 +34,7 @@ class TrainTask:
     validation_mirroring: bool = True
     after: tuple[str, ...] = ()
     precision: str = "auto"  # not part of the key: a run may resume under another precision  # stages that must finish first (the cascade's low-res fold)
+    pretrained: str | None = None  # weights a new training starts from (their digest is in the key)
 
     @property
     def stage(self) -> str:
@@ -71,6 +72,7 @@ def run_training_task(task: TrainTask) -> str:
         seed=task.seed,
         quiet=task.quiet,
         validation_mirroring=task.validation_mirroring,
+        pretrained=task.pretrained,
     )
     train_fold(paths, task.configuration, task.fold, options)
     records.write_record(paths, task.stage, task.key, started)

@@ -10,6 +10,9 @@ augmentation): the run's seed is a stable hash of ``--seed``, the configuration 
 (:func:`run_seed`), so the members of a cross-validation ensemble differ and the same
 ``--seed`` still repeats a run exactly. A checkpoint written before this rule (its run settings
 have no ``run_seed``) resumes with the seed it was started with, ``--seed`` itself.
+
+``--pretrained`` is checked here too (the source found and loadable) and recorded in the run
+settings; it counts only at a training's start, a resume continuing from its own checkpoint.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from toolkit.io.atomic import write_text
 from toolkit.io.preprocessed import complete_cases
 from toolkit.training import cascade
 from toolkit.training.checkpoint import training_state
+from toolkit.training.pretrained import pretrained_file, pretrained_weights
 from toolkit.training.schedule import Schedule
 from toolkit.workspace import (
     CHECKPOINT_FINAL,
@@ -42,6 +46,9 @@ from toolkit.workspace import (
 
 # the run settings' entry holding the seed derived from --seed, the configuration and the fold
 KEY_RUN_SEED = "run_seed"
+# the run settings' entry naming the --pretrained source (absent when the run has none, as in
+# every checkpoint written before the option: those resume unchanged)
+KEY_PRETRAINED = "pretrained"
 # bits of the derived seed: torch.manual_seed and numpy's SeedSequence both take 63
 RUN_SEED_BITS = 63
 
@@ -70,6 +77,7 @@ class TrainOptions:
     loader_threads: int | None = None  # None: 1 on the CPU (it shares the cores), 2 on CUDA
     prefetch: int = 3
     quiet: bool = False
+    pretrained: str | None = None  # weights the network starts from (training/pretrained.py)
 
     def threads_for(self, device: torch.device) -> int:
         if self.loader_threads is not None:
@@ -77,12 +85,16 @@ class TrainOptions:
         return 2 if device.type == "cuda" else 1
 
     def run_settings(self, configuration: str, fold: Fold) -> dict:
-        """What a resumed run must share with the run it continues, with the derived seed."""
-        return {
+        """What a resumed run must share with the run it continues, with the derived seed
+        (and the ``--pretrained`` source, when given, as an absolute path)."""
+        run = {
             "seed": self.seed,
             "schedule": asdict(self.schedule),
             KEY_RUN_SEED: run_seed(self.seed, configuration, fold),
         }
+        if self.pretrained is not None:
+            run[KEY_PRETRAINED] = str(Path(self.pretrained).expanduser().resolve())
+        return run
 
 
 @dataclass(kw_only=True)
@@ -98,6 +110,7 @@ class TrainingJob:
     device: torch.device
     start_from: Path | None  # checkpoint to resume from
     only_validation: bool  # training finished, its final validation did not
+    pretrained: Path | None  # checkpoint file the network starts from (None when resuming)
     run_settings: dict  # stored in every checkpoint (KEY_RUN); a resume keeps the stored ones
 
     @property
@@ -164,6 +177,10 @@ def prepare(
         checkpoint = load_checkpoint(start_from)
         run = resumed_run_settings(checkpoint.get(KEY_RUN, {}), run, start_from)
         only_validation = training_state(checkpoint).finished
+    pretrained = None
+    if options.pretrained is not None and start_from is None:
+        pretrained = pretrained_file(options.pretrained)
+        pretrained_weights(pretrained)  # a missing or damaged file fails here, before any run
     return TrainingJob(
         paths=paths,
         plans=plans,
@@ -176,6 +193,7 @@ def prepare(
         device=device,
         start_from=start_from,
         only_validation=only_validation,
+        pretrained=pretrained,
         run_settings=run,
     )
 
@@ -201,9 +219,10 @@ def _without_run_seed(run: dict) -> dict:
 
 def _describe(run: dict) -> str:
     s = run.get("schedule", {})
+    pretrained = f" --pretrained {run[KEY_PRETRAINED]}" if KEY_PRETRAINED in run else ""
     return (
         f"--seed {run.get('seed')} --epochs {s.get('epochs')} --iters-per-epoch {s.get('iterations_per_epoch')} "
-        f"--val-iters {s.get('validation_iterations')}"
+        f"--val-iters {s.get('validation_iterations')}{pretrained}"
     )
 
 

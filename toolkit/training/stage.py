@@ -20,6 +20,7 @@ from toolkit.training import distributed
 from toolkit.training.checkpoint import plans_configuration_dict
 from toolkit.training.distributed import DistContext, rank_device
 from toolkit.training.job import TrainingJob, TrainOptions, prepare, write_model_folder
+from toolkit.training.pretrained import pretrained_file
 from toolkit.training.schedule import Schedule
 from toolkit.training.trainer import FoldResult, run
 from toolkit.training.validation import validation_complete
@@ -31,6 +32,7 @@ __all__ = [
     "TrainOptions",
     "parse_fold",
     "plans_configuration_dict",
+    "pretrained_file",
     "train_fold",
 ]
 

@@ -58,6 +58,7 @@ from toolkit.training.loss import (
     loss_scales,
     pseudo_dice,
 )
+from toolkit.training.pretrained import load_matching, pretrained_weights
 from toolkit.training.sampling import CaseData, PatchSampler, foreground_flags
 from toolkit.training.schedule import make_optimizer, set_lr
 from toolkit.training.validation import validate_fold
@@ -100,6 +101,10 @@ def run(job: TrainingJob, ctx: DistContext) -> FoldResult:
         note = describe_precision(job.options.precision, parts.precision, device)
         info(f"training {job.configuration.name} fold {job.fold} on {device.type}, {note}")
     state = TrainingState()
+    if job.pretrained is not None and job.start_from is None:
+        match = load_matching(parts.network, pretrained_weights(job.pretrained))
+        if ctx.is_main:
+            info(match.describe(job.pretrained))
     if job.start_from is not None:
         state = restore(parts, job.start_from, device)
         if ctx.is_main:
