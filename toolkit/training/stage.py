@@ -9,7 +9,9 @@ runs the training loop, :func:`toolkit.training.trainer.run`.
 What callers pass and get back is the stage's interface too: the options
 (:class:`TrainOptions` with its :class:`Schedule`), the :class:`FoldResult`, and the
 configuration as the checkpoint stores it (:func:`plans_configuration_dict`, which the
-pipeline keys a trained fold on).
+pipeline keys a trained fold on), a fold named on the command line (:func:`parse_fold`: a
+number or ``all``), and the checkpoint file a ``--pretrained`` source names
+(:func:`pretrained_file`, whose digest the pipeline keys a training on).
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 
 :func:`run` is what each training process does (started by
 :func:`toolkit.training.stage.train_fold`): build the parts
-(sampler, augmenter, network, loss, optimiser), restore a checkpoint, then for every epoch
+(sampler, augmenter, network, loss, optimiser), load ``--pretrained`` weights at a start
+(:mod:`toolkit.training.pretrained`) or restore a checkpoint, then for every epoch
 set the learning rate, take the training steps on prefetched batches, measure the
 validation loss and pseudo-Dice, and checkpoint; at the end write the final checkpoint and
-predict the fold's validation cases (:mod:`toolkit.training.validation`).
+predict the fold's validation cases (:mod:`toolkit.training.validation`; fold ``all`` has none).
 """
 
 from __future__ import annotations
