@@ -12,6 +12,7 @@
         models/<config>/plans.json, dataset.json        (self-contained model folder)
         models/<config>/fold_<k>/checkpoint_{latest,best,final}.pt, log.jsonl, progress.png
         models/<config>/fold_<k>/validation/CASE.nii.gz, CASE.npz, summary.json
+        models/<config>/fold_all/checkpoint_*.pt, log.jsonl    (fold "all": every case, no validation)
         models/<config>/predicted_next_stage/<next config>/CASE.npy   (cascade input)
         evaluation/cases.csv, summary.json, bootstrap.json, report.md, *.png
         selection.json
@@ -170,25 +171,25 @@ class DatasetPaths:
     def model_dir(self, config: str) -> Path:
         return self.models / config
 
-    def fold_dir(self, config: str, fold: int) -> Path:
+    def fold_dir(self, config: str, fold: int | str) -> Path:
         return self.model_dir(config) / f"fold_{fold}"
 
-    def validation_dir(self, config: str, fold: int) -> Path:
+    def validation_dir(self, config: str, fold: int | str) -> Path:
         return self.fold_dir(config, fold) / "validation"
 
     def next_stage_dir(self, config: str, next_config: str) -> Path:
         """A first stage's out-of-fold predictions for the cascade's next stage (CASE.npy)."""
         return self.model_dir(config) / "predicted_next_stage" / next_config
 
-    def validation_prediction(self, config: str, fold: int, case: str) -> Path:
+    def validation_prediction(self, config: str, fold: int | str, case: str) -> Path:
         """A validation case's label map, in the original geometry."""
         return self.validation_dir(config, fold) / label_file(case)
 
-    def validation_probabilities(self, config: str, fold: int, case: str) -> Path:
+    def validation_probabilities(self, config: str, fold: int | str, case: str) -> Path:
         """A validation case's probabilities (``probabilities``: float16 (classes, z, y, x))."""
         return self.validation_dir(config, fold) / f"{case}{PROBABILITIES_ENDING}"
 
-    def validation_summary(self, config: str, fold: int) -> Path:
+    def validation_summary(self, config: str, fold: int | str) -> Path:
         """Per-case and mean Dice of a fold's validation; written last, marks it complete."""
         return self.validation_dir(config, fold) / "summary.json"
 

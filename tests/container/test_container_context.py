@@ -113,7 +113,7 @@ def test_a_second_export_replaces_the_context(dataset, tmp_path, monkeypatch, re
 
 def test_missing_fold_names_the_command(dataset, tmp_path, monkeypatch, requirements):
     monkeypatch.setattr(wheels, "runtime_requirements", lambda device: requirements)
-    with pytest.raises(MissingStageError, match="toolkit train .* --fold 4"):
+    with pytest.raises(MissingStageError, match="toolkit train .* 4"):
         write_context(dataset, tiny_ensemble((0, 4)), options(), ExportPaths(tmp_path / "export"))
 
 
@@ -156,6 +156,7 @@ def test_ensemble_from_selection(dataset):
     ensemble = ensemble_from_selection(dataset)
     assert ensemble.configurations == [CONFIG] and ensemble.folds == [0, 1]
     assert ensemble.postprocessing.largest_component_foreground
+    assert ensemble_from_selection(dataset, ["all"]).folds == ["all"]  # export-container -f all
 
 
 def test_toolkit_wheel_is_complete_and_reproducible(tmp_path, requirements):
@@ -209,6 +210,9 @@ def test_ensemble_spec_cascade_needs_its_first_stage(tmp_path):
     assert spec.model_configurations == ["3d_lowres", "3d_cascade_fullres", "2d"]
     spec.save(tmp_path / "e.json")
     assert EnsembleSpec.load(tmp_path / "e.json") == spec
+    every = EnsembleSpec(configurations=["2d"], folds=["all"])  # fold_all
+    every.save(tmp_path / "all.json")
+    assert EnsembleSpec.load(tmp_path / "all.json") == every
     (tmp_path / "bad.json").write_text(
         json.dumps({"format_version": 1, "configurations": ["2d"], "folds": []})
     )

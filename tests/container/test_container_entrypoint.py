@@ -34,7 +34,7 @@ from toolkit.container.testrun import (
 )
 from toolkit.errors import ToolkitError
 from toolkit.io.images import Geometry, read_channels, write_image
-from toolkit.workspace import ExportPaths
+from toolkit.workspace import DatasetPaths, ExportPaths
 
 SPEC = AlgorithmSpec(
     "D", ["t2-image", "adc-image"], "segmentation", ["T2", "ADC"], {"background": 0, "a": 1, "b": 2}
@@ -209,6 +209,23 @@ def test_failures_exit_non_zero_with_one_clear_line(exported, tmp_path):
     command[command.index("--model") + 1] = str(tmp_path)
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "ensemble.json not found" in result.stderr
+
+
+def test_a_fold_all_model_is_exported_and_runs(tmp_path, monkeypatch):
+    paths = make_dataset(tmp_path / "ws", folds=(0,))
+    model = paths.model_dir("3d_fullres")
+    (model / "fold_0").rename(model / "fold_all")
+    monkeypatch.setattr(wheels, "runtime_requirements", lambda device: ["numpy==2.4.6"])
+    export = ExportPaths(paths.export)
+    write_context(
+        paths, tiny_ensemble(("all",)), ExportOptions(tag="algo:1", base_image="b"), export
+    )
+    assert (
+        DatasetPaths(export.model).fold_dir("3d_fullres", "all") / "checkpoint_final.pt"
+    ).is_file()
+    case = cross_validation_cases(paths, 1)[0]
+    result = test_case(case, paths, export, lambda i, o: run_dry(export, i, o, 600), "dry-run")
+    assert result.ok and result.identical, result
 
 
 def test_platform_layout_of_a_case(exported):

@@ -302,6 +302,15 @@ def test_an_nnunet_model_folder_is_detected_and_loaded(tmp_path):
     assert not nnunet_v2.is_nnunet_v2_model_dir(make_plans_dir(tmp_path / "ours"))
 
 
+def test_an_nnunet_model_folder_trained_on_fold_all_is_loaded(tmp_path):
+    folder = write_fake_nnunet_model(tmp_path / "nnUNetTrainer__nnUNetPlans__3d_fullres")
+    (folder / "fold_0").rename(folder / "fold_all")
+    assert nnunet_v2.is_nnunet_v2_model_dir(folder)
+    for folds in (["all"], None):  # named, or the only fold there is
+        predictor = Predictor.from_model_dir(folder, ModelOptions(device="cpu", folds=folds))
+        assert predictor.configuration.name == "3d_fullres"
+
+
 def make_plans_dir(folder: Path) -> Path:
     folder.mkdir()
     make_plans().save(folder / "plans.json")

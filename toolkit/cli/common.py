@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from toolkit.core.constants import FOLD_ALL
+
 WorkspaceOption = typer.Option(
     None,
     "--workspace",
@@ -42,6 +44,23 @@ def parse_int_list(text: str | None, what: str) -> list[int] | None:
         raise typer.BadParameter(
             f"{what} must be comma-separated integers such as 0,1,2, not {text!r}"
         ) from None
+
+
+def parse_fold_list(text: str | None, what: str = "--folds") -> list[int | str] | None:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; ``"all"`` -> ``["all"]`` (the fold trained on every case)."""
+    if text is None or text.strip() == "":
+        return None
+    folds: list[int | str] = []
+    for value in (v for v in text.replace(" ", "").split(",") if v != ""):
+        if value.lower() == FOLD_ALL:
+            folds.append(FOLD_ALL)
+        elif value.isdigit():
+            folds.append(int(value))
+        else:
+            raise typer.BadParameter(
+                f"{what} must be comma-separated fold numbers such as 0,1,2, or {FOLD_ALL}, not {text!r}"
+            )
+    return folds
 
 
 def parse_str_list(text: str | None) -> list[str] | None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from toolkit.cli.common import QuietOption, WorkspaceOption, dataset_argument
+from toolkit.cli.common import QuietOption, WorkspaceOption, dataset_argument, parse_fold_list
 
 EngineOption = typer.Option(
     "auto",
@@ -82,6 +82,15 @@ def export_container(
         "built with --no-index, without network.",
         show_default=False,
     ),
+    folds: str | None = typer.Option(
+        None,
+        "--folds",
+        "-f",
+        help="Folds to ship instead of the selection's, e.g. 0,1 or `all` (the models trained on "
+        "every case by `toolkit train ... all`). The configurations and postprocessing still come "
+        "from selection.json.",
+        show_default=False,
+    ),
     engine: str = EngineOption,
     memory: str = MemoryOption,
     time_limit: float = TimeLimitOption,
@@ -110,6 +119,7 @@ def export_container(
         output_slug=output_slug,
         device=device,
         wheelhouse=wheelhouse,
+        folds=parse_fold_list(folds, "--folds"),
     )
     echo = (lambda line: typer.echo(f"  | {line}", err=True)) if enabled(quiet) else None
     run_export(

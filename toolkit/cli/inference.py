@@ -10,7 +10,7 @@ from toolkit.cli.common import (
     DeviceOption,
     QuietOption,
     WorkspaceOption,
-    parse_int_list,
+    parse_fold_list,
     parse_str_list,
 )
 
@@ -55,7 +55,9 @@ def predict(
         None,
         "--folds",
         "-f",
-        help="Folds to average, e.g. 0,1,2,3,4. Default: every trained fold (or the selection's).",
+        help="Folds to average, e.g. 0,1,2,3,4, or `all` (the model trained on every case, "
+        "`toolkit train ... all`). Default: every trained numbered fold (or the selection's); "
+        "fold_all alone when no numbered fold is trained.",
         show_default=False,
     ),
     workspace: Path | None = WorkspaceOption,
@@ -124,7 +126,7 @@ def predict(
     from toolkit.inference.stage import PredictOptions, run_predict
 
     options = PredictOptions(
-        folds=parse_int_list(folds, "--folds"),
+        folds=parse_fold_list(folds, "--folds"),
         checkpoint=checkpoint,
         device=device,
         use_mirroring=not no_tta,

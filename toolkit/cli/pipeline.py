@@ -83,6 +83,13 @@ def run_all(
         "tensorboard (models/<config>/fold_<k>/tensorboard) and/or mlflow (a local store in the fold folder, or "
         "MLFLOW_TRACKING_URI when set). Repeat it or separate with commas; optional extras: pip install 'toolkit[tensorboard]' "
         "or 'toolkit[mlflow]'. Default: none.",
+    ),
+    pretrained: Path = typer.Option(
+        None,
+        "--pretrained",
+        help="Start every training's network from these weights (as `toolkit train --pretrained`: "
+        "a checkpoint file, fold folder or model folder, ours or nnU-Net v2's; tensors whose name "
+        "and shape match). Its content is part of each training's key: a changed file trains again.",
         show_default=False,
     ),
     workspace: Path = WorkspaceOption,
@@ -122,6 +129,7 @@ def run_all(
         seed=seed,
         quiet=quiet,
         loggers=tuple(logger or ()),
+        pretrained=None if pretrained is None else str(pretrained.expanduser().resolve()),
     )
     summary = run(paths, options)
     info(

@@ -16,10 +16,12 @@ def train(
         help="Configuration of the plan: 2d, 3d_fullres, 3d_lowres or 3d_cascade_fullres.",
         show_default=False,
     ),
-    fold: int = typer.Argument(
+    fold: str = typer.Argument(
         ...,
-        min=0,
-        help="Cross-validation fold, 0-4 (the split is written once to splits.json).",
+        help="Cross-validation fold, 0-4 (the split is written once to splits.json), or `all`: "
+        "train on every case into fold_all/ (nnU-Net v2's fold all: the per-epoch pseudo-Dice is "
+        "measured on training cases, and there is no final validation, so evaluate and select "
+        "leave it out; predict with --folds all).",
         show_default=False,
     ),
     workspace: Path | None = WorkspaceOption,
@@ -93,18 +95,31 @@ def train(
         "tensorboard (models/<config>/fold_<k>/tensorboard) and/or mlflow (a local store in the fold folder, or "
         "MLFLOW_TRACKING_URI when set). Repeat it or separate with commas; optional extras: pip install 'toolkit[tensorboard]' "
         "or 'toolkit[mlflow]'. Default: none.",
+    ),
+    pretrained: Path | None = typer.Option(
+        None,
+        "--pretrained",
+        help="Start the network from another model's weights: a checkpoint file (ours, "
+        "checkpoint_*.pt, or nnU-Net v2's, checkpoint_*.pth), a fold folder, or a model folder "
+        "(ours or nnU-Net v2's; its fold_all, else its first fold). Every tensor whose name and "
+        "shape match is loaded, the rest (e.g. the heads when the labels differ, the first "
+        "convolution when the channels differ) stays freshly initialised; one line says which. "
+        "Only at the start: a resume continues from its own checkpoint (give the same option).",
         show_default=False,
     ),
     quiet: bool = QuietOption,
 ) -> None:
-    """Train one fold of one configuration: `models/<config>/fold_<k>/` gets checkpoints, `log.jsonl`, `progress.png` and the validation predictions.
+    """Train one fold of one configuration: `models/<config>/fold_<k>/` gets checkpoints, `log.jsonl`, `progress.png` and the validation predictions (fold `all`: `fold_all/`, no validation).
 
     Patches are sampled from the preprocessed cases (a third forced onto foreground),
     augmented on the training device, and fed to the plan's U-Net (Dice + cross-entropy over
     the deep-supervision outputs, SGD with Nesterov momentum, poly learning rate). A killed
     run continues with `--resume`.
+
+    Examples: `toolkit train Task04_Hippocampus 3d_fullres all` (every case, no validation);
+    `toolkit train Task05_Prostate 3d_fullres 0 --pretrained workspace/Task04_Hippocampus/models/3d_fullres`
     """
-    from toolkit.training.stage import Schedule, TrainOptions, train_fold
+    from toolkit.training.stage import Schedule, TrainOptions, parse_fold, train_fold
     from toolkit.workspace import DatasetPaths
 
     options = TrainOptions(
@@ -123,8 +138,9 @@ def train(
         loader_threads=loader_threads,
         quiet=quiet,
         loggers=tuple(logger or ()),
+        pretrained=None if pretrained is None else str(pretrained),
     )
-    train_fold(DatasetPaths.open(workspace, dataset), configuration, fold, options)
+    train_fold(DatasetPaths.open(workspace, dataset), configuration, parse_fold(fold), options)
 
 
 def register(app: typer.Typer) -> None:

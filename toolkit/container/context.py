@@ -76,6 +76,7 @@ class ExportOptions:
     output_slug: str = DEFAULT_OUTPUT_SLUG
     device: str = "cpu"
     wheelhouse: Path | None = None  # download wheels here; the build then needs no network
+    folds: list[int | str] | None = None  # None: the selection's; e.g. ["all"]: fold_all
 
     def __post_init__(self) -> None:
         if self.model_mode not in MODEL_MODES:
@@ -188,16 +189,17 @@ def copy_models(paths: DatasetPaths, ensemble: EnsembleSpec, model_root: Path) -
         for fold in ensemble.folds:
             checkpoint = paths.fold_dir(config, fold) / CHECKPOINT_FINAL
             if not checkpoint.is_file():
-                raise MissingStageError(
-                    checkpoint, f"toolkit train {paths.name} {config} --fold {fold}"
-                )
+                raise MissingStageError(checkpoint, f"toolkit train {paths.name} {config} {fold}")
             bundle.fold_dir(config, fold).mkdir(exist_ok=True)
             total += copy_checkpoint(checkpoint, bundle.fold_dir(config, fold) / CHECKPOINT_FINAL)
     return total
 
 
-def ensemble_from_selection(paths: DatasetPaths) -> EnsembleSpec:
-    """The chosen configurations, folds and postprocessing of ``selection.json``."""
+def ensemble_from_selection(
+    paths: DatasetPaths, folds: list[int | str] | None = None
+) -> EnsembleSpec:
+    """The chosen configurations, folds and postprocessing of ``selection.json``; ``folds``
+    replaces the selection's (e.g. ``["all"]``: the models trained on every case)."""
     selection = Selection.load(paths.selection_json)
     previous_stages = {}
     for config in selection.configurations:
@@ -209,7 +211,7 @@ def ensemble_from_selection(paths: DatasetPaths) -> EnsembleSpec:
             previous_stages[config] = previous
     return EnsembleSpec(
         configurations=list(selection.configurations),
-        folds=list(selection.folds),
+        folds=list(folds) if folds else list(selection.folds),
         postprocessing=selection.postprocessing,
         previous_stages=previous_stages,
     )

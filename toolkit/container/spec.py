@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from toolkit.core.constants import FOLD_ALL
 from toolkit.core.postprocessing import Postprocessing
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
@@ -138,7 +139,9 @@ class EnsembleSpec:
     """
 
     configurations: list[str]
-    folds: list[int]  # folds whose logits are averaged, in every configuration
+    folds: list[
+        int | str
+    ]  # folds whose logits are averaged, in every configuration ("all": fold_all)
     postprocessing: Postprocessing = field(default_factory=Postprocessing)
     # configurations that run first for a cascade (their models are shipped too)
     previous_stages: dict[str, str] = field(default_factory=dict)
@@ -182,8 +185,10 @@ class EnsembleSpec:
         path = Path(path)
         data = _read_json(path, "ensemble.json")
         folds = _require(data, "folds", list, path)
-        if not all(isinstance(f, int) and not isinstance(f, bool) for f in folds):
-            raise ToolkitError("'folds' must be a list of fold numbers", path)
+        if not all(
+            (isinstance(f, int) and not isinstance(f, bool)) or f == FOLD_ALL for f in folds
+        ):
+            raise ToolkitError(f"'folds' must be a list of fold numbers or {FOLD_ALL!r}", path)
         return cls(
             configurations=[str(c) for c in _require(data, "configurations", list, path)],
             folds=list(folds),

@@ -73,7 +73,7 @@ class ExportRecord:
     engine: str
     built: bool
     configurations: list[str]
-    folds: list[int]
+    folds: list[int | str]
     input_slugs: list[str]
     output_slug: str
     model_bytes: int
@@ -124,7 +124,7 @@ def export_container(
 ) -> ExportRecord:
     """Write the context; then build, test-run, save and check the image (or dry-run it)."""
     paths.require_raw()
-    ensemble = ensemble or ensemble_from_selection(paths)
+    ensemble = ensemble or ensemble_from_selection(paths, options.folds)
     export = ExportPaths(Path(out) if out is not None else paths.export)
     kind = resolve_engine(engine) if build else None
     if not options.base_image:

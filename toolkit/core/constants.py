@@ -17,6 +17,8 @@ INSTANCE_NORM_EPS = 1e-5
 # cross-validation: folds of a new splits.json and the seed that shuffles the cases
 NUM_FOLDS = 5
 SPLIT_SEED = 12345
+# the fold that trains on every case (nnU-Net v2's "all"): models/<config>/fold_all/
+FOLD_ALL = "all"
 
 # sliding-window step as a fraction of the patch size
 STEP_SIZE = 0.5

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.core.constants import NUM_FOLDS, SPLIT_SEED
+from toolkit.core.constants import FOLD_ALL, NUM_FOLDS, SPLIT_SEED
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
 from toolkit.io.json_files import read_json
@@ -21,6 +21,8 @@ from toolkit.workspace import DatasetPaths
 
 KEY_TRAIN = "train"
 KEY_VAL = "val"
+
+Fold = int | str  # a fold of splits.json, or FOLD_ALL ("all": every case, no held-out one)
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,32 @@ def load_or_create_splits(path: Path, cases: list[str]) -> list[Split]:
     return splits
 
 
-def fold_split(splits: list[Split], fold: int, available: list[str], path: Path) -> Split:
-    """One fold's split, checked against the preprocessed cases that exist."""
+def parse_fold(text: str | int) -> Fold:
+    """``"3"`` -> ``3``; ``"all"`` -> :data:`FOLD_ALL`; anything else is a one-line error."""
+    value = str(text).strip()
+    if value.lower() == FOLD_ALL:
+        return FOLD_ALL
+    if value.isdigit():
+        return int(value)
+    raise ToolkitError(f"a fold is a number (0, 1, ...) or {FOLD_ALL!r}, not {value!r}")
+
+
+def all_cases_split(available: list[str]) -> Split:
+    """Fold ``all`` (nnU-Net v2's): every case trains, and the per-epoch pseudo-Dice is
+    measured on the training cases themselves, there being no held-out case."""
+    if not available:
+        raise ToolkitError(f"fold {FOLD_ALL} needs at least one preprocessed case")
+    cases = sorted(available)
+    return Split(train=list(cases), val=list(cases))
+
+
+def fold_split(splits: list[Split], fold: Fold, available: list[str], path: Path) -> Split:
+    """One fold's split, checked against the preprocessed cases that exist (fold ``all``:
+    :func:`all_cases_split`)."""
+    if fold == FOLD_ALL:
+        return all_cases_split(available)
+    if not isinstance(fold, int):
+        raise ToolkitError(f"a fold is a number (0, 1, ...) or {FOLD_ALL!r}, not {fold!r}")
     if not 0 <= fold < len(splits):
         raise ToolkitError(
             f"fold {fold} does not exist: the split file defines folds 0..{len(splits) - 1}", path

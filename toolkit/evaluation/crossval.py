@@ -148,10 +148,11 @@ def configuration_status(
 
 
 def trained_configurations(paths: DatasetPaths) -> list[str]:
-    """Configurations with at least one fold folder under ``models/``, simplest first."""
+    """Configurations with at least one numbered fold folder under ``models/``, simplest first
+    (``fold_all`` has no held-out cases: it is no cross-validation fold)."""
     if not paths.models.is_dir():
         return []
-    names = [d.name for d in paths.models.iterdir() if d.is_dir() and any(d.glob("fold_*"))]
+    names = [d.name for d in paths.models.iterdir() if d.is_dir() and any(d.glob("fold_[0-9]*"))]
     return sorted(names, key=configuration_rank)
 
 

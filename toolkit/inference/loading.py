@@ -17,6 +17,7 @@ from pathlib import Path
 from torch import nn
 
 from toolkit.core.checkpoint import KEY_CONFIGURATION, KEY_MIRROR_AXES, KEY_NETWORK, load_checkpoint
+from toolkit.core.constants import FOLD_ALL
 from toolkit.core.plans import Configuration, Plans
 from toolkit.errors import ToolkitError
 from toolkit.inference.options import ModelOptions
@@ -177,12 +178,20 @@ def _checkpoint_name(checkpoint: str) -> str:
 
 
 def _fold_dirs(model_dir: Path, folds: Sequence[int | str] | None, file_name: str) -> list[Path]:
-    """The ``fold_<f>`` folders asked for (None: every one holding ``file_name``, in fold order)."""
+    """The ``fold_<f>`` folders asked for (``all``: ``fold_all``, ours or nnU-Net v2's).
+
+    None: every numbered fold holding ``file_name``, in fold order; ``fold_all`` (trained on
+    every case, nnU-Net v2's fold "all") only when no numbered fold is there, as it is another
+    model rather than a member of the cross-validation ensemble.
+    """
     if folds is None:
         found = sorted(
             (p for p in model_dir.glob(f"{FOLD_PREFIX}*") if (p / file_name).is_file()),
             key=_fold_order,
         )
+        numbered = [p for p in found if p.name[len(FOLD_PREFIX) :].isdigit()]
+        every = model_dir / f"{FOLD_PREFIX}{FOLD_ALL}"
+        found = numbered or ([every] if every in found else found)
         if not found:
             raise ToolkitError(f"no fold has a {file_name}: train the model first", model_dir)
         return found

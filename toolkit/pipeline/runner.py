@@ -40,7 +40,11 @@ from toolkit.planning.stage import plan_dataset
 from toolkit.preprocessing.case import source_record
 from toolkit.preprocessing.stage import preprocess_dataset
 from toolkit.progress import info, progress_note
-from toolkit.training.stage import plans_configuration_dict, require_loggers
+from toolkit.training.stage import (
+    plans_configuration_dict,
+    pretrained_file,
+    require_loggers,
+)
 from toolkit.verify.stage import require_valid
 from toolkit.workspace import DatasetPaths
 
@@ -61,6 +65,7 @@ class RunOptions:
     seed: int = 0
     quiet: bool = False
     loggers: tuple[str, ...] = ()  # of the trainings: tensorboard, mlflow (not in their keys)
+    pretrained: str | None = None  # every training's network starts from these weights
 
     def check(self) -> RunOptions:
         get_preset(self.preset)
@@ -303,6 +308,10 @@ class Stages:
         keys: dict[tuple[str, int], str] = {}
         tasks = []
         planned = self.planned(plans, configs)
+        pretrained_digest = None
+        if o.pretrained is not None:
+            # the weights' content: a changed source trains again
+            pretrained_digest = records.file_digest(pretrained_file(o.pretrained))
         if not o.quiet:
             for name in dict.fromkeys(c for c, _ in planned):
                 folds = tuple(f for c, f in planned if c == name)
@@ -317,12 +326,12 @@ class Stages:
                     train_stage(configuration.previous_stage, f) for f in self.all_folds()
                 )
                 upstream = [keys[(configuration.previous_stage, f)] for f in self.all_folds()]
-            key = records.digest(
-                "train",
+            key = training_key(
                 plans_configuration_dict(configuration),
                 preprocess_keys[configuration.data_identifier],
                 [epochs, iters, val_iters, o.seed, self.preset.validation_mirroring],
                 upstream,
+                pretrained_digest,
             )
             keys[(name, fold)] = key
             tasks.append(
@@ -341,9 +350,26 @@ class Stages:
                     after,
                     o.precision,
                     loggers=o.loggers,
+                    pretrained=o.pretrained,
                 )
             )
         return tasks
+
+
+def training_key(
+    configuration: dict,
+    preprocess_key: str,
+    budget: list,
+    upstream: list[str],
+    pretrained_digest: str | None = None,
+) -> str:
+    """A training's key: its part of the plan, its data, budget and seed, the first stage's
+    keys for a cascade, and the ``--pretrained`` weights' digest when there are any (without
+    them the key is what it was before the option existed, so no training is redone)."""
+    parts: list = [configuration, preprocess_key, budget, upstream]
+    if pretrained_digest is not None:
+        parts.append({"pretrained": pretrained_digest})
+    return records.digest("train", *parts)
 
 
 def make_executor(options: RunOptions):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from toolkit.core.constants import FOLD_ALL
 from toolkit.core.plans import Plans
 from toolkit.core.selection import Selection
 from toolkit.core.splits import fold_numbers
@@ -53,7 +54,7 @@ class StageRow:
 @dataclass
 class TrainingRow:
     configuration: str
-    fold: int
+    fold: int | str  # a fold number, or "all" (trained on every case: no final validation)
     state: str  # done | running | interrupted | pending
     epoch: int = 0
     epochs: int | None = None
@@ -88,7 +89,7 @@ def stage_row(paths: DatasetPaths, stage: str) -> StageRow:
 def training_row(
     paths: DatasetPaths,
     configuration: str,
-    fold: int,
+    fold: int | str,
     epochs: int | None,
     reader: Callable[[Path], list[EpochRecord]] = read_log,
 ) -> TrainingRow:
@@ -110,7 +111,8 @@ def training_row(
             row.seconds_left = max(0, epochs - row.epoch) * per_epoch
     summary = paths.validation_summary(configuration, fold)
     done = records.read_record(paths, train_stage(configuration, fold)) is not None
-    if done or (fold_dir / CHECKPOINT_FINAL).is_file() and summary.is_file():
+    validated = summary.is_file() or fold == FOLD_ALL  # fold all has nothing to validate on
+    if done or (fold_dir / CHECKPOINT_FINAL).is_file() and validated:
         row.state = "done"
         row.seconds_left = 0.0
         with contextlib.suppress(OSError):
@@ -227,10 +229,26 @@ def dataset_status(paths: DatasetPaths) -> Status:
     iterations = (status.run or {}).get("iters_per_epoch")
     if plans is not None and status.trainings and epochs and iterations:
         status.estimate = stage_estimate(status.trainings, plans, int(iterations))
+    status.trainings += fold_all_rows(paths, list(plans.configurations) if plans else [])
     status.stages += [stage_row(paths, s) for s in ("evaluate", "select")]
     if paths.selection_json.is_file():
         status.selection = Selection.load(paths.selection_json)
     return status
+
+
+def fold_all_rows(
+    paths: DatasetPaths,
+    configs: list[str],
+    reader: Callable[[Path], list[EpochRecord]] = read_log,
+) -> list[TrainingRow]:
+    """A row per configuration whose ``fold_all`` was trained or started (``toolkit train ...
+    all``; run-all never trains it), outside the training stage's estimate."""
+    rows = []
+    for c in configs:
+        fold_dir = paths.fold_dir(c, FOLD_ALL)
+        if (fold_dir / TRAINING_LOG).is_file() or (fold_dir / CHECKPOINT_FINAL).is_file():
+            rows.append(training_row(paths, c, FOLD_ALL, None, reader))
+    return rows
 
 
 class LiveEstimate:

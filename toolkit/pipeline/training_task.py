@@ -32,9 +32,10 @@ class TrainTask:
     device: str
     quiet: bool
     validation_mirroring: bool = True
-    after: tuple[str, ...] = ()
-    precision: str = "auto"  # not part of the key: a run may resume under another precision  # stages that must finish first (the cascade's low-res fold)
+    after: tuple[str, ...] = ()  # stages that must finish first (the cascade's low-res fold)
+    precision: str = "auto"  # not part of the key: a run may resume under another precision
     loggers: tuple[str, ...] = ()  # --logger: not in the key (logging does not change the model)
+    pretrained: str | None = None  # weights a new training starts from (their digest is in the key)
 
     @property
     def stage(self) -> str:
@@ -73,6 +74,7 @@ def run_training_task(task: TrainTask) -> str:
         quiet=task.quiet,
         validation_mirroring=task.validation_mirroring,
         loggers=task.loggers,
+        pretrained=task.pretrained,
     )
     train_fold(paths, task.configuration, task.fold, options)
     records.write_record(paths, task.stage, task.key, started)

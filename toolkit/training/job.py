@@ -10,6 +10,9 @@ augmentation): the run's seed is a stable hash of ``--seed``, the configuration 
 (:func:`run_seed`), so the members of a cross-validation ensemble differ and the same
 ``--seed`` still repeats a run exactly. A checkpoint written before this rule (its run settings
 have no ``run_seed``) resumes with the seed it was started with, ``--seed`` itself.
+
+``--pretrained`` is checked here too (the source found and loadable) and recorded in the run
+settings; it counts only at a training's start, a resume continuing from its own checkpoint.
 """
 
 from __future__ import annotations
@@ -22,14 +25,16 @@ from pathlib import Path
 import torch
 
 from toolkit.core.checkpoint import KEY_RUN, load_checkpoint
+from toolkit.core.constants import FOLD_ALL
 from toolkit.core.device import resolve_device, resolve_precision
 from toolkit.core.plans import Configuration, Plans, dataset_plans
-from toolkit.core.splits import Split, fold_split, load_or_create_splits
+from toolkit.core.splits import Fold, Split, fold_split, load_or_create_splits
 from toolkit.errors import MissingStageError, ToolkitError
 from toolkit.io.atomic import write_text
 from toolkit.io.preprocessed import complete_cases
 from toolkit.training import cascade
 from toolkit.training.checkpoint import training_state
+from toolkit.training.pretrained import pretrained_file, pretrained_weights
 from toolkit.training.schedule import Schedule
 from toolkit.training.tracking import require_loggers
 from toolkit.workspace import (
@@ -42,14 +47,18 @@ from toolkit.workspace import (
 
 # the run settings' entry holding the seed derived from --seed, the configuration and the fold
 KEY_RUN_SEED = "run_seed"
+# the run settings' entry naming the --pretrained source (absent when the run has none, as in
+# every checkpoint written before the option: those resume unchanged)
+KEY_PRETRAINED = "pretrained"
 # bits of the derived seed: torch.manual_seed and numpy's SeedSequence both take 63
 RUN_SEED_BITS = 63
 
 
-def run_seed(seed: int, configuration: str, fold: int) -> int:
+def run_seed(seed: int, configuration: str, fold: Fold) -> int:
     """The seed of one fold of one configuration: a stable hash of the three (never Python's
-    salted ``hash``), the same in every process and on every machine."""
-    text = json.dumps([int(seed), str(configuration), int(fold)])
+    salted ``hash``), the same in every process and on every machine. Fold ``all`` is hashed
+    as its name, a fold number as the number."""
+    text = json.dumps([int(seed), str(configuration), fold if fold == FOLD_ALL else int(fold)])
     digest = hashlib.sha256(text.encode()).digest()
     return int.from_bytes(digest[:8], "little") >> (64 - RUN_SEED_BITS)
 
@@ -70,19 +79,24 @@ class TrainOptions:
     prefetch: int = 3
     quiet: bool = False
     loggers: tuple[str, ...] = ()  # --logger: tensorboard, mlflow (toolkit/training/tracking.py)
+    pretrained: str | None = None  # weights the network starts from (training/pretrained.py)
 
     def threads_for(self, device: torch.device) -> int:
         if self.loader_threads is not None:
             return self.loader_threads
         return 2 if device.type == "cuda" else 1
 
-    def run_settings(self, configuration: str, fold: int) -> dict:
-        """What a resumed run must share with the run it continues, with the derived seed."""
-        return {
+    def run_settings(self, configuration: str, fold: Fold) -> dict:
+        """What a resumed run must share with the run it continues, with the derived seed
+        (and the ``--pretrained`` source, when given, as an absolute path)."""
+        run = {
             "seed": self.seed,
             "schedule": asdict(self.schedule),
             KEY_RUN_SEED: run_seed(self.seed, configuration, fold),
         }
+        if self.pretrained is not None:
+            run[KEY_PRETRAINED] = str(Path(self.pretrained).expanduser().resolve())
+        return run
 
 
 @dataclass(kw_only=True)
@@ -90,7 +104,7 @@ class TrainingJob:
     paths: DatasetPaths
     plans: Plans
     configuration: Configuration
-    fold: int
+    fold: Fold  # a fold of splits.json, or FOLD_ALL (every case trains, none is held out)
     split: Split
     data_folder: Path
     previous_folder: Path | None  # cascade: the first stage's predictions
@@ -98,12 +112,19 @@ class TrainingJob:
     device: torch.device
     start_from: Path | None  # checkpoint to resume from
     only_validation: bool  # training finished, its final validation did not
+    pretrained: Path | None  # checkpoint file the network starts from (None when resuming)
     run_settings: dict  # stored in every checkpoint (KEY_RUN); a resume keeps the stored ones
 
     @property
     def seed(self) -> int:
         """The seed of every random draw of this run (``--seed`` for a pre-``run_seed`` checkpoint)."""
         return int(self.run_settings.get(KEY_RUN_SEED, self.run_settings["seed"]))
+
+    @property
+    def final_validation(self) -> bool:
+        """Whether the run ends by predicting its held-out cases: fold ``all`` has none (its
+        pseudo-Dice is measured on training cases), so it never does."""
+        return self.options.validate and self.fold != FOLD_ALL
 
     @property
     def fold_dir(self) -> Path:
@@ -115,7 +136,7 @@ class TrainingJob:
 
 
 def prepare(
-    paths: DatasetPaths, configuration_name: str, fold: int, options: TrainOptions
+    paths: DatasetPaths, configuration_name: str, fold: Fold, options: TrainOptions
 ) -> TrainingJob:
     plans = dataset_plans(paths)
     configuration = plans.configuration(configuration_name)
@@ -159,6 +180,10 @@ def prepare(
         checkpoint = load_checkpoint(start_from)
         run = resumed_run_settings(checkpoint.get(KEY_RUN, {}), run, start_from)
         only_validation = training_state(checkpoint).finished
+    pretrained = None
+    if options.pretrained is not None and start_from is None:
+        pretrained = pretrained_file(options.pretrained)
+        pretrained_weights(pretrained)  # a missing or damaged file fails here, before any run
     return TrainingJob(
         paths=paths,
         plans=plans,
@@ -171,6 +196,7 @@ def prepare(
         device=device,
         start_from=start_from,
         only_validation=only_validation,
+        pretrained=pretrained,
         run_settings=run,
     )
 
@@ -196,9 +222,10 @@ def _without_run_seed(run: dict) -> dict:
 
 def _describe(run: dict) -> str:
     s = run.get("schedule", {})
+    pretrained = f" --pretrained {run[KEY_PRETRAINED]}" if KEY_PRETRAINED in run else ""
     return (
         f"--seed {run.get('seed')} --epochs {s.get('epochs')} --iters-per-epoch {s.get('iterations_per_epoch')} "
-        f"--val-iters {s.get('validation_iterations')}"
+        f"--val-iters {s.get('validation_iterations')}{pretrained}"
     )
 
 

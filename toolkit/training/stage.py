@@ -9,16 +9,20 @@ runs the training loop, :func:`toolkit.training.trainer.run`.
 What callers pass and get back is the stage's interface too: the options
 (:class:`TrainOptions` with its :class:`Schedule`), the :class:`FoldResult`, and the
 configuration as the checkpoint stores it (:func:`plans_configuration_dict`, which the
-pipeline keys a trained fold on).
+pipeline keys a trained fold on), a fold named on the command line (:func:`parse_fold`: a
+number or ``all``), and the checkpoint file a ``--pretrained`` source names
+(:func:`pretrained_file`, whose digest the pipeline keys a training on).
 """
 
 from __future__ import annotations
 
+from toolkit.core.splits import Fold, parse_fold
 from toolkit.progress import info
 from toolkit.training import distributed
 from toolkit.training.checkpoint import plans_configuration_dict
 from toolkit.training.distributed import DistContext, rank_device
 from toolkit.training.job import TrainingJob, TrainOptions, prepare, write_model_folder
+from toolkit.training.pretrained import pretrained_file
 from toolkit.training.schedule import Schedule
 from toolkit.training.tracking import require_loggers
 from toolkit.training.trainer import FoldResult, run
@@ -29,17 +33,21 @@ __all__ = [
     "FoldResult",
     "Schedule",
     "TrainOptions",
+    "parse_fold",
     "plans_configuration_dict",
+    "pretrained_file",
     "require_loggers",
     "train_fold",
 ]
 
 
 def train_fold(
-    paths: DatasetPaths, configuration: str, fold: int, options: TrainOptions
+    paths: DatasetPaths, configuration: str, fold: Fold, options: TrainOptions
 ) -> FoldResult:
+    """Train ``fold`` of ``configuration`` (a fold number, or ``"all"``: every case, no final
+    validation)."""
     job = prepare(paths, configuration, fold, options)
-    if job.only_validation and (not options.validate or validation_complete(job)):
+    if job.only_validation and (not job.final_validation or validation_complete(job)):
         info(
             f"{configuration} fold {fold} is already trained ({job.fold_dir / CHECKPOINT_FINAL}): nothing to do"
         )

@@ -2,10 +2,11 @@
 
 :func:`run` is what each training process does (started by
 :func:`toolkit.training.stage.train_fold`): build the parts
-(sampler, augmenter, network, loss, optimiser), restore a checkpoint, then for every epoch
+(sampler, augmenter, network, loss, optimiser), load ``--pretrained`` weights at a start
+(:mod:`toolkit.training.pretrained`) or restore a checkpoint, then for every epoch
 set the learning rate, take the training steps on prefetched batches, measure the
 validation loss and pseudo-Dice, and checkpoint; at the end write the final checkpoint and
-predict the fold's validation cases (:mod:`toolkit.training.validation`).
+predict the fold's validation cases (:mod:`toolkit.training.validation`; fold ``all`` has none).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from toolkit.training.loss import (
     loss_scales,
     pseudo_dice,
 )
+from toolkit.training.pretrained import load_matching, pretrained_weights
 from toolkit.training.sampling import CaseData, PatchSampler, foreground_flags
 from toolkit.training.schedule import make_optimizer, set_lr
 from toolkit.training.tracking import EpochLogger, Tracking, open_run_tracking
@@ -102,6 +104,10 @@ def run(job: TrainingJob, ctx: DistContext) -> FoldResult:
         note = describe_precision(job.options.precision, parts.precision, device)
         info(f"training {job.configuration.name} fold {job.fold} on {device.type}, {note}")
     state = TrainingState()
+    if job.pretrained is not None and job.start_from is None:
+        match = load_matching(parts.network, pretrained_weights(job.pretrained))
+        if ctx.is_main:
+            info(match.describe(job.pretrained))
     if job.start_from is not None:
         state = restore(parts, job.start_from, device)
         if ctx.is_main:
@@ -126,8 +132,13 @@ def run(job: TrainingJob, ctx: DistContext) -> FoldResult:
             save(job, parts, state, CHECKPOINT_FINAL)
             (job.fold_dir / CHECKPOINT_LATEST).unlink(missing_ok=True)
     summary = None
-    if job.options.validate:
+    if job.final_validation:
         summary = validate_fold(job, ctx, parts.network, device, parts.precision)
+    elif job.options.validate and ctx.is_main:
+        info(
+            f"{job.configuration.name} fold {job.fold}: no final validation, every case was trained on "
+            "(its pseudo-Dice was measured on training cases, not held-out ones)"
+        )
     if summary is not None:
         parts.tracking.log_final(summary)
     parts.tracking.close()
