@@ -16,11 +16,13 @@ from typer.testing import CliRunner
 
 from toolkit.cli import app, main
 from toolkit.container import wheels
+from toolkit.core.postprocessing import Postprocessing, apply_postprocessing
 from toolkit.core.selection import Selection
 from toolkit.errors import ToolkitError
 from toolkit.inference.stage import PredictOptions, run_predict
 from toolkit.io.images import read_image, write_image
 from toolkit.modelzip.archive import MANIFEST
+from toolkit.modelzip.nnunet_postprocessing import KEEP_LARGEST, convert_postprocessing
 from toolkit.modelzip.stage import ModelExportOptions, export_model, import_model
 from toolkit.workspace import CHECKPOINT_FINAL, DatasetPaths, ExportPaths, channel_file
 
@@ -193,11 +195,18 @@ def nnunet_archive(tmp_path: Path) -> tuple[Path, Path]:
     pickle = model / "crossval_results_folds_0" / "postprocessing.pkl"
     pickle.parent.mkdir()
     pickle.write_bytes(b"\x80\x04not to be unpickled")
+    steps = {
+        "postprocessing_fns": [KEEP_LARGEST, KEEP_LARGEST],
+        "postprocessing_kwargs": [{"labels_or_regions": [1, 2]}, {"labels_or_regions": 2}],
+    }
+    (pickle.parent / "postprocessing.json").write_text(json.dumps(steps))
     target = tmp_path / "nnunet.zip"
     with zipfile.ZipFile(target, "w") as zf:
         for path in sorted(dataset.rglob("*")):
             if path.is_file():
                 zf.write(path, path.relative_to(dataset.parent).as_posix())
+        # a model of every case, which the toolkit's numbered folds leave out
+        zf.writestr(f"{dataset.name}/{model.name}/fold_all/checkpoint_final.pth", b"not read")
     return target, model
 
 
@@ -209,13 +218,39 @@ def test_an_nnunet_v2_archive_predicts_like_its_model_folder(tmp_path):
     assert imported.kind == "nnU-Net v2" and imported.paths.name == "Dataset990_Synth"
     assert imported.configurations == ["3d_fullres"] and imported.folds == [0]
     assert any("postprocessing.pkl" in n and "never unpickled" in n for n in imported.notes)
-    assert imported.paths.selection_json.is_file()
+    assert any("fold_all left out" in n for n in imported.notes)
+    selection = Selection.load(imported.paths.selection_json)
+    assert selection.postprocessing == Postprocessing(True, [2])
     image, _, geometry = make_case(3)
     case = tmp_path / "in"
     write_image(case / "c_0000.nii.gz", image, geometry)
     write_image(case / "c_0001.nii.gz", image / 100, geometry)
-    expected = predict_labels(tmp_path, case / "c_0000.nii.gz", model=model)
+    expected = apply_postprocessing(
+        predict_labels(tmp_path, case / "c_0000.nii.gz", model=model), Postprocessing(True, [2])
+    )
     got = predict_labels(
         tmp_path, case / "c_0000.nii.gz", dataset="Dataset990_Synth", workspace=tmp_path / "ws"
     )
     assert np.array_equal(expected, got)
+
+
+@pytest.mark.parametrize(
+    ("steps", "expected"),
+    [
+        ([], Postprocessing()),
+        ([[1, 2]], Postprocessing(True, [])),
+        ([[1, 2], 1, [2]], Postprocessing(True, [1, 2])),
+        ([[1]], Postprocessing(False, [1])),
+        ([[1, 3]], None),  # a region: not ours
+        ([7], None),
+    ],
+)
+def test_nnunet_postprocessing_json_maps_onto_ours(steps, expected):
+    data = {
+        "postprocessing_fns": [KEEP_LARGEST] * len(steps),
+        "postprocessing_kwargs": [{"labels_or_regions": s} for s in steps],
+    }
+    assert convert_postprocessing(data, [1, 2]) == expected
+    assert convert_postprocessing(
+        {**data, "postprocessing_fns": ["other"] * len(steps)}, [1, 2]
+    ) == (expected if not steps else None)

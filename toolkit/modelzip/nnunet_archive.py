@@ -11,6 +11,7 @@ and the import says so.
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 from collections import defaultdict
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 from toolkit.core.checkpoint import KEY_MIRROR_AXES, network_checkpoint
+from toolkit.core.labels import foreground_labels
 from toolkit.core.plans import Plans
 from toolkit.core.postprocessing import Postprocessing
 from toolkit.errors import ToolkitError
@@ -32,13 +34,14 @@ from toolkit.modelzip.install import (
     write_record,
     write_selection,
 )
+from toolkit.modelzip.nnunet_postprocessing import convert_postprocessing
 from toolkit.nets import nnunet_v2, nnunet_v2_weights
 from toolkit.nets.unet import build_network
 from toolkit.workspace import CHECKPOINT_FINAL, MODEL_DATASET_JSON, MODEL_PLANS, DatasetPaths
 
 NNUNET_CHECKPOINT = "checkpoint_final.pth"
 _FOLD = re.compile(
-    r"^(?P<model>(?:[^/]+/)*?(?P<folder>[^/]+__[^/]+__(?P<config>[^/]+)))/fold_(?P<fold>\d+)/"
+    r"^(?P<model>(?:[^/]+/)*?(?P<folder>[^/]+__[^/]+__(?P<config>[^/]+)))/fold_(?P<fold>\d+|all)/"
     + re.escape(NNUNET_CHECKPOINT)
     + "$"
 )
@@ -50,16 +53,20 @@ class _ModelFolder:
     member_prefix: str  # "Dataset004_Hippocampus/nnUNetTrainer__nnUNetPlans__3d_fullres"
     configuration: str
     folds: list[int]
+    fold_all: bool  # a model trained on every case (left out: the toolkit's folds are numbers)
 
 
 def nnunet_models(reader: ArchiveReader) -> list[_ModelFolder]:
     """The model folders an nnU-Net v2 export holds (empty: not such an archive)."""
-    folds: dict[tuple[str, str], list[int]] = defaultdict(list)
+    folds: dict[tuple[str, str], list[str]] = defaultdict(list)
     for name in reader.names:
         match = _FOLD.match(name)
         if match:
-            folds[(match["model"], match["config"])].append(int(match["fold"]))
-    return [_ModelFolder(prefix, config, sorted(f)) for (prefix, config), f in folds.items()]
+            folds[(match["model"], match["config"])].append(match["fold"])
+    return [
+        _ModelFolder(prefix, config, sorted(int(f) for f in found if f != "all"), "all" in found)
+        for (prefix, config), found in folds.items()
+    ]
 
 
 def _dataset_name(models: list[_ModelFolder]) -> str | None:
@@ -90,11 +97,14 @@ def install_nnunet_archive(
         raise ToolkitError("names no DatasetXXX_Name folder: give --name", reader.path)
     folds = sorted(set.intersection(*(set(m.folds) for m in models)))
     if not folds:
-        raise ToolkitError("its model folders share no fold", reader.path)
-    notes = [
-        f"{n} left out: a pickle, never unpickled (give `predict --postprocess FILE` to postprocess)"
-        for n in reader.names
-        if n.endswith(".pkl")
+        fold_all = " (fold_all is not one: the toolkit's folds are numbered)"
+        raise ToolkitError(
+            f"its model folders share no fold{fold_all if any(m.fold_all for m in models) else ''}",
+            reader.path,
+        )
+    notes = [f"{m.member_prefix}/fold_all left out" for m in models if m.fold_all]
+    notes += [
+        f"{n} left out: a pickle, never unpickled" for n in reader.names if n.endswith(".pkl")
     ]
 
     def fill(paths: DatasetPaths, dataset: str) -> None:
@@ -107,10 +117,13 @@ def install_nnunet_archive(
         dataset_json = reader.read(f"{models[0].member_prefix}/{nnunet_v2.DATASET_FILE}")
         write_member(paths.dataset_json, dataset_json)
         read_dataset_info(paths.dataset_json)  # a dataset.json the toolkit reads
-        Postprocessing().save(paths.postprocessing_json)
         predicting = _predicting_configurations(models, first_plans)
+        postprocessing = Postprocessing()
         if len(predicting) == 1:
-            write_selection(paths, dataset, predicting, folds, Postprocessing())
+            (chosen,) = [m for m in models if m.configuration == predicting[0]]
+            postprocessing = _postprocessing(reader, chosen, folds, first_plans, notes)
+            write_selection(paths, dataset, predicting, folds, postprocessing)
+        postprocessing.save(paths.postprocessing_json)
         write_record(
             paths,
             {
@@ -131,6 +144,27 @@ def install_nnunet_archive(
             f"`predict --dataset {paths.name} --config C`"
         )
     return ImportedModel(paths, "nnU-Net v2", configurations, folds, notes)
+
+
+def _postprocessing(
+    reader: ArchiveReader, model: _ModelFolder, folds: list[int], plans: Plans, notes: list[str]
+) -> Postprocessing:
+    """The model's cross-validation postprocessing for these folds, from its JSON (never the
+    pickle); none when absent or not understood (a note says so)."""
+    member = f"{model.member_prefix}/crossval_results_folds_{'_'.join(map(str, folds))}/postprocessing.json"
+    if member not in reader.names:
+        notes.append(f"no {member}: no postprocessing (give `predict --postprocess FILE`)")
+        return Postprocessing()
+    try:
+        data = json.loads(reader.read(member).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        data = None
+    converted = convert_postprocessing(data, foreground_labels(plans.labels))
+    if converted is None:
+        notes.append(f"{member} not understood (regions or other steps): no postprocessing")
+        return Postprocessing()
+    notes.append(f"postprocessing from {member}: {converted.to_dict()}")
+    return converted
 
 
 def _predicting_configurations(models: list[_ModelFolder], plans: Plans) -> list[str]:
