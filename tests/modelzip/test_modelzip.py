@@ -43,9 +43,9 @@ def archive(source, tmp_path_factory):
     return target
 
 
-def predict_labels(tmp_path: Path, image: Path, **where) -> np.ndarray:
+def predict_labels(tmp_path: Path, image: Path, mirroring: bool = False, **where) -> np.ndarray:
     out = tmp_path / f"out_{len(list(tmp_path.iterdir()))}"
-    options = PredictOptions(device="cpu", use_mirroring=False, quiet=True)
+    options = PredictOptions(device="cpu", use_mirroring=mirroring, quiet=True)
     run_predict(image, out, options, **where)
     (written,) = sorted(out.glob("*.nii.gz"))
     return read_image(written)[0]
@@ -226,10 +226,16 @@ def test_an_nnunet_v2_archive_predicts_like_its_model_folder(tmp_path):
     write_image(case / "c_0000.nii.gz", image, geometry)
     write_image(case / "c_0001.nii.gz", image / 100, geometry)
     expected = apply_postprocessing(
-        predict_labels(tmp_path, case / "c_0000.nii.gz", model=model), Postprocessing(True, [2])
+        predict_labels(tmp_path, case / "c_0000.nii.gz", True, model=model),
+        Postprocessing(True, [2]),
     )
+    # mirrored over the axes the nnU-Net checkpoint allows, as its folder is
     got = predict_labels(
-        tmp_path, case / "c_0000.nii.gz", dataset="Dataset990_Synth", workspace=tmp_path / "ws"
+        tmp_path,
+        case / "c_0000.nii.gz",
+        True,
+        dataset="Dataset990_Synth",
+        workspace=tmp_path / "ws",
     )
     assert np.array_equal(expected, got)
 

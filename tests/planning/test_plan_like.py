@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import planning_golden as golden
 import pytest
@@ -126,3 +128,22 @@ def test_cli_plan_like(tmp_path, capsys):
         main(["plan", "Target", "-w", ws, "--like", "Nowhere"])
     err = capsys.readouterr().err
     assert done.value.code == 2 and err.count("\n") == 1 and "toolkit plan Nowhere" in err
+
+
+def test_plan_like_nnunet_v2_plans_with_their_dataset_json(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "inference"))
+    from test_nnunet_v2 import DATASET_JSON, nnunet_plans_json
+
+    folder = tmp_path / "nnUNet_preprocessed" / "Dataset990_Synth"
+    folder.mkdir(parents=True)
+    (folder / "plans.json").write_text(json.dumps(nnunet_plans_json()))
+    target = DatasetPaths(tmp_path / "ws" / "Target")
+    fingerprint = replace(small_ct(), channel_names={"0": "CT", "1": "T2"})
+    replace(fingerprint, intensity=fingerprint.intensity * 2).save(target.fingerprint_json)
+    with pytest.raises(ToolkitError, match="dataset.json"):
+        plan_like(target, str(folder / "plans.json"))
+    (folder / "dataset.json").write_text(json.dumps(DATASET_JSON))
+    moved = plan_like(target, str(folder))
+    assert moved.configurations["3d_fullres"].patch_size == [20, 48, 40]
+    assert moved.transpose_forward == [0, 2, 1] and moved.labels == small_ct().labels
+    assert moved.configurations["3d_fullres"].normalization[0].mean == 80.0

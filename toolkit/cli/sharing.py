@@ -78,8 +78,8 @@ def import_model(
     """Install a model zip as a dataset of the workspace: then `toolkit predict --dataset NAME` and `toolkit export-container NAME` use it.
 
     Every member is checked against the manifest's sha256 first. nnU-Net v2 archives are
-    converted to the toolkit's model folders (pickles such as postprocessing.pkl are never
-    unpickled: they are left out).
+    converted to the toolkit's model folders; pickles such as postprocessing.pkl are never
+    unpickled (left out; the postprocessing is read from postprocessing.json).
     """
     from toolkit.modelzip.stage import import_model
 
