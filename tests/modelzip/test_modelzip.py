@@ -260,3 +260,27 @@ def test_nnunet_postprocessing_json_maps_onto_ours(steps, expected):
     assert convert_postprocessing(
         {**data, "postprocessing_fns": ["other"] * len(steps)}, [1, 2]
     ) == (expected if not steps else None)
+
+
+def test_a_cascade_travels_with_its_first_stage(tmp_path):
+    from inference_helpers import make_plans, save_model_dir, write_raw_dataset
+
+    paths = DatasetPaths(tmp_path / "src" / "Synth")
+    write_raw_dataset(paths.raw, cases=2, test_cases=0)
+    plans = make_plans(cascade=True)
+    plans.save(paths.plans_json)
+    save_model_dir(paths.model_dir("3d_lowres"), plans, "3d_lowres")
+    save_model_dir(paths.model_dir("3d_cascade_fullres"), plans, "3d_cascade_fullres", seed=7)
+    done = export_model(
+        paths,
+        tmp_path / "cascade.zip",
+        ModelExportOptions(configurations=["3d_cascade_fullres"], folds=[0]),
+    )
+    assert done.manifest.model_configurations == ["3d_lowres", "3d_cascade_fullres"]
+    imported = import_model(tmp_path / "cascade.zip", tmp_path / "ws")
+    image = paths.images_tr / channel_file("synth_001", 0)
+    expected = predict_labels(
+        tmp_path, image, dataset=str(paths.root), configurations=["3d_cascade_fullres"]
+    )
+    got = predict_labels(tmp_path, image, dataset="Synth", workspace=tmp_path / "ws")
+    assert imported.configurations == ["3d_cascade_fullres"] and np.array_equal(expected, got)
