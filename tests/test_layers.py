@@ -27,6 +27,7 @@ STAGES = {
     "training",
     "evaluation",
     "container",
+    "modelzip",
     "synthetic",
 }
 LAYER = {

@@ -16,6 +16,7 @@
         models/<config>/predicted_next_stage/<next config>/CASE.npy   (cascade input)
         evaluation/cases.csv, summary.json, bootstrap.json, report.md, *.png
         selection.json
+        postprocessing.json, imported.json      written by `toolkit import-model`
         export/
         pipeline/<stage>.json                   run-all's completion records; pipeline/run.json its options
 
@@ -220,6 +221,16 @@ class DatasetPaths:
     @property
     def selection_json(self) -> Path:
         return self.root / "selection.json"
+
+    @property
+    def postprocessing_json(self) -> Path:
+        """An imported model's postprocessing, for `predict --postprocess` (also in selection.json)."""
+        return self.root / "postprocessing.json"
+
+    @property
+    def import_record(self) -> Path:
+        """`toolkit import-model`'s record: the archive, its kind, versions, configurations."""
+        return self.root / "imported.json"
 
     @property
     def export(self) -> Path:

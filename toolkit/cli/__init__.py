@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "evaluation",  # evaluate, select
     "pipeline",  # run-all, status
     "container",  # export-container, test-container
+    "sharing",  # export-model, import-model
 )
 
 app = typer.Typer(

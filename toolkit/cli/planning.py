@@ -13,6 +13,7 @@ from toolkit.cli.common import (
     dataset_argument,
     parse_str_list,
 )
+from toolkit.errors import ToolkitError
 from toolkit.progress import info, show_table
 
 
@@ -77,15 +78,56 @@ def plan(
     max_batch_size: int | None = typer.Option(
         None, "--max-batch-size", min=2, help="Largest batch size, 2D and 3D."
     ),
+    like: str | None = typer.Option(
+        None,
+        "--like",
+        help="Take another dataset's plans (configurations, target spacing, network, patch and "
+        "batch size) with this dataset's own normalization, labels and shapes, as nnU-Net's "
+        "move_plans_between_datasets: a dataset of the workspace, or a plans.json (ours, or "
+        "nnU-Net v2's with its dataset.json beside it) or a folder holding one. Needs the same "
+        "number of channels; replaces the planner options.",
+        show_default=False,
+    ),
     show: bool = typer.Option(False, "--show", help="Print a table per configuration."),
 ) -> None:
     """Turn the fingerprint into `<dataset>/plans.json`: 2d, 3d_fullres and, when needed, 3d_lowres + 3d_cascade_fullres.
 
     Each configuration holds its target spacing, axis order, normalization, network stages
     (kernels, strides, features), patch and batch size, resampling and deep-supervision scales.
+    `--like SOURCE` transfers another dataset's plans instead (for pretraining and fine-tuning).
     """
-    from toolkit.planning.stage import plan_dataset, planner_summary, plans_tables, preset
+    from toolkit.planning.stage import (
+        plan_dataset,
+        plan_like,
+        planner_summary,
+        plans_tables,
+        preset,
+    )
     from toolkit.workspace import DatasetPaths
+
+    paths = DatasetPaths.open(workspace, dataset)
+    if like is not None:
+        planner_options = {
+            "--preset": preset_name != "default",
+            "--gpu-memory": gpu_memory,
+            "--memory-model": memory_model,
+            "--features-base": features_base,
+            "--max-features": max_features,
+            "--max-patch-voxels": max_patch_voxels,
+            "--max-patch-pixels": max_patch_pixels,
+            "--max-batch-size": max_batch_size,
+        }
+        given = [name for name, value in planner_options.items() if value]
+        if given:
+            raise ToolkitError(
+                f"--like takes the source's plans as they are; leave out {', '.join(given)}"
+            )
+        plans = plan_like(paths, like, workspace)
+        info(f"plans of {like} written to {paths.plans_json} ({planner_summary(plans)})")
+        if show:
+            for table in plans_tables(plans):
+                show_table(table)
+        return
 
     options = preset(
         preset_name,
@@ -99,7 +141,6 @@ def plan(
         max_batch_size_3d=max_batch_size,
         max_batch_size_2d=max_batch_size,
     )
-    paths = DatasetPaths.open(workspace, dataset)
     plans = plan_dataset(paths, options)
     info(f"plans written to {paths.plans_json} ({planner_summary(plans)})")
     if show:

@@ -31,7 +31,7 @@ from toolkit.planning.memory import (
     parameter_count,
 )
 from toolkit.planning.rules import (
-    channel_normalization,
+    dataset_normalization,
     initial_patch_size,
     median_resampled_shape,
     target_spacing,
@@ -304,24 +304,7 @@ def plan_experiment(
         raise ToolkitError("the fingerprint holds no cases")
     spacings, shapes = fingerprint.spacings, fingerprint.shapes_after_crop
     num_classes = len(fingerprint.labels)
-    normalization = [
-        channel_normalization(
-            fingerprint.channel_names[str(c)],
-            fingerprint.median_relative_size_after_cropping,
-            stats.mean,
-            stats.std,
-            stats.percentile_00_5,
-            stats.percentile_99_5,
-        )
-        for c, stats in enumerate(fingerprint.intensity)
-    ]
-    for c, norm in enumerate(normalization):
-        if norm.scheme == "ct" and not all(
-            np.isfinite([norm.mean, norm.std, norm.lower_bound, norm.upper_bound])
-        ):
-            raise ToolkitError(
-                f"channel {c} is CT but no training case has foreground: its statistics are undefined"
-            )
+    normalization = dataset_normalization(fingerprint)
     ctx = _Context(
         fingerprint,
         options,

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from toolkit.core.constants import ANISOTROPY_THRESHOLD
+from toolkit.core.fingerprint import Fingerprint
 from toolkit.core.plans import Normalization
+from toolkit.errors import ToolkitError
 
 ANISOTROPIC_SPACING_PERCENTILE = 10
 # z-score inside the non-zero mask when cropping kept less than this share of the image
@@ -110,3 +112,26 @@ def channel_normalization(
             upper_bound=float(upper_bound),
         )
     return Normalization(scheme=scheme, use_nonzero_mask=use_mask)  # type: ignore[arg-type]
+
+
+def dataset_normalization(fingerprint: Fingerprint) -> list[Normalization]:
+    """One normalization per channel, from the channel's name and its foreground statistics."""
+    normalization = [
+        channel_normalization(
+            fingerprint.channel_names[str(c)],
+            fingerprint.median_relative_size_after_cropping,
+            stats.mean,
+            stats.std,
+            stats.percentile_00_5,
+            stats.percentile_99_5,
+        )
+        for c, stats in enumerate(fingerprint.intensity)
+    ]
+    for c, norm in enumerate(normalization):
+        if norm.scheme == "ct" and not all(
+            np.isfinite([norm.mean, norm.std, norm.lower_bound, norm.upper_bound])
+        ):
+            raise ToolkitError(
+                f"channel {c} is CT but no training case has foreground: its statistics are undefined"
+            )
+    return normalization

@@ -69,6 +69,10 @@ def plans_tables(plans: Plans) -> list[Table]:
 
 def planner_summary(plans: Plans) -> str:
     p = plans.planner
+    if "transferred_from" in p:
+        return (
+            f"plans of {p['transferred_from']}; configurations: {', '.join(plans.configurations)}"
+        )
     return (
         f"preset {p.get('preset', 'default')}, memory model {p.get('memory_model', 'reference')}, "
         f"{p.get('gpu_memory_gb', 8):g} GB budget; configurations: {', '.join(plans.configurations)}"

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from toolkit.core.fingerprint import load_fingerprint
 from toolkit.core.plans import Plans
 from toolkit.planning.memory import Calibration
 from toolkit.planning.planner import PlannerOptions, plan_experiment, preset
 from toolkit.planning.show import planner_summary, plans_tables
+from toolkit.planning.transfer import source_plans, transfer_plans
 from toolkit.workspace import DatasetPaths
 
-__all__ = ["PlannerOptions", "plan_dataset", "planner_summary", "plans_tables", "preset"]
+__all__ = [
+    "PlannerOptions",
+    "plan_dataset",
+    "plan_like",
+    "planner_summary",
+    "plans_tables",
+    "preset",
+]
 
 
 def plan_dataset(paths: DatasetPaths, options: PlannerOptions | None = None) -> Plans:
@@ -21,3 +31,14 @@ def plan_dataset(paths: DatasetPaths, options: PlannerOptions | None = None) -> 
     plans.dataset_name = paths.name
     plans.save(paths.plans_json)
     return plans
+
+
+def plan_like(paths: DatasetPaths, source: str, workspace: Path | None = None) -> Plans:
+    """``source``'s plans moved onto this dataset (see :mod:`toolkit.planning.transfer`),
+    written to ``plans.json`` (atomically)."""
+    fingerprint = load_fingerprint(paths)
+    plans, label = source_plans(source, workspace)
+    transferred = transfer_plans(plans, fingerprint, label)
+    transferred.dataset_name = paths.name
+    transferred.save(paths.plans_json)
+    return transferred

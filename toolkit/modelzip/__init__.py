@@ -1,0 +1,1 @@
+"""A trained model as one file: ``toolkit export-model`` and ``toolkit import-model``."""
