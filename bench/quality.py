@@ -214,7 +214,10 @@ def summarize(data: dict) -> dict:
 
 def plan_text(data: dict) -> str:
     if data.get("plan") == "cpu":
-        return "the toolkit's `cpu` preset network given to nnU-Net v2's plans"
+        narrowed = data.get("width_divisor", 1)
+        return "the toolkit's `cpu` preset network given to nnU-Net v2's plans" + (
+            f", its features divided by {narrowed}" if narrowed > 1 else ""
+        )
     return (
         f"nnU-Net v2's own, planned with a {data['gpu_memory']} GB memory target and features "
         f"divided by {data['width_divisor']}"
@@ -295,7 +298,12 @@ def main(argv: list[str] | None = None) -> int:
         "planner with --gpu-memory and --width-divisor",
     )
     parser.add_argument("--gpu-memory", type=float, default=0.5, help="nnU-Net's memory target")
-    parser.add_argument("--width-divisor", type=int, default=4)
+    parser.add_argument(
+        "--width-divisor",
+        type=int,
+        default=None,
+        help="the plan's features divided by this (default: 4 with --plan nnunet, 1 with cpu)",
+    )
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads of each tool (OMP_NUM_THREADS)"
     )
@@ -307,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--render", action="store_true", help="only rewrite the Markdown")
     args = parser.parse_args(argv)
+    if args.width_divisor is None:
+        args.width_divisor = 4 if args.plan == "nnunet" else 1
     if args.render:
         data = json.loads((harness.RESULTS / f"{NAME}.json").read_text())
         harness.write_results(NAME, data, render(data))
