@@ -47,7 +47,7 @@ def test_a_dataset_planned_like_another_fine_tunes_from_its_model(tmp_path, caps
     assert f"pretrained: loaded {len(source)} of {len(source)} tensors" in out  # the same network
     target = DatasetPaths(tmp_path / "ws" / "Target")
     checkpoint = load_checkpoint(target.fold_dir("3d_fullres", 0) / CHECKPOINT_FINAL)
-    assert checkpoint[KEY_RUN][KEY_PRETRAINED].endswith("checkpoint_final.pt")
+    assert checkpoint[KEY_RUN][KEY_PRETRAINED] == str(source_model)  # recorded as given
     # one step from the source's weights, not from a fresh initialisation: still close to them
     moved = [
         (checkpoint[KEY_NETWORK][k] - v).abs().max().item() / (v.abs().max().item() + 1e-8)
