@@ -10,6 +10,7 @@ label map (:func:`toolkit.inference.preview.preview_path`).
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,7 +33,8 @@ from toolkit.inference.files import (
 from toolkit.inference.options import ModelOptions
 from toolkit.inference.predictor import Predictor
 from toolkit.inference.preview import preview_path, write_overlay
-from toolkit.io.images import strip_image_suffix
+from toolkit.io import nifti_scan
+from toolkit.io.images import read_image, strip_image_suffix
 from toolkit.progress import info
 from toolkit.workspace import FILE_ENDING, MODEL_PLANS, DatasetPaths
 
@@ -118,18 +120,51 @@ def preview_writer(predictor: Predictor) -> WrittenHook:
 
 
 def complete_check(options: PredictOptions) -> Callable[[Path], bool]:
-    """``--continue``: a case is complete when every file this run would write exists (each
-    is written atomically: one that exists is whole)."""
+    """``--continue``: a case is complete when every file this run would write is there and
+    whole. The toolkit writes each atomically, but a folder may hold files cut off by other
+    means (a full disk, a copy): the label map is read to its end, the probabilities' zip is
+    tested, the picture must end with its closing chunk."""
 
     def complete(target: Path) -> bool:
-        wanted = [target]
-        if options.save_probabilities:
-            wanted.append(probabilities_path(target))
-        if options.preview:
-            wanted.append(preview_path(target))
-        return all(path.is_file() for path in wanted)
+        if not _whole_image(target):
+            return False
+        if options.save_probabilities and not _whole_zip(probabilities_path(target)):
+            return False
+        return not options.preview or _whole_png(preview_path(target))
 
     return complete
+
+
+def _whole_image(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    if nifti_scan.is_nifti(path):  # ITK reads a cut-off NIfTI without a word
+        return nifti_scan.scan(path).problem is None
+    try:
+        read_image(path)
+    except (ToolkitError, RuntimeError, OSError):
+        return False
+    return True
+
+
+def _whole_zip(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _whole_png(path: Path) -> bool:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    return (
+        data.startswith(b"\x89PNG")
+        and data[-12:-8] == b"\x00\x00\x00\x00"
+        and data.endswith(b"IEND\xaeB`\x82")
+    )
 
 
 def run_predict(
