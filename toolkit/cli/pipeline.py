@@ -47,6 +47,13 @@ def run_all(
         None, "--val-iters", min=1, help="Validation iterations per epoch (overrides the preset)."
     ),
     device: str = DeviceOption,
+    like: str = typer.Option(
+        None,
+        "--like",
+        help="Plan like another dataset (a name in the workspace, a plans.json or a model folder): "
+        "its network, patch and spacing, this dataset's own normalisation and labels, as "
+        "`toolkit plan --like`. Without it run-all plans anew (replacing a plan made with --like).",
+    ),
     precision: str = typer.Option(
         "auto",
         "--precision",
@@ -123,6 +130,7 @@ def run_all(
         val_iters=val_iters,
         device=device,
         precision=precision,
+        like=like,
         executor=executor,
         ray_address=ray_address,
         workers=workers,

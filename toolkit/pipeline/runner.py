@@ -36,7 +36,7 @@ from toolkit.pipeline.records import preprocess_stage, train_stage
 from toolkit.pipeline.status import LiveEstimate
 from toolkit.pipeline.training_task import TrainTask
 from toolkit.planning.planner import preset as planner_preset
-from toolkit.planning.stage import plan_dataset
+from toolkit.planning.stage import plan_dataset, plan_like, source_plans_file
 from toolkit.preprocessing.case import source_record
 from toolkit.preprocessing.stage import preprocess_dataset
 from toolkit.progress import info, progress_note
@@ -59,6 +59,7 @@ class RunOptions:
     val_iters: int | None = None
     device: str = "auto"
     precision: str = "auto"  # of the trainings (auto: core/device.py's pick)
+    like: str | None = None  # plan like this dataset / plans file (toolkit plan --like)
     executor: str = "local"  # local | ray
     ray_address: str | None = None
     workers: int | None = None
@@ -197,6 +198,30 @@ class Stages:
             )
         return summary
 
+    def plan(self) -> None:
+        """The plan stage: the planner's, or another dataset's plans moved onto this one
+        (``--like``), keyed on the fingerprint and the planner options or the source's file."""
+        paths, o = self.paths, self.options
+        if o.like:  # another dataset's plans, this dataset's data (toolkit plan --like)
+            workspace = paths.root.parent
+            like_file = source_plans_file(o.like, workspace)
+            if not like_file.is_file():
+                raise ToolkitError(
+                    f"--like {o.like}: no plans.json there (plan it first)", like_file
+                )
+            plan_key = records.digest(
+                "plan-like",
+                records.file_digest(paths.fingerprint_json),
+                records.file_digest(like_file),
+            )
+            self.stage("plan", plan_key, lambda: plan_like(paths, o.like, workspace))
+        else:
+            planner_options = self.planner_options()
+            plan_key = records.digest(
+                "plan", records.file_digest(paths.fingerprint_json), asdict(planner_options)
+            )
+            self.stage("plan", plan_key, lambda: plan_dataset(paths, planner_options))
+
     def _run(self, executor) -> RunSummary:
         start = time.time()
         paths, o = self.paths, self.options
@@ -209,11 +234,7 @@ class Stages:
             fingerprint_key,
             lambda: extract_fingerprint(paths, o.workers, quiet=o.quiet),
         )
-        planner_options = self.planner_options()
-        plan_key = records.digest(
-            "plan", records.file_digest(paths.fingerprint_json), asdict(planner_options)
-        )
-        self.stage("plan", plan_key, lambda: plan_dataset(paths, planner_options))
+        self.plan()
         plans = dataset_plans(paths)
         configs = selected_configurations(plans, o, self.preset)
         epochs, iters, val_iters = self.schedule()

@@ -9,7 +9,7 @@ from toolkit.core.plans import Plans
 from toolkit.planning.memory import Calibration
 from toolkit.planning.planner import PlannerOptions, plan_experiment, preset
 from toolkit.planning.show import planner_summary, plans_tables
-from toolkit.planning.transfer import source_plans, transfer_plans
+from toolkit.planning.transfer import source_plans, source_plans_file, transfer_plans
 from toolkit.workspace import DatasetPaths
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "planner_summary",
     "plans_tables",
     "preset",
+    "source_plans_file",
 ]
 
 

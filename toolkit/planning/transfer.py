@@ -88,6 +88,16 @@ def _names(channels: dict[str, str]) -> str:
     return ", ".join(channels.values())
 
 
+def source_plans_file(source: str, workspace: str | Path | None) -> Path:
+    """The file ``--like`` reads its plans from (its content keys run-all's plan stage)."""
+    path = Path(source).expanduser()
+    if path.is_dir() and (path / MODEL_PLANS).is_file():
+        return path / MODEL_PLANS
+    if path.is_file():
+        return path
+    return DatasetPaths.open(workspace, source).plans_json
+
+
 def source_plans(source: str, workspace: str | Path | None) -> tuple[Plans, str]:
     """``--like``'s plans and how to name them: a plans file (ours or nnU-Net v2's, with its
     dataset.json beside it), a folder holding one (a dataset or a model folder), or a dataset
