@@ -261,7 +261,14 @@ def render(data: dict) -> str:
         )
     )
     d = s["paired_difference"]
+    command = (
+        f"python -m bench.quality --seeds {data['seeds']} --epochs {data['epochs']} "
+        f"--iterations {data['iterations']} --plan {data.get('plan', 'nnunet')} "
+        f"--width-divisor {data['width_divisor']}"
+    )
     lines += [
+        "",
+        f"Reproduce: `{command}`.",
         "",
         f"Per-case paired difference (toolkit minus nnU-Net v2, mean Dice over classes, "
         f"averaged over seeds): {d['mean']:+.4f}, 95% bootstrap interval "
