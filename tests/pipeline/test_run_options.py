@@ -16,9 +16,9 @@ def test_precision_is_checked_before_anything_runs():
         RunOptions(precision="fp8").check()
 
 
-def test_demo_preset_trains_one_configuration_on_every_fold_without_validation_mirroring():
+def test_demo_preset_trains_one_configuration_on_two_folds_without_validation_mirroring():
     demo = PRESETS["demo"]
-    assert demo.configs == ("3d_fullres",) and demo.folds is None  # every fold: a full CV
+    assert demo.configs == ("3d_fullres",) and demo.folds == (0, 1)  # a partial CV, said so
     assert not demo.validation_mirroring and demo.plan_preset == "cpu"
     assert PRESETS["paper"].epochs == 1000 and PRESETS["paper"].iters_per_epoch == 250
 

@@ -41,11 +41,12 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "demo",
-            "the built-in demo task (make demo) in a few minutes on a CPU: small plans, 3d_fullres only, 5 folds x 4 x 40 iterations, validation without mirroring",
+            "the built-in demo task (make demo) in a few minutes on a CPU: small plans, 3d_fullres only, folds 0 and 1 x 4 x 40 iterations, validation without mirroring",
             "cpu",
             4,
             40,
             5,
+            folds=(0, 1),
             configs=("3d_fullres",),
             validation_mirroring=False,
         ),
