@@ -6,9 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from training_helpers import blob_case
+from training_helpers import blob_case, run_cli
 
-from toolkit.cli import main
 from toolkit.core.constants import FOLD_ALL
 from toolkit.core.splits import parse_fold
 from toolkit.errors import ToolkitError
@@ -28,16 +27,6 @@ def options(**changes) -> TrainOptions:
     base = {"schedule": ONE, "device": "cpu", "quiet": True, "checkpoint_every_s": 0.0}
     base.update(changes)
     return TrainOptions(**base)
-
-
-def run_cli(argv, capsys):
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_parse_fold_and_the_seed_of_fold_all():

@@ -6,9 +6,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-from training_helpers import LABELS, tiny_plans
+from training_helpers import LABELS, run_cli, tiny_plans
 
-from toolkit.cli import main
 from toolkit.core.checkpoint import KEY_RUN, load_checkpoint
 from toolkit.core.constants import FOLD_ALL
 from toolkit.errors import ToolkitError
@@ -28,16 +27,6 @@ def options(**changes) -> TrainOptions:
     base = {"schedule": ONE, "device": "cpu", "validate": False, "quiet": True}
     base.update(changes)
     return TrainOptions(**base)
-
-
-def run_cli(argv, capsys):
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from toolkit.cli import main
 from toolkit.core.plans import Architecture, Configuration, Normalization, Plans
 from toolkit.io.images import Geometry, write_image
 from toolkit.io.preprocessed import CaseProperties, save_case
@@ -92,3 +93,14 @@ def write_case(folder, case, image, seg, raw_labels=None, original_shape=None):
         class_locations=locations,
     )
     save_case(folder, case, image, seg, props)
+
+
+def run_cli(argv, capsys):
+    """The CLI in-process: (exit code, stdout, stderr)."""
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
