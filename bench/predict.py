@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import harness
+from toolkit.core.device import cpu_has_native_bf16
 
 IS_BENCHMARK = True
 
@@ -477,19 +478,6 @@ def predict_runs(
     return rows, agreement
 
 
-def native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX); elsewhere torch emulates it, slowly."""
-    try:
-        flags = next(
-            line
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("flags")
-        ).split()
-    except (OSError, StopIteration):
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def bf16_run(test_images: Path, model: Path, cases: int, reference_out: Path) -> dict:
     out = WORK / "out" / "toolkit_bf16"
     if out.exists():
@@ -712,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         harness.write_results(name, data, markdown(data))  # kept if the CT part is stopped
         if args.device == "cpu" and not args.no_bf16:
-            if native_bf16():
+            if cpu_has_native_bf16():
                 data["speed"]["bf16"] = bf16_run(
                     test_images, model, args.cases, WORK / "out" / "toolkit_tta"
                 )

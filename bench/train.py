@@ -42,6 +42,7 @@ from bench.harness import (
     measure,
     write_results,
 )
+from toolkit.core.device import cpu_has_native_bf16
 
 IS_BENCHMARK = True
 
@@ -342,6 +343,14 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
         ],
         rows,
     )
+    if args.device == "cpu":
+        header += (
+            "This CPU computes bf16 natively (AVX-512 BF16 or AMX): `auto` is bf16 autocast, "
+            "fp32 measured beside it.\n\n"
+            if getattr(args, "native_bf16", False)
+            else "This CPU has no native bf16 (no avx512_bf16 or amx_bf16 flag; torch would "
+            "emulate it, many times slower): `auto` is fp32, and no bf16 row is measured.\n\n"
+        )
     return header + table + f"\n\nMachine: {json.dumps(machine())}\n"
 
 
@@ -388,7 +397,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--precision",
         default=None,
-        help="Ours: auto (fp16 on CUDA, fp32 on the CPU), fp32, bf16 or fp16.",
+        help="Ours: auto (fp16 on CUDA; on the CPU bf16 where native, else fp32; default: auto, and fp32 beside it on a CPU with native bf16), fp32, bf16 or fp16.",
     )
     parser.add_argument(
         "--nnunet-workers",
@@ -459,7 +468,10 @@ def main(argv: list[str]) -> int:
         log(f"prepared {dataset} and {folders.root}")
         return 0
 
-    precisions = [args.precision] if args.precision else ["auto"]
+    # auto is bf16 autocast on a CPU with native bf16: fp32 is then measured beside it
+    native = args.device == "cpu" and cpu_has_native_bf16()
+    precisions = [args.precision] if args.precision else (["auto", "fp32"] if native else ["auto"])
+    args.native_bf16 = native
     workers = (
         []
         if args.skip_nnunet

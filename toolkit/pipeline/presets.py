@@ -33,11 +33,14 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "quick",
-            "a CPU run of a small task in well under an hour: small plans, 10 x 25 iterations",
+            "a useful model of a small task in well under an hour on a CPU: small plans, 3d_fullres only, fold 0 x 20 x 150 iterations, validation without mirroring",
             "cpu",
+            20,
+            150,
             10,
-            25,
-            5,
+            folds=(0,),
+            configs=("3d_fullres",),
+            validation_mirroring=False,
         ),
         Preset(
             "demo",
