@@ -53,7 +53,11 @@ def test_ignore_label_is_excluded_from_outputs_and_targets():
 @pytest.mark.parametrize(
     "labels, order, phrase",
     [
-        ({"background": 0, "ignore": 1, "a": 2}, None, "must have the highest value.*\\(3\\), not 1"),
+        (
+            {"background": 0, "ignore": 1, "a": 2},
+            None,
+            "must have the highest value.*\\(3\\), not 1",
+        ),
         ({"background": 0, "a": 1, "ignore": 5}, None, "highest value"),
         ({"background": 0, "a": 1, "ignore": [2]}, None, "one integer"),
         (BRATS, None, "regions_class_order' is missing"),

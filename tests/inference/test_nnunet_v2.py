@@ -233,14 +233,20 @@ def test_unsupported_plans_are_refused_with_the_reason():
         "RescaleTo01Normalization"
         in nnunet_v2.convert_plans(other, DATASET_JSON).planner["not_converted"]["3d_fullres"]
     )
-    with pytest.raises(ToolkitError, match="region-based"):
+    regions = nnunet_v2.convert_plans(
+        nnunet_plans_json(),
+        {
+            **DATASET_JSON,
+            "labels": {"background": 0, "whole": [1, 2], "inner": [2]},
+            "regions_class_order": [1, 2],
+        },
+    )
+    assert regions.label_model().names == {1: "whole", 2: "inner"}
+    assert regions.num_classes == 2 and regions.regions_class_order == [1, 2]
+    with pytest.raises(ToolkitError, match="highest value"):
         nnunet_v2.convert_plans(
             nnunet_plans_json(),
-            {
-                **DATASET_JSON,
-                "labels": {"background": 0, "whole": [1, 2]},
-                "regions_class_order": [1],
-            },
+            {**DATASET_JSON, "labels": {"background": 0, "ignore": 1, "a": 2}},
         )
     with pytest.raises(ToolkitError, match="NibabelIO"):
         nnunet_v2.convert_plans(

@@ -60,7 +60,9 @@ def test_brats_task_declares_regions_and_converts_with_them(brats_task, tmp_path
 
 
 def test_sparse_task_has_ignore_slices_and_dense_test_labels(sparse_task, tmp_path):
-    label = sitk.GetArrayFromImage(sitk.ReadImage(str(sparse_task / "labelsTr/synthsparse_001.nii.gz")))
+    label = sitk.GetArrayFromImage(
+        sitk.ReadImage(str(sparse_task / "labelsTr/synthsparse_001.nii.gz"))
+    )
     assert (label[1:4] == 3).all() and (label[0] != 3).all() and (label[4] != 3).all()
     dense = sitk.GetArrayFromImage(
         sitk.ReadImage(str(sparse_task / DENSE_TEST_LABELS / "synthsparse_003.nii.gz"))

@@ -125,6 +125,14 @@ class LabelModel:
         return {t.key: t.name for t in self.targets}
 
     @property
+    def value_names(self) -> dict[int, str]:
+        """Predicted label value -> name (a picture's legend): a class's name, or the name of
+        the region whose ``regions_class_order`` entry writes the value."""
+        if not self.has_regions:
+            return self.names
+        return {v: t.name for t, v in zip(self.targets, self.regions_class_order, strict=True)}
+
+    @property
     def regions(self) -> dict[int, tuple[int, ...]]:
         """Target key -> the label values it covers."""
         return {t.key: t.values for t in self.targets}
@@ -187,6 +195,11 @@ def label_model(
         Target(key=i, name=name, values=vs) for i, (name, vs) in enumerate(regions, start=1)
     )
     order = _regions_class_order(regions_class_order, len(targets), source)
+    if ignore_value is not None and ignore_value in order:
+        raise ToolkitError(
+            f"'regions_class_order' writes the ignore value {ignore_value}, which is never predicted",
+            source,
+        )
     return LabelModel(
         targets=targets, values=values, ignore=ignore_value, regions_class_order=order
     )
@@ -288,13 +301,27 @@ def segmentation_from_probabilities(
         raise ValueError(
             f"{probabilities.shape[0]} probability channels, the labels have {model.num_outputs} outputs"
         )
-    top = max(model.regions_class_order or (probabilities.shape[0] - 1,))
+    return labels_from_probabilities(probabilities, model.regions_class_order, out)
+
+
+def labels_from_probabilities(
+    probabilities: np.ndarray,
+    regions_class_order: Sequence[int] | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """:func:`segmentation_from_probabilities` for saved probabilities, which carry only the
+    regions' written values: the argmax without them, the regions' rule with them."""
+    top = max(regions_class_order or (probabilities.shape[0] - 1,))
     if out is None:
         out = np.zeros(probabilities.shape[1:], dtype=label_dtype(top))
-    if not model.has_regions:
+    if regions_class_order is None:
         out[...] = np.argmax(probabilities, axis=0)
         return out
+    if len(regions_class_order) != probabilities.shape[0]:
+        raise ValueError(
+            f"{probabilities.shape[0]} region probabilities but {len(regions_class_order)} written values"
+        )
     out[...] = BACKGROUND
-    for channel, value in zip(probabilities, model.regions_class_order, strict=True):
+    for channel, value in zip(probabilities, regions_class_order, strict=True):
         out[channel > REGION_THRESHOLD] = value
     return out

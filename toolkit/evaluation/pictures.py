@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from toolkit.core.labels import dataset_label_model
 from toolkit.errors import ToolkitError
 from toolkit.evaluation.candidates import Candidate
 from toolkit.evaluation.crossval import ValidationCase
@@ -89,7 +90,7 @@ def _load_case(
         case_sources(
             paths, ValidationCase(case, fold, files.label), list(candidate.configurations)
         ),
-        info.label_values,
+        dataset_label_model(info, paths.dataset_json),
     )
     image, geometry = read_image(files.images[0])
     if image.shape != loader.reference.shape:

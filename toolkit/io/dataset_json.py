@@ -98,7 +98,9 @@ class DatasetInfo:
         if self.description:
             data[KEY_DESCRIPTION] = self.description
         data[KEY_CHANNEL_NAMES] = dict(self.channel_names)
-        data[KEY_LABELS] = {k: list(v) if isinstance(v, list) else v for k, v in self.labels.items()}
+        data[KEY_LABELS] = {
+            k: list(v) if isinstance(v, list) else v for k, v in self.labels.items()
+        }
         if self.regions_class_order is not None:
             data[KEY_REGIONS_CLASS_ORDER] = list(self.regions_class_order)
         data[KEY_NUM_TRAINING] = self.num_training

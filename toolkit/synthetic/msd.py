@@ -62,7 +62,9 @@ def msd_dataset_json(spec: TaskSpec, train: list[str], test: list[str]) -> dict:
         "reference": "toolkit toolkit.synthetic (generated, not real patients)",
         "licence": "CC-BY-SA 4.0",
         "release": "1.0",
-        "tensorImageSize": ("3D" if len(spec.modality) == 1 else "4D") if spec.dimension == 3 else "2D",
+        "tensorImageSize": ("3D" if len(spec.modality) == 1 else "4D")
+        if spec.dimension == 3
+        else "2D",
         "modality": {str(i): m for i, m in enumerate(spec.modality)},
         "labels": _labels(spec),
         "numTraining": len(train),
