@@ -113,6 +113,9 @@ def write_pictures(
     drawn: dict[ShownCase, str] = {}  # the slice shown
     problems: dict[ShownCase, str] = {}
     info = load_dataset_info(paths)
+    model = dataset_label_model(info, paths.dataset_json)
+    # what a label map holds: the classes, or for regions the values they write
+    drawn_value = dict(zip(model.names, model.regions_class_order or model.names, strict=True))
     candidate = Candidate.parse(summary.chosen)
     for case in dict.fromkeys(s.case for s in shown):
         of_case = [s for s in shown if s.case == case]
@@ -127,9 +130,9 @@ def write_pictures(
                 image,
                 prediction,
                 spacing_zyx=loader.geometry.spacing_zyx,
-                class_names=summary.labels,
+                class_names=model.value_names,
                 reference=loader.reference,
-                label=s.label,
+                label=drawn_value.get(s.label, s.label),
                 title=f"{case}: class {s.label} ({summary.labels[s.label]}), "
                 f"{', '.join(s.roles)}, Dice {s.dice:.4f}",
             )
