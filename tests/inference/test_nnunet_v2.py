@@ -233,14 +233,20 @@ def test_unsupported_plans_are_refused_with_the_reason():
         "RescaleTo01Normalization"
         in nnunet_v2.convert_plans(other, DATASET_JSON).planner["not_converted"]["3d_fullres"]
     )
-    with pytest.raises(ToolkitError, match="region-based"):
+    regions = nnunet_v2.convert_plans(
+        nnunet_plans_json(),
+        {
+            **DATASET_JSON,
+            "labels": {"background": 0, "whole": [1, 2], "inner": [2]},
+            "regions_class_order": [1, 2],
+        },
+    )
+    assert regions.label_model().names == {1: "whole", 2: "inner"}
+    assert regions.num_classes == 2 and regions.regions_class_order == [1, 2]
+    with pytest.raises(ToolkitError, match="highest value"):
         nnunet_v2.convert_plans(
             nnunet_plans_json(),
-            {
-                **DATASET_JSON,
-                "labels": {"background": 0, "whole": [1, 2]},
-                "regions_class_order": [1],
-            },
+            {**DATASET_JSON, "labels": {"background": 0, "ignore": 1, "a": 2}},
         )
     with pytest.raises(ToolkitError, match="NibabelIO"):
         nnunet_v2.convert_plans(
@@ -427,3 +433,76 @@ def test_nnunet_v2_trained_model_agrees_with_its_own_predictor(tmp_path):
         f"nnU-Net v2 agreement on {len(cases)} cases, classes seen: {sorted(foreground_seen)}",
         file=sys.stderr,
     )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_nnunet_v2_region_model_agrees_with_its_own_predictor(tmp_path):
+    """A region model (BraTS-like regions, regions_class_order) trained by nnU-Net v2 for one
+    epoch, predicted by both tools: Dice >= 0.99 per written value."""
+    reason = _nnunet_available()
+    if reason is not None:
+        pytest.skip(reason)
+    from toolkit.convert.stage import convert_task
+    from toolkit.synthetic import generate_task
+    from toolkit.workspace import DatasetPaths
+
+    task = generate_task("brats", tmp_path / "src", n_cases=8, n_test=3, seed=5, shape=(16, 48, 48))
+    paths = DatasetPaths(tmp_path / "Regions")
+    convert_task(task, paths, workers=1, quiet=True)  # nnU-Net v2's raw layout, regions kept
+    root = tmp_path / "nnunet"
+    _reference(
+        "prepare",
+        "--root",
+        str(root),
+        "--raw",
+        str(paths.raw),
+        "--dataset-id",
+        "991",
+        "--configurations",
+        "3d_fullres",
+        "--width-divisor",
+        "8",
+    )
+    model = Path(
+        _reference(
+            "train",
+            "--root",
+            str(root),
+            "--dataset-id",
+            "991",
+            "--configuration",
+            "3d_fullres",
+            "--epochs",
+            "1",
+            "--iterations",
+            "80",
+        )["model"]
+    )
+    reference_out = tmp_path / "reference"
+    _reference(
+        "predict",
+        "--model",
+        str(model),
+        "--input",
+        str(paths.images_ts),
+        "--output",
+        str(reference_out),
+        "--folds",
+        "0",
+    )
+    predictor = Predictor.from_model_dir(model, ModelOptions(folds=[0], device="cpu"))
+    assert predictor.plans.label_model().regions_class_order == (1, 2, 3)
+    ours_out = tmp_path / "ours"
+    predict_paths([predictor], paths.images_ts, ours_out, quiet=True)
+    cases = sorted(p.name for p in reference_out.glob("*.nii.gz"))
+    assert len(cases) == 3
+    seen = set()
+    for name in cases:
+        theirs, _ = read_image(reference_out / name)
+        ours, _ = read_image(ours_out / name)
+        for value in (1, 2, 3):
+            seen.update({value} if (theirs == value).any() else set())
+            score = dice(ours == value, theirs == value)
+            assert score >= 0.99, f"{name} value {value}: Dice {score:.4f} against nnU-Net v2"
+    assert seen, "the trained model predicts no region at all: the comparison would be empty"

@@ -55,7 +55,8 @@ def test_msd_style_labels_are_turned_round():
 @pytest.mark.parametrize(
     "labels, phrase",
     [
-        ({"background": 0, "whole": [1, 2]}, "region"),
+        ({"background": 0, "whole": []}, "region"),
+        ({"background": 0, "whole": [1, -2]}, "region"),
         ({"liver": 1}, "background"),
         ({"background": 0, "a": 1, "b": 1}, "same value"),
         ({"background": 0, "a": -1}, "non-negative"),

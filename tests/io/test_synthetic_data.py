@@ -122,4 +122,6 @@ def test_bad_parameters(tmp_path, kwargs, phrase):
 
 def test_all_expands_to_every_task(tmp_path):
     folders = generate_tasks(["all"], tmp_path, n_cases=1, n_test=0)
-    assert [f.name for f in folders] == [TASKS[k].folder for k in ("mr", "ct", "2d")]
+    assert [f.name for f in folders] == [
+        TASKS[k].folder for k in ("mr", "ct", "2d", "brats", "sparse")
+    ]

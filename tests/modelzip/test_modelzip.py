@@ -284,3 +284,21 @@ def test_a_cascade_travels_with_its_first_stage(tmp_path):
     )
     got = predict_labels(tmp_path, image, dataset="Synth", workspace=tmp_path / "ws")
     assert imported.configurations == ["3d_cascade_fullres"] and np.array_equal(expected, got)
+
+
+def test_nnunet_postprocessing_of_a_region_model_maps_onto_our_regions():
+    regions = [(1, 2, 3), (2, 3), (3,)]
+    data = {
+        "postprocessing_fns": [KEEP_LARGEST] * 3,
+        "postprocessing_kwargs": [
+            {"labels_or_regions": [1, 2, 3]},
+            {"labels_or_regions": [2, 3]},
+            {"labels_or_regions": [3]},
+        ],
+    }
+    assert convert_postprocessing(data, [1, 2, 3], regions) == Postprocessing(
+        True, [], [[2, 3], [3]]
+    )
+    bad = {**data, "postprocessing_kwargs": [{"labels_or_regions": [1, 2]}]}
+    bad["postprocessing_fns"] = [KEEP_LARGEST]
+    assert convert_postprocessing(bad, [1, 2, 3], regions) is None

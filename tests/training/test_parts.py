@@ -248,3 +248,26 @@ def test_damaged_checkpoint_is_a_one_line_error(tmp_path):
     bad.write_bytes(b"\x80\x02garbage")
     with pytest.raises(ToolkitError, match="cannot be loaded as a checkpoint"):
         load_checkpoint(bad)
+
+
+def test_with_an_ignore_label_every_sample_is_centred_on_an_annotated_voxel():
+    # annotated voxels only on slice 3 (the rest of the case holds the ignore value)
+    annotated = np.asarray([(3, y, x) for y in range(16) for x in range(16)], dtype=np.int64)
+    case = _case((8, 16, 16), {})
+    case.annotated = annotated
+    sampler = PatchSampler([case], (1, 8, 8), (1, 8, 8), [False, True], annotated_only=True)
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # a slice of one voxel: the slice drawn is the centre's
+        assert (sampler.sample(rng).image.max(axis=(1, 2, 3, 4)) == 3).all()
+    plain = PatchSampler([case], (1, 8, 8), (1, 8, 8), [False], annotated_only=False)
+    drawn = {float(plain.sample(rng).image.max()) for _ in range(40)}
+    assert len(drawn) > 1  # without the ignore label a random crop may lie anywhere
+
+
+def test_forced_samples_pick_among_regions_by_their_keys():
+    case = _case((5, 16, 16), {})
+    case.locations = {"1,2,3": np.asarray([(0, 8, 8)]), "3": np.asarray([(4, 8, 8)])}
+    sampler = PatchSampler([case], (8, 8), (8, 8), [True])
+    rng = np.random.default_rng(0)
+    slices = [int(sampler.sample(rng).image[0, 0, 0, 0]) for _ in range(400)]
+    assert set(slices) == {0, 4} and abs(slices.count(4) / 400 - 0.5) < 0.1

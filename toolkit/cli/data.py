@@ -48,6 +48,16 @@ def convert(
     force: bool = typer.Option(
         False, "--force", "-f", help="Convert again, replacing an existing dataset."
     ),
+    regions: str | None = typer.Option(
+        None,
+        "--regions",
+        help="Train and evaluate regions (overlapping sets of label values) instead of classes, "
+        "as nnU-Net v2 does: 'NAME=V,V,...;NAME=V,...', e.g. for BraTS (Task01_BrainTumour) "
+        "'whole tumour=1,2,3;tumour core=2,3;enhancing tumour=3'. Each region writes the value "
+        "no later region holds; otherwise give a JSON file with 'labels' (name -> values) and "
+        "'regions_class_order'. A converted nnU-Net v2 dataset's own regions need no option.",
+        show_default=False,
+    ),
     quiet: bool = QuietOption,
 ) -> None:
     """Convert a Decathlon task into the workspace (`<workspace>/<name>/raw/`), then verify it.
@@ -56,10 +66,13 @@ def convert(
     `._` junk files and keeps every file's spacing, origin and direction. An existing dataset is
     left as it is unless `--force`.
     """
-    from toolkit.convert.stage import convert_task, dataset_paths_for
+    from toolkit.convert.stage import convert_task, dataset_paths_for, parse_region_option
 
+    declaration = parse_region_option(regions) if regions is not None else None
     paths = dataset_paths_for(task, workspace, name)
-    result = convert_task(task, paths, workers=workers, force=force, quiet=quiet)
+    result = convert_task(
+        task, paths, workers=workers, force=force, quiet=quiet, regions=declaration
+    )
     if not result.converted:
         info(escape(f"dataset exists: {paths.raw} (nothing changed; use --force to convert again)"))
         return
@@ -106,14 +119,16 @@ def demo_data(
         ["mr"],
         "--task",
         "-t",
-        help="mr (Task901_SynthMR: 2-channel 3D, nested labels), ct (Task902_SynthCT), 2d (Task903_Synth2D) "
+        help="mr (Task901_SynthMR: 2-channel 3D, nested labels), ct (Task902_SynthCT), 2d (Task903_Synth2D), "
+        "brats (Task904_SynthBraTS: 4 channels, nested labels trained as 3 declared regions), sparse "
+        "(Task905_SynthSparse: every 4th slice labelled, the rest 'ignore'; dense test labels in labelsTs) "
         "or all. Repeat (or separate with commas) for several.",
     ),
     cases: int | None = typer.Option(
         None,
         "--cases",
         min=1,
-        help="Training cases per task. Default: mr 20, ct 12, 2d 24.",
+        help="Training cases per task. Default: mr 20, ct 12, 2d 24, brats 20, sparse 20.",
         show_default=False,
     ),
     test_cases: int = typer.Option(

@@ -30,6 +30,7 @@ from toolkit.container import wheels
 from toolkit.container.base import PULLED_IMAGE
 from toolkit.container.spec import AlgorithmSpec, EnsembleSpec, default_input_slugs, slugify
 from toolkit.core.checkpoint import load_checkpoint, weights_only
+from toolkit.core.labels import dataset_label_model
 from toolkit.core.plans import Plans
 from toolkit.core.selection import Selection
 from toolkit.errors import MissingStageError, ToolkitError
@@ -261,6 +262,8 @@ def algorithm_spec(
     if not dataset_json.is_file():
         raise MissingStageError(dataset_json, f"toolkit train {paths.name} {first}")
     info = read_dataset_info(dataset_json)
+    # the values a prediction holds: classes, or the values regions write; never the ignore value
+    written = dataset_label_model(info, dataset_json).value_names
     return AlgorithmSpec(
         dataset_name=paths.name,
         input_slugs=list(options.input_slugs)
@@ -268,7 +271,7 @@ def algorithm_spec(
         else default_input_slugs(info.channels),
         output_slug=options.output_slug,
         channel_names=info.channels,
-        labels=dict(info.labels),
+        labels={"background": 0, **{name: value for value, name in written.items()}},
         device=options.device,
     )
 

@@ -20,6 +20,7 @@ from toolkit.io.dataset_json import (
     DatasetInfo,
     parse_channel_names,
     parse_labels,
+    parse_regions_class_order,
     test_cases,
     training_cases,
 )
@@ -47,7 +48,7 @@ class Source:
     root: Path
     format: str  # FORMAT_MSD or FORMAT_RAW
     channel_names: dict[str, str]
-    labels: dict[str, int]
+    labels: dict[str, int | list[int]]
     training: list[SourceCase]
     test: list[SourceCase]
     name: str = ""
@@ -55,6 +56,7 @@ class Source:
     licence: str = ""
     reference: str = ""
     notes: list[str] = field(default_factory=list)  # things the user should hear about
+    regions_class_order: list[int] | None = None  # with regions (nnU-Net v2 raw datasets)
 
 
 def _read_dataset_json(path: Path) -> dict:
@@ -133,6 +135,7 @@ def read_msd_task(root: Path) -> Source:
         licence=str(data.get("licence") or data.get("license") or ""),
         reference=str(data.get("reference") or ""),
         notes=notes,
+        regions_class_order=parse_regions_class_order(data.get("regions_class_order"), json_path),
     )
 
 
@@ -168,6 +171,7 @@ def read_raw_dataset(root: Path) -> Source:
         labels=info.labels,
         training=training,
         test=test,
+        regions_class_order=info.regions_class_order,
         name=info.name,
         description=info.description,
         licence=info.licence,

@@ -15,6 +15,7 @@ never half of one. The new dataset is then verified (:mod:`toolkit.verify.stage`
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ from rich.markup import escape
 
 from toolkit.convert.archive import TASK_ARCHIVE_SUFFIXES, is_archive, safe_extract, task_root
 from toolkit.convert.cases import CaseJob, convert_case
+from toolkit.convert.regions import RegionDeclaration, labels_with_regions, parse_region_option
 from toolkit.convert.sources import Source, open_source
+from toolkit.core.labels import label_model
 from toolkit.errors import ToolkitError
 from toolkit.io.dataset_json import DatasetInfo, write_dataset_info
 from toolkit.parallel import map_cases
@@ -39,7 +42,7 @@ from toolkit.workspace import (
     resolve_workspace,
 )
 
-__all__ = ["ConvertResult", "convert_task", "dataset_paths_for"]
+__all__ = ["ConvertResult", "convert_task", "dataset_paths_for", "parse_region_option"]
 
 # names of folders this module makes inside a dataset folder while it works
 _PARTIAL = ".raw-partial-"
@@ -121,8 +124,12 @@ def convert_task(
     workers: int | None = None,
     force: bool = False,
     quiet: bool = False,
+    regions: RegionDeclaration | None = None,
 ) -> ConvertResult:
     """Convert ``source`` into ``paths.raw``, then verify it.
+
+    ``regions`` (``--regions``) replaces the source's foreground labels by regions
+    (:mod:`toolkit.convert.regions`); a raw dataset's own regions are kept otherwise.
 
     Without ``force`` an existing dataset is left exactly as it is. Data problems in the
     source stop the conversion with one error listing them (each is also printed); nothing is
@@ -155,6 +162,7 @@ def convert_task(
             task = open_source(source)
         for note in task.notes:
             info(escape(f"note: {note}"))
+        task = _with_labels_checked(task, regions)
         result = _convert_into(task, source, partial, paths, workers, quiet)
         if paths.raw.exists():
             os.replace(paths.raw, old)
@@ -169,6 +177,18 @@ def convert_task(
     return result
 
 
+def _with_labels_checked(task: Source, regions: RegionDeclaration | None) -> Source:
+    """The task with ``--regions`` applied; its labels' meaning checked before anything is written."""
+    json_path = task.root / "dataset.json"
+    if regions is not None:
+        labels = labels_with_regions(task.labels, regions, json_path)
+        task = dataclasses.replace(
+            task, labels=labels, regions_class_order=list(regions.regions_class_order)
+        )
+    label_model(task.labels, task.regions_class_order, json_path)
+    return task
+
+
 def _convert_into(
     task: Source, origin: Path, partial: Path, paths: DatasetPaths, workers: int | None, quiet: bool
 ) -> ConvertResult:
@@ -180,7 +200,9 @@ def _convert_into(
         sub.mkdir(parents=True)
     if task.test:
         folder.images_ts.mkdir()
-    max_label = max(task.labels.values())
+    max_label = max(
+        v for value in task.labels.values() for v in (value if isinstance(value, list) else [value])
+    )
     num_channels = len(task.channel_names)
     jobs = [
         CaseJob(c, task.format, num_channels, folder.images_tr, folder.labels_tr, max_label)
@@ -205,6 +227,7 @@ def _convert_into(
     dataset = DatasetInfo(
         channel_names=dict(task.channel_names),
         labels=dict(task.labels),
+        regions_class_order=task.regions_class_order,
         num_training=len(task.training),
         file_ending=FILE_ENDING,
         name=task.name or paths.name,

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from toolkit.core.cropping import box_slices
-from toolkit.core.labels import foreground_labels, label_volume, one_hot, storage_dtype
+from toolkit.core.labels import label_volume, one_hot, storage_dtype
 from toolkit.core.plans import Configuration, Plans
 from toolkit.core.resampling import (
     case_target_spacing,
@@ -48,12 +48,15 @@ def next_stage_labels(
     ``configuration`` is the first stage's; ``spacing`` the case's original spacing (before
     transposition; a 2D first stage keeps its slice spacing). One class is resampled at a
     time, keeping a running maximum: the argmax of the resampled logits, ties to the lower
-    class.
+    class. For regions, each region's value (``regions_class_order``) where its resampled
+    logit is above 0, later regions written over earlier ones.
     """
+    model = plans.label_model()
     spacing_t = [spacing[a] for a in plans.transpose_forward]
     own = case_target_spacing(configuration, spacing_t)
     shape = [int(s) for s in next_shape]
     best = labels = None
+    top = max(model.regions_class_order or (plans.num_classes,))
     for c, class_logits in enumerate(logits):
         values = resample_probabilities(
             np.asarray(class_logits, dtype=np.float32)[None],
@@ -62,8 +65,13 @@ def next_stage_labels(
             own,
             configuration.resampling,
         )[0]
+        if model.has_regions:
+            if labels is None:
+                labels = np.zeros(shape, dtype=storage_dtype(top))
+            labels[values > 0] = model.regions_class_order[c]
+            continue
         if best is None:
-            best, labels = values, np.zeros(shape, dtype=storage_dtype(plans.num_classes))
+            best, labels = values, np.zeros(shape, dtype=storage_dtype(top))
             continue
         better = values > best
         labels[better] = c
@@ -103,7 +111,7 @@ def segmentation_on_grid(
 
 def cascade_channels(plans: Plans, previous_labels: np.ndarray) -> np.ndarray:
     """The first stage's labels ``(*grid)`` -> one-hot input channels ``(foreground, *grid)``."""
-    return one_hot(previous_labels, foreground_labels(plans.labels))
+    return one_hot(previous_labels, plans.label_model().foreground_values)
 
 
 def with_cascade_channels(

@@ -52,13 +52,14 @@ class CaseFingerprint:
 class Fingerprint:
     dataset_name: str
     channel_names: dict[str, str]
-    labels: dict[str, int]
+    labels: dict[str, int | list[int]]  # as dataset.json declares them (regions: lists)
     num_training: int
     cases: list[CaseFingerprint]
     intensity: list[IntensityStats]  # one per channel
     median_relative_size_after_cropping: float
     sampling: dict = field(default_factory=dict)  # budget and seed used for the intensities
     format_version: int = FINGERPRINT_FORMAT_VERSION
+    regions_class_order: list[int] | None = None
 
     @property
     def spacings(self) -> list[list[float]]:
@@ -88,7 +89,15 @@ class Fingerprint:
         return cls(
             dataset_name=d["dataset_name"],
             channel_names={str(k): str(v) for k, v in d["channel_names"].items()},
-            labels={str(k): int(v) for k, v in d["labels"].items()},
+            labels={
+                str(k): [int(x) for x in v] if isinstance(v, list) else int(v)
+                for k, v in d["labels"].items()
+            },
+            regions_class_order=(
+                None
+                if d.get("regions_class_order") is None
+                else [int(v) for v in d["regions_class_order"]]
+            ),
             num_training=int(d["num_training"]),
             cases=[CaseFingerprint(**c) for c in d["cases"]],
             intensity=[IntensityStats(**s) for s in d["intensity"]],

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from toolkit.core.constants import ANISOTROPY_THRESHOLD
+from toolkit.core.labels import LabelModel, label_model
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
 from toolkit.io.json_files import read_contract
@@ -110,7 +111,7 @@ class Configuration:
 class Plans:
     dataset_name: str
     channel_names: dict[str, str]  # {"0": "T2", ...}
-    labels: dict[str, int]  # {"background": 0, ...}
+    labels: dict[str, int | list[int]]  # {"background": 0, ...}; a region: name -> values
     transpose_forward: list[int]
     transpose_backward: list[int]
     original_median_spacing: list[float]  # (z, y, x), before transposing
@@ -118,15 +119,20 @@ class Plans:
     configurations: dict[str, Configuration]
     planner: dict[str, Any] = field(default_factory=dict)  # preset, memory budget, options used
     format_version: int = PLANS_FORMAT_VERSION
+    regions_class_order: list[int] | None = None  # with regions: the value each one writes
 
     @property
     def num_input_channels(self) -> int:
         return len(self.channel_names)
 
+    def label_model(self) -> LabelModel:
+        """What the labels mean: classes or regions, the ignore label (:mod:`toolkit.core.labels`)."""
+        return label_model(self.labels, self.regions_class_order)
+
     @property
     def num_classes(self) -> int:
-        """Output channels of the network: background plus every label."""
-        return max(self.labels.values()) + 1
+        """Output channels of the network: one per region, or background plus every class."""
+        return self.label_model().num_outputs
 
     def configuration(self, name: str) -> Configuration:
         try:

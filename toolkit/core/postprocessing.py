@@ -22,17 +22,27 @@ from toolkit.io.json_files import float_or_nan, read_json
 class Postprocessing:
     largest_component_foreground: bool = False
     largest_component_classes: list[int] = field(default_factory=list)
+    # regions (their label values), for models trained on regions; applied after the classes
+    largest_component_regions: list[list[int]] = field(default_factory=list)
 
     @property
     def is_identity(self) -> bool:
-        return not self.largest_component_foreground and not self.largest_component_classes
+        return (
+            not self.largest_component_foreground
+            and not self.largest_component_classes
+            and not self.largest_component_regions
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict, source: str | Path | None = None) -> Postprocessing:
-        known = {"largest_component_foreground", "largest_component_classes"}
+        known = {
+            "largest_component_foreground",
+            "largest_component_classes",
+            "largest_component_regions",
+        }
         unknown = set(data) - known
         if unknown:
             raise ToolkitError(
@@ -43,7 +53,20 @@ class Postprocessing:
             raise ToolkitError(
                 "largest_component_classes must be a list of positive label values", source
             )
-        return cls(bool(data.get("largest_component_foreground", False)), sorted(classes))
+        regions = data.get("largest_component_regions", [])
+        if not isinstance(regions, list) or not all(
+            isinstance(r, list) and r and all(isinstance(v, int) and v > 0 for v in r)
+            for r in regions
+        ):
+            raise ToolkitError(
+                "largest_component_regions must be a list of regions, each a list of positive label values",
+                source,
+            )
+        return cls(
+            bool(data.get("largest_component_foreground", False)),
+            sorted(classes),
+            [list(r) for r in regions],
+        )
 
     def save(self, path: str | Path) -> None:
         write_json(path, self.to_dict())
@@ -72,6 +95,10 @@ def apply_postprocessing(segmentation: np.ndarray, pp: Postprocessing) -> np.nda
         seg[foreground & ~largest_component_mask(foreground)] = 0
     for c in pp.largest_component_classes:
         mask = seg == c
+        if mask.any():
+            seg[mask & ~largest_component_mask(mask)] = 0
+    for region in pp.largest_component_regions:
+        mask = np.isin(seg, region)
         if mask.any():
             seg[mask & ~largest_component_mask(mask)] = 0
     return seg

@@ -36,6 +36,7 @@ serve both HD95 and NSD. On a 120x256x256 CT-like case that is several times fas
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from toolkit.core.constants import NSD_TOLERANCE_MM as DEFAULT_NSD_TOLERANCE_MM
+from toolkit.core.labels import target_mask
 
 HD_PERCENTILE = 0.95
 
@@ -161,6 +163,19 @@ def _union_box(a: Box | None, b: Box | None, shape: tuple[int, ...], margin: int
     )
 
 
+def _values_box(boxes: list[Box | None], shape: tuple[int, ...]) -> Box | None:
+    """The box around several label values' boxes (``None`` where none is present)."""
+    present = [b for b in boxes if b is not None]
+    if not present:
+        return None
+    if len(present) == 1:
+        return present[0]
+    return tuple(
+        slice(min(b[axis].start for b in present), max(b[axis].stop for b in present))
+        for axis in range(len(shape))
+    )
+
+
 def _squeeze_flat_axes(
     ref: np.ndarray, pred: np.ndarray, spacing: tuple[float, ...]
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
@@ -211,11 +226,12 @@ def class_metrics(
 def case_metrics(
     reference: np.ndarray,
     prediction: np.ndarray,
-    labels: list[int],
+    labels: list[int] | Mapping[int, Sequence[int]],
     spacing: tuple[float, ...],
     nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
     reference_boxes: dict[int, Box] | None = None,
     prediction_boxes: dict[int, Box] | None = None,
+    ignore: int | None = None,
 ) -> list[ClassMetrics]:
     """Metrics of every foreground label in ``labels`` for one case.
 
@@ -223,6 +239,11 @@ def case_metrics(
     ``spacing`` in the same axis order (mm). Each class is measured inside the bounding box
     of its reference and predicted voxels, so the cost grows with the structures, not with
     the image. Pass the boxes (:func:`label_boxes`) when they are already known.
+
+    ``labels`` may map a key to several label values (a region, measured as the union of
+    its values; :attr:`toolkit.core.labels.LabelModel.regions`): the metrics then carry the
+    key. Voxels where the reference holds ``ignore`` count on neither side (nnU-Net v2's
+    evaluation; here for the surface distances too).
     """
     if reference.shape != prediction.shape:
         raise ValueError(
@@ -234,21 +255,29 @@ def case_metrics(
     ref_boxes = label_boxes(reference) if reference_boxes is None else reference_boxes
     pred_boxes = label_boxes(prediction) if prediction_boxes is None else prediction_boxes
     diagonal = image_diagonal_mm(reference.shape, spacing)
+    targets = labels if isinstance(labels, Mapping) else {v: (v,) for v in labels}
     results = []
-    for label in labels:
+    for label, values in targets.items():
         if label == 0:
             continue
-        ref_box, pred_box = ref_boxes.get(label), pred_boxes.get(label)
+        ref_box = _values_box([ref_boxes.get(v) for v in values], reference.shape)
+        pred_box = _values_box([pred_boxes.get(v) for v in values], reference.shape)
         if ref_box is None and pred_box is None:
             results.append(
                 ClassMetrics(label, math.nan, math.nan, 0, 0, 0, math.nan, math.nan, 0.0, 0.0)
             )
             continue
         box = _union_box(ref_box, pred_box, reference.shape)
+        ref_mask = target_mask(reference[box], values)
+        pred_mask = target_mask(prediction[box], values)
+        if ignore is not None:
+            annotated = reference[box] != ignore
+            ref_mask &= annotated
+            pred_mask &= annotated
         results.append(
             class_metrics(
-                reference[box] == label,
-                prediction[box] == label,
+                ref_mask,
+                pred_mask,
                 label,
                 spacing,
                 nsd_tolerance_mm,

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from toolkit.core.labels import dataset_label_model
 from toolkit.errors import ToolkitError
 from toolkit.evaluation.candidates import Candidate
 from toolkit.evaluation.crossval import ValidationCase
@@ -89,7 +90,7 @@ def _load_case(
         case_sources(
             paths, ValidationCase(case, fold, files.label), list(candidate.configurations)
         ),
-        info.label_values,
+        dataset_label_model(info, paths.dataset_json),
     )
     image, geometry = read_image(files.images[0])
     if image.shape != loader.reference.shape:
@@ -112,6 +113,9 @@ def write_pictures(
     drawn: dict[ShownCase, str] = {}  # the slice shown
     problems: dict[ShownCase, str] = {}
     info = load_dataset_info(paths)
+    model = dataset_label_model(info, paths.dataset_json)
+    # what a label map holds: the classes, or for regions the values they write
+    drawn_value = dict(zip(model.names, model.regions_class_order or model.names, strict=True))
     candidate = Candidate.parse(summary.chosen)
     for case in dict.fromkeys(s.case for s in shown):
         of_case = [s for s in shown if s.case == case]
@@ -126,9 +130,9 @@ def write_pictures(
                 image,
                 prediction,
                 spacing_zyx=loader.geometry.spacing_zyx,
-                class_names=summary.labels,
+                class_names=model.value_names,
                 reference=loader.reference,
-                label=s.label,
+                label=drawn_value.get(s.label, s.label),
                 title=f"{case}: class {s.label} ({summary.labels[s.label]}), "
                 f"{', '.join(s.roles)}, Dice {s.dice:.4f}",
             )

@@ -4,7 +4,9 @@ The method's only postprocessing is keeping the largest connected component
 (:mod:`toolkit.core.postprocessing`). Two kinds of step are tried, in order:
 
 1. the largest component of the whole foreground (all classes together);
-2. then, on top of the first decision, the largest component of each class.
+2. then, on top of the first decision, the largest component of each class (for regions,
+   of each region: the voxels of its values; removed voxels become background, as nnU-Net
+   v2 does).
 
 A step is kept only if the cross-validation mean foreground Dice strictly improves and no
 class's mean Dice goes down (means over the cases where Dice is defined). A per-class step
@@ -15,10 +17,12 @@ independent, and one pass per case computes them all.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from toolkit.core.labels import LabelModel, target_mask
 from toolkit.core.postprocessing import Postprocessing, PostprocessingStep, apply_postprocessing
 from toolkit.evaluation.bootstrap import nanmean_last
 from toolkit.evaluation.metrics import dice_from_counts
@@ -28,32 +32,65 @@ VARIANTS = ("none", "foreground", "classes", "foreground+classes")
 _COMPARE_EPS = 1e-12  # float noise, not an improvement
 
 
-def variant_postprocessing(variant: str, labels: list[int]) -> Postprocessing:
-    classes = list(labels) if "classes" in variant else []
-    return Postprocessing(
-        largest_component_foreground="foreground" in variant, largest_component_classes=classes
-    )
+def variant_postprocessing(
+    variant: str, labels: list[int], model: LabelModel | None = None
+) -> Postprocessing:
+    """The postprocessing of a variant; with regions (``model``), per region of ``labels`` (keys)."""
+    kept = list(labels) if "classes" in variant else []
+    return kept_postprocessing("foreground" in variant, kept, model)
 
 
-def class_counts(reference: np.ndarray, prediction: np.ndarray, labels: list[int]) -> np.ndarray:
-    """(classes, 3) voxel counts TP, FP, FN."""
-    out = np.zeros((len(labels), 3), dtype=np.int64)
-    for k, label in enumerate(labels):
-        ref = reference == label
-        pred = prediction == label
+def kept_postprocessing(
+    foreground: bool, kept: list[int], model: LabelModel | None = None
+) -> Postprocessing:
+    """Largest components of the foreground and of the ``kept`` classes (or regions, by key)."""
+    if model is not None and model.has_regions:
+        regions = model.regions
+        return Postprocessing(
+            largest_component_foreground=foreground,
+            largest_component_regions=[list(regions[k]) for k in kept],
+        )
+    return Postprocessing(largest_component_foreground=foreground, largest_component_classes=kept)
+
+
+def class_counts(
+    reference: np.ndarray,
+    prediction: np.ndarray,
+    labels: list[int] | Mapping[int, Sequence[int]],
+    ignore: int | None = None,
+) -> np.ndarray:
+    """(classes, 3) voxel counts TP, FP, FN; ``labels`` may map keys to regions' values; voxels
+    where the reference holds ``ignore`` are not counted."""
+    targets = labels if isinstance(labels, Mapping) else {v: (v,) for v in labels}
+    annotated = None if ignore is None else reference != ignore
+    out = np.zeros((len(targets), 3), dtype=np.int64)
+    for k, values in enumerate(targets.values()):
+        ref = target_mask(reference, values)
+        pred = target_mask(prediction, values)
+        if annotated is not None:
+            ref &= annotated
+            pred &= annotated
         tp = int(np.count_nonzero(ref & pred))
         out[k] = (tp, int(np.count_nonzero(pred)) - tp, int(np.count_nonzero(ref)) - tp)
     return out
 
 
-def variant_counts(reference: np.ndarray, prediction: np.ndarray, labels: list[int]) -> np.ndarray:
+def variant_counts(
+    reference: np.ndarray,
+    prediction: np.ndarray,
+    labels: list[int] | Mapping[int, Sequence[int]],
+    model: LabelModel | None = None,
+) -> np.ndarray:
     """(variants, classes, 3) counts of the segmentation under each of :data:`VARIANTS`."""
+    keys = list(labels)
+    ignore = model.ignore if model is not None else None
     return np.stack(
         [
             class_counts(
                 reference,
-                apply_postprocessing(prediction, variant_postprocessing(v, labels)),
+                apply_postprocessing(prediction, variant_postprocessing(v, keys, model)),
                 labels,
+                ignore,
             )
             for v in VARIANTS
         ]
@@ -95,7 +132,10 @@ class PostprocessingChoice:
 
 
 def choose_postprocessing(
-    dice: dict[str, np.ndarray], labels: list[int], label_names: dict[int, str]
+    dice: dict[str, np.ndarray],
+    labels: list[int],
+    label_names: dict[int, str],
+    model: LabelModel | None = None,
 ) -> PostprocessingChoice:
     """Apply the rule of the module docstring to per-case Dice of every variant."""
 
@@ -121,6 +161,7 @@ def choose_postprocessing(
     if keep_foreground:
         current = candidate.copy()
     per_class = dice["foreground+classes" if keep_foreground else "classes"]
+    kind = "region" if model is not None and model.has_regions else "class"
     kept_classes = []
     for k, label in enumerate(labels):
         trial = current.copy()
@@ -129,7 +170,7 @@ def choose_postprocessing(
         accepted = improves(before, after)
         steps.append(
             PostprocessingStep(
-                f"largest connected component of class {label} ({label_names.get(label, label)})",
+                f"largest connected component of {kind} {label} ({label_names.get(label, label)})",
                 label,
                 accepted,
                 float(nanmean_last(before)),
@@ -142,9 +183,7 @@ def choose_postprocessing(
             current = trial
             kept_classes.append(label)
     return PostprocessingChoice(
-        Postprocessing(
-            largest_component_foreground=keep_foreground, largest_component_classes=kept_classes
-        ),
+        kept_postprocessing(keep_foreground, kept_classes, model),
         steps,
         current,
         dice["none"],

@@ -3,7 +3,8 @@
 A single configuration's segmentation is its label map ``CASE.nii.gz``. An ensemble's is
 the argmax of its members' averaged probabilities (``CASE.npz``, read with
 :func:`toolkit.inference.ensemble.load_probabilities`: float16 (classes, z, y, x), channel k
-being the k-th declared label value), computed slab by slab in float32 so memory stays near the size
+being label value k), or for regions the regions' rule on them
+(:func:`toolkit.core.labels.labels_from_probabilities`), computed slab by slab in float32 so memory stays near the size
 of the probability files themselves. Every file is read at most once per case.
 """
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.core.labels import LabelModel, labels_from_probabilities
 from toolkit.errors import ToolkitError
 from toolkit.evaluation.candidates import Candidate
 from toolkit.evaluation.crossval import ValidationCase
@@ -82,26 +84,30 @@ def read_probabilities(path: Path, num_classes: int, reference_geometry: Geometr
     return saved.probabilities
 
 
-def ensemble_argmax(probabilities: list[np.ndarray], label_values: list[int]) -> np.ndarray:
-    """Argmax of the summed probabilities (same as of the mean), as label values."""
-    values = np.asarray(label_values, dtype=label_dtype(max(label_values)))
+def ensemble_argmax(probabilities: list[np.ndarray], labels: LabelModel) -> np.ndarray:
+    """The label map of the members' mean probabilities: the argmax of their sum (the same as
+    of the mean) for classes, the regions' rule on their mean for regions."""
     shape = probabilities[0].shape[1:]
-    out = np.empty(shape, dtype=values.dtype)
+    top = max(labels.regions_class_order or (labels.num_outputs - 1,))
+    out = np.empty(shape, dtype=label_dtype(top))
     per_slice = max(1, int(np.prod(shape[1:])) * probabilities[0].shape[0])
     step = max(1, _SLAB_VALUES // per_slice)
     for start in range(0, shape[0], step):
         stop = min(shape[0], start + step)
         total = sum_probabilities(p[:, start:stop] for p in probabilities)
-        out[start:stop] = values[np.argmax(total, axis=0)]
+        if labels.has_regions:
+            total /= len(probabilities)
+        labels_from_probabilities(total, labels.regions_class_order, out[start:stop])
     return out
 
 
 class CaseLoader:
     """One validation case: the reference, and each candidate's segmentation on demand."""
 
-    def __init__(self, sources: CaseSources, label_values: list[int]):
+    def __init__(self, sources: CaseSources, labels: LabelModel):
         self.sources = sources
-        self.label_values = list(label_values)
+        self.labels = labels
+        self.label_values = labels.declared_values
         self.reference, self.geometry = read_label_map(sources.reference)
         self._check_values(self.reference, sources.reference)
         self._probabilities: dict[str, np.ndarray] = {}
@@ -134,7 +140,7 @@ class CaseLoader:
         if config not in self._probabilities:
             path = self.sources.probabilities[config]
             self._probabilities[config] = read_probabilities(
-                path, len(self.label_values), self.geometry
+                path, self.labels.num_outputs, self.geometry
             )
         return self._probabilities[config]
 
@@ -142,5 +148,5 @@ class CaseLoader:
         if not candidate.is_ensemble:
             return self._labels(candidate.configurations[0])
         return ensemble_argmax(
-            [self._probabilities_of(c) for c in candidate.configurations], self.label_values
+            [self._probabilities_of(c) for c in candidate.configurations], self.labels
         )

@@ -9,11 +9,11 @@ the selection rule picked, chooses its postprocessing on the same cases, and wri
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from toolkit.core.labels import foreground_labels
+from toolkit.core.labels import LabelModel, dataset_label_model
 from toolkit.core.selection import CandidateScore, Selection
 from toolkit.errors import ToolkitError
 from toolkit.evaluation.bootstrap import (
@@ -82,26 +82,29 @@ class EvaluationOptions:
 class _CaseJob:
     sources: CaseSources
     candidates: tuple[Candidate, ...]
-    label_values: tuple[int, ...]
-    label_names: dict[int, str] = field(default_factory=dict)  # foreground
+    labels: LabelModel
     nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM
 
 
 def _evaluate_case(job: _CaseJob) -> list[CaseRow]:
-    loader = CaseLoader(job.sources, list(job.label_values))
+    loader = CaseLoader(job.sources, job.labels)
     reference, spacing = metric_view(loader.reference, loader.geometry)
     reference_boxes = label_boxes(reference)
-    foreground = list(job.label_names)
+    names = job.labels.names
     rows = []
     for candidate in job.candidates:
         prediction, _ = metric_view(loader.segmentation(candidate), loader.geometry)
         for m in case_metrics(
-            reference, prediction, foreground, spacing, job.nsd_tolerance_mm, reference_boxes
+            reference,
+            prediction,
+            job.labels.regions,
+            spacing,
+            job.nsd_tolerance_mm,
+            reference_boxes,
+            ignore=job.labels.ignore,
         ):
             rows.append(
-                CaseRow.of(
-                    candidate.name, job.sources.case, job.sources.fold, job.label_names[m.label], m
-                )
+                CaseRow.of(candidate.name, job.sources.case, job.sources.fold, names[m.label], m)
             )
     return rows
 
@@ -125,14 +128,14 @@ def evaluate_dataset(
         info(
             f"evaluating {len(candidates)} candidate(s) on {cv.describe()}: {', '.join(c.name for c in candidates)}"
         )
-    names = dataset.label_names
-    foreground = foreground_labels(dataset.label_values)
+    labels = dataset_label_model(dataset, paths.dataset_json)
+    names = labels.names  # foreground classes or regions, by key
+    foreground = list(names)
     jobs = [
         _CaseJob(
             case_sources(paths, vc, candidate_set.configurations),
             tuple(candidates),
-            tuple(dataset.label_values),
-            {label: names[label] for label in foreground},
+            labels,
             options.nsd_tolerance_mm,
         )
         for vc in cv.cases
@@ -166,7 +169,7 @@ def evaluate_dataset(
         num_cases=len(cases),
         total_cases=cv.total_cases,
         cases=cases,
-        labels={label: names[label] for label in foreground},
+        labels=dict(names),
         nsd_tolerance_mm=options.nsd_tolerance_mm,
         tie_tolerance=options.tie_tolerance,
         chosen=bootstrap.chosen,
@@ -202,13 +205,13 @@ def _check_unchanged_since_evaluation(paths: DatasetPaths, summary: EvaluationSu
 class _PostprocessingJob:
     sources: CaseSources
     candidate: Candidate
-    label_values: tuple[int, ...]
+    labels: LabelModel
 
 
 def _postprocessing_case(job: _PostprocessingJob) -> np.ndarray:
-    loader = CaseLoader(job.sources, list(job.label_values))
+    loader = CaseLoader(job.sources, job.labels)
     segmentation = loader.segmentation(job.candidate)
-    return variant_counts(loader.reference, segmentation, foreground_labels(job.label_values))
+    return variant_counts(loader.reference, segmentation, job.labels.regions, job.labels)
 
 
 def select_dataset(
@@ -224,8 +227,9 @@ def select_dataset(
             f"the validation cases differ from those evaluated: run `toolkit evaluate {paths.name}` again",
             paths.splits_json,
         )
+    labels = dataset_label_model(dataset, paths.dataset_json)
     foreground = list(summary.labels)
-    if foreground != foreground_labels(dataset.label_values):
+    if summary.labels != labels.names:
         raise ToolkitError(
             f"labels changed since the evaluation: run `toolkit evaluate {paths.name}` again",
             paths.dataset_json,
@@ -237,14 +241,14 @@ def select_dataset(
         _PostprocessingJob(
             case_sources(paths, vc, list(candidate.configurations)),
             candidate,
-            tuple(dataset.label_values),
+            labels,
         )
         for vc in cv.cases
     ]
     counts = np.stack(
         map_cases(_postprocessing_case, jobs, default_workers(workers), "postprocessing", quiet)
     )
-    choice = choose_postprocessing(variant_dice(counts), foreground, summary.labels)
+    choice = choose_postprocessing(variant_dice(counts), foreground, summary.labels, labels)
     chosen_summary = summary.candidate(candidate.name)
     before = choice.steps[0].mean_dice_before
     if abs(before - chosen_summary.mean_dice) > 1e-9:

@@ -130,6 +130,7 @@ def dataset_fingerprint(
         dataset_name=dataset_name,
         channel_names=dict(info_.channel_names),
         labels=dict(info_.labels),
+        regions_class_order=info_.regions_class_order,
         num_training=info_.num_training,
         cases=cases,
         intensity=intensity,

@@ -6,13 +6,16 @@ A probabilities file holds, without pickled objects:
   image's array shape (channel ``k`` is label value ``k``);
 * ``geometry``: the original image's :class:`~toolkit.io.images.Geometry` as a JSON string,
   so a label map can be written from the file alone, with exactly the input's spacing,
-  origin and direction.
+  origin and direction;
+* ``regions_class_order`` (models trained on regions only): the label value each channel's
+  region writes; the channels are then sigmoid probabilities, one per region.
 
 Files written elsewhere (nnU-Net v2's own ``.npz``) carry no geometry; the label image of the
 same case next to them (``CASE.nii.gz``, ``CASE.mha``, ...) then supplies it.
 
 An ensemble averages the probabilities of its members with equal weights (in float32),
-then takes the argmax. The rule is written once here and used by every ensemble: ``toolkit
+then takes the argmax (for regions: each region above 0.5, written in ``regions_class_order``,
+:func:`toolkit.core.labels.labels_from_probabilities`). The rule is written once here and used by every ensemble: ``toolkit
 ensemble`` (saved files, :func:`ensemble_folders`), ``toolkit predict`` with several
 configurations (:func:`toolkit.inference.files.predict_with_ensemble`) and the evaluation of
 ensemble candidates (:func:`toolkit.evaluation.predictions.ensemble_argmax`, which sums without
@@ -28,25 +31,31 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.core.labels import labels_from_probabilities
 from toolkit.core.postprocessing import Postprocessing, apply_postprocessing
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import atomic_path
-from toolkit.io.images import IMAGE_SUFFIXES, Geometry, label_dtype, read_sitk, write_image
+from toolkit.io.images import IMAGE_SUFFIXES, Geometry, read_sitk, write_image
 from toolkit.progress import track
 from toolkit.workspace import FILE_ENDING, PROBABILITIES_ENDING
 
 PROBABILITIES_KEY = "probabilities"
 GEOMETRY_KEY = "geometry"
+REGIONS_KEY = "regions_class_order"
 
 
 @dataclass
 class SavedProbabilities:
     probabilities: np.ndarray  # (num_classes, z, y, x)
     geometry: Geometry | None
+    regions_class_order: tuple[int, ...] | None = None  # regions: the value each one writes
 
 
 def save_probabilities(
-    path: str | Path, probabilities: np.ndarray, geometry: Geometry | None
+    path: str | Path,
+    probabilities: np.ndarray,
+    geometry: Geometry | None,
+    regions_class_order: Sequence[int] | None = None,
 ) -> None:
     """Write ``CASE.npz`` atomically: float16 probabilities and the geometry as JSON."""
     if probabilities.ndim != 4:
@@ -60,6 +69,8 @@ def save_probabilities(
     arrays = {PROBABILITIES_KEY: probabilities.astype(np.float16, copy=False)}
     if geometry is not None:
         arrays[GEOMETRY_KEY] = np.array(json.dumps(geometry.to_dict()))
+    if regions_class_order is not None:
+        arrays[REGIONS_KEY] = np.asarray(regions_class_order, dtype=np.int64)
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **arrays)
@@ -85,6 +96,7 @@ def load_probabilities(
                 if GEOMETRY_KEY in npz.files
                 else None
             )
+            regions = tuple(int(v) for v in npz[REGIONS_KEY]) if REGIONS_KEY in npz.files else None
     except (OSError, ValueError, KeyError) as exc:
         raise ToolkitError(f"is not a readable probabilities file ({exc})", path) from None
     if probabilities.ndim != 4:
@@ -98,7 +110,11 @@ def load_probabilities(
             f"probabilities of shape {probabilities.shape[1:]} do not fit the image size {geometry.size}",
             path,
         )
-    return SavedProbabilities(probabilities, geometry)
+    if regions is not None and len(regions) != probabilities.shape[0]:
+        raise ToolkitError(
+            f"has {probabilities.shape[0]} region channels but {len(regions)} written values", path
+        )
+    return SavedProbabilities(probabilities, geometry, regions)
 
 
 def _sidecar_geometry(path: Path) -> Geometry | None:
@@ -112,11 +128,6 @@ def _sidecar_geometry(path: Path) -> Geometry | None:
         if candidate.is_file():
             return Geometry.of(read_sitk(candidate))
     return None
-
-
-def labels_from_probabilities(probabilities: np.ndarray) -> np.ndarray:
-    """Argmax over the class axis, as the smallest unsigned integer type that holds every label."""
-    return np.argmax(probabilities, axis=0).astype(label_dtype(probabilities.shape[0] - 1))
 
 
 def sum_probabilities(members: Iterable[np.ndarray]) -> np.ndarray:
@@ -168,20 +179,30 @@ def probability_files(folder: Path) -> dict[str, Path]:
 def ensemble_case(files: Sequence[Path]) -> SavedProbabilities:
     """Average one case's probabilities over the members, keeping at most two arrays in memory."""
     geometries: list[Geometry] = []
-    mean = average_probabilities(_checked_probabilities(files, geometries))
-    return SavedProbabilities(mean, geometries[0] if geometries else None)
+    regions: list[tuple[int, ...] | None] = []
+    mean = average_probabilities(_checked_probabilities(files, geometries, regions))
+    return SavedProbabilities(mean, geometries[0] if geometries else None, regions[0])
 
 
 def _checked_probabilities(
-    files: Sequence[Path], geometries: list[Geometry]
+    files: Sequence[Path],
+    geometries: list[Geometry],
+    regions: list[tuple[int, ...] | None],
 ) -> Iterator[np.ndarray]:
-    """Each file's probabilities, checked against the first file's shape and the first geometry
-    found (which is put in ``geometries``)."""
+    """Each file's probabilities, checked against the first file's shape, regions and the
+    first geometry found (which is put in ``geometries``; the regions in ``regions``)."""
     shape = None
     for f in files:
         saved = load_probabilities(f)
         if shape is None:
             shape = saved.probabilities.shape
+            regions.append(saved.regions_class_order)
+        elif saved.regions_class_order != regions[0]:
+            raise ToolkitError(
+                f"regions ({saved.regions_class_order or 'none: classes'}) differ from "
+                f"{files[0]}'s ({regions[0] or 'none: classes'})",
+                f,
+            )
         elif saved.probabilities.shape != shape:
             raise ToolkitError(
                 f"probabilities of shape {saved.probabilities.shape} differ from {shape} in {files[0]}",
@@ -233,14 +254,17 @@ def ensemble_folders(
                 "no geometry: the file has none and no label image of the case lies beside it",
                 listings[0][case],
             )
-        labels = labels_from_probabilities(result.probabilities)
+        labels = labels_from_probabilities(result.probabilities, result.regions_class_order)
         if postprocessing is not None and not postprocessing.is_identity:
             labels = apply_postprocessing(labels, postprocessing)
         target = output / f"{case}{file_ending}"
         write_image(target, labels, result.geometry)
         if save_probabilities_too:
             save_probabilities(
-                output / f"{case}{PROBABILITIES_ENDING}", result.probabilities, result.geometry
+                output / f"{case}{PROBABILITIES_ENDING}",
+                result.probabilities,
+                result.geometry,
+                result.regions_class_order,
             )
         written.append(target)
     return written

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.core.labels import labels_from_probabilities
 from toolkit.core.postprocessing import Postprocessing
 from toolkit.errors import ToolkitError
-from toolkit.inference.ensemble import average_probabilities, labels_from_probabilities
+from toolkit.inference.ensemble import average_probabilities
 from toolkit.inference.export import Prediction
 from toolkit.inference.inputs import InputCase, find_input_cases, read_input_case
 from toolkit.inference.predictor import Predictor
@@ -129,9 +130,18 @@ def predict_with_ensemble(
             yield prediction.probabilities
             del prediction
 
+    orders = {p.plans.label_model().regions_class_order for p in predictors}
+    if len(orders) > 1:
+        raise ToolkitError(
+            "the configurations of an ensemble must share their labels (classes, or the same regions)"
+        )
+    regions = orders.pop()
     mean = average_probabilities(each_member())
     return Prediction(
-        labels_from_probabilities(mean), geometry, mean if with_probabilities else None
+        labels_from_probabilities(mean, regions),
+        geometry,
+        mean if with_probabilities else None,
+        regions,
     )
 
 

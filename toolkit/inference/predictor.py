@@ -316,7 +316,12 @@ class Predictor:
         labels, probabilities = logits_to_original(
             logits, props, self.plans, self.configuration, with_probabilities
         )
-        return Prediction(labels, props.original_geometry, probabilities)
+        return Prediction(
+            labels,
+            props.original_geometry,
+            probabilities,
+            self.plans.label_model().regions_class_order,
+        )
 
     def predict_case(
         self,
@@ -367,7 +372,9 @@ class Predictor:
         labels, probabilities = logits_to_original(
             logits, props, self.plans, self.configuration, with_probabilities
         )
-        return Prediction(labels, geometry, probabilities)
+        return Prediction(
+            labels, geometry, probabilities, self.plans.label_model().regions_class_order
+        )
 
     def estimate_windows(self, image_shape: Sequence[int], geometry: Geometry) -> int:
         """Windows one case will take (progress), from its shape and spacing alone (cropping ignored)."""

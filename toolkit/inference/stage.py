@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.core.labels import foreground_labels
 from toolkit.core.postprocessing import Postprocessing
 from toolkit.core.selection import Selection
 from toolkit.errors import MissingStageError, ToolkitError
@@ -100,11 +99,7 @@ def load_predictors(model_dirs: list[Path], options: ModelOptions) -> list[Predi
 def preview_writer(predictor: Predictor) -> WrittenHook:
     """Draws ``CASE_preview.png`` beside each label map: the image's first channel and the
     prediction, on the slice with the most foreground, the legend naming the model's classes."""
-    labels = predictor.plans.labels
-    names: dict[int, str] = {}
-    for name, value in labels.items():
-        if value in foreground_labels(labels):
-            names.setdefault(value, name)
+    names = predictor.plans.label_model().value_names
 
     def write(image: np.ndarray, prediction: Prediction, target: Path) -> None:
         write_overlay(

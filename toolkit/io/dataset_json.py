@@ -2,7 +2,8 @@
 
 The converted layout is nnU-Net v2's raw layout::
 
-    raw/dataset.json                 channel_names, labels (name -> int), numTraining, file_ending
+    raw/dataset.json                 channel_names, labels (name -> value, or a region's list
+                                     of values), regions_class_order, numTraining, file_ending
     raw/imagesTr/CASE_0000.nii.gz    one file per channel
     raw/labelsTr/CASE.nii.gz         integer labels
     raw/imagesTs/CASE_0000.nii.gz    test images (no labels)
@@ -35,6 +36,7 @@ KEY_FILE_ENDING = "file_ending"
 KEY_SOURCE = "source"
 KEY_LICENCE = "licence"
 KEY_REFERENCE = "reference"
+KEY_REGIONS_CLASS_ORDER = "regions_class_order"
 BACKGROUND = "background"
 
 
@@ -43,7 +45,8 @@ class DatasetInfo:
     """What ``dataset.json`` says about a converted dataset."""
 
     channel_names: dict[str, str]  # {"0": "T2", "1": "ADC"}: channel index (as text) -> name
-    labels: dict[str, int]  # {"background": 0, "edema": 1, ...}
+    # {"background": 0, "edema": 1, ...}; a region maps to its values: {"tumour core": [2, 3]}
+    labels: dict[str, int | list[int]]
     num_training: int
     file_ending: str = FILE_ENDING
     name: str = ""
@@ -52,6 +55,8 @@ class DatasetInfo:
     licence: str = ""
     reference: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # other keys, written back unchanged
+    # with regions: the label value written for each region, in the regions' order
+    regions_class_order: list[int] | None = None
 
     # derived views
     @property
@@ -65,8 +70,11 @@ class DatasetInfo:
 
     @property
     def label_values(self) -> list[int]:
-        """All declared label values, background included, ascending."""
-        return sorted(set(self.labels.values()))
+        """All declared label values (regions' values and the ignore value included), ascending."""
+        values: set[int] = set()
+        for value in self.labels.values():
+            values.update(value if isinstance(value, list) else [value])
+        return sorted(values)
 
     @property
     def num_classes(self) -> int:
@@ -78,7 +86,8 @@ class DatasetInfo:
         """Value -> name (the first name declared for a value)."""
         names: dict[int, str] = {}
         for name, value in self.labels.items():
-            names.setdefault(value, name)
+            if not isinstance(value, list):
+                names.setdefault(value, name)
         return names
 
     # JSON
@@ -89,7 +98,11 @@ class DatasetInfo:
         if self.description:
             data[KEY_DESCRIPTION] = self.description
         data[KEY_CHANNEL_NAMES] = dict(self.channel_names)
-        data[KEY_LABELS] = dict(self.labels)
+        data[KEY_LABELS] = {
+            k: list(v) if isinstance(v, list) else v for k, v in self.labels.items()
+        }
+        if self.regions_class_order is not None:
+            data[KEY_REGIONS_CLASS_ORDER] = list(self.regions_class_order)
         data[KEY_NUM_TRAINING] = self.num_training
         data[KEY_FILE_ENDING] = self.file_ending
         if self.source:
@@ -130,6 +143,7 @@ class DatasetInfo:
             KEY_SOURCE,
             KEY_LICENCE,
             KEY_REFERENCE,
+            KEY_REGIONS_CLASS_ORDER,
         }
         return cls(
             channel_names=channel_names,
@@ -142,6 +156,7 @@ class DatasetInfo:
             licence=_text(data.get(KEY_LICENCE)),
             reference=_text(data.get(KEY_REFERENCE)),
             extra={k: v for k, v in data.items() if k not in known},
+            regions_class_order=parse_regions_class_order(data.get(KEY_REGIONS_CLASS_ORDER), path),
         )
 
 
@@ -177,11 +192,13 @@ def parse_channel_names(value: Any, path: str | Path | None = None) -> dict[str,
     return {k: result[k] for k in expected}
 
 
-def parse_labels(value: Any, path: str | Path | None = None) -> dict[str, int]:
+def parse_labels(value: Any, path: str | Path | None = None) -> dict[str, int | list[int]]:
     """``{"background": 0, "liver": 1}`` (name -> value), with background 0.
 
-    MSD's inverted form ``{"0": "background", "1": "liver"}`` is accepted too. Region-based
-    labels (a list of values per name) are refused: the toolkit trains one class per value.
+    MSD's inverted form ``{"0": "background", "1": "liver"}`` is accepted too. A region maps
+    its name to a list of values (nnU-Net v2's form, ``{"tumour core": [2, 3]}``); what labels
+    and regions mean (the ignore label, ``regions_class_order``) is
+    :func:`toolkit.core.labels.label_model`'s to check.
     """
     if not isinstance(value, dict) or not value:
         raise ToolkitError(
@@ -190,24 +207,45 @@ def parse_labels(value: Any, path: str | Path | None = None) -> dict[str, int]:
         )
     if all(isinstance(v, str) for v in value.values()) and all(_is_int_text(k) for k in value):
         value = {name: int(k) for k, name in value.items()}  # MSD style value -> name
-    labels: dict[str, int] = {}
+    labels: dict[str, int | list[int]] = {}
     for name, v in value.items():
         if isinstance(v, list | tuple):
-            raise ToolkitError(
-                f"label {name!r} is a region ({list(v)}); region-based labels are not supported, give each label one value",
-                path,
-            )
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            if not v or not all(_is_label_value(x) for x in v):
+                raise ToolkitError(
+                    f"region {name!r} must list non-negative integer label values, not {list(v)!r}",
+                    path,
+                )
+            labels[str(name)] = [int(x) for x in v]
+            continue
+        if not _is_label_value(v):
             raise ToolkitError(
                 f"label {name!r} must have a non-negative integer value, not {v!r}", path
             )
         labels[str(name)] = v
     if 0 not in labels.values():
         raise ToolkitError(f"'{KEY_LABELS}' must declare the background as value 0", path)
-    values = list(labels.values())
+    values = [v for v in labels.values() if not isinstance(v, list)]
     if len(set(values)) != len(values):
         raise ToolkitError(f"'{KEY_LABELS}' gives two names the same value: {labels}", path)
+    if any(isinstance(v, list) for v in labels.values()):
+        return labels  # regions keep their declared order: it is the order of the outputs
     return dict(sorted(labels.items(), key=lambda item: item[1]))
+
+
+def _is_label_value(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def parse_regions_class_order(value: Any, path: str | Path | None = None) -> list[int] | None:
+    """``regions_class_order``: absent, or a list of positive label values."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(_is_label_value(v) and v > 0 for v in value):
+        raise ToolkitError(
+            f"'{KEY_REGIONS_CLASS_ORDER}' must be a list of positive label values, not {value!r}",
+            path,
+        )
+    return [int(v) for v in value]
 
 
 def _is_int_text(key: Any) -> bool:

@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 
 from toolkit.core.checkpoint import KEY_MIRROR_AXES, network_checkpoint
-from toolkit.core.labels import foreground_labels
 from toolkit.core.plans import Plans
 from toolkit.core.postprocessing import Postprocessing
 from toolkit.errors import ToolkitError
@@ -159,7 +158,12 @@ def _postprocessing(
         data = json.loads(reader.read(member).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         data = None
-    converted = convert_postprocessing(data, foreground_labels(plans.labels))
+    labels = plans.label_model()
+    converted = convert_postprocessing(
+        data,
+        labels.foreground_values,
+        [t.values for t in labels.targets] if labels.has_regions else None,
+    )
     if converted is None:
         notes.append(f"{member} not understood (regions or other steps): no postprocessing")
         return Postprocessing()

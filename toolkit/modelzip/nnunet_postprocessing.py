@@ -17,8 +17,12 @@ from toolkit.core.postprocessing import Postprocessing
 KEEP_LARGEST = "remove_all_but_largest_component_from_segmentation"
 
 
-def convert_postprocessing(data: Any, foreground: list[int]) -> Postprocessing | None:
-    """``postprocessing.json``'s steps as ours, or None when they do not map onto ours."""
+def convert_postprocessing(
+    data: Any, foreground: list[int], regions: list[tuple[int, ...]] | None = None
+) -> Postprocessing | None:
+    """``postprocessing.json``'s steps as ours, or None when they do not map onto ours.
+
+    ``regions``: a region model's regions (their values), whose steps name a region."""
     if not isinstance(data, dict):
         return None
     functions = data.get("postprocessing_fns")
@@ -27,7 +31,8 @@ def convert_postprocessing(data: Any, foreground: list[int]) -> Postprocessing |
         return None
     if len(functions) != len(kwargs):
         return None
-    whole_foreground, classes = False, []
+    whole_foreground, classes, kept_regions = False, [], []
+    region_values = [sorted(r) for r in regions or []]
     for function, arguments in zip(functions, kwargs, strict=True):
         if function != KEEP_LARGEST or not isinstance(arguments, dict):
             return None
@@ -36,8 +41,17 @@ def convert_postprocessing(data: Any, foreground: list[int]) -> Postprocessing |
             target = target[0]
         if isinstance(target, list) and sorted(target) == sorted(foreground):
             whole_foreground = True
-        elif isinstance(target, int) and not isinstance(target, bool) and target in foreground:
+        elif isinstance(target, list) and sorted(target) in region_values:
+            kept_regions.append(sorted(target))
+        elif regions is not None and isinstance(target, int) and [target] in region_values:
+            kept_regions.append([target])
+        elif (
+            regions is None
+            and isinstance(target, int)
+            and not isinstance(target, bool)
+            and target in foreground
+        ):
             classes.append(target)
         else:
             return None
-    return Postprocessing(whole_foreground, sorted(set(classes)))
+    return Postprocessing(whole_foreground, sorted(set(classes)), kept_regions)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.core.constants import ANISOTROPY_THRESHOLD, INSTANCE_NORM_EPS, LEAKY_RELU_SLOPE
+from toolkit.core.labels import label_model
 from toolkit.core.plans import (
     Architecture,
     Configuration,
@@ -220,22 +221,27 @@ def _architecture(config: Mapping[str, Any], source: Path | None) -> Architectur
     )
 
 
-def _labels(dataset: Mapping[str, Any], source: Path | None) -> dict[str, int]:
+def _labels(
+    dataset: Mapping[str, Any], source: Path | None
+) -> tuple[dict[str, int | list[int]], list[int] | None]:
+    """``labels`` (regions kept as lists, in their order) and ``regions_class_order``, checked
+    by :func:`toolkit.core.labels.label_model` as for our own datasets."""
     labels = dataset.get("labels")
     if not isinstance(labels, dict) or not labels:
         raise ToolkitError("dataset.json has no 'labels'", source)
     if all(isinstance(v, str) for v in labels.values()):  # old style: value -> name
         labels = {name: int(value) for value, name in labels.items()}
-    if "regions_class_order" in dataset or any(
-        isinstance(v, list | tuple) for v in labels.values()
-    ):
-        raise ToolkitError(
-            "region-based labels are not supported (the toolkit trains one class per label value)",
-            source,
-        )
-    if "ignore" in labels:
-        raise ToolkitError("an 'ignore' label is not supported", source)
-    return dict(sorted(((str(k), int(v)) for k, v in labels.items()), key=lambda kv: kv[1]))
+    converted: dict[str, int | list[int]] = {
+        str(k): [int(x) for x in v] if isinstance(v, list | tuple) else int(v)
+        for k, v in labels.items()
+    }
+    order = dataset.get("regions_class_order")
+    order = None if order is None else [int(v) for v in order]
+    model = label_model(converted, order, source)
+    if not model.has_regions:
+        order = None  # nnU-Net v2 ignores it without regions
+        converted = dict(sorted(converted.items(), key=lambda kv: kv[1]))
+    return converted, order
 
 
 def convert_plans(
@@ -279,10 +285,12 @@ def convert_plans(
             )
         except ToolkitError as exc:
             skipped[name] = exc.message
+    labels, regions_class_order = _labels(dataset, source)
     return Plans(
         dataset_name=str(plans.get("dataset_name", dataset.get("name", ""))),
         channel_names=channel_names,
-        labels=_labels(dataset, source),
+        labels=labels,
+        regions_class_order=regions_class_order,
         transpose_forward=transpose_forward,
         transpose_backward=transpose_backward,
         original_median_spacing=[

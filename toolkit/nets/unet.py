@@ -139,7 +139,8 @@ def _he_init(module: nn.Module) -> None:
 
 def input_channels(plans: Plans, configuration: Configuration) -> int:
     """Image channels, plus one-hot foreground channels of the previous stage for a cascade."""
-    extra = (plans.num_classes - 1) if configuration.is_cascade else 0
+    # a cascade's extra inputs: one one-hot channel per foreground label value (also with regions)
+    extra = len(plans.label_model().foreground_values) if configuration.is_cascade else 0
     return plans.num_input_channels + extra
 
 

@@ -354,6 +354,7 @@ def plan_experiment(
         dataset_name=fingerprint.dataset_name,
         channel_names=dict(fingerprint.channel_names),
         labels=dict(fingerprint.labels),
+        regions_class_order=fingerprint.regions_class_order,
         transpose_forward=forward,
         transpose_backward=backward,
         original_median_spacing=[

@@ -54,6 +54,7 @@ def transfer_plans(source: Plans, fingerprint: Fingerprint, source_label: str) -
         dataset_name=target,
         channel_names=dict(fingerprint.channel_names),
         labels=dict(fingerprint.labels),
+        regions_class_order=fingerprint.regions_class_order,
         transpose_forward=list(source.transpose_forward),
         transpose_backward=list(source.transpose_backward),
         original_median_spacing=[float(v) for v in np.median(spacings, axis=0)],

@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 
 import numpy as np
 
 from toolkit.core.cropping import box_slices, crop_to_nonzero
-from toolkit.core.labels import foreground_labels
+from toolkit.core.labels import target_mask
 from toolkit.core.plans import Configuration, Normalization, Plans
 from toolkit.core.resampling import (
     case_target_spacing,
@@ -106,35 +106,34 @@ def source_record(plans: Plans, configuration: Configuration) -> dict:
 
 
 def sample_class_locations(
-    seg: np.ndarray, labels: Sequence[int], seed: int = LOCATIONS_SEED
+    seg: np.ndarray,
+    groups: Mapping[str, Sequence[int]] | Sequence[int],
+    seed: int = LOCATIONS_SEED,
 ) -> dict[str, list[list[int]]]:
-    """Per foreground label, a seeded sample of voxel indices of ``seg`` ``(1, *spatial)``.
+    """Per group (a foreground class, a region, the annotated voxels; see
+    :meth:`toolkit.core.labels.LabelModel.location_groups`), a seeded sample of the indices of
+    the voxels of ``seg`` ``(1, *spatial)`` holding one of its values. A plain list of label
+    values means one group per value, keyed by the value.
 
     At most ``MAX_LOCATIONS_PER_CLASS``, but never fewer than ``MIN_LOCATION_COVERAGE`` of the
-    class, so large structures are still covered. Absent labels get an empty list.
+    group, so large structures are still covered. Absent groups get an empty list.
     """
+    if not isinstance(groups, Mapping):
+        groups = {str(v): (v,) for v in sorted({int(v) for v in groups})}
     volume = seg[0]
     rng = np.random.default_rng(seed)
     flat = volume.ravel()
-    wanted = np.asarray(sorted(set(int(v) for v in labels)), dtype=np.int64)
-    present_idx = np.flatnonzero(np.isin(flat, wanted))
-    present_val = flat[present_idx]
-    order = np.argsort(present_val, kind="stable")
-    present_idx, present_val = present_idx[order], present_val[order]
     result: dict[str, list[list[int]]] = {}
-    for label in wanted:
-        lo, hi = (
-            np.searchsorted(present_val, label, "left"),
-            np.searchsorted(present_val, label, "right"),
-        )
-        total = int(hi - lo)
+    for key, values in groups.items():
+        present = np.flatnonzero(target_mask(flat, tuple(int(v) for v in values)))
+        total = int(present.size)
         if total == 0:
-            result[str(int(label))] = []
+            result[key] = []
             continue
         take = max(min(MAX_LOCATIONS_PER_CLASS, total), math.ceil(total * MIN_LOCATION_COVERAGE))
-        chosen = np.sort(present_idx[lo:hi][rng.choice(total, size=take, replace=False)])
+        chosen = np.sort(present[rng.choice(total, size=take, replace=False)])
         coords = np.stack(np.unravel_index(chosen, volume.shape), axis=1)
-        result[str(int(label))] = coords.astype(int).tolist()
+        result[key] = coords.astype(int).tolist()
     return result
 
 
@@ -205,7 +204,7 @@ def preprocess_case(
     locations: dict[str, list[list[int]]] = {}
     if seg is not None:
         out_seg = resample_labels(cropped_seg, new_shape, spacing_t, target, r)
-        locations = sample_class_locations(out_seg, foreground_labels(plans.labels))
+        locations = sample_class_locations(out_seg, plans.label_model().location_groups())
 
     props = CaseProperties(
         case=case,

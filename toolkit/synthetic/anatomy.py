@@ -6,6 +6,10 @@
 * ``ct``: 3D CT in Hounsfield units: air, a body with a fat rim, soft tissue, a vertebra, an
   organ (label 1) holding a lesion (label 2); spacing that differs between cases.
 * ``2d``: 2D images, an organ (1) and a lesion (2).
+* ``brats``: an ``mr`` lesion made BraTS-like: four channels (FLAIR, T1w, T1gd, T2w), edema
+  (1) around a tumour core whose rim enhances (3) around a non-enhancing inside (2).
+* ``sparse``: an ``mr`` case whose label keeps only every fourth slice; the other slices hold
+  the ignore value (3). The dense label is kept beside it (``dense_label``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class SyntheticCase:
     spacing: tuple[float, ...]  # (x, y[, z])
     origin: tuple[float, ...]
     direction: tuple[float, ...]  # row-major dim x dim
+    dense_label: np.ndarray | None = None  # a sparsely labelled case's full annotation
 
 
 def make_mr_case(
@@ -200,4 +205,68 @@ def make_2d_case(
         spacing=spacing_yx[::-1],
         origin=random_origin(rng, 2),
         direction=case_direction(2, case_index),
+    )
+
+
+BRATS_CHANNELS = ("FLAIR", "T1w", "T1gd", "T2w")
+# mean intensity per tissue: outside, brain, edema, non-enhancing core, enhancing rim
+_BRATS_MEANS = {
+    "FLAIR": (0.0, 100.0, 190.0, 150.0, 165.0),
+    "T1w": (0.0, 120.0, 100.0, 70.0, 105.0),
+    "T1gd": (0.0, 120.0, 105.0, 75.0, 230.0),
+    "T2w": (0.0, 100.0, 175.0, 200.0, 140.0),
+}
+
+
+def make_brats_case(
+    rng: np.random.Generator, shape: tuple[int, int, int], case_index: int
+) -> SyntheticCase:
+    base = make_mr_case(rng, shape, case_index)
+    label = base.label.astype(np.uint8)
+    core = label == 2
+    label[core] = 3  # the core's rim enhances ...
+    label[erode(core, (1, 1, 0))] = 2  # ... around a non-enhancing inside
+    body = base.image[0] > 0
+    tissue = np.where(body, 1, 0).astype(np.int8) + label.astype(np.int8)
+    grid = grid_mm(shape, base.spacing[::-1])
+    texture = smooth_field(grid, rng, (3.0, 9.0), 12)
+    bias = np.exp(0.1 * smooth_field(grid, rng, (60.0, 140.0), 4))
+    channels = []
+    for name in BRATS_CHANNELS:
+        clean = np.asarray(_BRATS_MEANS[name], dtype=np.float32)[tissue] + 8.0 * texture
+        noisy = blur(clean, 0.6) * bias + rng.normal(0.0, 5.0, size=shape).astype(np.float32)
+        channels.append(np.where(body, np.maximum(noisy, 0.0), 0.0).astype(np.float32))
+    return SyntheticCase(
+        image=np.stack(channels),
+        label=label,
+        spacing=base.spacing,
+        origin=base.origin,
+        direction=base.direction,
+    )
+
+
+SPARSE_EVERY = 4  # one slice in this many keeps its annotation
+SPARSE_IGNORE = 3  # the ignore value of the sparse task (one above core)
+
+
+def sparse_label(label: np.ndarray, every: int = SPARSE_EVERY) -> np.ndarray:
+    """``label`` with only slices ``0, every, 2 * every, ...`` (first axis) annotated, the rest
+    set to :data:`SPARSE_IGNORE`."""
+    sparse = np.full(label.shape, SPARSE_IGNORE, dtype=np.uint8)
+    sparse[::every] = label[::every]
+    return sparse
+
+
+def make_sparse_case(
+    rng: np.random.Generator, shape: tuple[int, int, int], case_index: int
+) -> SyntheticCase:
+    base = make_mr_case(rng, shape, case_index)
+    dense = base.label.astype(np.uint8)
+    return SyntheticCase(
+        image=base.image,
+        label=sparse_label(dense),
+        spacing=base.spacing,
+        origin=base.origin,
+        direction=base.direction,
+        dense_label=dense,
     )

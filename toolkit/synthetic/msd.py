@@ -21,6 +21,9 @@ from toolkit.errors import ToolkitError
 from toolkit.synthetic.anatomy import SyntheticCase
 from toolkit.synthetic.tasks import KINDS, TaskSpec, check_shape, make_case, task_spec
 
+# a sparsely annotated task's dense labels of its test cases (not part of the MSD layout)
+DENSE_TEST_LABELS = "labelsTs"
+
 # header of a macOS AppleDouble file, what `._x.nii.gz` junk in real downloads starts with
 _APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(64)
 
@@ -44,8 +47,8 @@ def _image_to_sitk(case: SyntheticCase) -> sitk.Image:
     return image
 
 
-def _label_to_sitk(case: SyntheticCase) -> sitk.Image:
-    label = sitk.GetImageFromArray(case.label, isVector=False)
+def _label_to_sitk(case: SyntheticCase, array: np.ndarray | None = None) -> sitk.Image:
+    label = sitk.GetImageFromArray(case.label if array is None else array, isVector=False)
     label.SetSpacing(case.spacing)
     label.SetOrigin(case.origin)
     label.SetDirection(case.direction)
@@ -59,16 +62,30 @@ def msd_dataset_json(spec: TaskSpec, train: list[str], test: list[str]) -> dict:
         "reference": "toolkit toolkit.synthetic (generated, not real patients)",
         "licence": "CC-BY-SA 4.0",
         "release": "1.0",
-        "tensorImageSize": {1: "3D", 2: "4D"}[len(spec.modality)] if spec.dimension == 3 else "2D",
+        "tensorImageSize": ("3D" if len(spec.modality) == 1 else "4D")
+        if spec.dimension == 3
+        else "2D",
         "modality": {str(i): m for i, m in enumerate(spec.modality)},
-        "labels": {str(i): name for i, name in enumerate(spec.labels)},
+        "labels": _labels(spec),
         "numTraining": len(train),
         "numTest": len(test),
         "training": [
             {"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in train
         ],
         "test": [f"./imagesTs/{c}.nii.gz" for c in test],
+        **(
+            {"regions_class_order": list(spec.regions_class_order)}
+            if spec.regions_class_order is not None
+            else {}
+        ),
     }
+
+
+def _labels(spec: TaskSpec) -> dict:
+    """MSD's value -> name labels; nnU-Net v2's name -> values when the task declares regions."""
+    if spec.regions is None:
+        return {str(i): name for i, name in enumerate(spec.labels)}
+    return {"background": 0, **{name: list(v) for name, v in spec.regions.items()}}
 
 
 def generate_task(
@@ -103,6 +120,8 @@ def generate_task(
     try:
         for sub in ("imagesTr", "labelsTr", "imagesTs"):
             (tmp / sub).mkdir(parents=True)
+        if spec.kind == "sparse":
+            (tmp / DENSE_TEST_LABELS).mkdir()
         train = [f"{spec.prefix}_{i:03d}" for i in range(1, n_cases + 1)]
         test = [f"{spec.prefix}_{i:03d}" for i in range(n_cases + 1, n_cases + n_test + 1)]
         for index, name in enumerate(train + test):
@@ -116,6 +135,12 @@ def generate_task(
                 sitk.WriteImage(
                     _label_to_sitk(case),
                     str(tmp / "labelsTr" / f"{name}.nii.gz"),
+                    useCompression=True,
+                )
+            elif case.dense_label is not None:
+                sitk.WriteImage(
+                    _label_to_sitk(case, case.dense_label),
+                    str(tmp / DENSE_TEST_LABELS / f"{name}.nii.gz"),
                     useCompression=True,
                 )
         # junk of real downloads (macOS resource forks)

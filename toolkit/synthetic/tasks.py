@@ -12,7 +12,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from toolkit.errors import ToolkitError
-from toolkit.synthetic.anatomy import SyntheticCase, make_2d_case, make_ct_case, make_mr_case
+from toolkit.synthetic.anatomy import (
+    BRATS_CHANNELS,
+    SyntheticCase,
+    make_2d_case,
+    make_brats_case,
+    make_ct_case,
+    make_mr_case,
+    make_sparse_case,
+)
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,9 @@ class TaskSpec:
     shape: tuple[int, ...]  # default (z, y, x), or (y, x) for 2D
     cases: int  # default number of training cases
     description: str
+    # nnU-Net v2 regions written into dataset.json (name -> values) and the value each writes
+    regions: dict[str, tuple[int, ...]] | None = None
+    regions_class_order: tuple[int, ...] | None = None
 
     @property
     def dimension(self) -> int:
@@ -62,10 +73,44 @@ TASKS: dict[str, TaskSpec] = {
         cases=24,
         description="Synthetic 2D images: an organ and a lesion",
     ),
+    "brats": TaskSpec(
+        kind="brats",
+        folder="Task904_SynthBraTS",
+        prefix="synthbrats",
+        modality=BRATS_CHANNELS,
+        labels=("background", "edema", "non-enhancing tumour", "enhancing tumour"),
+        shape=(24, 64, 64),
+        cases=20,
+        description="Synthetic four-channel brain tumours with nested labels, trained as "
+        "BraTS's regions (whole tumour, tumour core, enhancing tumour)",
+        regions={
+            "whole tumour": (1, 2, 3),
+            "tumour core": (2, 3),
+            "enhancing tumour": (3,),
+        },
+        regions_class_order=(1, 2, 3),
+    ),
+    "sparse": TaskSpec(
+        kind="sparse",
+        folder="Task905_SynthSparse",
+        prefix="synthsparse",
+        modality=("T2", "ADC"),
+        labels=("background", "edema", "core", "ignore"),
+        shape=(24, 64, 64),
+        cases=20,
+        description="Synthetic MR lesions annotated on every fourth slice only (the rest is "
+        "'ignore'); the dense labels of the test cases are in labelsTs",
+    ),
 }
 KINDS = tuple(TASKS)
 
-_MAKERS = {"mr": make_mr_case, "ct": make_ct_case, "2d": make_2d_case}
+_MAKERS = {
+    "mr": make_mr_case,
+    "ct": make_ct_case,
+    "2d": make_2d_case,
+    "brats": make_brats_case,
+    "sparse": make_sparse_case,
+}
 
 
 def make_case(

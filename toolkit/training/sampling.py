@@ -9,12 +9,16 @@ Rules (the reference implementation's, nnU-Net v2):
   that forces each sample with probability 0.33; its default, used here, is the fixed last
   third, which keeps the foreground share of each batch constant. With several processes
   the flags are those of the global batch, each process taking its slice.
-* A forced sample picks a foreground class present in the case (uniformly among them),
-  then one of that class's recorded voxel locations (uniformly: in 2D the slice is that
+* A forced sample picks a foreground class (or region) present in the case (uniformly among
+  them), then one of that class's recorded voxel locations (uniformly: in 2D the slice is that
   voxel's, so slices count by their recorded voxels), and centres the crop on it. Only the
   lower bound of the random crops holds the crop's start, so the voxel stays at the centre
   and the crop may run into padding at the upper border. A case without foreground falls
   back to a random crop.
+* With an ignore label (``annotated_only``), a sample that is not forced is centred on a
+  recorded annotated voxel (any value but the ignore value), and a forced sample in a case
+  without foreground on one too, so that every patch holds annotated voxels; a case with
+  none at all falls back to a random crop (the reference's ``get_bbox``).
 * Random crops may reach half the enlargement beyond the image on each side, so patch
   centres cover the border; images smaller than the crop are padded. Padding is 0 for the
   image and -1 for the labels and for the previous stage's (the "outside" label,
@@ -30,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.core.labels import ANNOTATED_KEY
 from toolkit.errors import ToolkitError
 from toolkit.io.preprocessed import CaseProperties, load_case
 
@@ -81,7 +86,8 @@ class CaseData:
     image: np.ndarray  # (c, z, y, x), memory-mapped
     labels: np.ndarray  # (1, z, y, x)
     previous: np.ndarray | None  # (1, z, y, x) previous stage's labels (cascade)
-    locations: dict[int, np.ndarray]  # foreground label -> (n, 3) voxel indices
+    locations: dict[str, np.ndarray]  # foreground class or region -> (n, 3) voxel indices
+    annotated: np.ndarray | None = None  # (n, 3) annotated voxels (datasets with ignore)
 
     @classmethod
     def open(cls, folder: Path, case: str, previous_folder: Path | None = None) -> CaseData:
@@ -97,15 +103,19 @@ class CaseData:
                     f"previous stage prediction has shape {previous.shape[1:]}, the case {image.shape[1:]}",
                     path,
                 )
-        return cls(case, image, labels, previous, class_locations(props))
+        locations = class_locations(props)
+        annotated = locations.pop(ANNOTATED_KEY, None)
+        return cls(case, image, labels, previous, locations, annotated)
 
 
-def class_locations(props: CaseProperties) -> dict[int, np.ndarray]:
+def class_locations(props: CaseProperties) -> dict[str, np.ndarray]:
+    """The recorded voxels of each foreground class or region present (keys as stored, in
+    the order stored), and of the annotated voxels under :data:`ANNOTATED_KEY`."""
     out = {}
-    for label, voxels in props.class_locations.items():
+    for key, voxels in props.class_locations.items():
         array = np.asarray(voxels, dtype=np.int64).reshape(-1, 3)
-        if int(label) > 0 and array.size:
-            out[int(label)] = array
+        if key != "0" and array.size:
+            out[key] = array
     return out
 
 
@@ -129,9 +139,11 @@ class PatchSampler:
         patch: tuple[int, ...],
         crop: tuple[int, ...],
         flags: list[bool],
+        annotated_only: bool = False,
     ):
         if not cases:
             raise ValueError("PatchSampler needs at least one case")
+        self.annotated_only = annotated_only
         self.cases = cases
         self.patch = tuple(patch)
         self.crop = tuple(crop)
@@ -159,9 +171,13 @@ class PatchSampler:
     def crop_case(self, case: CaseData, forced: bool, rng: np.random.Generator):
         shape = case.image.shape[1:]
         center = None
+        voxels = None
         if forced and case.locations:
-            label = sorted(case.locations)[int(rng.integers(len(case.locations)))]
-            voxels = case.locations[label]
+            keys = list(case.locations)
+            voxels = case.locations[keys[int(rng.integers(len(keys)))]]
+        elif (forced or self.annotated_only) and case.annotated is not None:
+            voxels = case.annotated
+        if voxels is not None:
             center = voxels[int(rng.integers(len(voxels)))]
         if self.two_d:
             z = int(center[0]) if center is not None else int(rng.integers(shape[0]))

@@ -148,7 +148,7 @@ def open_tracking(
     loggers: Iterable[str],
     fold_dir: Path,
     *,
-    labels: Mapping[str, int],
+    label_names: Mapping[int, str],
     start_epoch: int,
     epochs: int,
     tags: Mapping[str, str],
@@ -160,7 +160,7 @@ def open_tracking(
             writers.append(TensorBoardWriter(fold_dir / TENSORBOARD_DIR, start_epoch))
         else:
             writers.append(MlflowWriter(fold_dir, tags))
-    names = {str(v): k for k, v in labels.items() if int(v) != 0}
+    names = {str(k): name for k, name in label_names.items() if int(k) != 0}
     return Tracking(writers, names, epochs)
 
 
@@ -170,7 +170,7 @@ def open_run_tracking(job, start_epoch: int) -> Tracking:
     return open_tracking(
         job.options.loggers,
         job.fold_dir,
-        labels=job.plans.labels,
+        label_names=job.plans.label_model().names,  # foreground classes or regions
         start_epoch=start_epoch,
         epochs=job.options.schedule.epochs,
         tags={

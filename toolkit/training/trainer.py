@@ -29,7 +29,6 @@ from toolkit.core.checkpoint import (
     save_checkpoint,
 )
 from toolkit.core.device import autocast, describe_precision, resolve_precision
-from toolkit.core.labels import foreground_labels
 from toolkit.nets.unet import UNet, build_network
 from toolkit.progress import info, progress_bar
 from toolkit.training.augmentation.augmenter import Augmenter
@@ -253,7 +252,7 @@ def validation_step(parts: Parts, batch: ReadyBatch) -> tuple[float, torch.Tenso
         outputs = as_float32(parts.model(batch.input))
     loss = parts.loss(outputs, batch.target)
     highest = outputs[0] if isinstance(outputs, list | tuple) else outputs
-    return float(loss), hard_counts(highest, batch.target).cpu()
+    return float(loss), hard_counts(highest, batch.target, parts.loss.labels).cpu()
 
 
 def epoch_record(
@@ -294,9 +293,7 @@ def report(job: TrainingJob, parts: Parts, state: TrainingState, record: EpochRe
         save(job, parts, state, CHECKPOINT_BEST)
     save(job, parts, state, CHECKPOINT_LATEST)
     write_log(job.fold_dir / TRAINING_LOG, state.history)
-    names = [
-        name for name, value in sorted(job.plans.labels.items(), key=lambda kv: kv[1]) if value > 0
-    ]
+    names = list(job.plans.label_model().names.values())  # foreground classes or regions
     plot_progress(job.fold_dir / PROGRESS_PLOT, state.history, names)
     parts.tracking.log_epoch(record, names)
     dice = ", ".join("-" if d is None else f"{d:.3f}" for d in record.pseudo_dice)
@@ -350,7 +347,9 @@ def build_parts(job: TrainingJob, ctx: DistContext, device: torch.device) -> Par
     )
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     group = torch.distributed.group.WORLD if ctx.enabled else None
-    loss = DeepSupervisionLoss(loss_scales(cfg), cfg.batch_dice, reduce_group=group)
+    loss = DeepSupervisionLoss(
+        loss_scales(cfg), cfg.batch_dice, reduce_group=group, labels=job.plans.label_model()
+    )
     train_maker, val_maker = batch_makers(job, ctx, device)
     return Parts(network, model, optimizer, scaler, loss, precision, train_maker, val_maker)
 
@@ -366,7 +365,8 @@ def batch_makers(
     def open_cases(names: list[str]) -> list[CaseData]:
         return [CaseData.open(job.data_folder, c, job.previous_folder) for c in names]
 
-    fg = foreground_labels(job.plans.labels)
+    labels = job.plans.label_model()
+    fg = labels.foreground_values  # a cascade's one-hot channels: label values, also with regions
     masked = [i for i, n in enumerate(cfg.normalization) if n.use_nonzero_mask]
     cascade = job.previous_folder is not None
     train_sampler = PatchSampler(
@@ -374,10 +374,15 @@ def batch_makers(
         rules.patch_size,
         rules.crop_size,
         flags,
+        annotated_only=labels.has_ignore,
     )
     val_rules = SpatialRules(rules.patch_size, rules.patch_size, 0.0, (), (), (), rules.slice_stack)
     val_sampler = PatchSampler(
-        open_cases(job.split.val), val_rules.patch_size, val_rules.crop_size, flags
+        open_cases(job.split.val),
+        val_rules.patch_size,
+        val_rules.crop_size,
+        flags,
+        annotated_only=labels.has_ignore,
     )
     cascade_augmentation = CascadeAugmentation() if cascade else None
     seed = job.seed

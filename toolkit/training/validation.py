@@ -7,7 +7,8 @@ any prediction is (:mod:`toolkit.inference.export`): resampled back to the cropp
 un-transposed, pasted into the uncropped extent. Written per case:
 ``validation/CASE.nii.gz`` (labels, the input's exact geometry) and ``CASE.npz``
 (``probabilities``, float16 ``(classes, z, y, x)``); then ``summary.json`` with each case's
-Dice per class against ``raw/labelsTr`` and the means, written last so its presence marks
+Dice per class (or region, keyed by its position) against ``raw/labelsTr`` (voxels holding
+the ignore label left out) and the means, written last so its presence marks
 the validation complete. A first cascade stage also stores its out-of-fold predictions for
 the next stage (:mod:`toolkit.training.cascade`). With several processes the cases are
 shared out and rank 0 writes the summary.
@@ -22,7 +23,6 @@ import torch
 import torch.distributed as dist
 
 from toolkit.core.cascade import with_cascade_channels
-from toolkit.core.labels import foreground_labels
 from toolkit.evaluation.metrics import case_metrics
 from toolkit.inference.export import Prediction, logits_to_original
 from toolkit.inference.options import ModelOptions
@@ -69,7 +69,8 @@ def validate_fold(
         ),
     )
     followers = cascade.next_stages(plans, cfg)
-    labels = foreground_labels(plans.labels)
+    model = plans.label_model()
+    labels = list(model.regions)  # the keys of foreground classes or regions
     mine = job.split.val[ctx.rank :: ctx.world_size]
     rows = []
     for case in track(
@@ -86,12 +87,14 @@ def validate_fold(
             logits, props, plans, cfg, with_probabilities=True
         )
         geometry = props.original_geometry
-        Prediction(prediction, geometry, probabilities).save(
+        Prediction(prediction, geometry, probabilities, model.regions_class_order).save(
             job.paths.validation_prediction(cfg.name, job.fold, case),
             job.paths.validation_probabilities(cfg.name, job.fold, case),
         )
         reference, _ = read_image(job.paths.labels_tr / label_file(case))
-        metrics = case_metrics(reference, prediction, labels, geometry.spacing_zyx)
+        metrics = case_metrics(
+            reference, prediction, model.regions, geometry.spacing_zyx, ignore=model.ignore
+        )
         rows.append({"case": case, "dice": {str(m.label): _finite(m.dice) for m in metrics}})
     rows = _gather(ctx, rows)
     if not ctx.is_main:

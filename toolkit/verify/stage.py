@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from toolkit.core.labels import dataset_label_model
 from toolkit.errors import ToolkitError
 from toolkit.io.dataset_json import CaseFiles, load_dataset_info, test_cases, training_cases
 from toolkit.parallel import map_cases
@@ -54,6 +55,8 @@ def verify_folder(
     except ToolkitError as exc:
         report.problems.append(Problem("", exc.path or folder.dataset_json, exc.message))
         return report
+    # what the labels mean (regions, the ignore label) is no case's problem: one line, at once
+    dataset_label_model(info, folder.dataset_json)
     training = training_cases(folder, info)
     test = test_cases(folder, info)
     report.training_cases, report.test_cases = len(training), len(test)
