@@ -5,11 +5,11 @@ import pytest
 from scipy import ndimage
 
 from toolkit.core.cropping import crop_to_nonzero, fill_holes
+from toolkit.core.normalization import normalize_channel
 from toolkit.core.plans import Architecture, Configuration, Normalization, Plans
 from toolkit.io.images import Geometry
 from toolkit.preprocessing.case import (
     MAX_LOCATIONS_PER_CLASS,
-    normalize_channel,
     preprocess_case,
     revert_labels,
     revert_to_original,
