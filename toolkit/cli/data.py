@@ -106,14 +106,15 @@ def demo_data(
         ["mr"],
         "--task",
         "-t",
-        help="mr (Task901_SynthMR: 2-channel 3D, nested labels), ct (Task902_SynthCT), 2d (Task903_Synth2D) "
-        "or all. Repeat (or separate with commas) for several.",
+        help="mr (Task901_SynthMR: 2-channel 3D, nested labels), ct (Task902_SynthCT), 2d (Task903_Synth2D), "
+        "rgb (Dataset920_SynthRGB: RGB PNG files, nnU-Net v2 raw layout) or all. Repeat (or separate "
+        "with commas) for several.",
     ),
     cases: int | None = typer.Option(
         None,
         "--cases",
         min=1,
-        help="Training cases per task. Default: mr 20, ct 12, 2d 24.",
+        help="Training cases per task. Default: mr 20, ct 12, 2d 24, rgb 20.",
         show_default=False,
     ),
     test_cases: int = typer.Option(
@@ -126,6 +127,7 @@ def demo_data(
 
     Made with the quirks of real downloads (4D multi-modal images, float labels, `._` junk
     files, non-identity directions), so `toolkit convert` on them works as on a real task.
+    `rgb` is a natural-image task instead, in nnU-Net v2's raw layout (one RGB PNG per case).
     """
     from toolkit.synthetic import generate_tasks
 
