@@ -37,7 +37,7 @@ def convert(
     task: Path = typer.Argument(
         ...,
         help="MSD task folder (e.g. Task04_Hippocampus), its .tar archive, or a dataset in the converted "
-        "(nnU-Net v2 raw) layout.",
+        "(nnU-Net v2 raw) layout, also of 2D PNG/BMP/TIFF images (an RGB file is three channels).",
         show_default=False,
     ),
     workspace: Path | None = WorkspaceOption,
@@ -55,6 +55,10 @@ def convert(
     Splits 4D multi-modal images into one file per channel, stores labels as integers, skips
     `._` junk files and keeps every file's spacing, origin and direction. An existing dataset is
     left as it is unless `--force`.
+
+    2D natural images (PNG, BMP, TIFF) are read as nnU-Net v2 reads them: spacing (999, 1, 1),
+    RGB(A) files split into channels. Channel names select the normalization as in nnU-Net v2:
+    CT, noNorm, zscore, rescale_to_0_1, rgb_to_0_1 (any other name: zscore).
     """
     from toolkit.convert.stage import convert_task, dataset_paths_for
 

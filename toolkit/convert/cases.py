@@ -86,6 +86,12 @@ def _raw_channels(paths: tuple[Path, ...], num_channels: int) -> list[sitk.Image
                     path,
                 )
             break
+        if channels and not path.is_file():
+            raise ToolkitError(
+                f"file not found; the files before it hold {len(channels)} of the {num_channels} "
+                "channels dataset.json declares",
+                path,
+            )
         image = _read_source(path, colour=True)
         if image.GetDimension() not in (2, 3):
             raise ToolkitError(
