@@ -228,11 +228,18 @@ def test_unsupported_plans_are_refused_with_the_reason():
     assert plans.configurations == {}
     assert "only PlainConvUNet" in plans.planner["not_converted"]["3d_fullres"]
     other = nnunet_plans_json()
-    other["configurations"]["3d_fullres"]["normalization_schemes"][1] = "RescaleTo01Normalization"
+    other["configurations"]["3d_fullres"]["normalization_schemes"][1] = "MyNormalization"
     assert (
-        "RescaleTo01Normalization"
+        "MyNormalization"
         in nnunet_v2.convert_plans(other, DATASET_JSON).planner["not_converted"]["3d_fullres"]
     )
+    # every scheme of nnU-Net v2 converts
+    other["configurations"]["3d_fullres"]["normalization_schemes"] = [
+        "RescaleTo01Normalization",
+        "RGBTo01Normalization",
+    ]
+    converted = nnunet_v2.convert_plans(other, DATASET_JSON).configuration("3d_fullres")
+    assert [n.scheme for n in converted.normalization] == ["rescale_to_0_1", "rgb_to_0_1"]
     regions = nnunet_v2.convert_plans(
         nnunet_plans_json(),
         {

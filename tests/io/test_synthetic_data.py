@@ -7,7 +7,14 @@ import pytest
 import SimpleITK as sitk
 
 from toolkit.errors import ToolkitError
-from toolkit.synthetic import TASKS, generate_task, generate_tasks, make_case
+from toolkit.synthetic import (
+    TASKS,
+    generate_natural_task,
+    generate_task,
+    generate_tasks,
+    make_case,
+    make_natural_case,
+)
 
 
 def test_same_seed_same_case_different_seed_different_case():
@@ -123,5 +130,29 @@ def test_bad_parameters(tmp_path, kwargs, phrase):
 def test_all_expands_to_every_task(tmp_path):
     folders = generate_tasks(["all"], tmp_path, n_cases=1, n_test=0)
     assert [f.name for f in folders] == [
-        TASKS[k].folder for k in ("mr", "ct", "2d", "brats", "sparse")
+        *(TASKS[k].folder for k in ("mr", "ct", "2d", "brats", "sparse")),
+        "Dataset920_SynthRGB",
     ]
+
+
+def test_rgb_task_is_seeded_colour_png_in_the_raw_layout(tmp_path):
+    first, label = make_natural_case(3, seed=4)
+    again, _ = make_natural_case(3, seed=4)
+    assert np.array_equal(first, again) and not np.array_equal(first, make_natural_case(3, 5)[0])
+    assert first.shape == (64, 64, 3) and first.dtype == np.uint8
+    assert set(np.unique(label)) == {0, 1, 2}
+    # the classes differ in colour: warm discs are redder than cold squares
+    red_minus_blue = first[..., 0].astype(float) - first[..., 2]
+    assert red_minus_blue[label == 1].mean() > 50 > red_minus_blue[label == 2].mean() + 100
+    task = generate_natural_task(tmp_path, n_cases=2, n_test=1, seed=4)
+    data = json.loads((task / "dataset.json").read_text())
+    assert data["file_ending"] == ".png" and data["channel_names"]["2"] == "rgb_to_0_1"
+    assert sorted(p.name for p in (task / "imagesTr").iterdir()) == [
+        "synthrgb_001_0000.png",
+        "synthrgb_002_0000.png",
+    ]
+    assert (task / "labelsTs" / "synthrgb_003.png").is_file()
+    with pytest.raises(ToolkitError, match="--force"):
+        generate_natural_task(tmp_path, n_cases=1)
+    with pytest.raises(ToolkitError, match="file ending"):
+        generate_natural_task(tmp_path, n_cases=1, force=True, file_ending=".jpg")

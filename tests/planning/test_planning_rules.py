@@ -10,9 +10,7 @@ from toolkit.errors import ToolkitError
 from toolkit.planning.memory import Calibration, MemoryBudget, feature_map_voxels, parameter_count
 from toolkit.planning.planner import PRESETS, PlannerOptions, plan_experiment, plan_network, preset
 from toolkit.planning.rules import (
-    channel_normalization,
     initial_patch_size,
-    normalization_scheme,
     target_spacing,
     transpose_axes,
 )
@@ -163,20 +161,6 @@ def test_parameter_count_matches_the_network():
     )
     assert count == expected
     del torch
-
-
-def test_normalization_rules():
-    assert normalization_scheme("CT") == "ct" and normalization_scheme("noNorm") == "none"
-    assert normalization_scheme("T2") == "zscore"
-    assert channel_normalization("T2", 0.6, 0, 1, 0, 1).use_nonzero_mask
-    assert not channel_normalization("T2", 0.9, 0, 1, 0, 1).use_nonzero_mask
-    ct = channel_normalization("ct", 0.6, 10.0, 5.0, -100.0, 200.0)
-    assert (ct.scheme, ct.use_nonzero_mask, ct.lower_bound, ct.upper_bound) == (
-        "ct",
-        False,
-        -100.0,
-        200.0,
-    )
 
 
 # options --------------------------------------------------------------------------------

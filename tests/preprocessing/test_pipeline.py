@@ -5,11 +5,12 @@ import pytest
 from scipy import ndimage
 
 from toolkit.core.cropping import crop_to_nonzero, fill_holes
+from toolkit.core.normalization import normalize_channel
 from toolkit.core.plans import Architecture, Configuration, Normalization, Plans
+from toolkit.errors import ToolkitError
 from toolkit.io.images import Geometry
 from toolkit.preprocessing.case import (
     MAX_LOCATIONS_PER_CLASS,
-    normalize_channel,
     preprocess_case,
     revert_labels,
     revert_to_original,
@@ -93,6 +94,15 @@ def test_normalization_schemes():
     assert z[0, 0] == 0.0 and z[inside].mean() == pytest.approx(0, abs=1e-6)
     z = normalize_channel(image, Normalization("zscore", False), inside)
     assert z.std() == pytest.approx(1, abs=1e-5)
+
+
+def test_rgb_scheme_on_data_beyond_255_names_the_case_and_channel():
+    image, seg, geometry = _case()
+    plans, config = _plans(geometry.spacing_zyx, normalization=[Normalization("rgb_to_0_1")])
+    data, _, _ = preprocess_case(np.clip(image, 0, 255), geometry, plans, config, seg, case="c1")
+    assert 0 <= data.min() and data.max() <= 1.0001  # cubic resampling may overshoot a little
+    with pytest.raises(ToolkitError, match=r"^case c1, channel 0: .*rgb_to_0_1 is for 8-bit"):
+        preprocess_case(image * 10, geometry, plans, config, seg, case="c1")
 
 
 def test_same_spacing_round_trip_is_exact():

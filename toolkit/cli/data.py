@@ -37,7 +37,7 @@ def convert(
     task: Path = typer.Argument(
         ...,
         help="MSD task folder (e.g. Task04_Hippocampus), its .tar archive, or a dataset in the converted "
-        "(nnU-Net v2 raw) layout.",
+        "(nnU-Net v2 raw) layout, also of 2D PNG/BMP/TIFF images (an RGB file is three channels).",
         show_default=False,
     ),
     workspace: Path | None = WorkspaceOption,
@@ -65,6 +65,10 @@ def convert(
     Splits 4D multi-modal images into one file per channel, stores labels as integers, skips
     `._` junk files and keeps every file's spacing, origin and direction. An existing dataset is
     left as it is unless `--force`.
+
+    2D natural images (PNG, BMP, TIFF) are read as nnU-Net v2 reads them: spacing (999, 1, 1),
+    RGB(A) files split into channels. Channel names select the normalization as in nnU-Net v2:
+    CT, noNorm, zscore, rescale_to_0_1, rgb_to_0_1 (any other name: zscore).
     """
     from toolkit.convert.stage import convert_task, dataset_paths_for, parse_region_option
 
@@ -122,13 +126,13 @@ def demo_data(
         help="mr (Task901_SynthMR: 2-channel 3D, nested labels), ct (Task902_SynthCT), 2d (Task903_Synth2D), "
         "brats (Task904_SynthBraTS: 4 channels, nested labels trained as 3 declared regions), sparse "
         "(Task905_SynthSparse: every 4th slice labelled, the rest 'ignore'; dense test labels in labelsTs) "
-        "or all. Repeat (or separate with commas) for several.",
+        "rgb (Dataset920_SynthRGB: RGB PNG files, nnU-Net v2 raw layout) or all. Repeat (or separate with commas) for several.",
     ),
     cases: int | None = typer.Option(
         None,
         "--cases",
         min=1,
-        help="Training cases per task. Default: mr 20, ct 12, 2d 24, brats 20, sparse 20.",
+        help="Training cases per task. Default: mr 20, ct 12, 2d 24, brats 20, sparse 20, rgb 20.",
         show_default=False,
     ),
     test_cases: int = typer.Option(
@@ -141,6 +145,7 @@ def demo_data(
 
     Made with the quirks of real downloads (4D multi-modal images, float labels, `._` junk
     files, non-identity directions), so `toolkit convert` on them works as on a real task.
+    `rgb` is a natural-image task instead, in nnU-Net v2's raw layout (one RGB PNG per case).
     """
     from toolkit.synthetic import generate_tasks
 

@@ -20,7 +20,7 @@ def predict(
         ...,
         "--input",
         "-i",
-        help="An image file (one channel, or every channel in one 4D file), CASE_0000 of a case's channel files, or a folder of them. Any format SimpleITK reads.",
+        help="An image file (one channel, or every channel in one 4D file), CASE_0000 of a case's channel files, or a folder of them. Any format SimpleITK reads; 2D PNG/BMP/TIFF as nnU-Net v2 reads them (an RGB file is three channels).",
         show_default=False,
     ),
     output: Path = typer.Option(

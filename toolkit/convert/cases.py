@@ -2,8 +2,10 @@
 
 Output: one ``.nii.gz`` per channel (spacing, origin and direction of the source's first three
 axes, exactly) and integer labels (uint8, or uint16 beyond 255). A 4D MSD image is split along
-its fourth axis; a truncated file, NaN or inf in an image and non-whole label values are
-refused with one line naming the file.
+its fourth axis; an RGB(A) natural image (PNG, BMP, TIFF) into its R, G, B[, A] channels,
+with nnU-Net's geometry for such files (spacing 1, see :func:`toolkit.io.images.natural_image`);
+a truncated file, NaN or inf in an image and non-whole label values are refused with one line
+naming the file.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import SimpleITK as sitk
 
 from toolkit.convert.sources import FORMAT_MSD, SourceCase
 from toolkit.errors import ToolkitError
-from toolkit.io.images import label_dtype
+from toolkit.io.images import is_natural_image_file, label_dtype, natural_image, split_components
 from toolkit.io.nifti_scan import scan
 from toolkit.workspace import channel_file, label_file
 
@@ -37,8 +39,12 @@ class ConvertedCase:
     problem: str | None  # one line naming the file, or None when converted
 
 
-def _read_source(path: Path) -> sitk.Image:
-    """A source image, refusing a truncated file that SimpleITK would read as zeros."""
+def _read_source(path: Path, colour: bool = False) -> sitk.Image:
+    """A source image, refusing a truncated file that SimpleITK would read as zeros.
+
+    A 2D natural image (PNG, BMP, TIFF) gets nnU-Net's geometry; ``colour`` lets it hold
+    RGB(A) values, which :func:`_raw_channels` splits.
+    """
     if not path.is_file():
         raise ToolkitError("file not found", path)
     reader = sitk.ImageFileReader()
@@ -52,15 +58,52 @@ def _read_source(path: Path) -> sitk.Image:
             raise ToolkitError(
                 f"holds {payload.nonfinite} NaN or inf values (they would be read as 0)", path
             )
-        image = reader.Execute()
+        image = natural_image(reader.Execute(), path)
     except RuntimeError:
         raise ToolkitError("unreadable image (not a file SimpleITK can read)", path) from None
-    if image.GetNumberOfComponentsPerPixel() != 1:
+    components = image.GetNumberOfComponentsPerPixel()
+    if components != 1 and not (colour and is_natural_image_file(path)):
         raise ToolkitError(
-            f"has {image.GetNumberOfComponentsPerPixel()} values per pixel; expected scalar images",
+            f"has {components} values per pixel (colour or a palette); expected one value per pixel",
             path,
         )
     return image
+
+
+def _raw_channels(paths: tuple[Path, ...], num_channels: int) -> list[sitk.Image]:
+    """The channels of a case of the raw layout: one per file, R, G, B[, A] per colour file.
+
+    Files are ``CASE_0000``, ``CASE_0001``, ... (as nnU-Net v2 numbers them: by file, so an RGB
+    ``CASE_0000.png`` alone gives the three channels ``dataset.json`` names).
+    """
+    channels: list[sitk.Image] = []
+    for path in paths:
+        if len(channels) >= num_channels:
+            if path.is_file():
+                raise ToolkitError(
+                    f"is more than the {num_channels} channel(s) dataset.json declares "
+                    f"(the files before it hold them all)",
+                    path,
+                )
+            break
+        if channels and not path.is_file():
+            raise ToolkitError(
+                f"file not found; the files before it hold {len(channels)} of the {num_channels} "
+                "channels dataset.json declares",
+                path,
+            )
+        image = _read_source(path, colour=True)
+        if image.GetDimension() not in (2, 3):
+            raise ToolkitError(
+                f"is {image.GetDimension()}D; expected 2D or 3D (one channel per file)", path
+            )
+        channels.extend(split_components(image))
+    if len(channels) != num_channels:
+        raise ToolkitError(
+            f"its files hold {len(channels)} channels but dataset.json declares {num_channels}",
+            paths[0],
+        )
+    return channels
 
 
 def _first_axes(image: sitk.Image, array: np.ndarray, dim: int, path: Path) -> sitk.Image:
@@ -161,15 +204,7 @@ def convert_case(job: CaseJob) -> ConvertedCase:
         if job.format == FORMAT_MSD:
             channels = _split_channels(job.source.images[0], job.num_channels)
         else:
-            channels = []
-            for path in job.source.images:
-                image = _read_source(path)
-                if image.GetDimension() not in (2, 3):
-                    raise ToolkitError(
-                        f"is {image.GetDimension()}D; expected 2D or 3D (one channel per file)",
-                        path,
-                    )
-                channels.append(image)
+            channels = _raw_channels(job.source.images, job.num_channels)
         if job.source.label is not None and job.labels_out is not None:
             label = convert_label(_read_source(job.source.label), job.source.label, job.max_label)
         else:

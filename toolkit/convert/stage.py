@@ -6,7 +6,8 @@ dataset already in the converted (nnU-Net v2 raw) layout, or a toolkit dataset f
 one in ``raw/``.
 
 Output: one ``.nii.gz`` per channel (spacing, origin and direction of the source's first three
-axes, exactly), integer labels (uint8, or uint16 beyond 255), written case by case by
+axes, exactly; 2D PNG/BMP/TIFF natural images with nnU-Net v2's geometry for them, an RGB(A)
+file split into its channels), integer labels (uint8, or uint16 beyond 255), written case by case by
 :mod:`toolkit.convert.cases`, and ``dataset.json``. Files whose names start with ``.`` are
 skipped. The source is only read. The new ``raw/`` is built under a temporary name and renamed
 into place when complete, so a killed convert leaves either no dataset or the previous one,

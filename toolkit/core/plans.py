@@ -22,28 +22,13 @@ from typing import Any, Literal
 
 from toolkit.core.constants import ANISOTROPY_THRESHOLD
 from toolkit.core.labels import LabelModel, label_model
+from toolkit.core.normalization import Normalization
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
 from toolkit.io.json_files import read_contract
 from toolkit.workspace import DatasetPaths
 
 PLANS_FORMAT_VERSION = 1
-
-NormalizationScheme = Literal["ct", "zscore", "none"]
-
-
-@dataclass
-class Normalization:
-    """How one input channel is normalized."""
-
-    scheme: NormalizationScheme
-    # z-score inside the non-zero mask (cropping removed > 25% of the image); outside stays 0
-    use_nonzero_mask: bool = False
-    # CT only: global foreground statistics of the training set
-    mean: float | None = None
-    std: float | None = None
-    lower_bound: float | None = None  # 0.5th percentile of foreground intensities
-    upper_bound: float | None = None  # 99.5th percentile
 
 
 @dataclass

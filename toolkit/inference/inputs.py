@@ -6,8 +6,10 @@
 * A file: ``CASE_0000<ending>`` brings its sibling channel files when the model needs more
   than one channel; any other file is one case.
 
-Any format SimpleITK reads (``.nii.gz``, ``.nii``, ``.mha``, ``.mhd``, ``.nrrd``, ...). The
-output of a case keeps its input's file ending. Hidden files (``.x``, macOS ``._x``) are skipped.
+Any format SimpleITK reads (``.nii.gz``, ``.nii``, ``.mha``, ``.mhd``, ``.nrrd``, ...), and 2D
+natural images (``.png``, ``.bmp``, ``.tif``) as nnU-Net v2 reads them: an RGB(A) file holds
+three (four) channels, so ``CASE_0000.png`` alone is a whole case of an RGB model. The
+output of a case keeps its input's file ending (a PNG in, a PNG label map out). Hidden files (``.x``, macOS ``._x``) are skipped.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import SimpleITK as sitk
 
 from toolkit.errors import ToolkitError
 from toolkit.io.images import (
+    IMAGE_SUFFIXES,
     Geometry,
     has_image_suffix,
+    is_natural_image_file,
     read_channels,
     read_sitk,
     strip_image_suffix,
@@ -55,6 +59,8 @@ def _channel_of(path: Path) -> tuple[str, int] | None:
 
 def _channel_case(case: str, files: dict[int, Path], num_channels: int, where: Path) -> InputCase:
     expected = list(range(num_channels))
+    if all(is_natural_image_file(p) for p in files.values()) and len(files) < num_channels:
+        expected = list(range(len(files)))  # colour files hold several channels each
     if sorted(files) != expected:
         found = ", ".join(f"{c:04d}" for c in sorted(files))
         wanted = ", ".join(f"{c:04d}" for c in expected)
@@ -104,7 +110,7 @@ def find_input_cases(path: str | Path, num_channels: int) -> list[InputCase]:
         raise ToolkitError("input not found", path)
     if not has_image_suffix(path):
         raise ToolkitError(
-            "is not an image file this tool reads (.nii.gz, .nii, .mha, .mhd, .nrrd, .nhdr, .tif)",
+            f"is not an image file this tool reads ({', '.join(IMAGE_SUFFIXES)})",
             path,
         )
     channel = _channel_of(path)
@@ -169,9 +175,16 @@ def read_input_case(case: InputCase, num_channels: int) -> tuple[np.ndarray, Geo
     """The case's channels ``(c, z, y, x)`` float32 and the geometry of its (first) image."""
     if len(case.files) == 1:
         return read_single_file(case.files[0], num_channels)
-    if len(case.files) != num_channels:
+    natural = all(is_natural_image_file(p) for p in case.files)
+    if len(case.files) != num_channels and not natural:
         raise ToolkitError(
             f"case {case.case!r} has {len(case.files)} channel files but the model needs {num_channels}",
             case.files[0],
         )
-    return read_channels(list(case.files))
+    image, geometry = read_channels(list(case.files))
+    if image.shape[0] != num_channels:
+        raise ToolkitError(
+            f"case {case.case!r}: its files hold {image.shape[0]} channel(s) but the model needs {num_channels}",
+            case.files[0],
+        )
+    return image, geometry

@@ -9,6 +9,11 @@ Conventions used everywhere in the toolkit:
   ``Geometry.spacing_zyx`` gives the spacing in array order, which is what planning and
   preprocessing use. A 2D image's slice axis gets the spacing ``NO_SPACING`` (999), never
   resampled.
+* 2D natural-image files (``.png``, ``.bmp``, ``.tif``/``.tiff`` holding one 2D image), read as
+  nnU-Net v2's ``NaturalImage2DIO`` reads them: their spacing, origin and direction are
+  ignored (spacing 1, 1, so ``(999, 1, 1)`` in array order) and a colour file holds several
+  channels, RGB as three and RGBA as four, in that order (:func:`natural_image`,
+  :func:`split_components`). A multi-page TIFF is a 3D image with SimpleITK's geometry.
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ from toolkit.errors import ToolkitError
 from toolkit.io.atomic import atomic_path
 
 NO_SPACING = 999.0
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".tif", ".tiff")
+NATURAL_IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
+# values per pixel of a natural image: grey, RGB, RGBA
+NATURAL_IMAGE_COMPONENTS = (1, 3, 4)
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", *NATURAL_IMAGE_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -113,12 +121,48 @@ def strip_image_suffix(name: str) -> str:
     return name
 
 
+def is_natural_image_file(path: str | Path) -> bool:
+    """A file ending of 2D natural images (PNG, BMP, TIFF)."""
+    return Path(path).name.lower().endswith(NATURAL_IMAGE_SUFFIXES)
+
+
+def natural_image(image: sitk.Image, path: str | Path) -> sitk.Image:
+    """A 2D image of a natural-image file with nnU-Net's geometry (spacing 1, origin 0, identity).
+
+    Other images (a multi-page TIFF is 3D) are returned unchanged. A 2D file must be grey, RGB
+    or RGBA.
+    """
+    if image.GetDimension() != 2 or not is_natural_image_file(path):
+        return image
+    components = image.GetNumberOfComponentsPerPixel()
+    if components not in NATURAL_IMAGE_COMPONENTS:
+        raise ToolkitError(
+            f"has {components} values per pixel; a 2D image file must be grey (1), RGB (3) or RGBA (4)",
+            path,
+        )
+    image.SetSpacing((1.0, 1.0))
+    image.SetOrigin((0.0, 0.0))
+    image.SetDirection((1.0, 0.0, 0.0, 1.0))
+    return image
+
+
+def split_components(image: sitk.Image) -> list[sitk.Image]:
+    """One scalar image per value of a pixel (R, G, B[, A]), each with the image's geometry."""
+    if image.GetNumberOfComponentsPerPixel() == 1:
+        return [image]
+    return [
+        sitk.VectorIndexSelectionCast(image, c)
+        for c in range(image.GetNumberOfComponentsPerPixel())
+    ]
+
+
 def read_sitk(path: str | Path) -> sitk.Image:
+    """An image file; a 2D natural image gets nnU-Net's geometry (:func:`natural_image`)."""
     path = Path(path)
     if not path.is_file():
         raise ToolkitError("file not found", path)
     try:
-        return sitk.ReadImage(str(path))
+        return natural_image(sitk.ReadImage(str(path)), path)
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()
         detail = next((line for line in reason if "ERROR" in line or "rror" in line), "")
@@ -134,7 +178,10 @@ def _short(text: str) -> str:
 
 def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
     """One single-channel image as a ``(z, y, x)`` array (2D as ``(1, y, x)``) and its geometry."""
-    image = read_sitk(path)
+    return _single_channel(read_sitk(path), Path(path))
+
+
+def _single_channel(image: sitk.Image, path: Path) -> tuple[np.ndarray, Geometry]:
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise ToolkitError(
             f"has {image.GetNumberOfComponentsPerPixel()} components per pixel; expected one channel per file",
@@ -151,19 +198,35 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
     return array, Geometry.of(image)
 
 
+def _file_channels(path: Path) -> tuple[list[np.ndarray], Geometry]:
+    """The channels of one file: one, or R, G, B[, A] of a colour natural image."""
+    image = read_sitk(path)
+    if image.GetNumberOfComponentsPerPixel() == 1 or not is_natural_image_file(path):
+        array, geometry = _single_channel(image, path)
+        return [array], geometry
+    try:
+        array = sitk.GetArrayFromImage(image)  # (y, x, c)
+    except RuntimeError:
+        raise ToolkitError("unreadable image (pixel data could not be read)", path) from None
+    return [array[None, ..., c] for c in range(array.shape[-1])], Geometry.of(image)
+
+
 def read_channels(paths: list[Path]) -> tuple[np.ndarray, Geometry]:
-    """Channels of one case stacked as ``(c, z, y, x)`` float32, with the first channel's geometry."""
+    """Channels of one case stacked as ``(c, z, y, x)`` float32, with the first file's geometry.
+
+    One channel per file, except colour natural images: R, G, B[, A] in that order.
+    """
     arrays = []
     geometry: Geometry | None = None
     for p in paths:
-        array, geo = read_image(p)
+        channels, geo = _file_channels(Path(p))
         if geometry is None:
             geometry = geo
         else:
             problem = geometry.matches(geo)
             if problem is not None:
                 raise ToolkitError(f"does not match channel 0 of its case: {problem}", p)
-        arrays.append(array.astype(np.float32, copy=False))
+        arrays.extend(a.astype(np.float32, copy=False) for a in channels)
     assert geometry is not None, "read_channels needs at least one path"
     return np.stack(arrays), geometry
 

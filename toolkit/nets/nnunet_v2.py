@@ -7,11 +7,13 @@ conv -> instance norm -> leaky ReLU blocks, one 1x1 head per decoder stage); onl
 of the parameters differ, so its weights are renamed key by key and loaded strictly.
 
 Its ``plans.json`` maps onto ours: the configuration's spacing, patch, network topology,
-per-channel normalization (``CTNormalization`` with the plan's foreground intensity
-statistics, ``ZScoreNormalization`` with or without the non-zero mask, ``NoNormalization``)
-and resampling orders. Anything our pipeline would compute differently (another network
-class, region-based labels, other intensity schemes or resampling functions, a non-SimpleITK
-image reader) is refused with an error that names it, rather than predicted wrongly.
+per-channel normalization (every scheme of nnU-Net v2: ``CTNormalization`` with the plan's
+foreground intensity statistics, ``ZScoreNormalization`` with or without the non-zero mask,
+``NoNormalization``, ``RescaleTo01Normalization``, ``RGBTo01Normalization``; the table is
+:mod:`toolkit.core.normalization`'s) and resampling orders. Anything our pipeline would compute
+differently (another network class, region-based labels, other resampling functions, an image
+reader other than SimpleITK's or the 2D natural-image one) is refused with an error that names
+it, rather than predicted wrongly.
 
 Its checkpoints and their weights are read by :mod:`toolkit.nets.nnunet_v2_weights`.
 """
@@ -25,6 +27,7 @@ from typing import Any
 
 from toolkit.core.constants import ANISOTROPY_THRESHOLD, INSTANCE_NORM_EPS, LEAKY_RELU_SLOPE
 from toolkit.core.labels import label_model
+from toolkit.core.normalization import NNUNET_CLASS_NAMES, scheme_of_nnunet_class
 from toolkit.core.plans import (
     Architecture,
     Configuration,
@@ -42,13 +45,8 @@ DATASET_FILE = "dataset.json"
 FINGERPRINT_FILE = "dataset_fingerprint.json"
 SUPPORTED_NETWORK = "PlainConvUNet"
 SUPPORTED_RESAMPLING = "resample_data_or_seg_to_shape"
-SUPPORTED_READERS = ("SimpleITKIO", "SimpleITKIOWithReorient")
-
-_NORMALIZATION = {
-    "CTNormalization": "ct",
-    "ZScoreNormalization": "zscore",
-    "NoNormalization": "none",
-}
+# readers whose arrays are in our axis order (NaturalImage2DIO: (c, 1, y, x), spacing 999, 1, 1)
+SUPPORTED_READERS = ("SimpleITKIO", "SimpleITKIOWithReorient", "NaturalImage2DIO")
 
 
 # --------------------------------------------------------------------------- detection
@@ -116,12 +114,12 @@ def _normalizations(
         )
     result = []
     for c, (scheme, mask) in enumerate(zip(schemes, masks, strict=True)):
-        if scheme not in _NORMALIZATION:
+        ours = scheme_of_nnunet_class(str(scheme))
+        if ours is None:
             raise ToolkitError(
-                f"channel {c} uses normalization {scheme!r}, which the toolkit does not implement (supported: {', '.join(_NORMALIZATION)})",
+                f"channel {c} uses normalization {scheme!r}, which the toolkit does not implement (supported: {', '.join(NNUNET_CLASS_NAMES.values())})",
                 source,
             )
-        ours = _NORMALIZATION[scheme]
         if ours == "ct":
             props = intensity.get(str(c))
             if props is None:
@@ -256,7 +254,7 @@ def convert_plans(
     reader = str(plans.get("image_reader_writer", "SimpleITKIO"))
     if reader not in SUPPORTED_READERS:
         raise ToolkitError(
-            f"images were read with {reader}; only SimpleITK readers give the toolkit's axis order",
+            f"images were read with {reader}; only {', '.join(SUPPORTED_READERS)} give the toolkit's axis order",
             source,
         )
     channels = dataset.get("channel_names", dataset.get("modality"))

@@ -8,7 +8,7 @@ import numpy as np
 
 from toolkit.core.constants import ANISOTROPY_THRESHOLD
 from toolkit.core.fingerprint import Fingerprint
-from toolkit.core.plans import Normalization
+from toolkit.core.normalization import Normalization, may_use_nonzero_mask, scheme_of_channel
 from toolkit.errors import ToolkitError
 
 ANISOTROPIC_SPACING_PERCENTILE = 10
@@ -79,16 +79,6 @@ def initial_patch_size(
     return [min(round(float(p)), m) for p, m in zip(scaled, median_shape, strict=True)]
 
 
-def normalization_scheme(channel_name: str) -> str:
-    """``CT`` -> ct, ``noNorm`` -> none, anything else -> zscore (names are case-insensitive)."""
-    name = channel_name.casefold()
-    if name == "ct":
-        return "ct"
-    if name == "nonorm":
-        return "none"
-    return "zscore"
-
-
 def channel_normalization(
     channel_name: str,
     median_relative_size_after_cropping: float,
@@ -97,10 +87,11 @@ def channel_normalization(
     lower_bound: float,
     upper_bound: float,
 ) -> Normalization:
-    scheme = normalization_scheme(channel_name)
-    # only z-score leaves the outside of the mask at zero, so only it may use the mask
+    scheme = scheme_of_channel(channel_name)
+    # only a scheme that leaves the outside of the mask at zero may use the mask
     use_mask = (
-        scheme == "zscore" and median_relative_size_after_cropping < NONZERO_MASK_RELATIVE_SIZE
+        may_use_nonzero_mask(scheme)
+        and median_relative_size_after_cropping < NONZERO_MASK_RELATIVE_SIZE
     )
     if scheme == "ct":
         return Normalization(

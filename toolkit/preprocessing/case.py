@@ -22,7 +22,8 @@ import numpy as np
 
 from toolkit.core.cropping import box_slices, crop_to_nonzero
 from toolkit.core.labels import target_mask
-from toolkit.core.plans import Configuration, Normalization, Plans
+from toolkit.core.normalization import Normalization, normalize_channel
+from toolkit.core.plans import Configuration, Plans
 from toolkit.core.resampling import (
     case_target_spacing,
     compute_new_shape,
@@ -31,6 +32,7 @@ from toolkit.core.resampling import (
     resample_probabilities,
     transpose_spatial,
 )
+from toolkit.errors import ToolkitError
 from toolkit.io.images import Geometry
 from toolkit.io.preprocessed import CaseProperties
 
@@ -40,43 +42,6 @@ PREPROCESSING_VERSION = 1
 MAX_LOCATIONS_PER_CLASS = 10_000
 MIN_LOCATION_COVERAGE = 0.01
 LOCATIONS_SEED = 1234
-_EPS = 1e-8
-
-
-# normalization -------------------------------------------------------------------------
-
-
-def normalize_channel(
-    image: np.ndarray, norm: Normalization, inside: np.ndarray | None
-) -> np.ndarray:
-    """One channel as float32. ``inside``: the non-zero mask, used when ``norm.use_nonzero_mask``."""
-    image = image.astype(np.float32, copy=True)
-    if norm.scheme == "ct":
-        if None in (norm.mean, norm.std, norm.lower_bound, norm.upper_bound):
-            raise ValueError(
-                "CT normalization needs mean, std, lower_bound and upper_bound in the plans"
-            )
-        np.clip(image, norm.lower_bound, norm.upper_bound, out=image)
-        image -= norm.mean
-        image /= max(float(norm.std), _EPS)
-        return image
-    if norm.scheme == "zscore":
-        if norm.use_nonzero_mask and inside is not None:
-            values = image[inside]
-            if values.size:
-                mean, std = (
-                    float(values.mean(dtype=np.float64)),
-                    float(values.std(dtype=np.float64)),
-                )
-                image[inside] = (values - mean) / max(std, _EPS)
-            return image
-        mean, std = float(image.mean(dtype=np.float64)), float(image.std(dtype=np.float64))
-        image -= mean
-        image /= max(std, _EPS)
-        return image
-    if norm.scheme == "none":
-        return image
-    raise ValueError(f"unknown normalization scheme {norm.scheme!r}")
 
 
 # geometry helpers ----------------------------------------------------------------------
@@ -100,6 +65,15 @@ def source_record(plans: Plans, configuration: Configuration) -> dict:
         "data_identifier": configuration.data_identifier,
         "hash": digest,
     }
+
+
+def _normalized(
+    image: np.ndarray, norm: Normalization, inside: np.ndarray, channel: int, case: str
+) -> np.ndarray:
+    try:
+        return normalize_channel(image, norm, inside)
+    except ToolkitError as exc:  # the data does not suit the scheme: say which case and channel
+        raise ToolkitError(f"case {case or '?'}, channel {channel}: {exc.message}") from None
 
 
 # oversampling locations ----------------------------------------------------------------
@@ -178,7 +152,7 @@ def preprocess_case(
     inside = cropped_seg[0] >= 0
     data = np.stack(
         [
-            normalize_channel(data[c], norm, inside)
+            _normalized(data[c], norm, inside, c, case)
             for c, norm in enumerate(configuration.normalization)
         ]
     )

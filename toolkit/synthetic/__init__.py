@@ -12,6 +12,9 @@ fast to make (numpy and SimpleITK only, no data files in the repository):
   (label 2); spacing that differs between cases (slices 1.5-2.5 mm, in-plane 1.1-1.5 mm),
   so every case is resampled to the planned spacing.
 * ``2d`` -> ``Task903_Synth2D``: 2D images (2D NIfTI), an ``organ`` (1) and a ``lesion`` (2).
+* ``rgb`` -> ``Dataset920_SynthRGB``: 2D RGB PNG files in nnU-Net v2's raw layout (one
+  three-channel file per case, channels named ``rgb_to_0_1``), warm ``disc``s (1) and cold
+  ``square``s (2) on textured backgrounds (:mod:`toolkit.synthetic.natural`).
 
 Objects differ from their surroundings in intensity and texture, so a small network learns
 them in minutes on a CPU. The quirks of real downloads are there on purpose: MR labels
@@ -26,6 +29,7 @@ folders).
 
 from toolkit.synthetic.anatomy import SyntheticCase
 from toolkit.synthetic.msd import generate_task, generate_tasks, msd_dataset_json
+from toolkit.synthetic.natural import generate_natural_task, make_natural_case
 from toolkit.synthetic.tasks import KINDS, TASKS, TaskSpec, make_case, task_spec
 
 __all__ = [
@@ -33,9 +37,11 @@ __all__ = [
     "TASKS",
     "SyntheticCase",
     "TaskSpec",
+    "generate_natural_task",
     "generate_task",
     "generate_tasks",
     "make_case",
+    "make_natural_case",
     "msd_dataset_json",
     "task_spec",
 ]

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from toolkit.errors import ToolkitError
 from toolkit.synthetic.anatomy import SyntheticCase
+from toolkit.synthetic.natural import NATURAL_KIND, generate_natural_task
 from toolkit.synthetic.tasks import KINDS, TaskSpec, check_shape, make_case, task_spec
 
 # a sparsely annotated task's dense labels of its test cases (not part of the MSD layout)
@@ -167,14 +168,17 @@ def generate_tasks(
     n_test: int = 2,
     force: bool = False,
 ) -> list[Path]:
-    """Several tasks (``all`` expands to every kind); their folders in order."""
+    """Several tasks (``all`` expands to every kind, ``rgb`` included); their folders in order."""
     expanded: list[str] = []
     for kind in kinds:
-        for k in KINDS if kind == "all" else (kind,):
-            task_spec(k)
+        for k in (*KINDS, NATURAL_KIND) if kind == "all" else (kind,):
+            if k != NATURAL_KIND:
+                task_spec(k)
             if k not in expanded:
                 expanded.append(k)
     return [
-        generate_task(k, out_dir, n_cases=n_cases, seed=seed, n_test=n_test, force=force)
+        generate_natural_task(out_dir, n_cases=n_cases, seed=seed, n_test=n_test, force=force)
+        if k == NATURAL_KIND
+        else generate_task(k, out_dir, n_cases=n_cases, seed=seed, n_test=n_test, force=force)
         for k in expanded
     ]
