@@ -2,8 +2,8 @@
 
     .venv/bin/python -m bench.calibrate_memory [--device auto|cpu|cuda] [--no-write]
 
-Builds our U-Net for a grid of plans (2D and 3D, several patch sizes, widths and depths),
-runs one training step (forward + backward + SGD with momentum) and measures its memory:
+Builds our networks for a grid of plans (2D and 3D, several patch sizes, widths and depths;
+the plain U-Net and the residual-encoder U-Net of the ResEnc presets), runs one training step (forward + backward + SGD with momentum) and measures its memory:
 
 * on CUDA: ``torch.cuda.max_memory_allocated`` of the step, weights included;
 * on CPU: the bytes of every tensor autograd keeps for the backward pass (counted once per
@@ -31,9 +31,11 @@ import torch
 from bench.harness import log, machine, markdown_table, write_results
 from toolkit.core.plans import Architecture
 from toolkit.io.atomic import write_json
-from toolkit.nets import UNet
-from toolkit.planning.memory import CALIBRATION_FILE, feature_map_voxels, parameter_count
-from toolkit.planning.planner import CONV_PER_STAGE
+from toolkit.nets.residual_unet import ResidualEncoderUNet
+from toolkit.nets.unet import UNet
+from toolkit.planning.memory import CALIBRATION_FILE
+from toolkit.planning.planner import network_cost
+from toolkit.planning.planners import get_planner
 from toolkit.planning.topology import features_per_stage, pool_and_conv_props
 
 IS_BENCHMARK = True
@@ -41,7 +43,8 @@ NAME = "calibrate_memory"
 NUM_CLASSES = 3
 IN_CHANNELS = 1
 
-# (spacing, patch, features_base, max_features, batch): small enough for a CPU, varied in shape
+# (spacing, patch, features_base, max_features, batch[, planner]): small enough for a CPU,
+# varied in shape; the planner's network family (default: the plain U-Net)
 GRID = [
     ([1.0, 1.0, 1.0], [32, 32, 32], 8, 64, 2),
     ([1.0, 1.0, 1.0], [48, 48, 48], 8, 64, 2),
@@ -54,6 +57,11 @@ GRID = [
     ([1.0, 1.0], [192, 160], 16, 256, 2),
     ([1.0, 1.0], [256, 256], 8, 128, 4),
     ([1.0, 1.0], [96, 96], 32, 512, 8),
+    ([1.0, 1.0, 1.0], [32, 32, 32], 8, 64, 2, "resenc-m"),
+    ([1.0, 1.0, 1.0], [48, 48, 48], 8, 64, 1, "resenc-m"),
+    ([3.0, 0.8, 0.8], [16, 64, 64], 16, 128, 2, "resenc-m"),
+    ([1.0, 1.0], [128, 128], 16, 256, 4, "resenc-m"),
+    ([1.0, 1.0], [192, 160], 8, 128, 2, "resenc-m"),
 ]
 GRID_CUDA_EXTRA = [
     ([1.0, 1.0, 1.0], [128, 128, 128], 32, 320, 2),
@@ -61,24 +69,30 @@ GRID_CUDA_EXTRA = [
     ([2.5, 0.8, 0.8], [40, 224, 224], 32, 320, 2),
     ([1.0, 1.0], [512, 512], 32, 512, 12),
     ([1.0, 1.0], [256, 256], 32, 512, 49),
+    ([1.0, 1.0, 1.0], [128, 128, 128], 32, 320, 2, "resenc-m"),
+    ([1.0, 1.0], [512, 512], 32, 512, 12, "resenc-m"),
 ]
 
 
-def _architecture(spacing, patch, base, cap) -> tuple[Architecture, list[int]]:
+def _architecture(spacing, patch, base, cap, planner="default") -> tuple[Architecture, list[int]]:
     topology = pool_and_conv_props(spacing, patch)
     n = topology.n_stages
+    spec = get_planner(planner)
+    residual = spec.network == "residual_encoder"
     arch = Architecture(
         features_per_stage=features_per_stage(n, base, cap),
         kernel_sizes=topology.kernel_sizes,
         strides=topology.strides,
-        n_conv_per_stage=[CONV_PER_STAGE] * n,
-        n_conv_per_stage_decoder=[CONV_PER_STAGE] * (n - 1),
+        n_conv_per_stage=[] if residual else spec.encoder_blocks(n),
+        n_conv_per_stage_decoder=spec.decoder_blocks(n),
+        network=spec.network,
+        n_blocks_per_stage=spec.encoder_blocks(n) if residual else [],
     )
     return arch, topology.patch_size
 
 
 def _step(
-    net: UNet, batch: torch.Tensor, target: torch.Tensor, optimizer: torch.optim.Optimizer
+    net: torch.nn.Module, batch: torch.Tensor, target: torch.Tensor, optimizer: torch.optim.Optimizer
 ) -> None:
     outputs = net(batch)
     loss = sum(
@@ -92,7 +106,7 @@ def _step(
     optimizer.step()
 
 
-def measure_cpu(net: UNet, batch: torch.Tensor, target: torch.Tensor) -> float:
+def measure_cpu(net: torch.nn.Module, batch: torch.Tensor, target: torch.Tensor) -> float:
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor):
@@ -107,7 +121,7 @@ def measure_cpu(net: UNet, batch: torch.Tensor, target: torch.Tensor) -> float:
     return float(sum(seen.values()) + 4 * params * 4)
 
 
-def measure_cuda(net: UNet, batch: torch.Tensor, target: torch.Tensor) -> float:
+def measure_cuda(net: torch.nn.Module, batch: torch.Tensor, target: torch.Tensor) -> float:
     device = torch.device("cuda")
     net = net.to(device)
     batch, target = batch.to(device), target.to(device)
@@ -162,33 +176,19 @@ def main(argv: list[str] | None = None) -> int:
     grid = GRID + (GRID_CUDA_EXTRA if device == "cuda" else [])
     torch.manual_seed(0)
     rows = []
-    for spacing, patch, base, cap, batch_size in grid:
-        arch, patch = _architecture(spacing, patch, base, cap)
+    for spacing, patch, base, cap, batch_size, *planner in grid:
+        arch, patch = _architecture(spacing, patch, base, cap, *planner)
         dims = len(spacing)
-        net = UNet(IN_CHANNELS, NUM_CLASSES, arch, dims, deep_supervision=True)
+        network_cls = ResidualEncoderUNet if arch.network == "residual_encoder" else UNet
+        net = network_cls(IN_CHANNELS, NUM_CLASSES, arch, dims, deep_supervision=True)
         x = torch.randn(batch_size, IN_CHANNELS, *patch)
         target = torch.randint(0, NUM_CLASSES, (batch_size, 1, *patch)).float()
         start = time.perf_counter()
         measured = measure_cuda(net, x, target) if device == "cuda" else measure_cpu(net, x, target)
-        voxels = feature_map_voxels(
-            patch,
-            arch.strides,
-            arch.features_per_stage,
-            arch.n_conv_per_stage,
-            arch.n_conv_per_stage_decoder,
-            NUM_CLASSES,
-        )
-        params = parameter_count(
-            IN_CHANNELS,
-            NUM_CLASSES,
-            arch.features_per_stage,
-            arch.kernel_sizes,
-            arch.strides,
-            arch.n_conv_per_stage,
-            arch.n_conv_per_stage_decoder,
-        )
+        voxels, params = network_cost(patch, arch, IN_CHANNELS, NUM_CLASSES)
         rows.append(
             {
+                "network": arch.network,
                 "dims": dims,
                 "patch": patch,
                 "features": arch.features_per_stage,
@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"calibration written to {CALIBRATION_FILE}")
     table = markdown_table(
         [
+            "network",
             "dims",
             "patch",
             "features",
@@ -241,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
         [
             [
+                r["network"],
                 r["dims"],
                 "x".join(map(str, r["patch"])),
                 f"{r['features'][0]}..{r['features'][-1]}",

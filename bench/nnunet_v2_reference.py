@@ -9,6 +9,10 @@ the project's: the two tools need different torch builds. ``tests/inference`` an
     ... train --root DIR --dataset-id 990 --configuration 3d_fullres --fold 0 --epochs 1 --iterations 40
     ... predict --model MODEL_DIR --input IMAGES --output OUT --folds 0 [--no-tta] [--save-probabilities]
 
+``prepare --planner nnUNetPlannerResEncM`` plans with a residual-encoder preset (its plans
+identifier, e.g. ``nnUNetResEncUNetMPlans``, is in the result); ``train --plans`` names the
+plans identifier to train.
+
 ``RAW`` is a folder in nnU-Net v2's raw layout (which is also our converted layout):
 ``dataset.json``, ``imagesTr/CASE_0000.nii.gz``, ``labelsTr/CASE.nii.gz``. ``--width-divisor``
 narrows the planned network (features per stage divided, at least 4) so that a CPU trains it
@@ -69,11 +73,13 @@ def prepare(args: argparse.Namespace) -> dict:
         clean=True,
         verbose=False,
     )
-    if args.gpu_memory:  # a smaller budget plans smaller patches (and topologies to match)
-        plan_experiments([args.dataset_id], gpu_memory_target_in_gb=args.gpu_memory)
-    else:
-        plan_experiments([args.dataset_id])
-    plans_file = root / "nnUNet_preprocessed" / target.name / "nnUNetPlans.json"
+    # a smaller budget plans smaller patches (and topologies to match)
+    plans_name = plan_experiments(
+        [args.dataset_id],
+        experiment_planner_class_name=args.planner,
+        gpu_memory_target_in_gb=args.gpu_memory or None,
+    )
+    plans_file = root / "nnUNet_preprocessed" / target.name / f"{plans_name}.json"
     plans = json.loads(plans_file.read_text())
     if args.network:  # a plan made elsewhere (e.g. the toolkit's cpu preset) for 3d_fullres
         network = json.loads(Path(args.network).read_text())
@@ -104,6 +110,7 @@ def prepare(args: argparse.Namespace) -> dict:
     configurations = [c for c in args.configurations.split(",") if c]
     preprocess(
         [args.dataset_id],
+        plans_identifier=plans_name,
         configurations=configurations,
         num_processes=[args.processes] * len(configurations),
         verbose=False,
@@ -111,6 +118,7 @@ def prepare(args: argparse.Namespace) -> dict:
     return {
         "dataset": target.name,
         "plans": str(plans_file),
+        "plans_name": plans_name,
         "configurations": {c: plans["configurations"][c].get("patch_size") for c in configurations},
         "seconds": time.perf_counter() - start,
     }
@@ -124,7 +132,8 @@ def train(args: argparse.Namespace) -> dict:
 
     torch.manual_seed(args.seed)
     dataset = _find_dataset(root, args.dataset_id)
-    plans = json.loads((root / "nnUNet_preprocessed" / dataset / "nnUNetPlans.json").read_text())
+    plans_file = root / "nnUNet_preprocessed" / dataset / f"{args.plans}.json"
+    plans = json.loads(plans_file.read_text())
     dataset_json = json.loads((root / "nnUNet_preprocessed" / dataset / "dataset.json").read_text())
     plans["continue_training"] = False  # what its own command line adds
     trainer = nnUNetTrainer(
@@ -197,6 +206,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gpu-memory", type=float, default=0.0, help="memory target in GB (0: default)")
     p.add_argument("--processes", type=int, default=1)
     p.add_argument(
+        "--planner",
+        default="ExperimentPlanner",
+        help="the reference's planner class, e.g. nnUNetPlannerResEncM",
+    )
+    p.add_argument(
         "--network",
         default="",
         help="JSON with patch_size, batch_size and the architecture lists to plan 3d_fullres with",
@@ -207,6 +221,9 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--root", required=True)
     t.add_argument("--dataset-id", type=int, required=True)
     t.add_argument("--configuration", default="3d_fullres")
+    t.add_argument(
+        "--plans", default="nnUNetPlans", help="plans identifier, e.g. nnUNetResEncUNetMPlans"
+    )
     t.add_argument("--fold", type=int, default=0)
     t.add_argument("--epochs", type=int, default=1)
     t.add_argument("--iterations", type=int, default=50)

@@ -9,7 +9,8 @@
         plans.json
         splits.json                             cross-validation split (5 folds), written once; may be edited
         preprocessed/<data_identifier>/CASE.npy, CASE_seg.npy, CASE.json
-        models/<config>/plans.json, dataset.json        (self-contained model folder)
+        models/<config>/plans.json, dataset.json        (self-contained model folder; <config>
+                                                of a planner other than the default: 3d_fullres-resenc-l)
         models/<config>/fold_<k>/checkpoint_{latest,best,final}.pt, log.jsonl, progress.png
         models/<config>/fold_<k>/validation/CASE.nii.gz, CASE.npz, summary.json
         models/<config>/fold_all/checkpoint_*.pt, log.jsonl    (fold "all": every case, no validation)

@@ -220,13 +220,14 @@ def test_plans_are_converted():
 
 def test_unsupported_plans_are_refused_with_the_reason():
     plans = nnunet_v2.convert_plans(
-        nnunet_plans_json(
-            network="dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
-        ),
+        nnunet_plans_json(network="dynamic_network_architectures.architectures.unet.ResidualUNet"),
         DATASET_JSON,
     )
     assert plans.configurations == {}
-    assert "only PlainConvUNet" in plans.planner["not_converted"]["3d_fullres"]
+    assert (
+        "only PlainConvUNet and ResidualEncoderUNet"
+        in plans.planner["not_converted"]["3d_fullres"]
+    )
     other = nnunet_plans_json()
     other["configurations"]["3d_fullres"]["normalization_schemes"][1] = "MyNormalization"
     assert (
@@ -274,7 +275,7 @@ def test_weights_are_renamed_and_load_strictly():
         for key, value in source.state_dict().items():
             assert torch.equal(target.state_dict()[key], value)
     with pytest.raises(ToolkitError, match="no counterpart"):
-        nnunet_v2_weights.convert_state_dict({"encoder.stem.weight": torch.zeros(1)})
+        nnunet_v2_weights.convert_state_dict({"encoder.extra.weight": torch.zeros(1)})
     with pytest.raises(ToolkitError, match="pooling"):
         nnunet_v2_weights.convert_state_dict(
             {"encoder.stages.1.1.convs.0.conv.weight": torch.zeros(1)}

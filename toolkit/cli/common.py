@@ -23,6 +23,12 @@ WorkersOption = typer.Option(
     min=1,
     help="Parallel worker processes. Default: number of CPU cores (at most 8).",
 )
+PLANNER_HELP = (
+    "Planner(s), comma-separated: default (the method's plain U-Net, 8 GB reference budget), "
+    "resenc-m (nnU-Net v2's residual-encoder U-Net M, 8 GB), resenc-l (24 GB) or resenc-xl "
+    "(40 GB). Several plan side by side into one plans.json: a planner other than default "
+    "names its configurations <configuration>-<planner>, e.g. 3d_fullres-resenc-l."
+)
 DeviceOption = typer.Option(
     "auto", "--device", help="auto (CUDA when available, else CPU), cpu or cuda."
 )

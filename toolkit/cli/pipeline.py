@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from toolkit.cli.common import (
+    PLANNER_HELP,
     DeviceOption,
     QuietOption,
     WorkspaceOption,
@@ -26,7 +27,14 @@ def run_all(
     configs: str = typer.Option(
         None,
         "--configs",
-        help="Comma-separated configurations to train, e.g. 2d,3d_fullres. Default: the preset's (paper: every planned one).",
+        help="Comma-separated configurations to train, e.g. 2d,3d_fullres (a name without its "
+        "planner means that configuration of every planner). Default: the preset's (paper: every planned one).",
+    ),
+    planner: str = typer.Option(
+        None,
+        "--planner",
+        help=PLANNER_HELP + " Each planner's configurations train on the same folds; evaluation "
+        "and selection compare them all and their pairwise ensembles. Default: default.",
     ),
     folds: str = typer.Option(
         None,
@@ -111,7 +119,8 @@ def run_all(
     Before training it says how many trainings and iterations are ahead, then shows the
     training stage's time left, estimated from the speeds measured so far (see `toolkit status`).
 
-    Example: `toolkit run-all Task04_Hippocampus --preset quick`
+    Example: `toolkit run-all Task04_Hippocampus --preset quick`, or with nnU-Net v2's
+    residual-encoder U-Net beside the plain one: `... --planner default,resenc-l`
     """
     from toolkit.pipeline.runner import RunOptions
     from toolkit.pipeline.runner import run_all as run
@@ -121,8 +130,10 @@ def run_all(
     paths = DatasetPaths.open(workspace, dataset)
     fold_list = parse_int_list(folds, "--folds")
     config_list = parse_str_list(configs)
+    planner_list = parse_str_list(planner)
     options = RunOptions(
         preset=preset,
+        planners=tuple(planner_list) if planner_list else None,
         configs=tuple(config_list) if config_list else None,
         folds=tuple(fold_list) if fold_list else None,
         epochs=epochs,

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from toolkit.cli.common import (
+    PLANNER_HELP,
     QuietOption,
     WorkersOption,
     WorkspaceOption,
@@ -42,11 +43,13 @@ def plan(
         help="default: the method's plans (8 GB reference budget). cpu: a narrow network with small patches "
         "and batches that trains on a CPU in minutes.",
     ),
+    planner: str = typer.Option("default", "--planner", help=PLANNER_HELP),
     gpu_memory: float | None = typer.Option(
         None,
         "--gpu-memory",
         min=0.1,
-        help="Memory budget in GB (the reference value stands for 8 GB).",
+        help="Memory budget in GB of every planner, scaling its reference (default: each "
+        "planner's own, 8 GB for default and resenc-m, 24 for resenc-l, 40 for resenc-xl).",
     ),
     memory_model: str | None = typer.Option(
         None,
@@ -92,9 +95,11 @@ def plan(
 ) -> None:
     """Turn the fingerprint into `<dataset>/plans.json`: 2d, 3d_fullres and, when needed, 3d_lowres + 3d_cascade_fullres.
 
-    Each configuration holds its target spacing, axis order, normalization, network stages
-    (kernels, strides, features), patch and batch size, resampling and deep-supervision scales.
-    `--like SOURCE` transfers another dataset's plans instead (for pretraining and fine-tuning).
+    Each configuration holds its target spacing, axis order, normalization, network (family,
+    stages, blocks, kernels, strides, features), patch and batch size, resampling and
+    deep-supervision scales. `--planner resenc-l` plans nnU-Net v2's residual-encoder preset;
+    `--planner default,resenc-l` both, side by side. `--like SOURCE` transfers another
+    dataset's plans instead (for pretraining and fine-tuning).
     """
     from toolkit.planning.stage import (
         plan_dataset,
@@ -109,6 +114,7 @@ def plan(
     if like is not None:
         planner_options = {
             "--preset": preset_name != "default",
+            "--planner": planner != "default",
             "--gpu-memory": gpu_memory,
             "--memory-model": memory_model,
             "--features-base": features_base,
@@ -131,6 +137,7 @@ def plan(
 
     options = preset(
         preset_name,
+        planners=parse_str_list(planner),
         gpu_memory_gb=gpu_memory,
         memory_model=memory_model,
         features_base=features_base,

@@ -42,19 +42,68 @@ class Resampling:
     anisotropy_threshold: float = ANISOTROPY_THRESHOLD
 
 
+NetworkFamily = Literal["plain", "residual_encoder"]
+NETWORK_FAMILIES: tuple[str, ...] = typing.get_args(NetworkFamily)
+DEFAULT_PLANNER = "default"
+# the planners (planning/planners.py), cheapest network first: the order of simplicity
+# among configurations of the same kind (model selection's tie rule)
+PLANNER_NAMES = (DEFAULT_PLANNER, "resenc-m", "resenc-l", "resenc-xl")
+
+
 @dataclass
 class Architecture:
-    """A plain U-Net: per stage two conv -> instance norm -> leaky ReLU blocks."""
+    """The U-Net of a configuration, as data.
+
+    ``plain`` (nnU-Net's ``PlainConvUNet``): per encoder stage ``n_conv_per_stage`` blocks of
+    conv -> instance norm -> leaky ReLU. ``residual_encoder`` (nnU-Net's
+    ``ResidualEncoderUNet``): a stem conv block, then per encoder stage
+    ``n_blocks_per_stage`` residual basic blocks (two conv blocks and a skip, see
+    :mod:`toolkit.nets.residual_unet`); ``n_conv_per_stage`` stays empty. Both have the same
+    plain decoder (``n_conv_per_stage_decoder`` conv blocks per stage).
+    """
 
     features_per_stage: list[int]
     kernel_sizes: list[list[int]]
     strides: list[list[int]]  # stride of each stage's first conv; stage 0 is all ones
     n_conv_per_stage: list[int]
     n_conv_per_stage_decoder: list[int]
+    network: NetworkFamily = "plain"
+    n_blocks_per_stage: list[int] = field(default_factory=list)  # residual_encoder only
 
     @property
     def n_stages(self) -> int:
         return len(self.features_per_stage)
+
+    @property
+    def encoder_blocks(self) -> list[int]:
+        """Blocks per encoder stage: conv blocks (plain) or residual blocks (residual encoder)."""
+        return (
+            self.n_blocks_per_stage if self.network == "residual_encoder" else self.n_conv_per_stage
+        )
+
+    def check(self) -> Architecture:
+        """One entry per stage in every list, as the network family needs (``ValueError`` if not)."""
+        n = self.n_stages
+        if self.network not in NETWORK_FAMILIES:
+            raise ValueError(
+                f"network must be one of {', '.join(NETWORK_FAMILIES)}, not {self.network!r}"
+            )
+        if not (len(self.kernel_sizes) == len(self.strides) == len(self.encoder_blocks) == n):
+            blocks = (
+                "n_blocks_per_stage" if self.network == "residual_encoder" else "n_conv_per_stage"
+            )
+            raise ValueError(
+                f"architecture: features_per_stage, kernel_sizes, strides and {blocks} need one entry per stage"
+            )
+        if self.network == "residual_encoder" and self.n_conv_per_stage:
+            raise ValueError(
+                "architecture: a residual encoder has n_blocks_per_stage, not n_conv_per_stage"
+            )
+        if len(self.n_conv_per_stage_decoder) != n - 1:
+            raise ValueError(
+                f"architecture: n_conv_per_stage_decoder needs {n - 1} entries, got {len(self.n_conv_per_stage_decoder)}"
+            )
+        return self
 
 
 def deep_supervision_scales(strides: Sequence[Sequence[int]]) -> list[list[float]]:
@@ -86,10 +135,37 @@ class Configuration:
     deep_supervision_scales: list[list[float]] = field(default_factory=list)
     previous_stage: str | None = None  # the cascade's low-res configuration
     next_stage: str | None = None
+    # the planner that made it (planning/planners.py); other than the default, its name
+    # ends the configuration's name: "3d_fullres-resenc-l" (see `configuration_name`)
+    planner: str = DEFAULT_PLANNER
 
     @property
     def is_cascade(self) -> bool:
         return self.previous_stage is not None
+
+    @property
+    def base_name(self) -> str:
+        """The name without its planner: "3d_fullres" for "3d_fullres-resenc-l"."""
+        suffix = configuration_name("", self.planner)
+        return self.name.removesuffix(suffix) if suffix else self.name
+
+
+def configuration_name(base: str, planner: str) -> str:
+    """A configuration's name in a plan holding several planners' configurations: the
+    default planner's keep the method's names, another planner's end with ``-<planner>``
+    ("3d_fullres-resenc-l"), so their model folders, candidates and ensembles sit side by
+    side with the default ones."""
+    return base if planner == DEFAULT_PLANNER else f"{base}-{planner}"
+
+
+def split_configuration_name(name: str) -> tuple[str, str]:
+    """``(base, planner)`` of a configuration name: the inverse of :func:`configuration_name`
+    for the planners of ``PLANNER_NAMES`` (any other name is the default planner's)."""
+    for planner in PLANNER_NAMES[1:]:
+        suffix = configuration_name("", planner)
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name.removesuffix(suffix), planner
+    return name, DEFAULT_PLANNER
 
 
 @dataclass

@@ -5,6 +5,8 @@ averaged, then the argmax). Candidates are always kept in *simplicity order*: si
 configurations before ensembles; among configurations by cost, ``2d`` < ``3d_fullres`` <
 ``3d_lowres`` < ``3d_cascade_fullres`` (the cascade needs the low-res model first, so it
 costs most), then any other configuration name alphabetically; ensembles by their members.
+Configurations of another planner ("3d_fullres-resenc-l") come after the default planner's,
+the planners from the cheapest network up (``PLANNER_NAMES``), each in the order above.
 
 The selection rule: the best mean foreground Dice wins; every candidate within
 ``tie_tolerance`` (default 0.0005) of the best counts as tied, and the tie goes to the
@@ -19,16 +21,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from toolkit.core.constants import TIE_TOLERANCE
+from toolkit.core.plans import PLANNER_NAMES, split_configuration_name
 from toolkit.errors import ToolkitError
 
 CONFIGURATION_COST_ORDER = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
 ENSEMBLE_SEPARATOR = "+"
 
 
-def configuration_rank(name: str) -> tuple[int, str]:
-    if name in CONFIGURATION_COST_ORDER:
-        return (CONFIGURATION_COST_ORDER.index(name), "")
-    return (len(CONFIGURATION_COST_ORDER), name)
+def configuration_rank(name: str) -> tuple[int, int, str]:
+    base, planner = split_configuration_name(name)
+    if base in CONFIGURATION_COST_ORDER:
+        return (PLANNER_NAMES.index(planner), CONFIGURATION_COST_ORDER.index(base), "")
+    return (PLANNER_NAMES.index(planner), len(CONFIGURATION_COST_ORDER), base)
 
 
 @dataclass(frozen=True)

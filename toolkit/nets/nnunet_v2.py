@@ -1,10 +1,12 @@
-"""Models trained by nnU-Net v2, read into our :class:`Plans` and :class:`UNet`.
+"""Models trained by nnU-Net v2, read into our :class:`Plans` and networks.
 
 An nnU-Net v2 model folder (``<Trainer>__<Plans>__<configuration>/``) holds ``plans.json``,
 ``dataset.json``, ``dataset_fingerprint.json`` and ``fold_k/checkpoint_final.pth``. Its
 ``PlainConvUNet`` is the same network as ours (strided-conv encoder, transposed-conv decoder,
 conv -> instance norm -> leaky ReLU blocks, one 1x1 head per decoder stage); only the names
-of the parameters differ, so its weights are renamed key by key and loaded strictly.
+of the parameters differ, so its weights are renamed key by key and loaded strictly. Its
+``ResidualEncoderUNet`` (the ResEnc M/L/XL plans, ``nnUNetResEncUNet{M,L,XL}Plans``) is our
+``residual_encoder`` network, with the same parameter names.
 
 Its ``plans.json`` maps onto ours: the configuration's spacing, patch, network topology,
 per-channel normalization (every scheme of nnU-Net v2: ``CTNormalization`` with the plan's
@@ -43,7 +45,8 @@ from toolkit.nets.nnunet_v2_weights import NNUNET_CHECKPOINT_SUFFIX
 PLANS_FILE = "plans.json"
 DATASET_FILE = "dataset.json"
 FINGERPRINT_FILE = "dataset_fingerprint.json"
-SUPPORTED_NETWORK = "PlainConvUNet"
+# nnU-Net's network classes -> our network families
+SUPPORTED_NETWORKS = {"PlainConvUNet": "plain", "ResidualEncoderUNet": "residual_encoder"}
 SUPPORTED_RESAMPLING = "resample_data_or_seg_to_shape"
 # readers whose arrays are in our axis order (NaturalImage2DIO: (c, 1, y, x), spacing 999, 1, 1)
 SUPPORTED_READERS = ("SimpleITKIO", "SimpleITKIOWithReorient", "NaturalImage2DIO")
@@ -178,13 +181,22 @@ def _architecture(config: Mapping[str, Any], source: Path | None) -> Architectur
             "configuration has no 'architecture' (nnU-Net < 2.4 plans are not supported)", source
         )
     cls = str(arch.get("network_class_name", ""))
-    if cls.rsplit(".", 1)[-1] != SUPPORTED_NETWORK:
+    network = SUPPORTED_NETWORKS.get(cls.rsplit(".", 1)[-1])
+    if network is None:
         raise ToolkitError(
-            f"network {cls!r} is not supported; only {SUPPORTED_NETWORK} maps onto the toolkit's U-Net",
+            f"network {cls!r} is not supported; only {' and '.join(SUPPORTED_NETWORKS)} map onto the toolkit's networks",
             source,
         )
     kw = arch["arch_kwargs"]
     problems = []
+    if kw.get("block") is not None and not str(kw["block"]).endswith("BasicBlockD"):
+        problems.append(f"block {kw['block']}")
+    if kw.get("bottleneck_channels") is not None:
+        problems.append("bottleneck channels")
+    if kw.get("stem_channels") not in (None, kw["features_per_stage"][0]):
+        problems.append(f"stem_channels {kw['stem_channels']}")
+    if kw.get("nonlin_first"):
+        problems.append("nonlin before norm")
     if not kw.get("conv_bias", False):
         problems.append("conv_bias is false")
     if "InstanceNorm" not in str(kw.get("norm_op", "")):
@@ -203,20 +215,29 @@ def _architecture(config: Mapping[str, Any], source: Path | None) -> Architectur
         problems.append(f"norm eps {eps}")
     if problems:
         raise ToolkitError(
-            f"{SUPPORTED_NETWORK} differs from the toolkit's U-Net: {', '.join(problems)}", source
+            f"{cls.rsplit('.', 1)[-1]} differs from the toolkit's network: {', '.join(problems)}",
+            source,
         )
     n = int(kw["n_stages"])
-    n_conv = kw["n_conv_per_stage"]
-    n_conv_dec = kw["n_conv_per_stage_decoder"]
-    return Architecture(
-        features_per_stage=[int(f) for f in kw["features_per_stage"]],
-        kernel_sizes=[[int(k) for k in ks] for ks in kw["kernel_sizes"]],
-        strides=[[int(s) for s in st] for st in kw["strides"]],
-        n_conv_per_stage=[int(c) for c in (n_conv if isinstance(n_conv, list) else [n_conv] * n)],
-        n_conv_per_stage_decoder=[
-            int(c) for c in (n_conv_dec if isinstance(n_conv_dec, list) else [n_conv_dec] * (n - 1))
-        ],
-    )
+
+    def per_stage(key: str, count: int) -> list[int]:
+        value = kw[key]
+        return [int(c) for c in (value if isinstance(value, list | tuple) else [value] * count)]
+
+    residual = network == "residual_encoder"
+    blocks = per_stage("n_blocks_per_stage" if residual else "n_conv_per_stage", n)
+    try:
+        return Architecture(
+            features_per_stage=[int(f) for f in kw["features_per_stage"]],
+            kernel_sizes=[[int(k) for k in ks] for ks in kw["kernel_sizes"]],
+            strides=[[int(s) for s in st] for st in kw["strides"]],
+            n_conv_per_stage=[] if residual else blocks,
+            n_conv_per_stage_decoder=per_stage("n_conv_per_stage_decoder", n - 1),
+            network=network,  # type: ignore[arg-type]
+            n_blocks_per_stage=blocks if residual else [],
+        ).check()
+    except ValueError as exc:
+        raise ToolkitError(str(exc), source) from None
 
 
 def _labels(

@@ -1,7 +1,9 @@
 """Weights of nnU-Net v2 models: its checkpoints read, its parameter names mapped onto ours.
 
 Its ``PlainConvUNet`` is the same network as :class:`~toolkit.nets.unet.UNet`; only the
-parameter names differ, so the weights are renamed key by key and loaded strictly.
+parameter names differ, so the weights are renamed key by key and loaded strictly. Its
+``ResidualEncoderUNet`` has the names of :class:`~toolkit.nets.residual_unet.ResidualEncoderUNet`
+already: only the alias names are dropped (a state dict with ``encoder.stem.*`` is one).
 nnU-Net checkpoints are pickles holding numpy scalars next to the weights; they are loaded
 with ``weights_only=True`` and only those numpy types allowed.
 """
@@ -30,15 +32,33 @@ _HEAD = re.compile(r"^decoder\.seg_layers\.(\d+)\.(weight|bias)$")
 _ALIASES = re.compile(r"(\.all_modules\.\d+\.|^decoder\.encoder\.)")
 
 
+def drop_aliases(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict without DDP / torch.compile prefixes and without the alias names."""
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.").removeprefix("_orig_mod.")  # DDP / torch.compile wrappers
+        if not _ALIASES.search(key):
+            out[key] = value
+    return out
+
+
+def is_residual_encoder(state: Mapping[str, torch.Tensor]) -> bool:
+    """A ``ResidualEncoderUNet``'s state dict (its encoder has a stem; the plain one's has none)."""
+    return any(
+        k.removeprefix("module.").removeprefix("_orig_mod.").startswith("encoder.stem.")
+        for k in state
+    )
+
+
 def convert_state_dict(
     state: Mapping[str, torch.Tensor], source: Path | None = None
 ) -> dict[str, torch.Tensor]:
-    """A ``PlainConvUNet`` state dict renamed to :class:`~toolkit.nets.unet.UNet`'s parameter names."""
+    """A ``PlainConvUNet`` state dict renamed to :class:`~toolkit.nets.unet.UNet`'s parameter
+    names; a ``ResidualEncoderUNet``'s keeps its names, without the aliases."""
+    if is_residual_encoder(state):
+        return drop_aliases(state)
     out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        key = key.removeprefix("module.").removeprefix("_orig_mod.")  # DDP / torch.compile wrappers
-        if _ALIASES.search(key):
-            continue
+    for key, value in drop_aliases(state).items():
         if m := _ENCODER.match(key):
             stage, position, block, kind, param = m.groups()
             if position != "0":
@@ -75,7 +95,7 @@ def _numpy_safe_globals() -> list:
 
 @dataclass
 class NnUNetCheckpoint:
-    state_dict: dict[str, torch.Tensor]  # already renamed to our UNet's names
+    state_dict: dict[str, torch.Tensor]  # already renamed to our network's names
     configuration: str
     trainer_name: str
     mirror_axes: (

@@ -9,49 +9,12 @@ decoder output, highest resolution first; without, only the highest.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
-from toolkit.core.constants import INSTANCE_NORM_EPS, LEAKY_RELU_SLOPE
 from toolkit.core.plans import Architecture, Configuration, Plans
-
-
-def _conv_cls(dims: int) -> type[nn.Module]:
-    return nn.Conv3d if dims == 3 else nn.Conv2d
-
-
-def _norm_cls(dims: int) -> type[nn.Module]:
-    return nn.InstanceNorm3d if dims == 3 else nn.InstanceNorm2d
-
-
-def _transp_cls(dims: int) -> type[nn.Module]:
-    return nn.ConvTranspose3d if dims == 3 else nn.ConvTranspose2d
-
-
-class ConvBlock(nn.Module):
-    def __init__(
-        self, dims: int, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int]
-    ):
-        super().__init__()
-        padding = [(k - 1) // 2 for k in kernel]
-        self.conv = _conv_cls(dims)(
-            cin, cout, tuple(kernel), tuple(stride), tuple(padding), bias=True
-        )
-        self.norm = _norm_cls(dims)(cout, eps=INSTANCE_NORM_EPS, affine=True)
-        self.act = nn.LeakyReLU(LEAKY_RELU_SLOPE, inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.norm(self.conv(x)))
-
-
-def _stage(
-    dims: int, cin: int, cout: int, n_conv: int, kernel: Sequence[int], stride: Sequence[int]
-) -> nn.Sequential:
-    blocks = [ConvBlock(dims, cin, cout, kernel, stride)]
-    blocks += [ConvBlock(dims, cout, cout, kernel, [1] * dims) for _ in range(n_conv - 1)]
-    return nn.Sequential(*blocks)
+from toolkit.nets.blocks import conv_cls, conv_stage, he_init, transposed_cls
+from toolkit.nets.residual_unet import ResidualEncoderUNet
 
 
 class UNet(nn.Module):
@@ -64,16 +27,10 @@ class UNet(nn.Module):
         deep_supervision: bool = True,
     ):
         super().__init__()
-        a = architecture
+        a = architecture.check()
+        if a.network != "plain":
+            raise ValueError(f"UNet builds the plain network, not {a.network!r}")
         n = a.n_stages
-        if not (len(a.kernel_sizes) == len(a.strides) == len(a.n_conv_per_stage) == n):
-            raise ValueError(
-                "architecture: features_per_stage, kernel_sizes, strides and n_conv_per_stage need one entry per stage"
-            )
-        if len(a.n_conv_per_stage_decoder) != n - 1:
-            raise ValueError(
-                f"architecture: n_conv_per_stage_decoder needs {n - 1} entries, got {len(a.n_conv_per_stage_decoder)}"
-            )
         self.spatial_dims = spatial_dims
         self.num_classes = num_classes
         self.deep_supervision = deep_supervision
@@ -83,7 +40,7 @@ class UNet(nn.Module):
         cin = in_channels
         for s in range(n):
             self.encoder.append(
-                _stage(
+                conv_stage(
                     spatial_dims, cin, f[s], a.n_conv_per_stage[s], a.kernel_sizes[s], a.strides[s]
                 )
             )
@@ -97,10 +54,10 @@ class UNet(nn.Module):
             s = n - 2 - d
             stride = tuple(a.strides[s + 1])
             self.upsamples.append(
-                _transp_cls(spatial_dims)(f[s + 1], f[s], stride, stride, bias=True)
+                transposed_cls(spatial_dims)(f[s + 1], f[s], stride, stride, bias=True)
             )
             self.decoder.append(
-                _stage(
+                conv_stage(
                     spatial_dims,
                     2 * f[s],
                     f[s],
@@ -109,8 +66,8 @@ class UNet(nn.Module):
                     [1] * spatial_dims,
                 )
             )
-            self.heads.append(_conv_cls(spatial_dims)(f[s], num_classes, 1, 1, 0, bias=True))
-        self.apply(_he_init)
+            self.heads.append(conv_cls(spatial_dims)(f[s], num_classes, 1, 1, 0, bias=True))
+        self.apply(he_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         skips = []
@@ -130,13 +87,6 @@ class UNet(nn.Module):
         return outputs if self.deep_supervision else outputs[0]
 
 
-def _he_init(module: nn.Module) -> None:
-    if isinstance(module, nn.Conv2d | nn.Conv3d | nn.ConvTranspose2d | nn.ConvTranspose3d):
-        nn.init.kaiming_normal_(module.weight, a=LEAKY_RELU_SLOPE)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-
 def input_channels(plans: Plans, configuration: Configuration) -> int:
     """Image channels, plus one-hot foreground channels of the previous stage for a cascade."""
     # a cascade's extra inputs: one one-hot channel per foreground label value (also with regions)
@@ -146,8 +96,12 @@ def input_channels(plans: Plans, configuration: Configuration) -> int:
 
 def build_network(
     plans: Plans, configuration: Configuration, deep_supervision: bool = True
-) -> UNet:
-    return UNet(
+) -> UNet | ResidualEncoderUNet:
+    """The configuration's network: the plain U-Net, or the residual-encoder U-Net."""
+    network_cls = (
+        ResidualEncoderUNet if configuration.architecture.network == "residual_encoder" else UNet
+    )
+    return network_cls(
         in_channels=input_channels(plans, configuration),
         num_classes=plans.num_classes,
         architecture=configuration.architecture,

@@ -36,6 +36,7 @@ from toolkit.pipeline.records import preprocess_stage, train_stage
 from toolkit.pipeline.status import LiveEstimate
 from toolkit.pipeline.training_task import TrainTask
 from toolkit.planning.planner import preset as planner_preset
+from toolkit.planning.planners import parse_planners
 from toolkit.planning.stage import plan_dataset, plan_like, source_plans_file
 from toolkit.preprocessing.case import source_record
 from toolkit.preprocessing.stage import preprocess_dataset
@@ -67,9 +68,15 @@ class RunOptions:
     quiet: bool = False
     loggers: tuple[str, ...] = ()  # of the trainings: tensorboard, mlflow (not in their keys)
     pretrained: str | None = None  # every training's network starts from these weights
+    planners: tuple[str, ...] | None = None  # planning/planners.py; None: the default
 
     def check(self) -> RunOptions:
         get_preset(self.preset)
+        if self.planners is not None and self.like:
+            raise ToolkitError(
+                "--planner plans anew; --like takes another dataset's plans: give one of them"
+            )
+        parse_planners(self.planners)
         require_loggers(self.loggers)
         if self.executor not in ("local", "ray"):
             raise ToolkitError(f"--executor must be local or ray, not {self.executor!r}")
@@ -98,14 +105,26 @@ class RunSummary:
 
 
 def selected_configurations(plans: Plans, options: RunOptions, preset: Preset) -> list[str]:
-    """The configurations to train, in plan order; the cascade brings its low-res stage."""
+    """The configurations to train, in plan order; the cascade brings its low-res stage.
+
+    A name without its planner ("3d_fullres") means that configuration of every planner in
+    the plans ("3d_fullres", "3d_fullres-resenc-l")."""
     wanted = options.configs or preset.configs
     if wanted is None:
         return list(plans.configurations)
+    by_base: dict[str, list[str]] = {}
+    for c in plans.configurations.values():
+        by_base.setdefault(c.base_name, []).append(c.name)
     if options.configs:
         for name in options.configs:
-            plans.configuration(name)  # an unknown name is an error the user sees
-    chosen = [c for c in wanted if c in plans.configurations]
+            if name not in by_base:
+                plans.configuration(name)  # an unknown name is an error the user sees
+    chosen = [
+        c
+        for name in wanted
+        for c in dict.fromkeys([*by_base.get(name, []), name])
+        if c in plans.configurations
+    ]
     for name in list(chosen):
         previous = plans.configurations[name].previous_stage
         if previous and previous not in chosen:
@@ -156,7 +175,7 @@ class Stages:
         )
 
     def planner_options(self):
-        return planner_preset(self.preset.plan_preset)
+        return planner_preset(self.preset.plan_preset, planners=self.options.planners)
 
     def schedule(self) -> tuple[int, int, int]:
         p = self.preset

@@ -5,8 +5,10 @@ Two models:
 * ``reference`` (the default, the method's): the number of feature-map voxels the network
   produces for one sample (every conv output of the encoder and decoder, the transposed
   convolutions, the highest-resolution segmentation output), compared with a reference value
-  that stands for 8 GB: 560e6 for 3D networks at batch 2, 85e6 for 2D at batch 12. It is a
-  proxy, not a memory figure, and it reproduces nnU-Net v2's plans.
+  that stands for 8 GB: 560e6 for 3D networks at batch 2, 85e6 for 2D at batch 12 (each
+  planner of ``planners.py`` has its own values and budget). It is a proxy, not a memory
+  figure, and it reproduces nnU-Net v2's plans. The residual encoder counts its stem, both
+  convs of each block and the skips that project (``residual_feature_map_voxels``).
 * ``calibrated`` (opt-in): bytes predicted from the same count and the parameter count by a
   linear fit against peak memory measured while running forward + backward of built networks
   (``bench/calibrate_memory.py`` writes ``memory_calibration.json`` beside this file).
@@ -64,8 +66,38 @@ def feature_map_voxels(
     total = 0
     for s, size in enumerate(sizes):
         total += n_conv_encoder[s] * features[s] * _prod(size)
-    n = len(sizes)
-    for s in range(n - 2, -1, -1):
+    return total + _decoder_voxels(sizes, features, n_conv_decoder, num_classes, deep_supervision)
+
+
+def residual_feature_map_voxels(
+    patch_size: Sequence[int],
+    strides: Sequence[Sequence[int]],
+    features: Sequence[int],
+    n_blocks_encoder: Sequence[int],
+    n_conv_decoder: Sequence[int],
+    num_classes: int,
+    deep_supervision: bool = False,
+) -> int:
+    """:func:`feature_map_voxels` of the residual-encoder U-Net.
+
+    The stem's output; per residual block its two conv outputs, plus the skip's output in a
+    block that strides or changes the channel count (counted once, as the reference does);
+    the decoder as the plain one's.
+    """
+    sizes = stage_sizes(patch_size, strides)
+    total = features[0] * _prod(patch_size)  # the stem
+    for s, size in enumerate(sizes):
+        voxels = features[s] * _prod(size)
+        total += 2 * voxels * n_blocks_encoder[s]
+        cin = features[s - 1] if s > 0 else features[0]
+        if cin != features[s] or any(st != 1 for st in strides[s]):
+            total += voxels
+    return total + _decoder_voxels(sizes, features, n_conv_decoder, num_classes, deep_supervision)
+
+
+def _decoder_voxels(sizes, features, n_conv_decoder, num_classes, deep_supervision) -> int:
+    total = 0
+    for s in range(len(sizes) - 2, -1, -1):
         voxels = _prod(sizes[s])
         total += n_conv_decoder[s] * features[s] * voxels  # conv blocks
         total += features[s] * voxels  # transposed convolution output
@@ -91,6 +123,34 @@ def parameter_count(
         for i in range(n_conv_encoder[s]):
             total += (cin if i == 0 else f) * f * k + f + 2 * f
         cin = f
+    return total + _decoder_parameters(num_classes, features, kernel_sizes, strides, n_conv_decoder)
+
+
+def residual_parameter_count(
+    in_channels: int,
+    num_classes: int,
+    features: Sequence[int],
+    kernel_sizes: Sequence[Sequence[int]],
+    strides: Sequence[Sequence[int]],
+    n_blocks_encoder: Sequence[int],
+    n_conv_decoder: Sequence[int],
+) -> int:
+    """Trainable parameters of the residual-encoder U-Net (its skip projections have no bias)."""
+    total = in_channels * features[0] * _prod(kernel_sizes[0]) + 3 * features[0]  # the stem
+    cin = features[0]
+    for s, f in enumerate(features):
+        k = _prod(kernel_sizes[s])
+        for b in range(n_blocks_encoder[s]):
+            block_in = cin if b == 0 else f
+            total += block_in * f * k + 3 * f + f * f * k + 3 * f  # two conv blocks
+            if block_in != f:
+                total += block_in * f + 2 * f  # 1x1 projection (no bias) + norm
+        cin = f
+    return total + _decoder_parameters(num_classes, features, kernel_sizes, strides, n_conv_decoder)
+
+
+def _decoder_parameters(num_classes, features, kernel_sizes, strides, n_conv_decoder) -> int:
+    total = 0
     for s in range(len(features) - 2, -1, -1):
         f, below = features[s], features[s + 1]
         total += below * f * _prod(strides[s + 1]) + f  # transposed conv
@@ -131,16 +191,26 @@ class Calibration:
 
 @dataclass(frozen=True)
 class MemoryBudget:
-    """Decides whether a network fits and how large a batch the budget allows."""
+    """Decides whether a network fits and how large a batch the budget allows.
+
+    The reference model compares the estimate with ``reference`` feature-map voxels, which
+    stand for ``reference_gb`` (the default planner's 560e6 / 85e6 for 8 GB unless a planner
+    says otherwise), scaled to ``gpu_memory_gb``. ``fit_at_min_batch``: the estimate is first
+    rescaled from the reference batch to the minimum batch (the default planner's rule).
+    """
 
     dims: int
     gpu_memory_gb: float = REFERENCE_GB
     model: MemoryModelName = "reference"
     calibration: Calibration | None = None
+    reference: int | None = None
+    reference_gb: float = REFERENCE_GB
+    fit_at_min_batch: bool = True
 
     @property
     def reference_value(self) -> float:
-        return REFERENCE_VALUE[self.dims] * (self.gpu_memory_gb / REFERENCE_GB)
+        value = REFERENCE_VALUE[self.dims] if self.reference is None else self.reference
+        return value * (self.gpu_memory_gb / self.reference_gb)
 
     @property
     def reference_batch(self) -> int:
@@ -148,6 +218,8 @@ class MemoryBudget:
 
     def fits(self, feature_voxels: int, parameters: int, min_batch_size: int) -> bool:
         if self.model == "reference":
+            if not self.fit_at_min_batch:
+                return feature_voxels <= self.reference_value
             # the reference value stands for `reference_batch` samples; we need `min_batch_size`
             return feature_voxels / self.reference_batch * min_batch_size <= self.reference_value
         cal = self._calibration()

@@ -1,15 +1,17 @@
 """From a fingerprint to ``plans.json``: the 2d, 3d_fullres, 3d_lowres and 3d_cascade_fullres configurations.
 
-The default reproduces nnU-Net v2 (2.8.1)'s ``ExperimentPlanner`` for the same fingerprint:
-same order of decisions, same numbers. Options (a preset, explicit limits, a memory budget,
-the calibrated memory model) are recorded in ``Plans.planner``.
+The default reproduces nnU-Net v2 (2.8.1)'s ``ExperimentPlanner`` for the same fingerprint,
+the ``resenc-m|l|xl`` planners its ``nnUNetPlannerResEnc{M,L,XL}`` (``planners.py``): same
+order of decisions, same numbers. Several planners plan side by side into one plan, each
+into its own configurations (``3d_fullres``, ``3d_fullres-resenc-l``, ...). Options (a
+preset, explicit limits, a memory budget, the calibrated memory model) are recorded in
+``Plans.planner``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Literal
 
 import numpy as np
 
@@ -26,10 +28,13 @@ from toolkit.errors import ToolkitError
 from toolkit.planning.memory import (
     Calibration,
     MemoryBudget,
-    MemoryModelName,
     feature_map_voxels,
     parameter_count,
+    residual_feature_map_voxels,
+    residual_parameter_count,
 )
+from toolkit.planning.options import PRESETS, PlannerOptions, preset
+from toolkit.planning.planners import PLANNERS, NetworkPlanner, get_planner
 from toolkit.planning.rules import (
     dataset_normalization,
     initial_patch_size,
@@ -44,98 +49,21 @@ from toolkit.planning.topology import (
     pool_and_conv_props,
 )
 
-REFERENCE_PLANNER = "nnU-Net v2 2.8.1 ExperimentPlanner (default plans)"
+__all__ = [
+    "PLANNERS",
+    "PRESETS",
+    "NetworkPlan",
+    "PlannerOptions",
+    "plan_experiment",
+    "plan_network",
+    "preset",
+]
+
+REFERENCE = "nnU-Net v2 2.8.1"
 INITIAL_PATCH_VOLUME = {3: 256**3, 2: 2048**2}
-MAX_DATASET_COVERED = 0.05  # one batch sees at most 5% of all training voxels
 LOWRES_THRESHOLD = 0.25  # 3d_lowres when the full-res patch covers less of the median image
 LOWRES_SPACING_STEP = 1.03
 LOWRES_MIN_SHRINK = 2.0  # drop 3d_lowres unless it shrinks the data at least this much
-CONV_PER_STAGE = 2
-
-PresetName = Literal["default", "cpu"]
-
-
-@dataclass(frozen=True)
-class PlannerOptions:
-    """Budgets and limits of the planner. The defaults are the method's."""
-
-    preset: str = "default"
-    gpu_memory_gb: float = 8.0
-    memory_model: MemoryModelName = "reference"
-    features_base: int = 32
-    max_features_3d: int = 320
-    max_features_2d: int = 512
-    max_patch_voxels_3d: int | None = None  # extra limit on top of the memory budget
-    max_patch_voxels_2d: int | None = None
-    max_batch_size_3d: int | None = None
-    max_batch_size_2d: int | None = None
-    min_batch_size: int = 2
-
-    def check(self) -> PlannerOptions:
-        def positive(name: str, value, allow_none: bool = True) -> None:
-            if value is None and allow_none:
-                return
-            if value is None or value <= 0:
-                raise ToolkitError(
-                    f"planner option `{name}` must be a positive number, not {value!r}"
-                )
-
-        positive("gpu_memory_gb", self.gpu_memory_gb, allow_none=False)
-        positive("features_base", self.features_base, allow_none=False)
-        positive("max_features_3d", self.max_features_3d, allow_none=False)
-        positive("max_features_2d", self.max_features_2d, allow_none=False)
-        for name in (
-            "max_patch_voxels_3d",
-            "max_patch_voxels_2d",
-            "max_batch_size_3d",
-            "max_batch_size_2d",
-        ):
-            positive(name, getattr(self, name))
-        positive("min_batch_size", self.min_batch_size, allow_none=False)
-        if self.memory_model not in ("reference", "calibrated"):
-            raise ToolkitError(
-                f"memory model must be 'reference' or 'calibrated', not {self.memory_model!r}"
-            )
-        for dims in (2, 3):
-            cap = self.max_batch_size(dims)
-            if cap is not None and cap < self.min_batch_size:
-                raise ToolkitError(
-                    f"max batch size {cap} is below the minimum batch size {self.min_batch_size}"
-                )
-        return self
-
-    def max_features(self, dims: int) -> int:
-        return self.max_features_3d if dims == 3 else self.max_features_2d
-
-    def max_patch_voxels(self, dims: int) -> int | None:
-        return self.max_patch_voxels_3d if dims == 3 else self.max_patch_voxels_2d
-
-    def max_batch_size(self, dims: int) -> int | None:
-        return self.max_batch_size_3d if dims == 3 else self.max_batch_size_2d
-
-
-PRESETS: dict[str, PlannerOptions] = {
-    "default": PlannerOptions(),
-    # a plan a CPU trains in minutes: narrow network, small patches and batches
-    "cpu": PlannerOptions(
-        preset="cpu",
-        features_base=16,
-        max_features_3d=128,
-        max_features_2d=128,
-        max_patch_voxels_3d=40_000,
-        max_patch_voxels_2d=96 * 96,
-        max_batch_size_3d=2,
-        max_batch_size_2d=12,
-    ),
-}
-
-
-def preset(name: str, **overrides) -> PlannerOptions:
-    """A named preset with explicit options on top (``None`` overrides are ignored)."""
-    if name not in PRESETS:
-        raise ToolkitError(f"unknown preset {name!r} (available: {', '.join(PRESETS)})")
-    changes = {k: v for k, v in overrides.items() if v is not None}
-    return replace(PRESETS[name], **changes).check()
 
 
 @dataclass(frozen=True)
@@ -148,33 +76,47 @@ class NetworkPlan:
     feature_voxels: int  # the reference's estimate for one sample
 
 
-def _architecture(topology, dims: int, options: PlannerOptions) -> Architecture:
+def _architecture(
+    topology, dims: int, options: PlannerOptions, planner: NetworkPlanner
+) -> Architecture:
     n = topology.n_stages
+    if n > len(planner.blocks_encoder):
+        raise ToolkitError(
+            f"the {planner.name} planner plans at most {len(planner.blocks_encoder)} stages, this patch needs {n}"
+        )
+    residual = planner.network == "residual_encoder"
+    blocks = planner.encoder_blocks(n)
     return Architecture(
         features_per_stage=features_per_stage(n, options.features_base, options.max_features(dims)),
         kernel_sizes=[list(k) for k in topology.kernel_sizes],
         strides=[list(s) for s in topology.strides],
-        n_conv_per_stage=[CONV_PER_STAGE] * n,
-        n_conv_per_stage_decoder=[CONV_PER_STAGE] * (n - 1),
+        n_conv_per_stage=[] if residual else blocks,
+        n_conv_per_stage_decoder=planner.decoder_blocks(n),
+        network=planner.network,
+        n_blocks_per_stage=blocks if residual else [],
     )
 
 
-def _cost(patch, arch: Architecture, in_channels: int, num_classes: int) -> tuple[int, int]:
-    voxels = feature_map_voxels(
+def network_cost(patch, arch: Architecture, in_channels: int, num_classes: int) -> tuple[int, int]:
+    """The reference's feature-map voxels of one sample, and the parameters, of either family."""
+    residual = arch.network == "residual_encoder"
+    count_voxels = residual_feature_map_voxels if residual else feature_map_voxels
+    count_parameters = residual_parameter_count if residual else parameter_count
+    voxels = count_voxels(
         patch,
         arch.strides,
         arch.features_per_stage,
-        arch.n_conv_per_stage,
+        arch.encoder_blocks,
         arch.n_conv_per_stage_decoder,
         num_classes,
     )
-    params = parameter_count(
+    params = count_parameters(
         in_channels,
         num_classes,
         arch.features_per_stage,
         arch.kernel_sizes,
         arch.strides,
-        arch.n_conv_per_stage,
+        arch.encoder_blocks,
         arch.n_conv_per_stage_decoder,
     )
     return voxels, params
@@ -188,6 +130,7 @@ def plan_network(
     num_classes: int,
     options: PlannerOptions,
     calibration: Calibration | None = None,
+    planner: NetworkPlanner | None = None,
 ) -> NetworkPlan:
     """Patch size, topology and batch size for one configuration (2 or 3 spatial axes).
 
@@ -196,13 +139,23 @@ def plan_network(
     the largest patch / median ratio by one pooling step and recompute the topology.
     """
     dims = len(spacing)
-    budget = MemoryBudget(dims, options.gpu_memory_gb, options.memory_model, calibration)
+    planner = planner or PLANNERS["default"]
+    memory_gb = options.memory_gb(planner.name)
+    budget = MemoryBudget(
+        dims,
+        memory_gb,
+        options.memory_model,
+        calibration,
+        reference=planner.reference_value(dims),
+        reference_gb=planner.reference_gb,
+        fit_at_min_batch=planner.fit_at_min_batch,
+    )
     max_voxels = options.max_patch_voxels(dims)
     patch0 = initial_patch_size(spacing, median_shape, INITIAL_PATCH_VOLUME[dims])
     topology = pool_and_conv_props(spacing, patch0, MIN_FEATURE_MAP, UNLIMITED_POOLS)
     patch = topology.patch_size
-    arch = _architecture(topology, dims, options)
-    voxels, params = _cost(patch, arch, in_channels, num_classes)
+    arch = _architecture(topology, dims, options, planner)
+    voxels, params = network_cost(patch, arch, in_channels, num_classes)
 
     def too_large() -> bool:
         if max_voxels is not None and math.prod(patch) > max_voxels:
@@ -218,18 +171,18 @@ def plan_network(
         step = pool_and_conv_props(spacing, trial, MIN_FEATURE_MAP, UNLIMITED_POOLS).divisor[axis]
         if patch[axis] - step < 1:
             raise ToolkitError(
-                f"no patch fits the budget ({options.gpu_memory_gb} GB, at most {max_voxels} patch voxels): "
+                f"no patch fits the budget ({memory_gb:g} GB, at most {max_voxels} patch voxels): "
                 "raise --gpu-memory or --max-patch-voxels"
             )
         patch = list(patch)
         patch[axis] -= step
         topology = pool_and_conv_props(spacing, patch, MIN_FEATURE_MAP, UNLIMITED_POOLS)
         patch = topology.patch_size
-        arch = _architecture(topology, dims, options)
-        voxels, params = _cost(patch, arch, in_channels, num_classes)
+        arch = _architecture(topology, dims, options, planner)
+        voxels, params = network_cost(patch, arch, in_channels, num_classes)
 
     batch = budget.batch_size(voxels, params)
-    covered = round(dataset_voxels * MAX_DATASET_COVERED / math.prod(patch))
+    covered = round(dataset_voxels * planner.max_dataset_covered / math.prod(patch))
     batch = max(min(batch, covered), options.min_batch_size)
     cap = options.max_batch_size(dims)
     if cap is not None:
@@ -250,6 +203,7 @@ class _Context:
     normalization: list
     in_channels: int
     num_classes: int
+    planner: NetworkPlanner
 
 
 def _configuration(
@@ -272,10 +226,11 @@ def _configuration(
         ctx.num_classes,
         ctx.options,
         ctx.calibration,
+        ctx.planner,
     )
     return Configuration(
-        name=name,
-        data_identifier=data_identifier,
+        name=ctx.planner.configuration_name(name),
+        data_identifier=ctx.planner.data_identifier(data_identifier),
         spatial_dims=spatial_dims,  # type: ignore[arg-type]
         target_spacing=[float(s) for s in spacing3],
         median_shape=[int(round(m)) for m in median3],
@@ -286,6 +241,7 @@ def _configuration(
         resampling=Resampling(anisotropy_threshold=ANISOTROPY_THRESHOLD),
         batch_dice=batch_dice,
         deep_supervision_scales=deep_supervision_scales(net.architecture.strides),
+        planner=ctx.planner.name,
     )
 
 
@@ -294,7 +250,8 @@ def plan_experiment(
     options: PlannerOptions | None = None,
     calibration: Calibration | None = None,
 ) -> Plans:
-    """The plans for a dataset (pure: no disk access)."""
+    """The plans for a dataset (pure: no disk access): every planner of ``options.planners``
+    plans its configurations from the same spacing, axis order and normalization."""
     options = (options or PlannerOptions()).check()
     if options.memory_model == "calibrated" and calibration is None:
         raise ToolkitError(
@@ -305,14 +262,6 @@ def plan_experiment(
     spacings, shapes = fingerprint.spacings, fingerprint.shapes_after_crop
     num_classes = len(fingerprint.labels)
     normalization = dataset_normalization(fingerprint)
-    ctx = _Context(
-        fingerprint,
-        options,
-        calibration,
-        normalization,
-        len(fingerprint.channel_names),
-        num_classes,
-    )
 
     fullres_spacing = target_spacing(spacings, shapes)
     forward, backward = transpose_axes(fullres_spacing)
@@ -323,30 +272,26 @@ def plan_experiment(
     dataset_voxels = float(np.prod(median_t, dtype=np.float64) * n_train)
 
     configurations: dict[str, Configuration] = {}
-    fullres = lowres = None
-    if median_t[0] != 1:
-        fullres = _configuration(
-            ctx, "3d_fullres", "3d_fullres", 3, spacing_t, median_t, dataset_voxels, False
+    for name in options.planners:
+        ctx = _Context(
+            fingerprint,
+            options,
+            calibration,
+            normalization,
+            len(fingerprint.channel_names),
+            num_classes,
+            get_planner(name),
         )
-        lowres = _plan_lowres(ctx, fullres, spacing_t, median_t, n_train)
-        fullres.batch_dice = lowres is not None
-    plan_2d = _configuration(ctx, "2d", "2d", 2, spacing_t, median_t, dataset_voxels, True)
+        configurations.update(
+            _planner_configurations(ctx, spacing_t, median_t, dataset_voxels, n_train)
+        )
 
-    configurations["2d"] = plan_2d
-    if lowres is not None:
-        lowres.next_stage = "3d_cascade_fullres"
-        configurations["3d_lowres"] = lowres
-    if fullres is not None:
-        configurations["3d_fullres"] = fullres
-        if lowres is not None:
-            cascade = replace(
-                fullres, name="3d_cascade_fullres", previous_stage="3d_lowres", next_stage=None
-            )
-            configurations["3d_cascade_fullres"] = cascade
-
+    planners = [get_planner(name) for name in options.planners]
     planner = {
-        "reproduces": REFERENCE_PLANNER,
+        "reproduces": f"{REFERENCE} " + " + ".join(p.reproduces for p in planners),
         **asdict(options),
+        "planners": list(options.planners),
+        "memory_gb": {p.name: options.memory_gb(p.name) for p in planners},
     }
     if calibration is not None and options.memory_model == "calibrated":
         planner["calibration"] = asdict(calibration)
@@ -366,6 +311,42 @@ def plan_experiment(
         configurations=configurations,
         planner=planner,
     )
+
+
+def _planner_configurations(
+    ctx: _Context,
+    spacing_t: list[float],
+    median_t: list[float],
+    dataset_voxels: float,
+    n_train: int,
+) -> dict[str, Configuration]:
+    """One planner's configurations, named by :func:`~toolkit.core.plans.configuration_name`."""
+    name = ctx.planner.configuration_name
+    configurations: dict[str, Configuration] = {}
+    fullres = lowres = None
+    if median_t[0] != 1:
+        fullres = _configuration(
+            ctx, "3d_fullres", "3d_fullres", 3, spacing_t, median_t, dataset_voxels, False
+        )
+        lowres = _plan_lowres(ctx, fullres, spacing_t, median_t, n_train)
+        fullres.batch_dice = lowres is not None
+    plan_2d = _configuration(ctx, "2d", "2d", 2, spacing_t, median_t, dataset_voxels, True)
+
+    configurations[plan_2d.name] = plan_2d
+    if lowres is not None:
+        lowres.next_stage = name("3d_cascade_fullres")
+        configurations[lowres.name] = lowres
+    if fullres is not None:
+        configurations[fullres.name] = fullres
+        if lowres is not None:
+            cascade = replace(
+                fullres,
+                name=name("3d_cascade_fullres"),
+                previous_stage=lowres.name,
+                next_stage=None,
+            )
+            configurations[cascade.name] = cascade
+    return configurations
 
 
 def _plan_lowres(

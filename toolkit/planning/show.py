@@ -17,6 +17,13 @@ def _stages(values: list[list[int]]) -> str:
     return " ".join("(" + ",".join(str(v) for v in stage) + ")" for stage in values)
 
 
+def _network(a) -> str:
+    if a.network == "residual_encoder":
+        blocks = " ".join(str(b) for b in a.n_blocks_per_stage)
+        return f"residual encoder U-Net, residual blocks per stage {blocks}"
+    return "plain U-Net, conv blocks per stage " + " ".join(str(b) for b in a.n_conv_per_stage)
+
+
 def configuration_table(plans: Plans, c: Configuration) -> Table:
     title = f"{plans.dataset_name}: {c.name}"
     if c.previous_stage:
@@ -39,6 +46,7 @@ def configuration_table(plans: Plans, c: Configuration) -> Table:
         ("median shape (voxels)", _axes(c.median_shape)),
         ("patch size", f"{_axes(c.patch_size)}  ({math.prod(c.patch_size):,} voxels)"),
         ("batch size", str(c.batch_size)),
+        ("network", _network(a)),
         ("stages", str(a.n_stages)),
         ("features", " ".join(str(f) for f in a.features_per_stage)),
         ("kernel sizes", _stages(a.kernel_sizes)),
@@ -73,7 +81,9 @@ def planner_summary(plans: Plans) -> str:
         return (
             f"plans of {p['transferred_from']}; configurations: {', '.join(plans.configurations)}"
         )
+    budgets = p.get("memory_gb") or {"default": p.get("gpu_memory_gb") or 8}
+    planners = ", ".join(f"{name} {gb:g} GB" for name, gb in budgets.items())
     return (
         f"preset {p.get('preset', 'default')}, memory model {p.get('memory_model', 'reference')}, "
-        f"{p.get('gpu_memory_gb', 8):g} GB budget; configurations: {', '.join(plans.configurations)}"
+        f"planners {planners}; configurations: {', '.join(plans.configurations)}"
     )

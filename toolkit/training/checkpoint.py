@@ -114,5 +114,19 @@ def training_state(checkpoint: dict[str, Any]) -> TrainingState:
     )
 
 
+# fields the plans gained later, left out at their defaults: a configuration planned before
+# they existed keeps its dict, so run-all's training keys stay and nothing trains again
+_LATER_FIELDS = {"planner": "default"}
+_LATER_ARCHITECTURE_FIELDS = {"network": "plain", "n_blocks_per_stage": []}
+
+
 def plans_configuration_dict(configuration) -> dict[str, Any]:
-    return dataclasses.asdict(configuration)
+    data = dataclasses.asdict(configuration)
+    for fields, where in (
+        (_LATER_FIELDS, data),
+        (_LATER_ARCHITECTURE_FIELDS, data["architecture"]),
+    ):
+        for name, default in fields.items():
+            if where.get(name) == default:
+                where.pop(name)
+    return data
