@@ -130,7 +130,10 @@ def test_input_sockets_are_mapped_to_channels_by_name_or_explicitly():
     assert [s.slug for s in interface.channel_inputs] == ["scan-two", "scan-one"]
     with pytest.raises(ToolkitError, match="not a channel of the model"):
         parse_channel_map(["scan-one=FLAIR"], CHANNELS)
-    with pytest.raises(ToolkitError, match=r"2 image input socket\(s\) \(scan-one, scan-two\) for the model.s 1 channel"):
+    with pytest.raises(
+        ToolkitError,
+        match=r"2 image input socket\(s\) \(scan-one, scan-two\) for the model.s 1 channel",
+    ):
         bind_interfaces(parse_interfaces(vague), ["T2"], [0, 1, 2])
 
 
@@ -211,7 +214,9 @@ def test_segment_values_are_checked_on_writing_and_on_checking(tmp_path):
     (tmp_path / "results.json").write_text("{}")
     spec = AlgorithmSpec("D", ["CT"], LABELS, [interface])
     _, problems = check_output(tmp_path, spec, geometry, interface)
-    assert problems == ["seg: the output holds value(s) [2] outside the socket's overlay segments [0, 1]"]
+    assert problems == [
+        "seg: the output holds value(s) [2] outside the socket's overlay segments [0, 1]"
+    ]
 
 
 # --- limits ----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 import toolkit
-from toolkit.container.limits import SYSTEM_RESERVED_BYTES
+from toolkit.container.limits import describe_job_memory
 from toolkit.container.spec import AlgorithmSpec, EnsembleSpec
 from toolkit.core.fingerprint import Fingerprint
 from toolkit.core.plans import Plans
@@ -118,6 +118,7 @@ def _data_section(facts: CardFacts) -> list[str]:
             f"(x, y, z; {facts.ensemble.configurations[0]}); images at other spacings are resampled "
             "to it and the prediction back to the input's grid."
         )
+        lines.append("")
     if facts.orientations:
         found = ", ".join(f"{code} ({n} case(s))" for code, n in facts.orientations.items())
         lines.append(
@@ -125,9 +126,14 @@ def _data_section(facts: CardFacts) -> list[str]:
             f"in training; voxel axes (i, j, k) of the training images point towards {found}. "
             "Inputs stored in another orientation will be segmented worse."
         )
-    lines.append("")
+        lines.append("")
     fp = facts.fingerprint
-    if fp is not None:
+    if fp is None:
+        lines += [
+            "No fingerprint.json: run `toolkit fingerprint` for the training data's summary.",
+            "",
+        ]
+    else:
         spacings = np.asarray(fp.spacings, dtype=float)
         shapes = np.asarray([c.shape_before_cropping for c in fp.cases], dtype=float)
         lines += [
@@ -220,20 +226,39 @@ def _runtime_section(facts: CardFacts) -> list[str]:
         rows.append(
             [
                 c["case"],
+                str(c.get("interface", 1)),
                 c.get("mode", ""),
                 f"{c['seconds']:.1f} s",
                 memory,
                 "ok" if c.get("ok") else "FAILED",
             ]
         )
-    lines += _table(["case", "run", "time", "peak memory", "result"], rows)
+    lines += _table(["case", "interface", "run", "time", "peak memory", "result"], rows)
+    lines.append("")
     if facts.memory_limit:
-        lines += [
-            "",
-            f"Measured with --memory {facts.memory_limit}, of which the job gets "
-            f"{facts.memory_limit} minus the platform's {SYSTEM_RESERVED_BYTES // 1024**3} GiB reservation.",
-        ]
+        lines.append(f"Each job had {describe_job_memory(facts.memory_limit)}.")
+    if facts.record.get("gpu_memory"):
+        lines.append(str(facts.record["gpu_memory"]) + ".")
+    lines.append(
+        "A dry run measures the entrypoint process on this machine; a container run the whole "
+        "container, as the platform limits it."
+    )
     return lines + [""]
+
+
+def reproduce_options(record: dict[str, Any]) -> str:
+    """The export's own options, as command-line text (pure)."""
+    parts = []
+    if record.get("model_mode") == "tarball":
+        parts.append("--model-mode tarball")
+    if record.get("device") == "cuda":
+        parts.append("--device cuda")
+    if record.get("interfaces_file"):
+        parts.append(f"--interfaces {record['interfaces_file']}")
+    parts += [f"--channel-map {m}" for m in record.get("channel_map") or []]
+    if record.get("memory") and record["memory"] != "8g":
+        parts.append(f"--memory {record['memory']}")
+    return "".join(f" {p}" for p in parts)
 
 
 def render_model_card(facts: CardFacts) -> str:
@@ -311,8 +336,8 @@ def gather_facts(paths: DatasetPaths, export: ExportPaths) -> CardFacts:
     tested = _json(export.test_report)
     if tested and tested.get("cases"):
         facts.test_cases, facts.memory_limit = tested["cases"], str(tested.get("memory_limit", ""))
-    elif facts.record.get("test_run"):
-        facts.test_cases = [facts.record["test_run"]]
+    elif facts.record.get("test_runs") or facts.record.get("test_run"):
+        facts.test_cases = facts.record.get("test_runs") or [facts.record["test_run"]]
         facts.memory_limit = str(facts.record.get("memory", ""))
     return facts
 

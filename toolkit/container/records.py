@@ -35,6 +35,8 @@ class ExportRecord:
     model_bytes: int
     context_seconds: float
     interfaces: list[dict[str, Any]] = field(default_factory=list)
+    interfaces_file: str | None = None  # --interfaces, as given
+    channel_map: list[str] = field(default_factory=list)
     wheels: str = ""  # where the image's wheels come from
     memory: str = DEFAULT_MEMORY  # selected; the job gets 1 GiB less
     time_limit: float = DEFAULT_TIME_LIMIT

@@ -118,6 +118,8 @@ def export_container(
         context_seconds=round(time.perf_counter() - start, 2),
         model_tarball_bytes=summary.model_tarball.stat().st_size if summary.model_tarball else None,
         interfaces=[i.to_dict() for i in summary.algorithm.interfaces],
+        interfaces_file=str(options.interfaces) if options.interfaces else None,
+        channel_map=list(options.channel_map or []),
         wheels=wheel_source(options),
         memory=memory,
         time_limit=time_limit,
