@@ -12,10 +12,12 @@ from toolkit.container import wheels
 from toolkit.container.context import (
     BAKED_MODEL_DIR,
     TARBALL_MODEL_DIR,
+    TEMPLATE_NAME,
     ExportOptions,
     dockerfile_values,
     ensemble_from_selection,
     render_dockerfile,
+    template_dir,
     write_context,
 )
 from toolkit.container.interfaces import shorthand_interface
@@ -225,3 +227,23 @@ def test_ensemble_spec_cascade_needs_its_first_stage(tmp_path):
     )
     with pytest.raises(ToolkitError, match="at least one fold"):
         EnsembleSpec.load(tmp_path / "bad.json")
+
+
+def test_builds_are_offline_by_default(tmp_path, monkeypatch):
+    from toolkit.container import stage
+
+    monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path))
+    built = stage.resolve_wheelhouse(options(), build=True)
+    assert built.wheelhouse == tmp_path / "wheelhouse"
+    assert "offline build" in stage.wheel_source(built)
+    text = render_dockerfile(
+        (template_dir() / TEMPLATE_NAME).read_text(),
+        dockerfile_values(built, "D", tiny_ensemble((0,))),
+    )
+    assert "pip install --no-index --find-links /tmp/build/wheels" in text
+    assert "download.pytorch.org" not in text
+    online = stage.resolve_wheelhouse(options(online_build=True), build=True)
+    assert online.wheelhouse is None and "inside the build" in stage.wheel_source(online)
+    assert stage.resolve_wheelhouse(options(), build=False).wheelhouse is None
+    given = stage.resolve_wheelhouse(options(wheelhouse=tmp_path / "w"), build=False)
+    assert given.wheelhouse == tmp_path / "w"

@@ -97,8 +97,7 @@ def export_container(
     job_memory_bytes(memory)  # a selection the platform would leave nothing of fails now
     if not options.base_image:
         options = dataclasses.replace(options, base_image=default_base_image(kind))
-    if build and not options.online_build and options.wheelhouse is None:
-        options = dataclasses.replace(options, wheelhouse=default_wheelhouse())
+    options = resolve_wheelhouse(options, build)
 
     start = time.perf_counter()
     summary = write_context(paths, ensemble, options, export)
@@ -218,6 +217,15 @@ def wheel_source(options: ExportOptions) -> str:
 
 def default_wheelhouse() -> Path:
     return cache_dir() / "wheelhouse"
+
+
+def resolve_wheelhouse(options: ExportOptions, build: bool) -> ExportOptions:
+    """Offline by default: a build gets its wheels from this machine (the default
+    wheelhouse) unless ``--online-build``; ``--no-build`` downloads nothing it was not asked
+    to (its Dockerfile then downloads inside its build, and says so in export.json)."""
+    if build and not options.online_build and options.wheelhouse is None:
+        return dataclasses.replace(options, wheelhouse=default_wheelhouse())
+    return options
 
 
 def _size_warning(record: ExportRecord, size_bytes: int, what: str) -> None:
