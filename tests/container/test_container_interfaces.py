@@ -371,3 +371,20 @@ def test_test_container_takes_the_interfaces_in_turn(phase_export):
     assert "1 of 1 case(s) failed" in str(result.exception)
     report = json.loads(export.test_report.read_text())
     assert "renamed-t2-mri" in report["cases"][0]["stderr_tail"]
+
+
+def test_the_export_refuses_an_archive_over_the_limit_and_records_why(tmp_path):
+    from toolkit.container.stage import ExportRecord, apply_size_limit
+
+    record = ExportRecord(
+        dataset="D", tag="t", base_image="b", model_mode="baked", device="cpu", engine="e",
+        built=True, configurations=["c"], folds=[0], input_slugs=["x"], output_slug="s",
+        model_bytes=1, context_seconds=0.0,
+    )  # fmt: skip
+    export = ExportPaths(tmp_path)
+    apply_size_limit(record, export, 11 * GIB, "the image (uncompressed)", refuse=False)
+    assert "the saved archive (compressed) is what the limit applies to" in record.warnings[0]
+    with pytest.raises(ToolkitError, match="refuses images over 10 GiB"):
+        apply_size_limit(record, export, 11 * GIB, "the archive image.tar.gz")
+    saved = json.loads(export.record.read_text())
+    assert "refuses images over 10 GiB" in saved["warnings"][-1]

@@ -168,7 +168,13 @@ def export_container(
         info(
             f"built {options.tag} in {record.build_seconds:.0f} s: {built.size_bytes / 1e9:.2f} GB, user {built.user}, {built.architecture}"
         )
-        _size_warning(record, built.size_bytes, f"the image {options.tag} (uncompressed)")
+        apply_size_limit(
+            record,
+            export,
+            built.size_bytes,
+            f"the image {options.tag} (uncompressed)",
+            refuse=False,
+        )
         model_mount = (
             extract_model_tarball(export.model_tarball, export.extracted_model)
             if options.model_mode == "tarball"
@@ -199,7 +205,9 @@ def export_container(
             report = check_archive(export.image_archive)
             record.archive = report.to_dict()
             record.save(export.record)
-            _size_warning(record, report.size_bytes, f"the archive {export.image_archive.name}")
+            apply_size_limit(
+                record, export, report.size_bytes, f"the archive {export.image_archive.name}"
+            )
             info(
                 f"saved {export.image_archive} ({report.size_bytes / 1e9:.2f} GB) in {record.save_seconds:.0f} s: passes the platform's checks"
             )
@@ -228,13 +236,19 @@ def resolve_wheelhouse(options: ExportOptions, build: bool) -> ExportOptions:
     return options
 
 
-def _size_warning(record: ExportRecord, size_bytes: int, what: str) -> None:
-    """Refuse what the platform refuses (one line); warn about a large image."""
+def apply_size_limit(
+    record: ExportRecord, export: ExportPaths, size_bytes: int, what: str, refuse: bool = True
+) -> None:
+    """Refuse (one line) an upload the platform refuses; warn about a large image. The
+    uncompressed image only warns: its archive, the upload, decides."""
     try:
         warning = check_image_size(size_bytes, what)
-    except ToolkitError:
-        record.warnings.append(f"{what}: over the platform's size limit")
-        raise
+    except ToolkitError as exc:
+        if refuse:
+            record.warnings.append(exc.one_line())
+            record.save(export.record)
+            raise
+        warning = f"{exc.one_line()}; the saved archive (compressed) is what the limit applies to"
     if warning:
         record.warnings.append(warning)
         warn(warning)
