@@ -31,6 +31,7 @@ demo: install
 	@echo "  report:     $(DEMO_DIR)/workspace/Task901_SynthMR/evaluation/report.md"
 	@echo "  selection:  $(DEMO_DIR)/workspace/Task901_SynthMR/selection.json"
 	@echo "  container:  $(DEMO_DIR)/workspace/Task901_SynthMR/export/context (build it: toolkit export-container Task901_SynthMR -w $(DEMO_DIR)/workspace)"
+	@echo "  model card: $(DEMO_DIR)/workspace/Task901_SynthMR/export/README.md"
 	@echo "  status:     $(BIN)/toolkit status Task901_SynthMR --workspace $(DEMO_DIR)/workspace"
 
 test: install

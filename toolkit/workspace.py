@@ -291,6 +291,7 @@ class ExportPaths:
         model.tar.gz             the model for the platform's /opt/ml/model (--model-mode tarball)
         build.log                the build's streamed log
         export.json              what was exported, sizes and times
+        README.md                the model card (toolkit.container.card)
         container-test.json      test-container's per-case results
         runs/<case>/input, output   platform-style folders of the test runs
         runs/<case>/reference/   `toolkit predict` of the same case, for comparison
@@ -350,6 +351,10 @@ class ExportPaths:
     @property
     def build_log(self) -> Path:
         return self.root / "build.log"
+
+    @property
+    def model_card(self) -> Path:
+        return self.root / "README.md"
 
     @property
     def record(self) -> Path:

@@ -36,7 +36,7 @@ CASES = [f"case_{i:03d}" for i in range(5)]
 LABELS = {"background": 0, "blob": 1, "rim": 2}
 
 
-def tiny_plans(name: str) -> Plans:
+def tiny_plans(name: str, channels: tuple[str, ...] = ("MR",)) -> Plans:
     architecture = Architecture(
         features_per_stage=[4, 8],
         kernel_sizes=[[3, 3, 3], [3, 3, 3]],
@@ -53,12 +53,12 @@ def tiny_plans(name: str) -> Plans:
         patch_size=[8, 16, 16],
         batch_size=2,
         architecture=architecture,
-        normalization=[Normalization(scheme="zscore")],
+        normalization=[Normalization(scheme="zscore") for _ in channels],
         deep_supervision_scales=[[1.0, 1.0, 1.0]],
     )
     return Plans(
         dataset_name=name,
-        channel_names={"0": "MR"},
+        channel_names={str(c): n for c, n in enumerate(channels)},
         labels=dict(LABELS),
         transpose_forward=[0, 1, 2],
         transpose_backward=[0, 1, 2],
@@ -88,19 +88,28 @@ def geometry() -> Geometry:
 
 
 def make_dataset(
-    workspace: Path, name: str = "Dataset900_Tiny", folds: tuple[int, ...] = (0, 1)
+    workspace: Path,
+    name: str = "Dataset900_Tiny",
+    folds: tuple[int, ...] = (0, 1),
+    channels: tuple[str, ...] = ("MR",),
 ) -> DatasetPaths:
+    """Channel ``c`` is the image plus ``10 * c`` (so channels differ and order matters)."""
     paths = DatasetPaths(workspace / name)
-    info = DatasetInfo(channel_names={"0": "MR"}, labels=dict(LABELS), num_training=len(CASES))
+    info = DatasetInfo(
+        channel_names={str(c): n for c, n in enumerate(channels)},
+        labels=dict(LABELS),
+        num_training=len(CASES),
+    )
     write_dataset_info(paths.dataset_json, info)
     for k, case in enumerate(CASES):
         image, label = case_arrays(k)
-        write_image(paths.images_tr / channel_file(case, 0), image, geometry())
+        for c in range(len(channels)):
+            write_image(paths.images_tr / channel_file(case, c), image + 10.0 * c, geometry())
         write_image(paths.labels_tr / label_file(case), label, geometry())
     write_json(
         paths.splits_json, [{"train": [c for c in CASES if c != v], "val": [v]} for v in CASES]
     )
-    plans = tiny_plans(name)
+    plans = tiny_plans(name, channels)
     plans.save(paths.plans_json)
     model = paths.model_dir(CONFIG)
     plans.save(model / MODEL_PLANS)

@@ -12,12 +12,15 @@ from toolkit.container import wheels
 from toolkit.container.context import (
     BAKED_MODEL_DIR,
     TARBALL_MODEL_DIR,
+    TEMPLATE_NAME,
     ExportOptions,
     dockerfile_values,
     ensemble_from_selection,
     render_dockerfile,
+    template_dir,
     write_context,
 )
+from toolkit.container.interfaces import shorthand_interface
 from toolkit.container.spec import AlgorithmSpec, EnsembleSpec, default_input_slugs, slugify
 from toolkit.core.checkpoint import weights_only
 from toolkit.errors import MissingStageError, ToolkitError
@@ -125,6 +128,8 @@ def test_dockerfile_pip_source_depends_on_wheelhouse_and_device(tmp_path):
     values = dockerfile_values(options(), "D", ensemble)
     assert f"--extra-index-url {wheels.TORCH_CPU_INDEX}" in render_dockerfile(template, values)
     assert dockerfile_values(options(device="cuda"), "D", ensemble)["PIP_SOURCE"] == ""
+    with pytest.raises(ToolkitError, match="give one or the other"):
+        options(online_build=True, wheelhouse=tmp_path)
     with pytest.raises(ValueError, match="NOPE"):
         render_dockerfile("FROM {{NOPE}}", values)
 
@@ -194,11 +199,15 @@ def test_slugs():
     assert slugify("T2 FLAIR") == "t2-flair" and slugify("__") == "image"
     assert default_input_slugs(["CT", "ct", "ADC"]) == ["ct-image", "ct-image-2", "adc-image"]
     with pytest.raises(ToolkitError, match="one --input-slug per channel"):
-        AlgorithmSpec("D", ["a"], "out", ["T2", "ADC"], {"background": 0})
+        shorthand_interface(["a"], "out", ["T2", "ADC"], {"background": 0})
     with pytest.raises(ToolkitError, match="not an interface slug"):
-        AlgorithmSpec("D", ["Bad_Slug"], "out", ["T2"], {"background": 0})
+        shorthand_interface(["Bad_Slug"], "out", ["T2"], {"background": 0})
     with pytest.raises(ToolkitError, match="also an input slug"):
-        AlgorithmSpec("D", ["same"], "same", ["T2"], {"background": 0})
+        shorthand_interface(["same"], "same", ["T2"], {"background": 0})
+    interface = shorthand_interface(["t2"], "seg", ["T2"], {"background": 0, "a": 1, "b": 2})
+    assert interface.inputs[0].relative_path == "images/t2" and interface.inputs[0].channel == 0
+    assert interface.outputs[0].kind == "Segmentation"
+    assert interface.outputs[0].allowed_values == {0, 1, 2}
 
 
 def test_ensemble_spec_cascade_needs_its_first_stage(tmp_path):
@@ -218,3 +227,23 @@ def test_ensemble_spec_cascade_needs_its_first_stage(tmp_path):
     )
     with pytest.raises(ToolkitError, match="at least one fold"):
         EnsembleSpec.load(tmp_path / "bad.json")
+
+
+def test_builds_are_offline_by_default(tmp_path, monkeypatch):
+    from toolkit.container import stage
+
+    monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path))
+    built = stage.resolve_wheelhouse(options(), build=True)
+    assert built.wheelhouse == tmp_path / "wheelhouse"
+    assert "offline build" in stage.wheel_source(built)
+    text = render_dockerfile(
+        (template_dir() / TEMPLATE_NAME).read_text(),
+        dockerfile_values(built, "D", tiny_ensemble((0,))),
+    )
+    assert "pip install --no-index --find-links /tmp/build/wheels" in text
+    assert "download.pytorch.org" not in text
+    online = stage.resolve_wheelhouse(options(online_build=True), build=True)
+    assert online.wheelhouse is None and "inside the build" in stage.wheel_source(online)
+    assert stage.resolve_wheelhouse(options(), build=False).wheelhouse is None
+    given = stage.resolve_wheelhouse(options(wheelhouse=tmp_path / "w"), build=False)
+    assert given.wheelhouse == tmp_path / "w"

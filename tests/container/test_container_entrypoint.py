@@ -23,6 +23,7 @@ from toolkit.container.entrypoint import (
     label_volumes,
     to_output_labels,
 )
+from toolkit.container.interfaces import shorthand_interface
 from toolkit.container.spec import AlgorithmSpec
 from toolkit.container.testrun import (
     check_output,
@@ -36,8 +37,12 @@ from toolkit.errors import ToolkitError
 from toolkit.io.images import Geometry, read_channels, write_image
 from toolkit.workspace import DatasetPaths, ExportPaths
 
+LABELS = {"background": 0, "a": 1, "b": 2}
 SPEC = AlgorithmSpec(
-    "D", ["t2-image", "adc-image"], "segmentation", ["T2", "ADC"], {"background": 0, "a": 1, "b": 2}
+    "D",
+    ["T2", "ADC"],
+    LABELS,
+    [shorthand_interface(["t2-image", "adc-image"], "segmentation", ["T2", "ADC"], LABELS)],
 )
 
 
@@ -51,13 +56,13 @@ def touch(path):
 
 
 def test_inputs_json_gives_the_folders_in_channel_order(tmp_path):
-    names = ["x.mha", "y.mha"]
-    document = inputs_json_document("c", SPEC, names)
+    names = {"t2-image": "x.mha", "adc-image": "y.mha"}
+    document = inputs_json_document("c", SPEC.interfaces[0], names)
     document[0]["interface"]["relative_path"] = "images/somewhere-else"  # read, not assumed
     (tmp_path / "inputs.json").write_text(json.dumps(document[::-1]))
     touch(tmp_path / "images/somewhere-else/3f2a.mha")
     touch(tmp_path / "images/adc-image/77.tif")
-    assert input_folders(tmp_path, SPEC.input_slugs) == [
+    assert input_folders(tmp_path, SPEC) == [
         tmp_path / "images/somewhere-else",
         tmp_path / "images/adc-image",
     ]
@@ -79,9 +84,11 @@ def test_input_problems_name_what_is_missing(tmp_path):
     ):
         find_inputs(tmp_path, SPEC)
     (tmp_path / "inputs.json").write_text(
-        json.dumps(inputs_json_document("c", SPEC, ["a", "b"])[:1])
+        json.dumps(inputs_json_document("c", SPEC.interfaces[0], {"t2-image": "a"})[:1])
     )
-    with pytest.raises(ToolkitError, match=r"no input for interface\(s\) \['adc-image'\]"):
+    with pytest.raises(
+        ToolkitError, match=r"lists input socket\(s\) \[t2-image\]; .* take \[t2-image, adc-image\]"
+    ):
         find_inputs(tmp_path, SPEC)
     (tmp_path / "inputs.json").write_text("{not json")
     with pytest.raises(ToolkitError, match="not valid JSON"):
@@ -114,7 +121,10 @@ def test_output_labels_are_uint8_and_declared():
 
 def test_check_output_finds_what_the_platform_refuses(tmp_path):
     geometry = Geometry((1.0, 1.0, 2.0), (1, 2, 3), (1, 0, 0, 0, 1, 0, 0, 0, 1), (4, 3, 2))
-    spec = AlgorithmSpec("D", ["t2-image"], "segmentation", ["T2"], {"background": 0, "a": 1})
+    labels = {"background": 0, "a": 1}
+    spec = AlgorithmSpec(
+        "D", ["T2"], labels, [shorthand_interface(["t2-image"], "segmentation", ["T2"], labels)]
+    )
     out = tmp_path / "out"
     folder = out / "images/segmentation"
     write_image(folder / "output.mha", np.ones((2, 3, 4), np.uint8), geometry)
@@ -232,7 +242,7 @@ def test_platform_layout_of_a_case(exported):
     paths, export = exported
     case = cross_validation_cases(paths, 1, [CASES[3]])[0]
     spec = AlgorithmSpec.load(export.algorithm_json)
-    input_dir, output_dir = lay_out_case(case, spec, export.run_dir(case.case))
+    input_dir, output_dir = lay_out_case(case, spec.interfaces[0], export.run_dir(case.case))
     document = json.loads((input_dir / "inputs.json").read_text())
     assert [e["interface"]["slug"] for e in document] == spec.input_slugs
     (image,) = (input_dir / "images" / spec.input_slugs[0]).iterdir()

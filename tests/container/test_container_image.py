@@ -64,6 +64,35 @@ def smoke_trained(root) -> DatasetPaths:
     return paths
 
 
+def phase_interfaces(paths: DatasetPaths) -> dict:
+    """Two interfaces whose folders are not their slugs: T2 and ADC in, one segmentation out."""
+    labels = json.loads(paths.dataset_json.read_text())["labels"]
+    segments = [{"name": n, "voxel_value": v, "visible": True} for n, v in labels.items() if v]
+
+    def image(slug, path, kind="Image", **extra):
+        return {"slug": slug, "kind": kind, "relative_path": path} | extra
+
+    return {
+        "algorithm_interfaces": [
+            {
+                "inputs": [
+                    image("transverse-t2-mri", "images/transverse-t2-scan"),
+                    image("adc-map", "images/apparent-diffusion"),
+                ],
+                "outputs": [
+                    image("lesion", "images/lesion-mask", "Segmentation", overlay_segments=segments)
+                ],
+            },
+            {
+                "inputs": [image("adc-second", "images/adc-2"), image("t2-second", "images/t2-2")],
+                "outputs": [
+                    image("lesion-2", "images/lesion-2", "Segmentation", overlay_segments=segments)
+                ],
+            },
+        ]
+    }
+
+
 def test_smoke_trained_image_is_built_run_offline_saved_and_accepted(tmp_path, monkeypatch):
     reason = unavailable_reason()
     if reason is not None:
@@ -73,15 +102,41 @@ def test_smoke_trained_image_is_built_run_offline_saved_and_accepted(tmp_path, m
     paths = smoke_trained(tmp_path)
     wheelhouse = cache_dir() / "wheelhouse"
     common = ["-w", str(paths.root.parent), "--engine", "podman", "--wheelhouse", str(wheelhouse)]
+    interfaces = tmp_path / "phase.json"
+    interfaces.write_text(json.dumps(phase_interfaces(paths)))
 
-    invoke("export-container", paths.name, "--tag", TAG, "--memory", "4g", *common, "-q")
+    invoke(
+        "export-container",
+        paths.name,
+        "--tag",
+        TAG,
+        "--memory",
+        "4g",
+        "--interfaces",
+        str(interfaces),
+        *common,
+        "-q",
+    )
     export = ExportPaths(paths.export)
     record = json.loads(export.record.read_text())
     assert record["built"] and record["image_user"] == "algorithm"
-    assert record["image_architecture"] == "amd64"
-    assert record["input_slugs"] == ["t2-image", "adc-image"]  # two channels, channel order
-    run = record["test_run"]
-    assert run["mode"] == "container" and run["ok"] and run["identical"], run
+    assert record["image_architecture"] == "amd64" and "offline build" in record["wheels"]
+    assert record["input_slugs"] == ["transverse-t2-mri", "adc-map"]  # channel order
+    assert "--no-index" in export.dockerfile.read_text()
+    runs = record["test_runs"]
+    assert [(r["interface"], r["ok"], r["identical"]) for r in runs] == [
+        (1, True, True),
+        (2, True, True),
+    ], runs
+    run = runs[0]
+    assert run["mode"] == "container"
+    # the container read and wrote exactly the sockets' relative paths
+    first, second = export.run_dir(run["case"]), export.run_dir(f"{run['case']}.interface-2")
+    assert len(list((first / "input/images/transverse-t2-scan").glob("*.mha"))) == 1
+    assert (first / "output/images/lesion-mask/output.mha").is_file()
+    assert (second / "output/images/lesion-2/output.mha").is_file()
+    assert json.loads((second / "output/results.json").read_text())["interface"] == 2
+    assert "## Cross-validation" in export.model_card.read_text()
     assert run["peak_memory_mb"] and run["peak_memory_mb"] > 50
     report = validate_archive(export.image_archive)
     assert report.ok and report.images == 1 and report.user == "algorithm"

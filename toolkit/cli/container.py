@@ -15,10 +15,31 @@ EngineOption = typer.Option(
     "started for this command, storage under ~/.cache/toolkit), or auto (Docker when found, else podman).",
 )
 MemoryOption = typer.Option(
-    "8g", "--memory", help="Memory limit of each test run, as on the platform (default 8g)."
+    "8g",
+    "--memory",
+    help="The memory selected for the algorithm on the platform (default 8g); test runs get it "
+    "minus the 1 GiB the platform reserves for the system, and fail above it.",
 )
 TimeLimitOption = typer.Option(
-    3600.0, "--time-limit", help="Seconds a test run may take before it is stopped."
+    3600.0,
+    "--time-limit",
+    help="The phase's time limit per job in seconds: a test case that takes longer fails (and is stopped).",
+)
+InterfacesOption = typer.Option(
+    None,
+    "--interfaces",
+    help="The phase's algorithm interfaces as JSON (grand-challenge-forge's `algorithm_interfaces`: "
+    "a list of {inputs, outputs}, each socket with slug, kind, relative_path and, for a "
+    "Segmentation, overlay_segments). Image inputs are mapped to the model's channels by name; "
+    "the job's inputs.json picks the interface.",
+    show_default=False,
+)
+ChannelMapOption = typer.Option(
+    None,
+    "--channel-map",
+    help="SOCKET=CHANNEL (name or index), repeatable: which input socket feeds which channel, "
+    "where the names do not tell.",
+    show_default=False,
 )
 OutOption = typer.Option(
     None,
@@ -48,15 +69,20 @@ def export_container(
         help="baked: the model inside the image; tarball: a separate model.tar.gz for the "
         "platform's /opt/ml/model (the image then needs no rebuild for new weights).",
     ),
+    interfaces: Path | None = InterfacesOption,
+    channel_map: list[str] | None = ChannelMapOption,
     input_slugs: list[str] | None = typer.Option(
         None,
         "--input-slug",
-        help="Platform input interface, once per channel in channel order (e.g. --input-slug "
-        "t2-weighted-mri --input-slug adc-map). Default: `<channel name>-image`.",
+        help="Shorthand for one interface whose folders are the slugs: an input socket per "
+        "channel in channel order (e.g. --input-slug t2-weighted-mri --input-slug adc-map). "
+        "Default: `<channel name>-image`.",
         show_default=False,
     ),
     output_slug: str = typer.Option(
-        "segmentation", "--output-slug", help="Platform output interface of the label image."
+        "segmentation",
+        "--output-slug",
+        help="Shorthand: the output Segmentation socket (folder images/<slug>, the model's labels as segments).",
     ),
     device: str = typer.Option(
         "cpu",
@@ -78,9 +104,16 @@ def export_container(
     wheelhouse: Path | None = typer.Option(
         None,
         "--wheelhouse",
-        help="Download every wheel here on this machine (reused next time); the image is then "
-        "built with --no-index, without network.",
+        help="Where the image's wheels are downloaded on this machine (by the pip that installed "
+        "the toolkit, with its index and find-links settings) and reused; the build itself needs "
+        "no network. Default: `<toolkit cache>/wheelhouse`.",
         show_default=False,
+    ),
+    online_build: bool = typer.Option(
+        False,
+        "--online-build",
+        help="Let pip download the wheels inside the build instead (needs network in the build, "
+        "and PyTorch's CPU index for a cpu image).",
     ),
     folds: str | None = typer.Option(
         None,
@@ -99,11 +132,14 @@ def export_container(
     """Build the selected model (ensemble and postprocessing of `selection.json`) as a Grand
     Challenge algorithm image.
 
-    Writes a build context to `<dataset>/export/context/`, builds the image through the Docker
-    SDK (log in `export/build.log`), runs it on a cross-validation case laid out as on the
-    platform (no network, memory limit, read-only /input) and checks that the output is
-    identical to `toolkit predict`'s, then saves `export/image.tar.gz` and checks it as the platform does
-    (one image, non-root user, amd64).
+    Writes a build context to `<dataset>/export/context/` (wheels downloaded here, so the
+    build needs no network), builds the image through the Docker SDK (log in
+    `export/build.log`), runs it on a cross-validation case laid out as on the platform for
+    each interface (no network, the memory minus 1 GiB, read-only /input, the time limit; a
+    GPU for a cuda image when this machine has one) and checks that the outputs are valid
+    for their sockets and identical to `toolkit predict`'s, then saves `export/image.tar.gz`
+    (refused over 10 GiB) and checks it as the platform does (one image, non-root user,
+    amd64). Writes the model card `export/README.md`, with --no-build too.
     """
     from toolkit.container.stage import ExportOptions, default_tag
     from toolkit.container.stage import export_container as run_export
@@ -120,6 +156,9 @@ def export_container(
         device=device,
         wheelhouse=wheelhouse,
         folds=parse_fold_list(folds, "--folds"),
+        interfaces=interfaces,
+        channel_map=list(channel_map) if channel_map else None,
+        online_build=online_build,
     )
     echo = (lambda line: typer.echo(f"  | {line}", err=True)) if enabled(quiet) else None
     run_export(
@@ -150,6 +189,14 @@ def test_container(
         "--dry-run",
         help="Run the exported entrypoint in a subprocess instead of the image (no engine needed).",
     ),
+    interfaces: Path | None = typer.Option(
+        None,
+        "--interfaces",
+        help="Lay the cases out for these interfaces (the phase's JSON, as for export-container) "
+        "instead of the export's: checks that the image serves them.",
+        show_default=False,
+    ),
+    channel_map: list[str] | None = ChannelMapOption,
     engine: str = EngineOption,
     memory: str = MemoryOption,
     time_limit: float = TimeLimitOption,
@@ -157,10 +204,13 @@ def test_container(
 ) -> None:
     """Run the exported image on cross-validation cases as the platform would, and check it.
 
-    Each case is laid out as on the platform (`input/images/<slug>/<uuid>.mha`,
-    `inputs.json`); the image runs with no network, a memory limit and read-only /input. Every
-    output must be a valid platform output and equal, voxel for voxel, the same ensemble
-    predicted here. Reports time and peak memory per case; writes `export/container-test.json`.
+    Each case is laid out as on the platform for one interface, the interfaces in turn
+    (`input/<relative_path>/<uuid>.mha`, `inputs.json`); the image runs with no network, the
+    memory minus the platform's 1 GiB reservation, read-only /input and the time limit (a
+    GPU for a cuda image when this machine has one; its GPU memory at the largest case is
+    reported against the T4's 16 GB). Every output must be valid for its socket and equal,
+    voxel for voxel, the same ensemble predicted here. Reports time and peak memory per case;
+    writes `export/container-test.json` and updates the model card `export/README.md`.
     """
     from toolkit.container.stage import test_container as run_test
     from toolkit.workspace import DatasetPaths
@@ -175,6 +225,8 @@ def test_container(
         time_limit=time_limit,
         dry_run=dry_run,
         quiet=quiet,
+        interfaces_file=interfaces,
+        channel_map=list(channel_map) if channel_map else None,
     )
 
 

@@ -4,9 +4,11 @@
 
     context/Dockerfile          from container/template/Dockerfile.template (two stages, non-root)
     context/requirements.txt    pinned runtime requirements and the toolkit itself
-    context/wheels/             the toolkit wheel (+ every other wheel with a wheelhouse)
+    context/wheels/             every third-party wheel, from this machine (offline build);
+                                empty with --online-build (pip downloads inside the build)
+    context/toolkit-wheel/      the toolkit itself as a wheel
     context/entrypoint.py       container/template/entrypoint.py
-    context/algorithm.json      interfaces, labels, device
+    context/algorithm.json      the interfaces (bound to channels), labels, device
     context/model/              ensemble.json + only the configurations and folds used
 
 The model goes into the image (``baked``) or into ``model.tar.gz`` for the platform's
@@ -28,6 +30,12 @@ import torch
 import toolkit
 from toolkit.container import wheels
 from toolkit.container.base import PULLED_IMAGE
+from toolkit.container.interfaces import (
+    bind_interfaces,
+    parse_channel_map,
+    read_interfaces,
+    shorthand_interface,
+)
 from toolkit.container.spec import AlgorithmSpec, EnsembleSpec, default_input_slugs, slugify
 from toolkit.core.checkpoint import load_checkpoint, weights_only
 from toolkit.core.labels import dataset_label_model
@@ -76,13 +84,28 @@ class ExportOptions:
     input_slugs: list[str] | None = None  # default: one per channel, from the channel names
     output_slug: str = DEFAULT_OUTPUT_SLUG
     device: str = "cpu"
-    wheelhouse: Path | None = None  # download wheels here; the build then needs no network
+    # wheels downloaded here on this machine, the build then needs no network; None: pip
+    # downloads them inside the build (export_container fills in the default wheelhouse)
+    wheelhouse: Path | None = None
     folds: list[int | str] | None = None  # None: the selection's; e.g. ["all"]: fold_all
+    interfaces: Path | None = None  # the phase's interfaces (JSON); None: the slug shorthand
+    channel_map: list[str] | None = None  # "SOCKET=CHANNEL" where names do not tell
+    online_build: bool = False  # pip downloads the wheels inside the build (needs network)
 
     def __post_init__(self) -> None:
         if self.model_mode not in MODEL_MODES:
             raise ToolkitError(
                 f"--model-mode must be one of {', '.join(MODEL_MODES)}, not {self.model_mode!r}"
+            )
+        if self.interfaces is not None and (
+            self.input_slugs or self.output_slug != DEFAULT_OUTPUT_SLUG
+        ):
+            raise ToolkitError(
+                "--interfaces replaces --input-slug/--output-slug (their shorthand for one interface): give one or the other"
+            )
+        if self.online_build and self.wheelhouse is not None:
+            raise ToolkitError(
+                "--online-build downloads the wheels inside the build; --wheelhouse downloads them here: give one or the other"
             )
         if self.tag != self.tag.lower() or not self.tag:
             raise ToolkitError(
@@ -264,14 +287,26 @@ def algorithm_spec(
     info = read_dataset_info(dataset_json)
     # the values a prediction holds: classes, or the values regions write; never the ignore value
     written = dataset_label_model(info, dataset_json).value_names
+    labels = {"background": 0, **{name: value for value, name in written.items()}}
+    if options.interfaces is not None:
+        interfaces = bind_interfaces(
+            read_interfaces(options.interfaces),
+            info.channels,
+            sorted(labels.values()),
+            parse_channel_map(options.channel_map, info.channels),
+        )
+    else:
+        if options.channel_map:
+            raise ToolkitError(
+                "--channel-map needs --interfaces (the shorthand maps slugs in channel order)"
+            )
+        slugs = list(options.input_slugs or default_input_slugs(info.channels))
+        interfaces = [shorthand_interface(slugs, options.output_slug, info.channels, labels)]
     return AlgorithmSpec(
         dataset_name=paths.name,
-        input_slugs=list(options.input_slugs)
-        if options.input_slugs
-        else default_input_slugs(info.channels),
-        output_slug=options.output_slug,
         channel_names=info.channels,
-        labels={"background": 0, **{name: value for value, name in written.items()}},
+        labels=labels,
+        interfaces=interfaces,
         device=options.device,
     )
 

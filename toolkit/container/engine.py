@@ -246,8 +246,10 @@ class Engine:
         mounts: Mounts,
         memory: str = DEFAULT_MEMORY,
         timeout: float = 3600.0,
+        gpu: bool = False,
     ) -> RunResult:
-        """One platform-like job: no network, memory limit, read-only input and root."""
+        """One platform-like job: no network, memory limit, read-only input and root; with
+        ``gpu`` every GPU of the machine is requested (Docker's device requests)."""
         import docker
 
         volumes = {
@@ -271,6 +273,7 @@ class Engine:
                 tmpfs={"/tmp": "rw,mode=1777"},
                 read_only=True,
                 cgroup_parent=probe.parent if probe else None,
+                device_requests=gpu_device_requests() if gpu else None,
                 detach=True,
             )
             sampler = None
@@ -315,6 +318,13 @@ class Engine:
 
     def close(self) -> None:
         self.client.close()
+
+
+def gpu_device_requests() -> list:
+    """``--gpus all`` as the SDK says it (podman ignores it: GPU runs need Docker)."""
+    import docker
+
+    return [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
 
 
 def _api_message(exc: Exception) -> str:

@@ -1,13 +1,16 @@
 """What the algorithm container does for one job, following Grand Challenge's contract.
 
-1. Find the inputs: ``/input/inputs.json`` (when present) names each interface's
-   ``relative_path``; without it (local runs) an image interface ``S`` is the folder
-   ``/input/images/S/``. One interface per channel, in channel order; each folder holds
-   exactly one image (``.mha``, ``.tif``, ``.nii.gz``, ...), whose name is not fixed.
+1. Choose the interface: ``/input/inputs.json`` lists the sockets the job got (and their
+   ``relative_path``); the algorithm's interface with exactly those input sockets serves it.
+   Without the file (local runs) the interface whose input folders exist does. Each image
+   input socket feeds its bound channel; its folder holds exactly one image (``.mha`` or
+   ``.tif`` on the platform; ``.nii.gz`` and others locally), whose name is not fixed.
 2. Run the ensemble of ``ensemble.json`` (configurations' probabilities averaged, folds'
    logits averaged) with its postprocessing, through :mod:`toolkit.inference`.
-3. Write exactly one single-channel uint8 image ``/output/images/<output-slug>/output.mha``
-   with the input's geometry, and ``/output/results.json`` with the label volumes.
+3. Check the label values against every output socket's overlay segments, then write one
+   single-channel uint8 image ``/output/<relative_path>/output.mha`` per image output socket
+   (the input's geometry), the label volumes to every JSON output socket, and
+   ``/output/results.json``.
 
 Any failure exits non-zero with one clear line on stderr (the platform shows stderr to the
 user). Scratch goes to ``/tmp`` only. The same code runs outside a container, with the
@@ -30,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.container.interfaces import Choice, Socket, choose_interface
 from toolkit.container.spec import AlgorithmSpec, EnsembleSpec
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
@@ -54,7 +58,10 @@ DEFAULT_ALGORITHM_JSON = Path("/opt/algorithm/algorithm.json")
 
 # the job's last stderr line; test runs read the time and peak memory from it
 DONE_LINE = "wrote {output} in {seconds:.1f} s (peak memory {peak_mb:.0f} MB)"
-DONE_PATTERN = re.compile(r"wrote \S+ in (?P<seconds>[\d.]+) s \(peak memory (?P<peak_mb>\d+) MB\)")
+GPU_SUFFIX = ", GPU peak {gpu_mb:.0f} MB"
+DONE_PATTERN = re.compile(
+    r"wrote .+ in (?P<seconds>[\d.]+) s \(peak memory (?P<peak_mb>\d+) MB\)(?:, GPU peak (?P<gpu_mb>\d+) MB)?"
+)
 
 EXIT_USER_ERROR = 2
 EXIT_FAILURE = 1
@@ -64,7 +71,7 @@ EXIT_FAILURE = 1
 
 
 def read_inputs_json(path: Path) -> dict[str, str]:
-    """``inputs.json`` -> {interface slug: relative path}."""
+    """``inputs.json`` -> {socket slug: relative path} (empty path: the socket's own)."""
     data = read_json(
         path, what="inputs.json (a list of inputs, each with an 'interface')", kind=list
     )
@@ -74,35 +81,31 @@ def read_inputs_json(path: Path) -> dict[str, str]:
         if not isinstance(interface, dict) or not isinstance(interface.get("slug"), str):
             raise ToolkitError(f"input {k} has no interface slug", path)
         relative = interface.get("relative_path")
-        if isinstance(relative, str) and relative:
-            folders[interface["slug"]] = relative
+        folders[interface["slug"]] = relative if isinstance(relative, str) and relative else ""
     return folders
 
 
-def input_folders(input_dir: Path, slugs: list[str]) -> list[Path]:
-    """The folder of each input interface, in channel order."""
+def choose(input_dir: Path, spec: AlgorithmSpec) -> Choice:
+    """The job's interface (by ``inputs.json``'s sockets) and its channel folders."""
     inputs_json = input_dir / INPUTS_JSON
+    declared = None
     if inputs_json.is_file():
-        declared = read_inputs_json(inputs_json)
-        missing = [s for s in slugs if s not in declared]
-        if missing:
-            raise ToolkitError(
-                f"has no input for interface(s) {missing}; it declares {sorted(declared) or 'none'} "
-                f"(this algorithm reads {slugs}, one per channel)",
-                inputs_json,
-            )
-        return [input_dir / declared[s] for s in slugs]
-    folders = [input_dir / "images" / s for s in slugs]
-    missing = [f for f in folders if not f.is_dir()]
-    if missing:
-        images = input_dir / "images"
-        present = sorted(p.name for p in images.iterdir() if p.is_dir()) if images.is_dir() else []
-        raise ToolkitError(
-            f"no input folder images/{missing[0].name}/ (found {present or 'no folders'} under images/; "
-            f"this algorithm reads {slugs}, one per channel)",
-            input_dir,
-        )
-    return folders
+        listed = read_inputs_json(inputs_json)
+        declared = {slug: path or _socket_path(spec, slug) for slug, path in listed.items()}
+    return choose_interface(spec.interfaces, input_dir, declared)
+
+
+def _socket_path(spec: AlgorithmSpec, slug: str) -> str:
+    for interface in spec.interfaces:
+        for socket in interface.inputs:
+            if socket.slug == slug:
+                return socket.relative_path
+    return f"images/{slug}"
+
+
+def input_folders(input_dir: Path, spec: AlgorithmSpec) -> list[Path]:
+    """The folder of each channel's input socket, in channel order."""
+    return choose(input_dir, spec).folders
 
 
 def is_input_image(path: Path) -> bool:
@@ -126,7 +129,7 @@ def find_image(folder: Path) -> Path:
 
 
 def find_inputs(input_dir: Path, spec: AlgorithmSpec) -> list[Path]:
-    return [find_image(folder) for folder in input_folders(input_dir, spec.input_slugs)]
+    return [find_image(folder) for folder in input_folders(input_dir, spec)]
 
 
 # --- results ---------------------------------------------------------------------------
@@ -166,11 +169,13 @@ def results_document(
     geometry: Geometry,
     spec: AlgorithmSpec,
     ensemble: EnsembleSpec,
+    choice: Choice,
     seconds: float,
 ) -> dict[str, Any]:
     return {
+        "interface": choice.index + 1,
         "inputs": [str(p.relative_to(input_dir)) for p in inputs],
-        "output": f"{spec.output_relative_path}/{OUTPUT_IMAGE}",
+        "outputs": [f"{s.relative_path}/{OUTPUT_IMAGE}" for s in choice.interface.label_outputs],
         "labels": [v.__dict__ for v in label_volumes(labels, geometry, spec)],
         "configurations": list(ensemble.configurations),
         "folds": list(ensemble.folds),
@@ -190,6 +195,19 @@ def to_output_labels(labels: np.ndarray, spec: AlgorithmSpec) -> np.ndarray:
     if max(spec.label_values) > 255:
         raise ToolkitError("labels above 255 do not fit the platform's uint8 segmentation")
     return labels.astype(np.uint8)
+
+
+def check_segment_values(labels: np.ndarray, socket: Socket) -> None:
+    """The socket's overlay segments (and 0) must cover every value written to it."""
+    allowed = socket.allowed_values
+    if allowed is None:
+        return
+    outside = sorted(set(np.unique(labels).tolist()) - allowed)
+    if outside:
+        raise ToolkitError(
+            f"the segmentation for socket {socket.slug} holds value(s) {outside} outside its "
+            f"overlay segments {sorted(allowed)}: the platform would refuse it"
+        )
 
 
 # --- prediction ------------------------------------------------------------------------
@@ -248,12 +266,21 @@ class JobPaths:
     model_dir: Path
     algorithm_json: Path
 
-    def output_file(self, spec: AlgorithmSpec) -> Path:
-        return self.output_dir / spec.output_relative_path / OUTPUT_IMAGE
+    def output_file(self, socket: Socket) -> Path:
+        return self.output_dir / socket.relative_path / OUTPUT_IMAGE
 
     @property
     def results_json(self) -> Path:
         return self.output_dir / RESULTS_JSON
+
+
+def gpu_peak_mb(device: str) -> float | None:
+    """The GPU memory PyTorch's allocator reserved at its peak, for the test run's report."""
+    if device != "cuda":
+        return None
+    import torch
+
+    return torch.cuda.max_memory_reserved() / 1024**2
 
 
 def run_job(paths: JobPaths) -> dict[str, Any]:
@@ -261,7 +288,8 @@ def run_job(paths: JobPaths) -> dict[str, Any]:
     start = time.perf_counter()
     spec = AlgorithmSpec.load(paths.algorithm_json)
     ensemble = EnsembleSpec.load(paths.model_dir / ENSEMBLE_JSON)
-    inputs = find_inputs(paths.input_dir, spec)
+    choice = choose(paths.input_dir, spec)
+    inputs = [find_image(folder) for folder in choice.folders]
     image, geometry = read_channels(inputs)
     device = choose_device(spec.device)
     labels = to_output_labels(
@@ -271,12 +299,27 @@ def run_job(paths: JobPaths) -> dict[str, Any]:
         raise RuntimeError(
             f"prediction of shape {labels.shape} does not match the input's {geometry.shape_zyx}"
         )
-    output = paths.output_file(spec)
-    write_image(output, labels, geometry)
+    for socket in choice.interface.label_outputs:  # all checked before anything is written
+        check_segment_values(labels, socket)
+    for socket in choice.interface.label_outputs:
+        write_image(paths.output_file(socket), labels, geometry)
     results = results_document(
-        inputs, paths.input_dir, labels, geometry, spec, ensemble, time.perf_counter() - start
+        inputs,
+        paths.input_dir,
+        labels,
+        geometry,
+        spec,
+        ensemble,
+        choice,
+        time.perf_counter() - start,
     )
-    write_json(paths.results_json, results)
+    for socket in choice.interface.json_outputs:
+        write_json(paths.output_dir / socket.relative_path, results)
+    if RESULTS_JSON not in [s.relative_path for s in choice.interface.json_outputs]:
+        write_json(paths.results_json, results)
+    gpu = gpu_peak_mb(device)
+    if gpu is not None:
+        results["gpu_peak_mb"] = round(gpu, 1)
     return results
 
 
@@ -329,7 +372,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: prediction failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     done = DONE_LINE.format(
-        output=results["output"], seconds=results["seconds"], peak_mb=peak_rss_mb()
+        output=", ".join(results["outputs"]), seconds=results["seconds"], peak_mb=peak_rss_mb()
     )
+    if "gpu_peak_mb" in results:
+        done += GPU_SUFFIX.format(gpu_mb=results["gpu_peak_mb"])
     print(done, file=sys.stderr)
     return 0

@@ -1,8 +1,8 @@
 """The two small JSON files that tell the container's entrypoint what to do.
 
 * ``algorithm.json`` (:class:`AlgorithmSpec`), part of the image: the platform interfaces
-  (one input slug per channel, in channel order, and the output slug), the labels, the
-  device the image was built for.
+  it serves (:mod:`~toolkit.container.interfaces`, each image input bound to a channel), the
+  channels, the labels, the device the image was built for.
 * ``ensemble.json`` (:class:`EnsembleSpec`), part of the model (baked into the image or in
   the separate model tarball): the configurations whose probabilities are averaged, the
   folds of each, and the postprocessing. A new model tarball can change it without a
@@ -13,50 +13,38 @@ Both are plain data with checked fields; errors name the file.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from toolkit.container.interfaces import (
+    Interface,
+    check_slug,
+    default_input_slugs,
+    parse_interfaces,
+    slugify,
+)
 from toolkit.core.constants import FOLD_ALL
 from toolkit.core.postprocessing import Postprocessing
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
 from toolkit.io.json_files import read_json
 
-SPEC_FORMAT_VERSION = 1
+SPEC_FORMAT_VERSION = 1  # ensemble.json (also inside model tarballs)
+ALGORITHM_FORMAT_VERSION = 2  # algorithm.json: 2 holds the platform's interfaces
 DEVICES = ("cpu", "cuda")
-# Grand Challenge interface slugs: lower-case words joined by hyphens
-_SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+
+__all__ = [
+    "AlgorithmSpec",
+    "EnsembleSpec",
+    "check_slug",
+    "default_input_slugs",
+    "slugify",
+]
 
 
-def check_slug(slug: str, option: str) -> str:
-    if not _SLUG_RE.match(slug):
-        raise ToolkitError(
-            f"{option} {slug!r} is not an interface slug (lower-case letters, digits and single hyphens, e.g. 't2-weighted-mri')"
-        )
-    return slug
-
-
-def slugify(text: str) -> str:
-    """``"T2 FLAIR"`` -> ``"t2-flair"``."""
-    return "-".join(w for w in re.split(r"[^a-z0-9]+", text.lower()) if w) or "image"
-
-
-def default_input_slugs(channel_names: list[str]) -> list[str]:
-    """One slug per channel from its name (``CT`` -> ``ct-image``), made unique."""
-    slugs: list[str] = []
-    for name in channel_names:
-        slug = f"{slugify(name)}-image"
-        candidate, n = slug, 2
-        while candidate in slugs:
-            candidate, n = f"{slug}-{n}", n + 1
-        slugs.append(candidate)
-    return slugs
-
-
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    return read_json(path, what=what, version_key="format_version", version=SPEC_FORMAT_VERSION)
+def _read_json(path: Path, what: str, version: int = SPEC_FORMAT_VERSION) -> dict[str, Any]:
+    return read_json(path, what=what, version_key="format_version", version=version)
 
 
 def _require(
@@ -70,47 +58,43 @@ def _require(
 
 @dataclass(frozen=True)
 class AlgorithmSpec:
+    """The image's ``algorithm.json``: the model's channels and labels, the device, and the
+    interfaces it serves (bound: every image input names its channel)."""
+
     dataset_name: str
-    input_slugs: list[str]  # one per channel, channel order
-    output_slug: str
     channel_names: list[str]
     labels: dict[str, int]  # name -> value, background included
+    interfaces: list[Interface]
     device: str = "cpu"
-    format_version: int = SPEC_FORMAT_VERSION
+    format_version: int = ALGORITHM_FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        if len(self.input_slugs) != len(self.channel_names):
-            raise ToolkitError(
-                f"{len(self.input_slugs)} input slug(s) {self.input_slugs} for {len(self.channel_names)} channel(s) "
-                f"{self.channel_names}: give one --input-slug per channel, in channel order"
-            )
-        for slug in self.input_slugs:
-            check_slug(slug, "--input-slug")
-        check_slug(self.output_slug, "--output-slug")
-        if len(set(self.input_slugs)) != len(self.input_slugs):
-            raise ToolkitError(f"input slugs must differ from each other, not {self.input_slugs}")
-        if self.output_slug in self.input_slugs:
-            raise ToolkitError(f"the output slug {self.output_slug!r} is also an input slug")
         if self.device not in DEVICES:
             raise ToolkitError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        if not self.interfaces:
+            raise ToolkitError("an algorithm needs at least one interface")
 
     @property
     def label_values(self) -> list[int]:
         return sorted(set(self.labels.values()))
 
     @property
-    def output_relative_path(self) -> str:
-        return f"images/{self.output_slug}"
+    def input_slugs(self) -> list[str]:
+        """The first interface's image inputs, in channel order."""
+        return [s.slug for s in self.interfaces[0].channel_inputs]
+
+    @property
+    def output_slug(self) -> str:
+        return self.interfaces[0].label_outputs[0].slug
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "format_version": self.format_version,
             "dataset_name": self.dataset_name,
-            "input_slugs": list(self.input_slugs),
-            "output_slug": self.output_slug,
             "channel_names": list(self.channel_names),
             "labels": dict(self.labels),
             "device": self.device,
+            "interfaces": [i.to_dict() for i in self.interfaces],
         }
 
     def save(self, path: str | Path) -> None:
@@ -119,14 +103,17 @@ class AlgorithmSpec:
     @classmethod
     def load(cls, path: str | Path) -> AlgorithmSpec:
         path = Path(path)
-        data = _read_json(path, "algorithm.json")
+        data = _read_json(path, "algorithm.json", ALGORITHM_FORMAT_VERSION)
         labels = _require(data, "labels", dict, path)
+        interfaces = parse_interfaces(_require(data, "interfaces", list, path), path)
+        for k, interface in enumerate(interfaces):
+            if not interface.channel_inputs:
+                raise ToolkitError(f"interface {k + 1} maps no input socket to a channel", path)
         return cls(
             dataset_name=str(data.get("dataset_name", "")),
-            input_slugs=[str(s) for s in _require(data, "input_slugs", list, path)],
-            output_slug=str(_require(data, "output_slug", str, path)),
             channel_names=[str(s) for s in _require(data, "channel_names", list, path)],
             labels={str(k): int(v) for k, v in labels.items()},
+            interfaces=interfaces,
             device=str(data.get("device", "cpu")),
         )
 

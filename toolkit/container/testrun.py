@@ -1,18 +1,20 @@
 """Test runs of an exported algorithm, on cases laid out exactly as the platform lays them out.
 
-Per case: ``runs/<case>/input/images/<slug>/<uuid>.mha`` (one folder per channel, a file name
-that is not fixed) with ``input/inputs.json``, and an empty ``output/`` writable by the
-image's user. The job runs in the image (no network, a memory limit, read-only input) or,
-without an engine, as a subprocess of the exported entrypoint. Its output must be what the
-platform accepts (exactly one single-channel uint8 image with the input's geometry and only
-declared label values, valid ``results.json``) and must equal, voxel for voxel, what
+Per case and interface: ``runs/<case>/input/<relative_path>/<uuid>.mha`` (one folder per
+image input socket, a file name that is not fixed) with ``input/inputs.json`` listing the
+interface's sockets, and an empty ``output/`` writable by the image's user. The job runs in
+the image (no network, the selected memory minus the platform's 1 GiB reservation,
+read-only input, a GPU when the image is for CUDA and this machine has one) or, without an
+engine, as a subprocess of the exported entrypoint. Its output must be what the platform
+accepts (exactly one single-channel uint8 image per image output socket, at its
+``relative_path``, with the input's geometry and only values the socket's overlay segments
+allow; valid JSON), within the time and memory limits, and must equal, voxel for voxel, what
 ``toolkit predict`` writes for the same case with the same configurations, folds and
 postprocessing, from the workspace's models.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -27,18 +29,20 @@ import numpy as np
 import SimpleITK as sitk
 
 from toolkit.container.engine import Mounts
-from toolkit.container.entrypoint import DONE_PATTERN, INPUTS_JSON, OUTPUT_IMAGE, RESULTS_JSON
+from toolkit.container.entrypoint import DONE_PATTERN, INPUTS_JSON
+from toolkit.container.interfaces import Interface
+from toolkit.container.limits import job_memory_bytes, memory_problem, time_problem
+from toolkit.container.outputs import check_output
 from toolkit.container.spec import AlgorithmSpec, EnsembleSpec
 from toolkit.core.splits import read_splits
 from toolkit.errors import ToolkitError
 from toolkit.inference.stage import PredictOptions, run_predict
 from toolkit.io.atomic import write_json
 from toolkit.io.dataset_json import CaseFiles, load_dataset_info, training_cases
-from toolkit.io.images import Geometry, make_sitk, read_channels, read_image
+from toolkit.io.images import make_sitk, read_channels, read_image
 from toolkit.workspace import FILE_ENDING, DatasetPaths, ExportPaths
 
 UUID_NAMESPACE = uuid.UUID("6f1c5a52-8f0e-4a4e-9d1e-2f6f3f0c9a11")
-SEGMENTATION_DTYPES = (sitk.sitkUInt8, sitk.sitkInt8)
 
 
 @dataclass
@@ -55,6 +59,9 @@ class CaseResult:
     identical: bool | None = None
     differing_voxels: int | None = None
     oom_killed: bool = False
+    interface: int = 1  # which of the algorithm's interfaces the case was laid out for
+    input_voxels: int = 0
+    gpu_peak_mb: float | None = None  # PyTorch's peak reserved GPU memory, when on a GPU
     problems: list[str] = field(default_factory=list)
     stderr_tail: str = ""
 
@@ -79,7 +86,9 @@ class CaseResult:
                     f"{self.differing_voxels} voxel(s) differ from the reference prediction"
                 )
             verdict = "FAILED: " + "; ".join(reasons)
-        return f"{self.case}: {self.seconds:.1f} s, peak memory {memory}, {verdict}"
+        if self.gpu_peak_mb is not None:
+            memory += f", GPU {self.gpu_peak_mb:.0f} MB"
+        return f"{self.case} (interface {self.interface}): {self.seconds:.1f} s, peak memory {memory}, {verdict}"
 
 
 # --- choosing and laying out cases -----------------------------------------------------
@@ -112,21 +121,24 @@ def case_uuid(case: str, channel: int) -> str:
     return str(uuid.uuid5(UUID_NAMESPACE, f"{case}/{channel}"))
 
 
-def inputs_json_document(case: str, spec: AlgorithmSpec, files: list[str]) -> list[dict]:
-    """The platform's ``inputs.json`` for one case: one image interface per channel."""
+def inputs_json_document(case: str, interface: Interface, files: dict[str, str]) -> list[dict]:
+    """The platform's ``inputs.json`` for one case: one entry per input socket
+    (``files``: slug -> the image file's name; other sockets get no value)."""
     entries = []
-    for channel, (slug, name) in enumerate(zip(spec.input_slugs, files, strict=True)):
+    for k, socket in enumerate(interface.inputs):
         entries.append(
             {
-                "pk": case_uuid(case, channel + 1000),
+                "pk": case_uuid(case, k + 1000),
                 "interface": {
-                    "slug": slug,
-                    "kind": "Image",
-                    "super_kind": "Image",
-                    "relative_path": f"images/{slug}",
-                    "title": spec.channel_names[channel],
+                    "slug": socket.slug,
+                    "kind": socket.kind,
+                    "super_kind": socket.super_kind,
+                    "relative_path": socket.relative_path,
+                    "title": socket.title or socket.slug,
                 },
-                "image": {"pk": case_uuid(case, channel), "name": name},
+                "image": {"pk": case_uuid(case, k), "name": files[socket.slug]}
+                if socket.slug in files
+                else None,
                 "value": None,
                 "file": None,
             }
@@ -134,21 +146,25 @@ def inputs_json_document(case: str, spec: AlgorithmSpec, files: list[str]) -> li
     return entries
 
 
-def lay_out_case(case: CaseFiles, spec: AlgorithmSpec, run_dir: Path) -> tuple[Path, Path]:
-    """``run_dir/input`` as the platform fills it and an empty ``run_dir/output``."""
+def lay_out_case(
+    case: CaseFiles, interface: Interface, run_dir: Path, suffix: str = ".mha"
+) -> tuple[Path, Path]:
+    """``run_dir/input`` as the platform fills it for ``interface`` and an empty ``run_dir/output``."""
     if run_dir.exists():
         shutil.rmtree(run_dir)
     input_dir, output_dir = run_dir / "input", run_dir / "output"
-    names = []
-    for channel, (slug, source) in enumerate(zip(spec.input_slugs, case.images, strict=True)):
-        folder = input_dir / "images" / slug
+    names = {}
+    for socket in interface.channel_inputs:
+        folder = input_dir / socket.relative_path
         folder.mkdir(parents=True)
-        name = f"{case_uuid(case.case, channel)}.mha"
+        name = f"{case_uuid(case.case, socket.channel or 0)}{suffix}"
         # pixels and geometry only: the source format's metadata has no place in a .mha
-        array, geometry = read_image(source)
-        sitk.WriteImage(make_sitk(array, geometry), str(folder / name), useCompression=True)
-        names.append(name)
-    write_json(input_dir / INPUTS_JSON, inputs_json_document(case.case, spec, names))
+        array, geometry = read_image(case.images[socket.channel or 0])
+        sitk.WriteImage(
+            make_sitk(array, geometry), str(folder / name), useCompression=suffix == ".mha"
+        )
+        names[socket.slug] = name
+    write_json(input_dir / INPUTS_JSON, inputs_json_document(case.case, interface, names))
     output_dir.mkdir(parents=True)
     for root, _dirs, files in os.walk(input_dir):
         os.chmod(root, 0o755)
@@ -157,65 +173,6 @@ def lay_out_case(case: CaseFiles, spec: AlgorithmSpec, run_dir: Path) -> tuple[P
     # the image's user is not this machine's: the platform's /output is writable to it
     os.chmod(output_dir, 0o777)
     return input_dir, output_dir
-
-
-# --- checking an output ----------------------------------------------------------------
-
-
-def check_output(
-    output_dir: Path, spec: AlgorithmSpec, geometry: Geometry
-) -> tuple[np.ndarray | None, list[str]]:
-    """What the platform would say about a job's output: the label array and the problems."""
-    problems: list[str] = []
-    folder = output_dir / spec.output_relative_path
-    files = sorted(p for p in folder.iterdir()) if folder.is_dir() else []
-    if len(files) != 1:
-        problems.append(
-            f"{spec.output_relative_path}/ holds {len(files)} files ({', '.join(p.name for p in files) or 'none'}); the platform needs exactly one image"
-        )
-    expected = {folder / OUTPUT_IMAGE, output_dir / RESULTS_JSON}
-    stray = sorted(
-        str(p.relative_to(output_dir))
-        for p in output_dir.rglob("*")
-        if p.is_file() and p not in expected
-    )
-    if stray:
-        problems.append(f"unexpected files in /output: {', '.join(stray)}")
-    results = output_dir / RESULTS_JSON
-    if not results.is_file():
-        problems.append(f"no {RESULTS_JSON}")
-    else:
-        try:
-            json.loads(results.read_text(), parse_constant=_reject_constant)
-        except (ValueError, UnicodeDecodeError) as exc:
-            problems.append(f"{RESULTS_JSON} is not valid JSON ({exc})")
-    image_path = folder / OUTPUT_IMAGE
-    if not image_path.is_file():
-        problems.append(f"no {spec.output_relative_path}/{OUTPUT_IMAGE}")
-        return None, problems
-    image = sitk.ReadImage(str(image_path))
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        problems.append(
-            f"the output has {image.GetNumberOfComponentsPerPixel()} components; a segmentation has one"
-        )
-    if image.GetPixelID() not in SEGMENTATION_DTYPES:
-        problems.append(
-            f"the output is {image.GetPixelIDTypeAsString()}; a segmentation is uint8 or int8"
-        )
-    mismatch = geometry.matches(Geometry.of(image))
-    if mismatch is not None:
-        problems.append(f"the output's geometry differs from the input's: {mismatch}")
-    labels = sitk.GetArrayFromImage(image)
-    if labels.ndim == 2:
-        labels = labels[None]
-    undeclared = sorted(set(np.unique(labels).tolist()) - set(spec.label_values))
-    if undeclared:
-        problems.append(f"the output holds undeclared label values {undeclared}")
-    return labels, problems
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
 
 
 # --- running one case ------------------------------------------------------------------
@@ -279,9 +236,16 @@ def run_container(
     model_dir: Path | None,
     memory: str,
     timeout: float,
+    gpu: bool = False,
 ) -> JobOutcome:
+    """One job in the image, with the memory the platform leaves the job (``memory`` minus
+    the system's reservation) and, with ``gpu``, every GPU of this machine."""
     result = engine.run(
-        tag, Mounts(input_dir, output_dir, model_dir), memory=memory, timeout=timeout
+        tag,
+        Mounts(input_dir, output_dir, model_dir),
+        memory=str(job_memory_bytes(memory)),
+        timeout=timeout,
+        gpu=gpu,
     )
     return JobOutcome(
         exit_code=result.exit_code,
@@ -336,19 +300,35 @@ def reference_labels(
     return labels
 
 
+@dataclass(frozen=True)
+class CaseLimits:
+    """The platform's limits a test run is checked against."""
+
+    memory: str = "8g"  # selected; the job gets 1 GiB less
+    time_limit: float = 3600.0
+
+
 def test_case(
     case: CaseFiles,
     paths: DatasetPaths,
     export: ExportPaths,
     run,
     mode: str,
+    *,
     compare: bool = True,
+    interface: int = 0,
+    interfaces: list[Interface] | None = None,
+    limits: CaseLimits | None = None,
 ) -> CaseResult:
-    """Lay out one case, run the job (``run(input_dir, output_dir) -> JobOutcome``), check it."""
+    """Lay out one case for interface ``interface`` (of ``interfaces``, default the export's),
+    run the job (``run(input_dir, output_dir) -> JobOutcome``), check it."""
     spec = AlgorithmSpec.load(export.algorithm_json)
     ensemble = EnsembleSpec.load(export.ensemble_json)
-    input_dir, output_dir = lay_out_case(case, spec, export.run_dir(case.case))
+    chosen = (interfaces or spec.interfaces)[interface]
+    run_name = case.case if interface == 0 else f"{case.case}.interface-{interface + 1}"
+    input_dir, output_dir = lay_out_case(case, chosen, export.run_dir(run_name))
     outcome: JobOutcome = run(input_dir, output_dir)
+    _, geometry = read_channels(list(case.images))
     result = CaseResult(
         case=case.case,
         mode=mode,
@@ -357,12 +337,23 @@ def test_case(
         peak_memory_mb=None if outcome.peak_memory_mb is None else round(outcome.peak_memory_mb, 1),
         memory_source=outcome.memory_source,
         oom_killed=outcome.oom_killed,
+        interface=interface + 1,
+        input_voxels=int(np.prod(geometry.shape_zyx)),
         stderr_tail="\n".join(outcome.stderr.strip().splitlines()[-5:]),
     )
     done = DONE_PATTERN.search(outcome.stderr)
     if done is not None:
         result.job_seconds = float(done.group("seconds"))
         result.process_peak_mb = float(done.group("peak_mb"))
+        if done.group("gpu_mb"):
+            result.gpu_peak_mb = float(done.group("gpu_mb"))
+    if limits is not None:
+        for problem in (
+            time_problem(outcome.seconds, limits.time_limit),
+            memory_problem(result.peak_memory_mb, limits.memory),
+        ):
+            if problem:
+                result.problems.append(problem)
     if outcome.exit_code != 0:
         reason = (
             "killed for memory (exit 137)"
@@ -371,12 +362,11 @@ def test_case(
         )
         result.problems.append(f"the job failed: {reason}: {result.stderr_tail or 'no stderr'}")
         return result
-    _, geometry = read_channels(list(case.images))
-    labels, problems = check_output(output_dir, spec, geometry)
+    labels, problems = check_output(output_dir, spec, geometry, chosen)
     result.problems += problems
     if compare and labels is not None:
         start = time.perf_counter()
-        reference = reference_labels(paths, ensemble, case, export.reference_dir(case.case))
+        reference = reference_labels(paths, ensemble, case, export.reference_dir(run_name))
         result.reference_seconds = round(time.perf_counter() - start, 3)
         if reference.shape != labels.shape:
             result.identical, result.differing_voxels = False, int(max(reference.size, labels.size))
