@@ -151,21 +151,46 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
     return array, Geometry.of(image)
 
 
+def read_geometry(path: str | Path) -> Geometry:
+    """An image file's geometry from its header alone (the pixels are not read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError("file not found", path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise ToolkitError("unreadable image (SimpleITK could not read its header)", path) from None
+    return Geometry(
+        spacing=tuple(reader.GetSpacing()),
+        origin=tuple(reader.GetOrigin()),
+        direction=tuple(reader.GetDirection()),
+        size=tuple(reader.GetSize()),
+    )
+
+
 def read_channels(paths: list[Path]) -> tuple[np.ndarray, Geometry]:
-    """Channels of one case stacked as ``(c, z, y, x)`` float32, with the first channel's geometry."""
-    arrays = []
+    """Channels of one case stacked as ``(c, z, y, x)`` float32, with the first channel's geometry.
+
+    Each channel is written into the one float32 array as it is read: no list of float
+    copies and no stacked copy beside it.
+    """
+    stacked: np.ndarray | None = None
     geometry: Geometry | None = None
-    for p in paths:
+    for c, p in enumerate(paths):
         array, geo = read_image(p)
         if geometry is None:
             geometry = geo
+            stacked = np.empty((len(paths), *array.shape), dtype=np.float32)
         else:
             problem = geometry.matches(geo)
             if problem is not None:
                 raise ToolkitError(f"does not match channel 0 of its case: {problem}", p)
-        arrays.append(array.astype(np.float32, copy=False))
-    assert geometry is not None, "read_channels needs at least one path"
-    return np.stack(arrays), geometry
+        stacked[c] = array  # type: ignore[index]
+        del array
+    assert geometry is not None and stacked is not None, "read_channels needs at least one path"
+    return stacked, geometry
 
 
 def make_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:

@@ -173,16 +173,16 @@ def preprocess_case(
             )
     spacing = [float(s) for s in geometry.spacing_zyx]
     shape_before = [int(s) for s in image.shape[1:]]
+    has_labels = seg is not None
 
-    data, cropped_seg, box = crop_to_nonzero(image, seg)
-    shape_after_crop = [int(s) for s in data.shape[1:]]
+    cropped, cropped_seg, box = crop_to_nonzero(image, seg)
+    shape_after_crop = [int(s) for s in cropped.shape[1:]]
     inside = cropped_seg[0] >= 0
-    data = np.stack(
-        [
-            normalize_channel(data[c], norm, inside)
-            for c, norm in enumerate(configuration.normalization)
-        ]
-    )
+    # one channel at a time into one float32 array: no stacked copy of the whole case
+    data = np.empty(cropped.shape, dtype=np.float32)
+    for c, norm in enumerate(configuration.normalization):
+        data[c] = normalize_channel(cropped[c], norm, inside)
+    del cropped, inside
 
     axes = plans.transpose_forward
     data = transpose_spatial(data, axes)
@@ -203,7 +203,7 @@ def preprocess_case(
     )
     out_seg = None
     locations: dict[str, list[list[int]]] = {}
-    if seg is not None:
+    if has_labels:
         out_seg = resample_labels(cropped_seg, new_shape, spacing_t, target, r)
         locations = sample_class_locations(out_seg, foreground_labels(plans.labels))
 
