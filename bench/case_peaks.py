@@ -22,6 +22,7 @@ from toolkit.core.plans import dataset_plans
 from toolkit.core.resampling import case_target_spacing, compute_new_shape
 from toolkit.io.dataset_json import load_dataset_info, training_cases
 from toolkit.io.images import read_geometry
+from toolkit.parallel import WORKER_BYTES
 from toolkit.workspace import DatasetPaths
 
 
@@ -68,7 +69,7 @@ def main(argv: list[str]) -> int:
         seconds=time.perf_counter() - start,
         base_rss_mb=base_mb,
         peak_rss_mb=_rss_mb(),
-        estimate_mb=estimate / 2**20,
+        estimate_mb=(estimate + WORKER_BYTES) / 2**20,
     )
     print(json.dumps(record))
     return 0

@@ -131,7 +131,7 @@ def generate_lits_like(
         return target
     tmp = out_dir / f".{FOLDER}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    for sub in ("imagesTr", "labelsTr"):
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):  # nnU-Net's MSD conversion wants imagesTs
         (tmp / sub).mkdir(parents=True)
     names = [f"{PREFIX}_{i:03d}" for i in range(1, n_cases + 1)]
     for i, name in enumerate(names):

@@ -33,6 +33,9 @@ class CaseBackend(Protocol):
 GIB = 1 << 30
 # kept free beside the workers: the main process (results, the progress bar) and the system
 MEMORY_RESERVE_BYTES = 1 * GIB
+# a worker process before its first case (Python, numpy, SciPy, SimpleITK), added to a
+# stage's estimate of one case
+WORKER_BYTES = 256 << 20
 # a cgroup v1 "limit" at or above this means no limit
 _UNLIMITED = 1 << 60
 
@@ -129,7 +132,11 @@ def memory_available() -> int | None:
 
 
 def capped_workers(workers: int, peak_bytes: int | None, description: str) -> int:
-    """``workers`` capped by :func:`workers_for_memory` now; a line says so when it applies."""
+    """``workers`` capped by :func:`workers_for_memory` now; a line says so when it applies.
+
+    ``peak_bytes``: one case's own data at its peak; a worker's base is added here.
+    """
+    peak_bytes = peak_bytes + WORKER_BYTES if peak_bytes else None
     available = memory_available()
     n = workers_for_memory(requested=workers, available_bytes=available, peak_bytes=peak_bytes)
     if available is None or not peak_bytes:

@@ -41,9 +41,9 @@ PERCENTILES = (0.5, 50.0, 99.5)
 # samples per block of the statistics' float64 work arrays
 _BLOCK = 1 << 22
 # a case's peak in a worker, per voxel beyond the float32 image: the labels, the crop's mask,
-# its labelling (int32) and the cropped labels; measured on LiTS-sized CT
-# (bench/results/plan_preprocess_ct.md) with a margin
-FINGERPRINT_BYTES_PER_VOXEL = 12
+# its labelling (int32) and the cropped labels; measured on LiTS-sized CT at 13.6-14.2 bytes per
+# voxel in all (bench/results/plan_preprocess_ct.md)
+FINGERPRINT_BYTES_PER_VOXEL = 11
 
 
 # pure parts ----------------------------------------------------------------------------

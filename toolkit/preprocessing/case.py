@@ -179,9 +179,13 @@ def preprocess_case(
     shape_after_crop = [int(s) for s in cropped.shape[1:]]
     inside = cropped_seg[0] >= 0
     # one channel at a time into one float32 array: no stacked copy of the whole case
-    data = np.empty(cropped.shape, dtype=np.float32)
-    for c, norm in enumerate(configuration.normalization):
-        data[c] = normalize_channel(cropped[c], norm, inside)
+    norms = configuration.normalization
+    if len(norms) == 1:
+        data = normalize_channel(cropped[0], norms[0], inside)[None]
+    else:
+        data = np.empty(cropped.shape, dtype=np.float32)
+        for c, norm in enumerate(norms):
+            data[c] = normalize_channel(cropped[c], norm, inside)
     del cropped, inside
 
     axes = plans.transpose_forward

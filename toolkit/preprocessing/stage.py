@@ -34,12 +34,13 @@ class PreprocessResult:
     seconds: float = 0.0
 
 
-# a case's peak in a worker, per voxel before resampling (the float32 image and its normalized
-# copy per channel, plus the crop's masks and labels) and after (the float32 output per
-# channel, labels, and the intermediate of resampling all axes but one); measured on
-# LiTS-sized CT (bench/results/plan_preprocess_ct.md) with a margin
-BYTES_PER_INPUT_VOXEL = 12
-BYTES_PER_OUTPUT_VOXEL = 8
+# a case's peak in a worker beyond its float32 data: per voxel before resampling (the labels,
+# the crop's masks and labelling, the cropped labels) on top of the image and its normalized
+# copy (8 bytes per channel), and per voxel after (labels, the indicator being resampled, the
+# intermediate of all axes but one) on top of the float32 output (4 per channel); fitted to
+# the peaks of LiTS-sized CT (bench/results/plan_preprocess_ct.md) with a margin of 10-20 %
+BYTES_PER_INPUT_VOXEL = 6
+BYTES_PER_OUTPUT_VOXEL = 3
 
 
 def preprocess_peak_bytes(*, voxels: int, voxels_after: int, channels: int) -> int:
