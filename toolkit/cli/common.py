@@ -23,6 +23,14 @@ WorkersOption = typer.Option(
     min=1,
     help="Parallel worker processes. Default: number of CPU cores (at most 8).",
 )
+CaseWorkersOption = typer.Option(
+    None,
+    "--workers",
+    "-j",
+    min=1,
+    help="Parallel worker processes. Default: number of CPU cores (at most 8). Fewer run when "
+    "the memory available would not hold one large case per worker (a line says so).",
+)
 DeviceOption = typer.Option(
     "auto", "--device", help="auto (CUDA when available, else CPU), cpu or cuda."
 )
