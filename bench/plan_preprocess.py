@@ -1,6 +1,11 @@
 """Fingerprint + plan + preprocess: ours vs nnU-Net v2, on the same synthetic tasks.
 
     .venv/bin/python -m bench.plan_preprocess [--tasks ct,mr] [--cases 30] [--workers 2]
+    .venv/bin/python -m bench.plan_preprocess --tasks lits [--cases 5] [--workers 1]
+
+``lits`` is LiTS-sized CT (512x512x350-600, mixed spacings) for peak memory and time per
+stage, convert included, against nnU-Net v2: :mod:`bench.ct_memory`, results in
+``bench/results/plan_preprocess_ct.{json,md}``. The other tasks:
 
 For each task: generate it, convert it into a workspace, link it into nnU-Net's raw layout,
 run both tools' three stages with the same worker count under ``/usr/bin/time -v``, then
@@ -434,16 +439,35 @@ def main(argv: list[str] | None = None) -> int:
         "--render", action="store_true", help="only rewrite the Markdown from the last JSON result"
     )
     parser.add_argument(
-        "--tasks", default="ct,mr", help="synthetic task kinds, comma-separated (ct, mr, 2d)"
+        "--tasks",
+        default="ct,mr",
+        help="synthetic task kinds, comma-separated (ct, mr, 2d), or lits alone (LiTS-sized CT)",
     )
-    parser.add_argument("--cases", type=int, default=30, help="training cases per task")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes for both tools")
+    parser.add_argument(
+        "--cases", type=int, default=None, help="training cases per task (30; lits: 5)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="worker processes for both tools (2; lits: 1)"
+    )
+    parser.add_argument(
+        "--nnunet-limit-gb",
+        type=float,
+        default=12.0,
+        help="lits: address-space limit of each nnU-Net process, so it cannot exhaust the machine",
+    )
+    parser.add_argument(
+        "--no-per-case", action="store_true", help="lits: skip the per-case peaks of our stages"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="repetitions; medians are reported")
     args = parser.parse_args(argv)
+    if args.tasks == "lits":
+        return _lits(args)
     if args.render:
         result = json.loads((RESULTS / f"{NAME}.json").read_text())
         write_results(NAME, result, render(result))
         return 0
+    args.cases = 30 if args.cases is None else args.cases
+    args.workers = 2 if args.workers is None else args.workers
     ensure_nnunet()
     result = {"machine": machine(), "nnunet": nnunet_versions(), "tasks": []}
     for kind in [k for k in args.tasks.split(",") if k]:
@@ -459,6 +483,30 @@ def main(argv: list[str] | None = None) -> int:
         if not r["equal"] and r["note"] == "UNEXPLAINED"
     ]
     return 1 if unexplained else 0
+
+
+def _lits(args) -> int:
+    from bench.ct_memory import NAME as CT_NAME
+    from bench.ct_memory import render_lits, run_lits
+
+    if args.render:
+        result = json.loads((RESULTS / f"{CT_NAME}.json").read_text())
+        write_results(CT_NAME, result, render_lits(result))
+        return 0
+    ensure_nnunet()
+    result = {"machine": machine(), "nnunet": nnunet_versions()}
+    result.update(
+        run_lits(
+            5 if args.cases is None else args.cases,
+            1 if args.workers is None else args.workers,
+            args.nnunet_limit_gb,
+            not args.no_per_case,
+        )
+    )
+    write_results(CT_NAME, result, render_lits(result))
+    print(render_lits(result))
+    over = [s for s, r in result["timing"]["ours"].items() if r["peak_rss_mb"] / 1024 >= 4.0]
+    return 1 if over else 0
 
 
 if __name__ == "__main__":

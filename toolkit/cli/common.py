@@ -29,6 +29,14 @@ PLANNER_HELP = (
     "(40 GB). Several plan side by side into one plans.json: a planner other than default "
     "names its configurations <configuration>-<planner>, e.g. 3d_fullres-resenc-l."
 )
+CaseWorkersOption = typer.Option(
+    None,
+    "--workers",
+    "-j",
+    min=1,
+    help="Parallel worker processes. Default: number of CPU cores (at most 8). Fewer run when "
+    "the memory available would not hold one large case per worker (a line says so).",
+)
 DeviceOption = typer.Option(
     "auto", "--device", help="auto (CUDA when available, else CPU), cpu or cuda."
 )

@@ -8,8 +8,8 @@ import typer
 
 from toolkit.cli.common import (
     PLANNER_HELP,
+    CaseWorkersOption,
     QuietOption,
-    WorkersOption,
     WorkspaceOption,
     dataset_argument,
     parse_str_list,
@@ -21,7 +21,7 @@ from toolkit.progress import info, show_table
 def fingerprint(
     dataset: str = dataset_argument(),
     workspace: Path | None = WorkspaceOption,
-    workers: int | None = WorkersOption,
+    workers: int | None = CaseWorkersOption,
     quiet: bool = QuietOption,
 ) -> None:
     """Measure the training cases: crop boxes, shapes, spacings, label voxels, foreground intensities.
@@ -165,7 +165,7 @@ def preprocess(
         help="Comma-separated configurations, e.g. 2d,3d_fullres. Default: all in the plans "
         "(3d_cascade_fullres shares 3d_fullres's data).",
     ),
-    workers: int | None = WorkersOption,
+    workers: int | None = CaseWorkersOption,
     force: bool = typer.Option(
         False, "--force", "-f", help="Recompute cases that are already complete."
     ),

@@ -23,15 +23,15 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     labelling pass instead of dilating until nothing changes, which is slow on big images.
     """
     background, _ = ndimage.label(~mask)
-    border = np.zeros(mask.shape, dtype=bool)
+    faces = []
     for axis in range(mask.ndim):
-        index = [slice(None)] * mask.ndim
-        index[axis] = 0
-        border[tuple(index)] = True
-        index[axis] = -1
-        border[tuple(index)] = True
-    outside = np.unique(background[border & ~mask])
-    return ~np.isin(background, outside[outside > 0]) if outside.size else np.ones_like(mask)
+        for end in (0, -1):
+            index = [slice(None)] * mask.ndim
+            index[axis] = end
+            faces.append(background[tuple(index)].ravel())
+    outside = np.unique(np.concatenate(faces))
+    outside = outside[outside > 0]  # background regions that reach the border (0: the mask)
+    return ~np.isin(background, outside) if outside.size else np.ones_like(mask)
 
 
 def nonzero_mask(image: np.ndarray) -> np.ndarray:

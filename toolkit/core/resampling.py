@@ -18,8 +18,8 @@ reference. A tensor-product spline evaluated on a grid is separable, so we apply
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from functools import lru_cache
+from collections.abc import Callable, Sequence
+from functools import lru_cache, partial
 
 import numpy as np
 from scipy import ndimage
@@ -27,6 +27,9 @@ from threadpoolctl import ThreadpoolController
 
 from toolkit.core.constants import ANISOTROPY_THRESHOLD
 from toolkit.core.plans import Configuration, Resampling
+
+# float32 bytes per slab while resampling: small beside a CT volume, big enough for fast products
+SLAB_BYTES = 32 << 20
 
 _THREADPOOLS: ThreadpoolController | None = None
 
@@ -132,35 +135,111 @@ def _axis_orders(
     return orders, axis
 
 
-def _resample_volume(
+def _span(ndim: int, axis: int, start: int, stop: int) -> tuple[slice, ...]:
+    index = [slice(None)] * ndim
+    index[axis] = slice(start, stop)
+    return tuple(index)
+
+
+def _blocks(size: int, item_bytes: int, budget: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` runs along an axis of ``size`` with at most ``budget`` bytes each."""
+    step = max(1, budget // max(item_bytes, 1))
+    return [(start, min(size, start + step)) for start in range(0, size, step)]
+
+
+def _resample_slabs(
     volume: np.ndarray,
     new_shape: Sequence[int],
     orders: Sequence[int],
-    clip: bool,
-    coarse: int | None = None,
-) -> np.ndarray:
-    out = volume
-    # smallest output first keeps the intermediate arrays small
-    axes = sorted(range(volume.ndim), key=lambda a: new_shape[a] / volume.shape[a])
+    emit: Callable[[tuple[slice, ...], np.ndarray], None],
+    budget: int,
+) -> None:
+    """Resample ``volume`` (any real dtype) axis by axis and hand the float32 result to ``emit``.
+
+    The axes that change are resampled one after the other, smallest output first, exactly
+    as on the whole volume, but slab by slab: all of them but the last on slabs across the
+    last (which they leave untouched) into one float32 intermediate, then the last on slabs
+    across another axis, each result block handed to ``emit(index, block)`` with its place in
+    the output. Only the intermediate and slabs of ``budget`` bytes exist beside the input
+    and the output, and no float64 or whole-volume copy is made.
+    """
+    ndim = volume.ndim
+    moving = sorted(
+        (a for a in range(ndim) if volume.shape[a] != new_shape[a]),
+        key=lambda a: new_shape[a] / volume.shape[a],
+    )
+    last, first = moving[-1], moving[:-1]
     with _single_threaded_blas():
-        for axis in axes:
-            out = _apply_axis(out, axis, int(new_shape[axis]), orders[axis])
-    if not clip or all(o <= 1 for o in orders):
-        return out  # linear and nearest interpolation never leave the input's range
+        mid = volume
+        if first:
+            mid_shape = [int(new_shape[a]) if a in first else volume.shape[a] for a in range(ndim)]
+            widest = max(
+                math.prod(
+                    max(volume.shape[a], int(new_shape[a])) for a in range(ndim) if a != last
+                ),
+                1,
+            )
+            mid = np.empty(mid_shape, dtype=np.float32)
+            for start, stop in _blocks(volume.shape[last], 4 * widest, budget):
+                index = _span(ndim, last, start, stop)
+                slab = np.ascontiguousarray(volume[index], dtype=np.float32)
+                for axis in first:
+                    slab = _apply_axis(slab, axis, int(new_shape[axis]), orders[axis])
+                mid[index] = slab
+                del slab
+        others = [a for a in range(ndim) if a != last]
+        if not others:
+            emit(
+                (slice(None),),
+                _apply_axis(np.asarray(mid, np.float32), last, int(new_shape[last]), orders[last]),
+            )
+            return
+        across = max(others, key=lambda a: mid.shape[a])
+        per_item = 4 * max(mid.shape[last], int(new_shape[last]))
+        per_item *= math.prod(mid.shape[a] for a in others if a != across)
+        for start, stop in _blocks(mid.shape[across], per_item, budget):
+            index = _span(ndim, across, start, stop)
+            slab = np.ascontiguousarray(mid[index], dtype=np.float32)
+            emit(index, _apply_axis(slab, last, int(new_shape[last]), orders[last]))
+
+
+def _store_clipped(target: np.ndarray, bounds, index: tuple[slice, ...], block: np.ndarray) -> None:
+    if bounds is not None:
+        low, high = bounds(index)
+        np.clip(block, low, high, out=block)
+    target[index] = block
+
+
+def _store_label(target: np.ndarray, label, index: tuple[slice, ...], block: np.ndarray) -> None:
+    part = target[index]
+    part[block >= 0.5] = label
+
+
+def _clip_bounds(
+    volume: np.ndarray, new_shape: Sequence[int], orders: Sequence[int], coarse: int | None
+) -> Callable[[tuple[slice, ...]], tuple[np.ndarray | float, np.ndarray | float]] | None:
+    """The input's range that a block of the output is clipped to (``None``: no clipping).
+
+    Linear and nearest interpolation never leave the input's range. With nearest neighbour
+    along a coarse axis, slices interpolated in-plane keep their own range, carried along.
+    """
+    if all(o <= 1 for o in orders):
+        return None
     if coarse is not None and orders[coarse] == 0:
-        # slices interpolated in-plane keep their own range, carried along by nearest neighbour
         other = tuple(a for a in range(volume.ndim) if a != coarse)
         select = axis_operator(volume.shape[coarse], int(new_shape[coarse]), 0)
-        lo = select @ volume.min(axis=other).astype(np.float64)
-        hi = select @ volume.max(axis=other).astype(np.float64)
         shape = [1] * volume.ndim
         shape[coarse] = -1
-        np.clip(
-            out, lo.reshape(shape).astype(out.dtype), hi.reshape(shape).astype(out.dtype), out=out
-        )
-    else:
-        np.clip(out, volume.min(), volume.max(), out=out)
-    return out
+        lo = (select @ volume.min(axis=other).astype(np.float64)).astype(np.float32).reshape(shape)
+        hi = (select @ volume.max(axis=other).astype(np.float64)).astype(np.float32).reshape(shape)
+
+        def bounds(index: tuple[slice, ...]):
+            part = tuple(index[coarse] if a == coarse else slice(None) for a in range(len(shape)))
+            return lo[part], hi[part]
+
+        return bounds
+    low, high = np.float32(volume.min()), np.float32(volume.max())
+    return lambda index: (low, high)
 
 
 def resample(
@@ -171,11 +250,15 @@ def resample(
     order: int = 3,
     coarse_axis_order: int = 0,
     anisotropy_threshold: float = ANISOTROPY_THRESHOLD,
+    *,
+    slab_bytes: int = SLAB_BYTES,
 ) -> np.ndarray:
-    """Resample ``(c, *spatial)`` float data to ``(c, *new_shape)`` (float32).
+    """Resample ``(c, *spatial)`` real data to ``(c, *new_shape)`` (float32).
 
     ``current_spacing``/``new_spacing`` decide whether one axis is coarse (then resampled
-    with ``coarse_axis_order``); they do not change ``new_shape``.
+    with ``coarse_axis_order``); they do not change ``new_shape``. One channel at a time, in
+    slabs of ``slab_bytes``: beside the input and the output, one float32 intermediate
+    (the channel with all but one axis resampled) and a few slabs.
     """
     array = np.asarray(array)
     spatial = array.shape[1:]
@@ -189,9 +272,9 @@ def resample(
     )
     out = np.empty((array.shape[0], *new_shape), dtype=np.float32)
     for c in range(array.shape[0]):
-        out[c] = _resample_volume(
-            array[c].astype(np.float32, copy=False), new_shape, orders, clip=True, coarse=axis
-        )
+        channel = array[c]
+        emit = partial(_store_clipped, out[c], _clip_bounds(channel, new_shape, orders, axis))
+        _resample_slabs(channel, new_shape, orders, emit, slab_bytes)
     return out
 
 
@@ -201,12 +284,16 @@ def resample_labels(
     current_spacing: Sequence[float],
     new_spacing: Sequence[float],
     resampling: Resampling,
+    *,
+    slab_bytes: int = SLAB_BYTES,
 ) -> np.ndarray:
     """Resample an integer label map ``(1, *spatial)`` (or ``(*spatial)``) to ``new_shape``.
 
     Each label present (including ``-1``, the outside-of-image marker) is resampled as an
     indicator with ``resampling.label_order``; a voxel takes every label whose indicator
-    reaches 0.5, ascending, and 0 when none does. The dtype is kept.
+    reaches 0.5, ascending, and 0 when none does. The dtype is kept. One label at a time,
+    its indicator a boolean map made float32 slab by slab and thresholded block by block:
+    no one-hot array and no float copy of the whole map.
     """
     seg = np.asarray(seg)
     squeeze = seg.ndim == len(new_shape)
@@ -229,8 +316,8 @@ def resample_labels(
         )
         out = np.zeros(new_shape, dtype=volume.dtype)
         for label in np.unique(volume):
-            indicator = (volume == label).astype(np.float32)
-            out[_resample_volume(indicator, new_shape, orders, clip=False) >= 0.5] = label
+            emit = partial(_store_label, out, label)
+            _resample_slabs(volume == label, new_shape, orders, emit, slab_bytes)
     return out if squeeze else out[None]
 
 

@@ -27,7 +27,7 @@ from toolkit.core.fingerprint import (
 )
 from toolkit.errors import ToolkitError
 from toolkit.io.dataset_json import CaseFiles, DatasetInfo, load_dataset_info, training_cases
-from toolkit.io.images import read_channels, read_image
+from toolkit.io.images import read_channels, read_geometry, read_image
 from toolkit.parallel import map_cases
 from toolkit.progress import default_workers, info
 from toolkit.workspace import DatasetPaths
@@ -38,6 +38,12 @@ __all__ = ["extract_fingerprint"]
 INTENSITY_SAMPLE_BUDGET = 100_000_000
 INTENSITY_SEED = 1234
 PERCENTILES = (0.5, 50.0, 99.5)
+# samples per block of the statistics' float64 work arrays
+_BLOCK = 1 << 22
+# a case's peak in a worker, per voxel beyond the float32 image: the labels, the crop's mask,
+# its labelling (int32) and the cropped labels; measured on LiTS-sized CT at 13.6-14.2 bytes per
+# voxel in all (bench/results/plan_preprocess_ct.md)
+FINGERPRINT_BYTES_PER_VOXEL = 11
 
 
 # pure parts ----------------------------------------------------------------------------
@@ -49,6 +55,30 @@ class CaseAnalysis:
 
     fingerprint: CaseFingerprint
     samples: list[np.ndarray]  # float32 foreground values per channel
+
+
+def fingerprint_peak_bytes(*, voxels: int, channels: int) -> int:
+    """What one case of ``voxels`` (per channel) may need at its peak while fingerprinted."""
+    return int(voxels * (4 * channels + FINGERPRINT_BYTES_PER_VOXEL))
+
+
+def label_counts(seg: np.ndarray) -> dict[int, int]:
+    """Voxels per label value, ascending, counted a few slices at a time (no sorted copy)."""
+    counts: dict[int, int] = {}
+    volume = seg.reshape(-1, *seg.shape[-2:]) if seg.ndim >= 2 else seg.reshape(1, -1)
+    step = max(1, _BLOCK // max(math.prod(volume.shape[1:]), 1))
+    for start in range(0, volume.shape[0], step):
+        values, n = np.unique(volume[start : start + step], return_counts=True)
+        for v, k in zip(values.tolist(), n.tolist(), strict=True):
+            counts[int(v)] = counts.get(int(v), 0) + int(k)
+    return dict(sorted(counts.items()))
+
+
+def all_finite(image: np.ndarray) -> bool:
+    """No NaN or infinity in ``(c, z, y, x)``, checked a slice at a time."""
+    if image.dtype.kind not in "fc":
+        return True
+    return all(bool(np.isfinite(image[:, z]).all()) for z in range(image.shape[1]))
 
 
 def analyze_case(
@@ -71,52 +101,132 @@ def analyze_case(
     for c in range(cropped.shape[0]):
         values = cropped[c][foreground].astype(np.float32, copy=False)
         samples.append(values[pick] if pick is not None else values)
-    values, counts = np.unique(seg, return_counts=True)
     fp = CaseFingerprint(
         case=case,
         spacing=[float(s) for s in spacing_zyx],
         shape_before_cropping=[int(s) for s in image.shape[1:]],
         crop_bbox=box,
         shape_after_cropping=[int(s) for s in cropped.shape[1:]],
-        label_voxels={str(int(v)): int(n) for v, n in zip(values, counts, strict=True)},
+        label_voxels={str(v): n for v, n in label_counts(seg).items()},
     )
     return CaseAnalysis(fp, samples)
 
 
-def weighted_percentiles(
-    values: np.ndarray, weights: np.ndarray, percentiles: tuple[float, ...]
-) -> list[float]:
-    """Percentiles of weighted samples; with equal weights, numpy's default ('linear')."""
-    order = np.argsort(values, kind="stable")
-    v, w = values[order].astype(np.float64), weights[order].astype(np.float64)
-    cum = np.cumsum(w)
-    if len(v) == 1:
-        return [float(v[0])] * len(percentiles)
-    positions = (cum - w) / (cum[-1] - w[-1])
-    return [float(np.interp(p / 100.0, positions, v)) for p in percentiles]
+def _sort_keys(per_case: list[np.ndarray]) -> np.ndarray:
+    """Every sample as one uint64 that sorts by (value, position in the concatenation).
+
+    The high half holds the float32 value's bits made to sort like the value (negative
+    values' bits flipped, positive ones' sign bit set), the low half the sample's index. One
+    in-place sort of these keys gives the order of a stable argsort of the values, in 8
+    bytes per sample instead of the 40 of values, indices and weights in float64.
+    """
+    total = sum(s.size for s in per_case)
+    if total >= 1 << 32:
+        raise ValueError(f"{total} intensity samples: at most 2**32 can be ranked")
+    keys = np.empty(total, dtype=np.uint64)
+    offset = 0
+    for samples in per_case:
+        for start in range(0, samples.size, _BLOCK):
+            part = samples[start : start + _BLOCK].astype(np.float32) + np.float32(0.0)  # -0 -> +0
+            bits = part.view(np.uint32)
+            bits = np.where(bits >> 31 == 1, ~bits, bits | np.uint32(1 << 31))
+            index = np.arange(offset + start, offset + start + part.size, dtype=np.uint64)
+            keys[offset + start : offset + start + part.size] = (
+                bits.astype(np.uint64) << np.uint64(32)
+            ) | index
+        offset += samples.size
+    keys.sort()
+    return keys
+
+
+def _decode(keys: np.ndarray, offsets: np.ndarray, case_weights: np.ndarray):
+    """Values (float64) and weights of a block of sorted keys."""
+    bits = (keys >> np.uint64(32)).astype(np.uint32)
+    bits = np.where(bits >> 31 == 1, bits & np.uint32(0x7FFFFFFF), ~bits)
+    case = np.searchsorted(offsets, keys & np.uint64(0xFFFFFFFF), side="right") - 1
+    return bits.view(np.float32).astype(np.float64), case_weights[case]
+
+
+def weighted_percentiles(per_case: list[np.ndarray], percentiles: tuple[float, ...]) -> list[float]:
+    """Percentiles of the samples of every case, each case weighing the same in total.
+
+    The numbers of ``np.interp(p, positions, values)`` over the samples in stable sorted
+    order, ``positions = (cum - w) / (cum[-1] - w[-1])`` with ``cum`` the running sum of the
+    weights ``1 / case size`` (numpy's default 'linear' percentiles when all weights are
+    equal), computed block by block from sorted keys so that no array of float64 values,
+    weights, running sums or positions of every sample exists at once.
+    """
+    per_case = [s for s in per_case if s.size]
+    sizes = np.asarray([s.size for s in per_case], dtype=np.int64)
+    if sizes.sum() == 1:
+        return [float(per_case[0].ravel()[0])] * len(percentiles)
+    offsets = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.uint64)
+    case_weights = np.asarray([1.0 / n for n in sizes], dtype=np.float64)
+    keys = _sort_keys(per_case)
+    # first pass: the running sum's end and the last weight, for the positions' scale
+    carry = 0.0
+    for start in range(0, keys.size, _BLOCK):
+        _, w = _decode(keys[start : start + _BLOCK], offsets, case_weights)
+        carry = float(np.cumsum(np.concatenate(([carry], w)))[-1])
+    scale = carry - float(w[-1])
+    # second pass: the interval of positions around each percentile
+    results: dict[int, float] = {}
+    carry, previous = 0.0, None  # previous: (position, value) of the last sample seen
+    for start in range(0, keys.size, _BLOCK):
+        v, w = _decode(keys[start : start + _BLOCK], offsets, case_weights)
+        cum = np.cumsum(np.concatenate(([carry], w)))[1:]
+        carry = float(cum[-1])
+        positions = (cum - w) / scale
+        for i, p in enumerate(percentiles):
+            if i in results:
+                continue
+            q = p / 100.0
+            count = int(np.searchsorted(positions, q, side="right"))
+            if count == positions.size:
+                continue
+            if count == 0:
+                if previous is None:
+                    results[i] = float(v[0])
+                    continue
+                xp0, fp0 = previous
+            else:
+                xp0, fp0 = positions[count - 1], v[count - 1]
+            results[i] = float(np.interp(q, [xp0, positions[count]], [fp0, v[count]]))
+        previous = (positions[-1], v[-1])
+    last = float(v[-1])
+    return [results.get(i, last) for i in range(len(percentiles))]
 
 
 def intensity_statistics(per_case: list[np.ndarray]) -> IntensityStats:
-    """Statistics of one channel's foreground samples, every case with the same total weight."""
-    chunks = [s for s in per_case if s.size]
+    """Statistics of one channel's foreground samples, every case with the same total weight.
+
+    Sums run per case and block (float64 accumulators), so the main process needs about 12
+    bytes per sample (the samples and one sort key each) whatever the dataset's size.
+    """
+    chunks = [s.ravel() for s in per_case if s.size]
     if not chunks:
         nan = float("nan")
         return IntensityStats(nan, nan, nan, nan, nan, nan, nan, 0)
-    values = np.concatenate(chunks).astype(np.float64)
-    weights = np.concatenate([np.full(s.size, 1.0 / s.size) for s in chunks])
-    total = weights.sum()
-    mean = float((values * weights).sum() / total)
-    std = float(math.sqrt(max(((values - mean) ** 2 * weights).sum() / total, 0.0)))
-    p_lo, median, p_hi = weighted_percentiles(values, weights, PERCENTILES)
+    total = float(len(chunks))  # each case's weights add up to one
+    mean = sum(float(s.sum(dtype=np.float64)) / s.size for s in chunks) / total
+    spread = 0.0
+    for s in chunks:
+        case = 0.0
+        for start in range(0, s.size, _BLOCK):
+            d = s[start : start + _BLOCK].astype(np.float64) - mean
+            case += float(np.dot(d, d))
+        spread += case / s.size
+    std = float(math.sqrt(max(spread / total, 0.0)))
+    p_lo, median, p_hi = weighted_percentiles(chunks, PERCENTILES)
     return IntensityStats(
         mean=mean,
         std=std,
         median=median,
-        min=float(values.min()),
-        max=float(values.max()),
+        min=float(min(s.min() for s in chunks)),
+        max=float(max(s.max() for s in chunks)),
         percentile_00_5=p_lo,
         percentile_99_5=p_hi,
-        num_samples=int(values.size),
+        num_samples=int(sum(s.size for s in chunks)),
     )
 
 
@@ -165,18 +275,23 @@ def _run_job(job: _Job) -> CaseAnalysis:
         if not np.all(np.mod(seg, 1) == 0):
             raise ToolkitError("label holds non-integer values", files.label)
         seg = seg.astype(np.int32)
-    present = set(np.unique(seg).tolist())
+    present = set(label_counts(seg))
     unknown = sorted(present - set(job.labels))
     if unknown:
         raise ToolkitError(
             f"label holds values {unknown} not declared in dataset.json (declared: {sorted(job.labels)})",
             files.label,
         )
-    if not np.all(np.isfinite(image)):
+    if not all_finite(image):
         raise ToolkitError("image holds NaN or infinite values", files.images[0])
     return analyze_case(
         image, seg, list(geometry.spacing_zyx), files.case, job.max_samples, job.seed
     )
+
+
+def _largest_peak(cases: list[CaseFiles]) -> int:
+    voxels = max(math.prod(read_geometry(c.images[0]).shape_zyx) for c in cases)
+    return fingerprint_peak_bytes(voxels=voxels, channels=len(cases[0].images))
 
 
 def extract_fingerprint(
@@ -194,7 +309,9 @@ def extract_fingerprint(
         raise ToolkitError("no training cases in imagesTr/labelsTr", paths.raw)
     per_case = max(1, budget // len(cases))
     jobs = [_Job(c, tuple(dataset.label_values), per_case, seed) for c in cases]
-    analyses = map_cases(_run_job, jobs, default_workers(workers), "fingerprint", quiet)
+    workers = default_workers(workers)
+    peak = _largest_peak(cases) if workers > 1 and len(cases) > 1 else None
+    analyses = map_cases(_run_job, jobs, workers, "fingerprint", quiet, peak_bytes=peak)
     fingerprint = dataset_fingerprint(paths.name, dataset, analyses, budget, seed)
     fingerprint.save(paths.fingerprint_json)
     if not quiet:

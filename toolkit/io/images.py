@@ -198,6 +198,25 @@ def _single_channel(image: sitk.Image, path: Path) -> tuple[np.ndarray, Geometry
     return array, Geometry.of(image)
 
 
+def read_geometry(path: str | Path) -> Geometry:
+    """An image file's geometry from its header alone (the pixels are not read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError("file not found", path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise ToolkitError("unreadable image (SimpleITK could not read its header)", path) from None
+    return Geometry(
+        spacing=tuple(reader.GetSpacing()),
+        origin=tuple(reader.GetOrigin()),
+        direction=tuple(reader.GetDirection()),
+        size=tuple(reader.GetSize()),
+    )
+
+
 def _file_channels(path: Path) -> tuple[list[np.ndarray], Geometry]:
     """The channels of one file: one, or R, G, B[, A] of a colour natural image."""
     image = read_sitk(path)
@@ -214,21 +233,33 @@ def _file_channels(path: Path) -> tuple[list[np.ndarray], Geometry]:
 def read_channels(paths: list[Path]) -> tuple[np.ndarray, Geometry]:
     """Channels of one case stacked as ``(c, z, y, x)`` float32, with the first file's geometry.
 
-    One channel per file, except colour natural images: R, G, B[, A] in that order.
+    One channel per file, except colour natural images: R, G, B[, A] in that order. Each
+    channel is written into one float32 array as it is read: no list of float copies and no
+    stacked copy beside it.
     """
-    arrays = []
+    stacked: np.ndarray | None = None
     geometry: Geometry | None = None
+    filled = 0
     for p in paths:
         channels, geo = _file_channels(Path(p))
         if geometry is None:
             geometry = geo
+            # as many channels per file as the first has (colour files are small images)
+            total = len(channels) * len(paths)
+            stacked = np.empty((total, *channels[0].shape), dtype=np.float32)
         else:
             problem = geometry.matches(geo)
             if problem is not None:
                 raise ToolkitError(f"does not match channel 0 of its case: {problem}", p)
-        arrays.extend(a.astype(np.float32, copy=False) for a in channels)
-    assert geometry is not None, "read_channels needs at least one path"
-    return np.stack(arrays), geometry
+        for array in channels:
+            if filled == stacked.shape[0]:  # type: ignore[union-attr]
+                stacked = np.concatenate([stacked, array[None].astype(np.float32)])
+            else:
+                stacked[filled] = array  # type: ignore[index]
+            filled += 1
+        del channels
+    assert geometry is not None and stacked is not None, "read_channels needs at least one path"
+    return (stacked if filled == stacked.shape[0] else stacked[:filled]), geometry
 
 
 def make_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:

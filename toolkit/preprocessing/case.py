@@ -146,16 +146,20 @@ def preprocess_case(
             )
     spacing = [float(s) for s in geometry.spacing_zyx]
     shape_before = [int(s) for s in image.shape[1:]]
+    has_labels = seg is not None
 
-    data, cropped_seg, box = crop_to_nonzero(image, seg)
-    shape_after_crop = [int(s) for s in data.shape[1:]]
+    cropped, cropped_seg, box = crop_to_nonzero(image, seg)
+    shape_after_crop = [int(s) for s in cropped.shape[1:]]
     inside = cropped_seg[0] >= 0
-    data = np.stack(
-        [
-            _normalized(data[c], norm, inside, c, case)
-            for c, norm in enumerate(configuration.normalization)
-        ]
-    )
+    # one channel at a time into one float32 array: no stacked copy of the whole case
+    norms = configuration.normalization
+    if len(norms) == 1:
+        data = _normalized(cropped[0], norms[0], inside, 0, case)[None]
+    else:
+        data = np.empty(cropped.shape, dtype=np.float32)
+        for c, norm in enumerate(norms):
+            data[c] = _normalized(cropped[c], norm, inside, c, case)
+    del cropped, inside
 
     axes = plans.transpose_forward
     data = transpose_spatial(data, axes)
@@ -176,7 +180,7 @@ def preprocess_case(
     )
     out_seg = None
     locations: dict[str, list[list[int]]] = {}
-    if seg is not None:
+    if has_labels:
         out_seg = resample_labels(cropped_seg, new_shape, spacing_t, target, r)
         locations = sample_class_locations(out_seg, plans.label_model().location_groups())
 

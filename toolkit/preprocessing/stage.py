@@ -7,13 +7,15 @@ older plan) is computed again. Files are written atomically, properties last.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
 from toolkit.core.plans import Configuration, Plans, dataset_plans
+from toolkit.core.resampling import case_target_spacing, compute_new_shape
 from toolkit.errors import ToolkitError
 from toolkit.io.dataset_json import CaseFiles, load_dataset_info, training_cases
-from toolkit.io.images import read_channels, read_image
+from toolkit.io.images import read_channels, read_geometry, read_image
 from toolkit.io.preprocessed import case_paths, complete_cases, load_properties, save_case
 from toolkit.parallel import map_cases
 from toolkit.preprocessing.case import preprocess_case, source_record
@@ -30,6 +32,40 @@ class PreprocessResult:
     skipped: list[str] = field(default_factory=list)  # already complete and current
     removed: list[str] = field(default_factory=list)  # cases no longer in the dataset
     seconds: float = 0.0
+
+
+# a case's peak in a worker beyond its float32 data: per voxel before resampling (the labels,
+# the crop's masks and labelling, the cropped labels) on top of the image and its normalized
+# copy (8 bytes per channel), and per voxel after (labels, the indicator being resampled, the
+# intermediate of all axes but one) on top of the float32 output (4 per channel); fitted to
+# the peaks of LiTS-sized CT (bench/results/plan_preprocess_ct.md) with a margin of 10-20 %
+BYTES_PER_INPUT_VOXEL = 6
+BYTES_PER_OUTPUT_VOXEL = 3
+
+
+def preprocess_peak_bytes(*, voxels: int, voxels_after: int, channels: int) -> int:
+    """What one case may need at its peak: ``voxels`` as read, ``voxels_after`` resampled."""
+    return int(
+        voxels * (8 * channels + BYTES_PER_INPUT_VOXEL)
+        + voxels_after * (4 * channels + BYTES_PER_OUTPUT_VOXEL)
+    )
+
+
+def largest_peak(cases: list[CaseFiles], plans: Plans, configuration: Configuration) -> int:
+    """The largest :func:`preprocess_peak_bytes` of ``cases`` (from their headers, uncropped)."""
+    peak = 0
+    for files in cases:
+        geometry = read_geometry(files.images[0])
+        spacing = [geometry.spacing_zyx[a] for a in plans.transpose_forward]
+        shape = [geometry.shape_zyx[a] for a in plans.transpose_forward]
+        after = compute_new_shape(shape, spacing, case_target_spacing(configuration, spacing))
+        peak = max(
+            peak,
+            preprocess_peak_bytes(
+                voxels=math.prod(shape), voxels_after=math.prod(after), channels=len(files.images)
+            ),
+        )
+    return peak
 
 
 @dataclass(frozen=True)
@@ -112,8 +148,16 @@ def preprocess_dataset(
                 result.skipped.append(files.case)
             else:
                 pending.append(_Job(files, plans, configuration, str(folder)))
+        peak = None
+        if workers > 1 and len(pending) > 1:
+            peak = largest_peak([j.files for j in pending], plans, configuration)
         result.done = map_cases(
-            _run, pending, workers, f"preprocess {configuration.data_identifier}", quiet
+            _run,
+            pending,
+            workers,
+            f"preprocess {configuration.data_identifier}",
+            quiet,
+            peak_bytes=peak,
         )
         result.seconds = time.perf_counter() - start
         if not quiet:
