@@ -27,6 +27,7 @@ from toolkit.io.images import (
     write_image,
 )
 from toolkit.planning.stage import plan_dataset
+from toolkit.preprocessing.stage import preprocess_dataset
 from toolkit.synthetic import generate_natural_task, make_natural_case
 from toolkit.workspace import DatasetPaths
 
@@ -120,8 +121,17 @@ def test_rgb_dataset_converts_into_one_file_per_channel(rgb_task, tmp_path):
     assert set(np.unique(label)) <= {0, 1, 2} and geometry.matches(label_geometry) is None
 
 
-def test_plans_of_an_rgb_dataset_equal_the_reference_planner(rgb_task, tmp_path):
-    """nnUNetv2_plan_and_preprocess -d 920 --no_pp (2.8.1) on this very dataset (three cases of
+# float64 sums of nnU-Net v2's preprocessed 2d data (nnUNetv2_preprocess -c 2d, 2.8.1) of the
+# three training cases of ``rgb_task``; the arrays were bit-identical to ours when checked
+REFERENCE_PREPROCESSED_SUMS = {
+    "synthrgb_001": 2325.078488752246,
+    "synthrgb_002": 2268.1961368471384,
+    "synthrgb_003": 2184.9216299131513,
+}
+
+
+def test_plans_and_data_of_an_rgb_dataset_equal_the_reference(rgb_task, tmp_path):
+    """nnUNetv2_plan_and_preprocess -d 920 (2.8.1) on this very dataset (three cases of
     32 x 40, seed 5) planned: 2d only, spacing (1, 1), patch 32 x 40, batch 2, features
     32-256, strides 1,2,2,2, batch Dice, RGBTo01Normalization x 3 without mask, NaturalImage2DIO."""
     paths = DatasetPaths(tmp_path / "ws" / "SynthRGB")
@@ -135,6 +145,11 @@ def test_plans_of_an_rgb_dataset_equal_the_reference_planner(rgb_task, tmp_path)
     assert c.architecture.features_per_stage == [32, 64, 128, 256]
     assert c.architecture.strides == [[1, 1], [2, 2], [2, 2], [2, 2]]
     assert [(n.scheme, n.use_nonzero_mask) for n in c.normalization] == [("rgb_to_0_1", False)] * 3
+    preprocess_dataset(paths, ["2d"], workers=1, quiet=True)
+    for case, expected in REFERENCE_PREPROCESSED_SUMS.items():
+        data = np.load(paths.preprocessed_dir("2d") / f"{case}.npy")
+        assert data.shape == (3, 1, 32, 40) and data.dtype == np.float32
+        assert float(data.astype(np.float64).sum()) == pytest.approx(expected, rel=1e-9)
 
 
 def test_tif_dataset_converts(tmp_path):
