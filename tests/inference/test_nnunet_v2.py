@@ -240,6 +240,11 @@ def test_unsupported_plans_are_refused_with_the_reason():
     ]
     converted = nnunet_v2.convert_plans(other, DATASET_JSON).configuration("3d_fullres")
     assert [n.scheme for n in converted.normalization] == ["rescale_to_0_1", "rgb_to_0_1"]
+    # models trained on PNG/BMP/TIFF files: their reader gives our axis order
+    natural = nnunet_v2.convert_plans(
+        {**other, "image_reader_writer": "NaturalImage2DIO"}, DATASET_JSON
+    )
+    assert "3d_fullres" in natural.configurations
     regions = nnunet_v2.convert_plans(
         nnunet_plans_json(),
         {

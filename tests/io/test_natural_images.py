@@ -4,7 +4,8 @@ converted from an nnU-Net v2 raw dataset, and given to prediction.
 The reference facts (nnunetv2/imageio/natural_image_reader_writer.py, 2.8.1): an RGB(A) file
 is (c, 1, y, x) with R, G, B[, A] as channels, spacing (999, 1, 1) whatever the file says;
 labels are read the same way; predictions are written in the input's file type as uint8
-(uint16 from 255 labels on).
+(uint16 from 255 labels on). Checked once against the reference's reader on PNG (RGB, RGBA,
+16-bit grey), BMP and TIFF (RGB, float) files: the same arrays and spacing.
 """
 
 import json
@@ -15,6 +16,7 @@ import SimpleITK as sitk
 
 from toolkit.convert.stage import convert_task
 from toolkit.errors import ToolkitError
+from toolkit.fingerprint.stage import extract_fingerprint
 from toolkit.inference.inputs import find_input_cases, read_input_case
 from toolkit.io.dataset_json import load_dataset_info, training_cases
 from toolkit.io.images import (
@@ -24,6 +26,8 @@ from toolkit.io.images import (
     read_image,
     write_image,
 )
+from toolkit.planning.stage import plan_dataset
+from toolkit.preprocessing.stage import preprocess_dataset
 from toolkit.synthetic import generate_natural_task, make_natural_case
 from toolkit.workspace import DatasetPaths
 
@@ -115,6 +119,37 @@ def test_rgb_dataset_converts_into_one_file_per_channel(rgb_task, tmp_path):
     assert geometry.spacing_zyx == (NO_SPACING, 1.0, 1.0)
     label, label_geometry = read_image(case.label)
     assert set(np.unique(label)) <= {0, 1, 2} and geometry.matches(label_geometry) is None
+
+
+# float64 sums of nnU-Net v2's preprocessed 2d data (nnUNetv2_preprocess -c 2d, 2.8.1) of the
+# three training cases of ``rgb_task``; the arrays were bit-identical to ours when checked
+REFERENCE_PREPROCESSED_SUMS = {
+    "synthrgb_001": 2325.078488752246,
+    "synthrgb_002": 2268.1961368471384,
+    "synthrgb_003": 2184.9216299131513,
+}
+
+
+def test_plans_and_data_of_an_rgb_dataset_equal_the_reference(rgb_task, tmp_path):
+    """nnUNetv2_plan_and_preprocess -d 920 (2.8.1) on this very dataset (three cases of
+    32 x 40, seed 5) planned: 2d only, spacing (1, 1), patch 32 x 40, batch 2, features
+    32-256, strides 1,2,2,2, batch Dice, RGBTo01Normalization x 3 without mask, NaturalImage2DIO."""
+    paths = DatasetPaths(tmp_path / "ws" / "SynthRGB")
+    convert_task(rgb_task, paths, workers=1, quiet=True)
+    extract_fingerprint(paths, workers=1, quiet=True)
+    plans = plan_dataset(paths)
+    assert set(plans.configurations) == {"2d"} and plans.transpose_forward == [0, 1, 2]
+    c = plans.configuration("2d")
+    assert c.target_spacing == [999.0, 1.0, 1.0] and c.patch_size == [32, 40]
+    assert c.batch_size == 2 and c.batch_dice
+    assert c.architecture.features_per_stage == [32, 64, 128, 256]
+    assert c.architecture.strides == [[1, 1], [2, 2], [2, 2], [2, 2]]
+    assert [(n.scheme, n.use_nonzero_mask) for n in c.normalization] == [("rgb_to_0_1", False)] * 3
+    preprocess_dataset(paths, ["2d"], workers=1, quiet=True)
+    for case, expected in REFERENCE_PREPROCESSED_SUMS.items():
+        data = np.load(paths.preprocessed_dir("2d") / f"{case}.npy")
+        assert data.shape == (3, 1, 32, 40) and data.dtype == np.float32
+        assert float(data.astype(np.float64).sum()) == pytest.approx(expected, rel=1e-9)
 
 
 def test_tif_dataset_converts(tmp_path):
