@@ -46,6 +46,10 @@ def test_ignore_label_is_excluded_from_outputs_and_targets():
     assert model.ignore == 3 and model.num_outputs == 3
     assert model.names == {1: "a", 2: "b"} and model.declared_values == [0, 1, 2, 3]
     assert model.location_groups()[ANNOTATED_KEY] == (-1, 0, 1, 2)
+    # the ignore value has no output, so no label map made from the outputs can hold it
+    probabilities = np.random.default_rng(0).random((model.num_outputs, 50)).astype(np.float32)
+    assert model.ignore not in segmentation_from_probabilities(probabilities, model)
+    assert model.num_outputs == model.ignore
     regions = label_model({**BRATS, "ignore": 4}, [1, 2, 3])
     assert regions.num_outputs == 3 and regions.ignore == 4
 

@@ -66,7 +66,7 @@ def test_region_task_converts_trains_predicts_and_exports(capsys, tmp_path, monk
     assert all(f": {name}" in report for name in REGION_NAMES)
     selection = json.loads((dataset / "selection.json").read_text())
     assert list(selection["labels"].values()) == REGION_NAMES
-    assert set(selection["postprocessing"]) >= {"largest_component_regions"}
+    assert not selection["postprocessing"].get("largest_component_classes")  # regions only
     fold = json.loads(
         (dataset / "models" / "3d_fullres" / "fold_0" / "validation" / "summary.json").read_text()
     )

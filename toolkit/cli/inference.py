@@ -176,7 +176,11 @@ def ensemble(
     ),
     quiet: bool = QuietOption,
 ) -> None:
-    """Average saved probabilities of several predictions (e.g. 2d and 3d_fullres) case by case, and write the label maps."""
+    """Average saved probabilities of several predictions (e.g. 2d and 3d_fullres) case by case, and write the label maps.
+
+    The argmax of the mean; for models trained on regions (their files say so), each region
+    whose mean probability exceeds 0.5, written with its `regions_class_order` value.
+    """
     from toolkit.inference.stage import run_ensemble
 
     run_ensemble(

@@ -34,7 +34,10 @@ class Postprocessing:
         )
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if not self.largest_component_regions:  # a class model's file stays as it always was
+            del data["largest_component_regions"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict, source: str | Path | None = None) -> Postprocessing:
