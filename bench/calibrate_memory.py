@@ -92,7 +92,10 @@ def _architecture(spacing, patch, base, cap, planner="default") -> tuple[Archite
 
 
 def _step(
-    net: torch.nn.Module, batch: torch.Tensor, target: torch.Tensor, optimizer: torch.optim.Optimizer
+    net: torch.nn.Module,
+    batch: torch.Tensor,
+    target: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
 ) -> None:
     outputs = net(batch)
     loss = sum(

@@ -225,8 +225,7 @@ def test_unsupported_plans_are_refused_with_the_reason():
     )
     assert plans.configurations == {}
     assert (
-        "only PlainConvUNet and ResidualEncoderUNet"
-        in plans.planner["not_converted"]["3d_fullres"]
+        "only PlainConvUNet and ResidualEncoderUNet" in plans.planner["not_converted"]["3d_fullres"]
     )
     other = nnunet_plans_json()
     other["configurations"]["3d_fullres"]["normalization_schemes"][1] = "RescaleTo01Normalization"
