@@ -28,6 +28,7 @@ def run(argv: list[str]) -> dict:
     parser.add_argument("--root", required=True)
     parser.add_argument("--dataset-id", type=int, required=True)
     parser.add_argument("--configuration", default="3d_fullres")
+    parser.add_argument("--plans", default="nnUNetPlans", help="plans identifier")
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
@@ -58,7 +59,11 @@ def run(argv: list[str]) -> dict:
         torch.backends.cudnn.deterministic = False
         torch.backends.cudnn.benchmark = True
     trainer = get_trainer_from_args(
-        str(args.dataset_id), args.configuration, args.fold, device=device
+        str(args.dataset_id),
+        args.configuration,
+        args.fold,
+        plans_identifier=args.plans,
+        device=device,
     )
     trainer.num_epochs = 1
     trainer.num_iterations_per_epoch = args.warmup + args.iterations

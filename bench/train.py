@@ -13,10 +13,14 @@ Peak memory: resident set of the process, and on CUDA the largest GPU allocation
     python -m bench.train --device cuda            # GPU (see --help for a machine without internet)
     python -m bench.train --prepare-only           # data and plans only (to carry elsewhere)
     python -m bench.train --device cuda --task ct --shape 160 192 192 --cases 8   # a realistic plan
+    python -m bench.train --planner resenc-m       # the residual-encoder U-Net M, both tools
 
 The reference runs in its own venv (``bench/.venv-nnunet``, made by the harness), or with
 ``--nnunet-python`` (e.g. a GPU machine's python with nnU-Net's wheels installed).
-Writes ``bench/results/train_<device>[_<task>_<shape>].json`` and ``.md``; data in ``bench/work/train_<task>[_<shape>]``.
+``--planner resenc-m|l|xl`` plans both with nnU-Net v2's residual-encoder preset
+(``nnUNetPlannerResEnc*``) instead of its default planner.
+Writes ``bench/results/train_<device>[_<task>_<shape>][_<planner>].json`` and ``.md``; data in
+``bench/work/train_<task>[_<shape>][_<planner>]``.
 """
 
 from __future__ import annotations
@@ -51,15 +55,29 @@ TASKS = {"mr": "Task901_SynthMR", "ct": "Task902_SynthCT"}
 CONFIGURATION = "3d_fullres"
 
 
-def work_dir(task: str = "mr", shape: list[int] | None = None) -> Path:
+def work_dir(task: str = "mr", shape: list[int] | None = None, planner: str = "default") -> Path:
+    suffix = "" if planner == "default" else f"_{planner}"
     if task == "mr" and shape is None:
-        return WORK / "train"
+        return WORK / f"train{suffix}"
     tag = "" if shape is None else "_" + "x".join(map(str, shape))
-    return WORK / f"train_{task}{tag}"
+    return WORK / f"train_{task}{tag}{suffix}"
+
+
+def reference_planner(planner: str) -> tuple[str, str]:
+    """nnU-Net v2's planner class and plans identifier for one of our planners."""
+    from toolkit.planning.planners import get_planner
+
+    spec = get_planner(planner)
+    return spec.reproduces, spec.plans_name
 
 
 def prepare(
-    work: Path, task: str, cases: int, shape: list[int] | None, nnunet_python: Path
+    work: Path,
+    task: str,
+    cases: int,
+    shape: list[int] | None,
+    nnunet_python: Path,
+    planner: str = "default",
 ) -> tuple[Path, NnunetFolders]:
     """Synthetic task -> our workspace and nnU-Net's folders; nnU-Net's plan converted to ours."""
     from bench.harness import export_nnunet_raw, nnunet_dataset_name
@@ -77,8 +95,9 @@ def prepare(
         )
         convert_task(source, paths, force=True, quiet=True)
     name = nnunet_dataset_name(DATASET_ID, paths.name)
-    nnunet_plans = folders.preprocessed / name / "nnUNetPlans.json"
-    if not (folders.preprocessed / name / "nnUNetPlans_3d_fullres").is_dir():
+    planner_class, plans_name = reference_planner(planner)
+    nnunet_plans = folders.preprocessed / name / f"{plans_name}.json"
+    if not nnunet_plans.is_file():
         export_nnunet_raw(paths, folders, DATASET_ID)
         # the entry point of nnUNetv2_plan_and_preprocess, through whichever python holds nnunetv2
         entry = (
@@ -95,6 +114,8 @@ def prepare(
             CONFIGURATION,
             "-np",
             str(min(8, os.cpu_count() or 2)),
+            "-pl",
+            planner_class,
         ]
         log("nnU-Net v2: fingerprint, plan, preprocess")
         _measure(command, work / "logs" / "nnunet_prepare.log", folders.env())
@@ -180,6 +201,7 @@ def measure_ours(
         "compiled": compile_network,
         "patch_size": cfg.patch_size,
         "batch_size": cfg.batch_size,
+        "network": cfg.architecture.network,
         "iterations": iterations,
         "iterations_per_s": iterations / elapsed,
         "seconds_per_iteration": statistics.median(
@@ -262,6 +284,8 @@ def run_nnunet(
         str(DATASET_ID),
         "--configuration",
         CONFIGURATION,
+        "--plans",
+        reference_planner(args.planner)[1],
         "--iterations",
         str(args.iterations),
         "--warmup",
@@ -323,7 +347,8 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
     first = results[0]
     header = (
         f"# Training iterations, ours vs nnU-Net v2 ({args.device})\n\n"
-        f"Same plan (nnU-Net v2's {CONFIGURATION} for {TASKS[args.task]}, patch {first['patch_size']}, batch {first['batch_size']}, "
+        f"Same plan (nnU-Net v2's {CONFIGURATION} for {TASKS[args.task]} by {reference_planner(args.planner)[0]}, "
+        f"network {first.get('network', 'plain')}, patch {first['patch_size']}, batch {first['batch_size']}, "
         f"{first['parameters']:,} parameters), {args.iterations} iterations after {args.warmup} warm-up, medians per iteration; "
         f"each run is the median of {args.repeats} alternating repeat(s) (every repeat in the JSON). "
         "`wait` is the time the loop waited for its batch; `augment` (ours) is the batch's transfer and augmentation on the "
@@ -388,6 +413,12 @@ def main(argv: list[str]) -> int:
         help="Case shape (default: the task's); larger shapes give the larger plans of real tasks.",
     )
     parser.add_argument("--cases", type=int, default=20)
+    parser.add_argument(
+        "--planner",
+        default="default",
+        choices=("default", "resenc-m", "resenc-l", "resenc-xl"),
+        help="Whose plan both tools train: nnU-Net v2's default planner or a residual-encoder preset.",
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -455,7 +486,7 @@ def main(argv: list[str]) -> int:
     nnunet_python = Path(args.nnunet_python) if args.nnunet_python else None
     if nnunet_python is None and not args.skip_nnunet:
         nnunet_python = ensure_nnunet()
-    args.work = work_dir(args.task, args.shape)
+    args.work = work_dir(args.task, args.shape, args.planner)
     dataset = args.work / "workspace" / TASKS[args.task]
     folders = NnunetFolders(args.work / "nnunet")
     if not (dataset / "preprocessed" / CONFIGURATION).is_dir() or args.prepare_only:
@@ -463,7 +494,9 @@ def main(argv: list[str]) -> int:
             raise SystemExit(
                 "preparing the data needs nnU-Net v2 (its plan is the common plan): drop --skip-nnunet"
             )
-        dataset, folders = prepare(args.work, args.task, args.cases, args.shape, nnunet_python)
+        dataset, folders = prepare(
+            args.work, args.task, args.cases, args.shape, nnunet_python, args.planner
+        )
     if args.prepare_only:
         log(f"prepared {dataset} and {folders.root}")
         return 0
@@ -488,11 +521,7 @@ def main(argv: list[str]) -> int:
     markdown = report(results, args)
     name = (
         f"train_{args.device}"
-        + (
-            ""
-            if args.task == "mr" and args.shape is None
-            else "_" + args.work.name.removeprefix("train_")
-        )
+        + ("" if args.work.name == "train" else "_" + args.work.name.removeprefix("train_"))
         + ("_compiled" if args.compile else "")
     )
     write_results(name, {"machine": machine(), "results": results}, markdown)

@@ -50,8 +50,8 @@ def ours(spec: dict, deep_supervision: bool = False) -> ResidualEncoderUNet:
 def test_state_dict_names_and_shapes_are_the_references(spec):
     """Ours holds exactly the reference's parameters, same names, same shapes, same order;
     the reference's state dict also holds each under alias names, which loading drops."""
-    reference = dict(spec["parameter_shapes"])
-    mine = {k: list(v.shape) for k, v in ours(spec).state_dict().items()}
+    reference = [tuple(entry) for entry in spec["parameter_shapes"]]  # in the reference's order
+    mine = [(k, list(v.shape)) for k, v in ours(spec).state_dict().items()]
     assert mine == reference
     assert spec["state_dict_entries"] > len(reference)  # the aliases
 
