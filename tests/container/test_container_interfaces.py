@@ -402,3 +402,19 @@ def test_a_case_over_the_time_or_memory_limit_fails(phase_export):
     assert result.problems[0].startswith("took 5.0 s, over the time limit of 2 s")
     assert "peak memory 4000 MB is over the 3072 MB a job gets" in result.problems[1]
     assert "stopped at the time limit" in result.problems[2]
+
+
+def test_the_gpu_path_is_requested_and_its_peak_read_back():
+    """No GPU here: the device request and the parsing of the job's GPU peak are what can be
+    checked; the GPU run itself needs Docker and an NVIDIA GPU."""
+    from toolkit.container.engine import gpu_device_requests
+    from toolkit.container.entrypoint import DONE_LINE, DONE_PATTERN, GPU_SUFFIX
+
+    (request,) = gpu_device_requests()
+    assert request["Count"] == -1 and request["Capabilities"] == [["gpu"]]
+    line = DONE_LINE.format(
+        output="images/a/output.mha, images/b/output.mha", seconds=2.5, peak_mb=900
+    )
+    assert DONE_PATTERN.search(line).group("gpu_mb") is None
+    done = DONE_PATTERN.search(line + GPU_SUFFIX.format(gpu_mb=5321.4))
+    assert done.group("seconds") == "2.5" and done.group("gpu_mb") == "5321"
