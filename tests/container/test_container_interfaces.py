@@ -388,3 +388,33 @@ def test_the_export_refuses_an_archive_over_the_limit_and_records_why(tmp_path):
         apply_size_limit(record, export, 11 * GIB, "the archive image.tar.gz")
     saved = json.loads(export.record.read_text())
     assert "refuses images over 10 GiB" in saved["warnings"][-1]
+
+
+def test_a_case_over_the_time_or_memory_limit_fails(phase_export):
+    from toolkit.container.testrun import CaseLimits, JobOutcome, cross_validation_cases, test_case
+
+    paths, export, _ = phase_export
+    case = cross_validation_cases(paths, 1)[0]
+    outcome = JobOutcome(124, 5.0, 4000.0, "fake", "", timed_out=True)
+    limits = CaseLimits(memory="4g", time_limit=2)
+    result = test_case(case, paths, export, lambda i, o: outcome, "dry-run", limits=limits)
+    assert not result.ok and len(result.problems) == 3
+    assert result.problems[0].startswith("took 5.0 s, over the time limit of 2 s")
+    assert "peak memory 4000 MB is over the 3072 MB a job gets" in result.problems[1]
+    assert "stopped at the time limit" in result.problems[2]
+
+
+def test_the_gpu_path_is_requested_and_its_peak_read_back():
+    """No GPU here: the device request and the parsing of the job's GPU peak are what can be
+    checked; the GPU run itself needs Docker and an NVIDIA GPU."""
+    from toolkit.container.engine import gpu_device_requests
+    from toolkit.container.entrypoint import DONE_LINE, DONE_PATTERN, GPU_SUFFIX
+
+    (request,) = gpu_device_requests()
+    assert request["Count"] == -1 and request["Capabilities"] == [["gpu"]]
+    line = DONE_LINE.format(
+        output="images/a/output.mha, images/b/output.mha", seconds=2.5, peak_mb=900
+    )
+    assert DONE_PATTERN.search(line).group("gpu_mb") is None
+    done = DONE_PATTERN.search(line + GPU_SUFFIX.format(gpu_mb=5321.4))
+    assert done.group("seconds") == "2.5" and done.group("gpu_mb") == "5321"

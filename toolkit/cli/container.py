@@ -82,13 +82,14 @@ def export_container(
     output_slug: str = typer.Option(
         "segmentation",
         "--output-slug",
-        help="Shorthand: the output Segmentation socket (folder images/<slug>, the model's labels as segments).",
+        help="Shorthand: the output Segmentation socket (folder images/SLUG, the model's labels as segments).",
     ),
     device: str = typer.Option(
         "cpu",
         "--device",
         help="cpu: PyTorch's CPU build (small image); cuda: the CUDA build (several GB), "
-        "falling back to the CPU when the job has no GPU.",
+        "falling back to the CPU when the job has no GPU; its test run gets this machine's GPUs "
+        "(Docker) and reports the GPU memory against the T4's 16 GB.",
     ),
     build: bool = typer.Option(
         True,

@@ -35,6 +35,7 @@ from toolkit.io.atomic import atomic_path
 ENGINES = ("auto", "docker", "podman")
 PLATFORM = "linux/amd64"
 DEFAULT_MEMORY = "8g"  # the platform's default
+EXIT_TIMED_OUT = 124  # a job stopped at the time limit (as `timeout` reports it)
 DOCKER_SOCKET = Path("/var/run/docker.sock")
 GZIP_LEVEL = 1
 SAVE_CHUNK = 4 * 1024 * 1024
@@ -59,6 +60,7 @@ class RunResult:
     oom_killed: bool
     peak_memory_bytes: int | None
     memory_source: str  # how the peak was measured
+    timed_out: bool = False  # stopped at the time limit
 
     @property
     def ok(self) -> bool:
@@ -282,14 +284,14 @@ class Engine:
                 container.start()
                 if probe is None:
                     sampler = StatsSampler(container)
+                timed_out = False
                 try:
                     status = container.wait(timeout=timeout)
-                except Exception as exc:  # requests' timeout: stop the job as the platform would
+                except Exception:  # requests' timeout: stop the job as the platform would
+                    timed_out = True
                     with contextlib.suppress(docker.errors.APIError):
                         container.kill()
-                    raise ToolkitError(
-                        f"the container ran longer than {timeout:.0f} s ({_api_message(exc)})"
-                    ) from None
+                    status = {"StatusCode": EXIT_TIMED_OUT}
                 seconds = time.perf_counter() - start
                 sampled = sampler.stop() if sampler else None
                 container.reload()
@@ -306,7 +308,8 @@ class Engine:
                 seconds=seconds,
                 stdout=stdout,
                 stderr=stderr,
-                oom_killed=bool(state.get("OOMKilled")) or exit_code == 137,
+                oom_killed=not timed_out and (bool(state.get("OOMKilled")) or exit_code == 137),
+                timed_out=timed_out,
                 peak_memory_bytes=peak,
                 memory_source=probe.source if probe else StatsSampler.source,
             )

@@ -186,6 +186,7 @@ class JobOutcome:
     memory_source: str
     stderr: str
     oom_killed: bool = False
+    timed_out: bool = False
 
 
 def run_dry(export: ExportPaths, input_dir: Path, output_dir: Path, timeout: float) -> JobOutcome:
@@ -206,12 +207,13 @@ def run_dry(export: ExportPaths, input_dir: Path, output_dir: Path, timeout: flo
     start = time.perf_counter()
     with open(output_dir.parent / "stderr.txt", "w+b") as err:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=env)
-        deadline = start + timeout
+        deadline, timed_out = start + timeout, False
         while True:
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
             if pid != 0:
                 break
             if time.perf_counter() > deadline:
+                timed_out = True
                 process.kill()
                 pid, status, usage = os.wait4(process.pid, 0)
                 break
@@ -225,6 +227,7 @@ def run_dry(export: ExportPaths, input_dir: Path, output_dir: Path, timeout: flo
         peak_memory_mb=usage.ru_maxrss / 1024.0,
         memory_source="peak resident memory of the entrypoint process (wait4)",
         stderr=stderr,
+        timed_out=timed_out,
     )
 
 
@@ -256,6 +259,7 @@ def run_container(
         memory_source=result.memory_source,
         stderr=result.stderr,
         oom_killed=result.oom_killed,
+        timed_out=result.timed_out,
     )
 
 
@@ -358,6 +362,8 @@ def test_case(
         reason = (
             "killed for memory (exit 137)"
             if outcome.oom_killed
+            else "stopped at the time limit"
+            if outcome.timed_out
             else f"exit code {outcome.exit_code}"
         )
         result.problems.append(f"the job failed: {reason}: {result.stderr_tail or 'no stderr'}")
