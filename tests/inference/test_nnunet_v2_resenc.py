@@ -228,7 +228,7 @@ def test_nnunet_v2_resenc_model_agrees_with_its_own_predictor(tmp_path):
         model / "fold_0" / "checkpoint_final.pth", sorted((tmp_path / "probe").glob("*.npz")), 0.1
     )
     reference_out = tmp_path / "reference"
-    reference_predict(reference_out)
+    reference_predict(reference_out, "--save-probabilities")
     predictor = Predictor.from_model_dir(model, ModelOptions(folds=[0], device="cpu"))
     assert predictor.configuration.architecture.network == "residual_encoder"
     ours_out = tmp_path / "ours"
@@ -240,9 +240,16 @@ def test_nnunet_v2_resenc_model_agrees_with_its_own_predictor(tmp_path):
         theirs, geometry_theirs = read_image(reference_out / name)
         ours, geometry_ours = read_image(ours_out / name)
         assert geometry_ours.matches(geometry_theirs) is None
+        # the reference sums logits in half precision (ours in float32): where its two best
+        # classes are within that precision (this barely trained network's logits are flat
+        # near the shifted boundary) its argmax is a tie; those voxels are left out, and few
+        probabilities = np.load(reference_out / name.replace(".nii.gz", ".npz"))["probabilities"]
+        top = np.sort(probabilities, axis=0)
+        decided = (top[-1] - top[-2]) > 0.002
+        assert decided.mean() > 0.9, f"{name}: {1 - decided.mean():.1%} of voxels undecided"
         for label in (1, 2):
             seen.update({label} if (theirs == label).any() else set())
-            score = dice(ours == label, theirs == label)
+            score = dice((ours == label) & decided, (theirs == label) & decided)
             assert score >= 0.99, f"{name} class {label}: Dice {score:.4f} (toolkit vs nnU-Net v2)"
     assert seen == {1, 2}, (
         f"foreground classes predicted: {sorted(seen)}: the comparison would be empty"
