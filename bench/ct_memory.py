@@ -62,7 +62,8 @@ def _failure(log_path: str) -> str:
     return text.strip().splitlines()[-1][:200] if text.strip() else "failed"
 
 
-def run_lits(cases: int, workers: int, limit_gb: float, per_case: bool) -> dict:
+def run_lits(cases: int, workers: int, limit_gb: float, per_case: bool, save=None) -> dict:
+    """The whole bench; ``save(result)`` is called after every stage with what is known so far."""
     work = WORK / "plan_preprocess" / "lits"
     log(f"lits: {cases} LiTS-sized cases under {work / 'msd'} (made once)")
     msd = generate_lits_like(work / "msd", cases)
@@ -71,6 +72,19 @@ def run_lits(cases: int, workers: int, limit_gb: float, per_case: bool) -> dict:
     dataset = FOLDER
     env = dict(os.environ, OMP_NUM_THREADS="1")
     timing: dict[str, dict] = {"ours": {}, "nnunet": {}}
+    geometry = [case_geometry(i) for i in range(cases)]
+    result = {
+        "cases": [
+            {"shape": list(g.shape), "spacing_zyx": [g.slice_spacing, g.in_plane, g.in_plane]}
+            for g in geometry
+        ],
+        "workers": workers,
+        "nnunet_address_space_limit_gb": limit_gb,
+        "target_gb": TARGET_GB,
+        "target_spacing": None,
+        "timing": timing,
+        "per_case": [],
+    }
     commands = {
         "convert": _ours("convert", str(msd), "-w", str(ws), "-j", str(workers), "-q", "-f"),
         "fingerprint": _ours("fingerprint", dataset, "-w", str(ws), "-j", str(workers), "-q"),
@@ -83,6 +97,11 @@ def run_lits(cases: int, workers: int, limit_gb: float, per_case: bool) -> dict:
         log(f"lits: ours {stage}")
         m = measure(cmd, logs / f"ours_{stage}.log", env=env)
         timing["ours"][stage] = _stage_row(m.check())
+        if stage == "plan":
+            plans = json.loads((ws / dataset / "plans.json").read_text())
+            result["target_spacing"] = plans["configurations"]["3d_fullres"]["target_spacing"]
+        if save is not None:
+            save(result)
     folders = NnunetFolders(work / "nnunet")
     shutil.rmtree(folders.root, ignore_errors=True)
     for folder in (folders.raw, folders.preprocessed, folders.results):
@@ -120,22 +139,12 @@ def run_lits(cases: int, workers: int, limit_gb: float, per_case: bool) -> dict:
             row["failure"] = _failure(m.log)
             log(f"lits: nnU-Net {stage} failed: {row['failure']}")
         timing["nnunet"][stage] = row
+        if save is not None:
+            save(result)
         if not row["ok"]:
             break
-    plans = json.loads((ws / dataset / "plans.json").read_text())
-    geometry = [case_geometry(i) for i in range(cases)]
-    result = {
-        "cases": [
-            {"shape": list(g.shape), "spacing_zyx": [g.slice_spacing, g.in_plane, g.in_plane]}
-            for g in geometry
-        ],
-        "workers": workers,
-        "nnunet_address_space_limit_gb": limit_gb,
-        "target_gb": TARGET_GB,
-        "target_spacing": plans["configurations"]["3d_fullres"]["target_spacing"],
-        "timing": timing,
-        "per_case": _per_case(ws, dataset, cases) if per_case else [],
-    }
+    if per_case:
+        result["per_case"] = _per_case(ws, dataset, cases)
     return result
 
 
@@ -166,7 +175,7 @@ def render_lits(result: dict) -> str:
         f"`OMP_NUM_THREADS=1 nice -n 19`. nnU-Net: {result['nnunet']['nnunetv2']}. "
         f"{len(result['cases'])} synthetic LiTS-like cases (`bench/lits_like.py`: 512x512 slices, int16 HU, "
         "a liver-like organ and tumour-like lesions), resampled to the median spacing "
-        f"{[round(v, 3) for v in result['target_spacing']]} mm (z, y, x):",
+        f"{[round(v, 3) for v in result['target_spacing'] or []]} mm (z, y, x):",
         "",
         markdown_table(
             ["case", "shape (z, y, x)", "spacing (z, y, x) mm"],
@@ -186,6 +195,8 @@ def render_lits(result: dict) -> str:
     rows = []
     for stage in STAGES:
         o, n = t["ours"].get(stage), t["nnunet"].get(stage)
+        if o is None:
+            continue
         their_time = (
             "not run"
             if n is None

@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pytest
 
+from toolkit.convert.stage import convert_peak_bytes
 from toolkit.core.plans import Resampling
 from toolkit.core.resampling import (
     _apply_axis,
@@ -210,6 +211,7 @@ def test_lits_sized_case_estimates_stay_under_4_gb():
         voxels=350 * 512 * 512, voxels_after=1167 * 538 * 538, channels=1
     )
     fingerprint = fingerprint_peak_bytes(voxels=600 * 512 * 512, channels=1)
-    assert preprocess < 4 * GIB and fingerprint < 4 * GIB
+    convert = convert_peak_bytes(voxels=600 * 512 * 512)
+    assert preprocess < 4 * GIB and fingerprint < 4 * GIB and convert < 4 * GIB
     # 24 GB machine with 20 GB free: several workers, never all eight
     assert 1 < workers_for_memory(requested=8, available_bytes=20 * GIB, peak_bytes=preprocess) < 8
