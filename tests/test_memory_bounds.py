@@ -215,3 +215,13 @@ def test_lits_sized_case_estimates_stay_under_4_gb():
     assert preprocess < 4 * GIB and fingerprint < 4 * GIB and convert < 4 * GIB
     # 24 GB machine with 20 GB free: several workers, never all eight
     assert 1 < workers_for_memory(requested=8, available_bytes=20 * GIB, peak_bytes=preprocess) < 8
+
+
+def test_class_locations_searched_in_blocks_are_the_same(monkeypatch):
+    import toolkit.preprocessing.case as case
+
+    rng = np.random.default_rng(5)
+    seg = rng.integers(-1, 3, size=(1, 20, 25, 30)).astype(np.int8)
+    whole = case.sample_class_locations(seg, [1, 2])  # one block: the whole-array search
+    monkeypatch.setattr(case, "_LOCATION_BLOCK", 97)
+    assert case.sample_class_locations(seg, [1, 2]) == whole

@@ -40,6 +40,7 @@ PREPROCESSING_VERSION = 1
 MAX_LOCATIONS_PER_CLASS = 10_000
 MIN_LOCATION_COVERAGE = 0.01
 LOCATIONS_SEED = 1234
+_LOCATION_BLOCK = 1 << 24  # voxels searched at a time for the locations
 _EPS = 1e-8
 
 
@@ -117,7 +118,15 @@ def sample_class_locations(
     rng = np.random.default_rng(seed)
     flat = volume.ravel()
     wanted = np.asarray(sorted(set(int(v) for v in labels)), dtype=np.int64)
-    present_idx = np.flatnonzero(np.isin(flat, wanted))
+    # voxels of a wanted label, found a block at a time: no mask as large as the case
+    block = _LOCATION_BLOCK
+    present_idx = np.concatenate(
+        [
+            np.flatnonzero(np.isin(flat[start : start + block], wanted)) + start
+            for start in range(0, flat.size, block)
+        ]
+        or [np.empty(0, dtype=np.intp)]
+    )
     present_val = flat[present_idx]
     order = np.argsort(present_val, kind="stable")
     present_idx, present_val = present_idx[order], present_val[order]
