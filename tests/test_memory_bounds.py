@@ -225,3 +225,14 @@ def test_class_locations_searched_in_blocks_are_the_same(monkeypatch):
     whole = case.sample_class_locations(seg, [1, 2])  # one block: the whole-array search
     monkeypatch.setattr(case, "_LOCATION_BLOCK", 97)
     assert case.sample_class_locations(seg, [1, 2]) == whole
+
+
+def test_holes_filled_in_blocks_equal_scipy(monkeypatch):
+    from scipy import ndimage
+
+    import toolkit.core.cropping as cropping
+
+    rng = np.random.default_rng(6)
+    mask = rng.random((17, 19, 23)) > 0.3
+    monkeypatch.setattr(cropping, "_BLOCK", 101)
+    np.testing.assert_array_equal(cropping.fill_holes(mask), ndimage.binary_fill_holes(mask))
