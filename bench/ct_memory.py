@@ -231,6 +231,55 @@ def render_lits(result: dict) -> str:
     for stage, r in failed:
         lines.append(f"nnU-Net's {stage} failed under the limit: `{r.get('failure', '')}`.")
         lines.append("")
+    previous = result.get("previous")
+    if previous:
+        lines += [
+            f"The previous revision ({previous['revision']}, whole-volume float copies and resampling) on "
+            f"the same cases and machine, {previous['when']}, same commands:",
+            "",
+            markdown_table(
+                ["stage", "previous s", "previous peak GB", "now peak GB"],
+                [
+                    [
+                        stage,
+                        f"{r['wall_s']:.1f}",
+                        f"{r['peak_rss_mb'] / 1024:.2f}",
+                        f"{t['ours'][stage]['peak_rss_mb'] / 1024:.2f}"
+                        if stage in t["ours"]
+                        else "",
+                    ]
+                    for stage, r in previous["stages"].items()
+                ],
+            ),
+            "",
+            "Preprocessed cases now against the previous revision's (float32 images after CT "
+            "normalization; labels; oversampling locations):",
+            "",
+            markdown_table(
+                [
+                    "case",
+                    "shape",
+                    "max abs diff",
+                    "voxels differing",
+                    "label voxels differing",
+                    "locations identical",
+                ],
+                [
+                    [
+                        r["case"],
+                        "x".join(map(str, r["shape"])),
+                        f"{r['max_abs_diff']:.2g}",
+                        f"{r['voxels_differing']:,} of {r['voxels']:,}",
+                        r["label_voxels_differing"],
+                        "yes" if r["locations_identical"] else "no",
+                    ]
+                    for r in previous["cases"]
+                ],
+            ),
+            "",
+            previous["note"],
+            "",
+        ]
     if result["per_case"]:
         lines += [
             "Per case, alone in a fresh process (`bench/case_peaks.py`): our peak and the estimate "
