@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -60,6 +61,18 @@ def _failure(log_path: str) -> str:
             if key in line:
                 return line.strip()[:200]
     return text.strip().splitlines()[-1][:200] if text.strip() else "failed"
+
+
+def _progress(log_path: str) -> str:
+    """How far nnU-Net's progress bar got before a failure, from its log (or nothing)."""
+    text = open(log_path, errors="replace").read().replace("\r", "\n")
+    bars = re.findall(r"(\d+)/(\d+) \[([\d:]+)<", text)
+    if not bars:
+        return ""
+    done, total, elapsed = bars[-1]
+    return (
+        f"Its progress bar had {done} of {total} cases done after {elapsed} (min:s) when it failed."
+    )
 
 
 def run_lits(cases: int, workers: int, limit_gb: float, per_case: bool, save=None) -> dict:
@@ -137,6 +150,7 @@ def run_lits(cases: int, workers: int, limit_gb: float, per_case: bool, save=Non
         row = _stage_row(m)
         if not row["ok"]:
             row["failure"] = _failure(m.log)
+            row["progress"] = _progress(m.log)
             log(f"lits: nnU-Net {stage} failed: {row['failure']}")
         timing["nnunet"][stage] = row
         if save is not None:
@@ -230,6 +244,8 @@ def render_lits(result: dict) -> str:
     failed = [(s, r) for s, r in t["nnunet"].items() if not r["ok"]]
     for stage, r in failed:
         lines.append(f"nnU-Net's {stage} failed under the limit: `{r.get('failure', '')}`.")
+        if r.get("progress"):
+            lines.append(r["progress"])
         lines.append("")
     previous = result.get("previous")
     if previous:
