@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -62,7 +63,20 @@ def _failure(log_path: str) -> str:
     return text.strip().splitlines()[-1][:200] if text.strip() else "failed"
 
 
-def run_lits(cases: int, workers: int, limit_gb: float, per_case: bool) -> dict:
+def _progress(log_path: str) -> str:
+    """How far nnU-Net's progress bar got before a failure, from its log (or nothing)."""
+    text = open(log_path, errors="replace").read().replace("\r", "\n")
+    bars = re.findall(r"(\d+)/(\d+) \[([\d:]+)<", text)
+    if not bars:
+        return ""
+    done, total, elapsed = bars[-1]
+    return (
+        f"Its progress bar had {done} of {total} cases done after {elapsed} (min:s) when it failed."
+    )
+
+
+def run_lits(cases: int, workers: int, limit_gb: float, per_case: bool, save=None) -> dict:
+    """The whole bench; ``save(result)`` is called after every stage with what is known so far."""
     work = WORK / "plan_preprocess" / "lits"
     log(f"lits: {cases} LiTS-sized cases under {work / 'msd'} (made once)")
     msd = generate_lits_like(work / "msd", cases)
@@ -71,6 +85,19 @@ def run_lits(cases: int, workers: int, limit_gb: float, per_case: bool) -> dict:
     dataset = FOLDER
     env = dict(os.environ, OMP_NUM_THREADS="1")
     timing: dict[str, dict] = {"ours": {}, "nnunet": {}}
+    geometry = [case_geometry(i) for i in range(cases)]
+    result = {
+        "cases": [
+            {"shape": list(g.shape), "spacing_zyx": [g.slice_spacing, g.in_plane, g.in_plane]}
+            for g in geometry
+        ],
+        "workers": workers,
+        "nnunet_address_space_limit_gb": limit_gb,
+        "target_gb": TARGET_GB,
+        "target_spacing": None,
+        "timing": timing,
+        "per_case": [],
+    }
     commands = {
         "convert": _ours("convert", str(msd), "-w", str(ws), "-j", str(workers), "-q", "-f"),
         "fingerprint": _ours("fingerprint", dataset, "-w", str(ws), "-j", str(workers), "-q"),
@@ -83,6 +110,11 @@ def run_lits(cases: int, workers: int, limit_gb: float, per_case: bool) -> dict:
         log(f"lits: ours {stage}")
         m = measure(cmd, logs / f"ours_{stage}.log", env=env)
         timing["ours"][stage] = _stage_row(m.check())
+        if stage == "plan":
+            plans = json.loads((ws / dataset / "plans.json").read_text())
+            result["target_spacing"] = plans["configurations"]["3d_fullres"]["target_spacing"]
+        if save is not None:
+            save(result)
     folders = NnunetFolders(work / "nnunet")
     shutil.rmtree(folders.root, ignore_errors=True)
     for folder in (folders.raw, folders.preprocessed, folders.results):
@@ -118,24 +150,15 @@ def run_lits(cases: int, workers: int, limit_gb: float, per_case: bool) -> dict:
         row = _stage_row(m)
         if not row["ok"]:
             row["failure"] = _failure(m.log)
+            row["progress"] = _progress(m.log)
             log(f"lits: nnU-Net {stage} failed: {row['failure']}")
         timing["nnunet"][stage] = row
+        if save is not None:
+            save(result)
         if not row["ok"]:
             break
-    plans = json.loads((ws / dataset / "plans.json").read_text())
-    geometry = [case_geometry(i) for i in range(cases)]
-    result = {
-        "cases": [
-            {"shape": list(g.shape), "spacing_zyx": [g.slice_spacing, g.in_plane, g.in_plane]}
-            for g in geometry
-        ],
-        "workers": workers,
-        "nnunet_address_space_limit_gb": limit_gb,
-        "target_gb": TARGET_GB,
-        "target_spacing": plans["configurations"]["3d_fullres"]["target_spacing"],
-        "timing": timing,
-        "per_case": _per_case(ws, dataset, cases) if per_case else [],
-    }
+    if per_case:
+        result["per_case"] = _per_case(ws, dataset, cases)
     return result
 
 
@@ -166,7 +189,7 @@ def render_lits(result: dict) -> str:
         f"`OMP_NUM_THREADS=1 nice -n 19`. nnU-Net: {result['nnunet']['nnunetv2']}. "
         f"{len(result['cases'])} synthetic LiTS-like cases (`bench/lits_like.py`: 512x512 slices, int16 HU, "
         "a liver-like organ and tumour-like lesions), resampled to the median spacing "
-        f"{[round(v, 3) for v in result['target_spacing']]} mm (z, y, x):",
+        f"{[round(v, 3) for v in result['target_spacing'] or []]} mm (z, y, x):",
         "",
         markdown_table(
             ["case", "shape (z, y, x)", "spacing (z, y, x) mm"],
@@ -186,6 +209,8 @@ def render_lits(result: dict) -> str:
     rows = []
     for stage in STAGES:
         o, n = t["ours"].get(stage), t["nnunet"].get(stage)
+        if o is None:
+            continue
         their_time = (
             "not run"
             if n is None
@@ -219,7 +244,58 @@ def render_lits(result: dict) -> str:
     failed = [(s, r) for s, r in t["nnunet"].items() if not r["ok"]]
     for stage, r in failed:
         lines.append(f"nnU-Net's {stage} failed under the limit: `{r.get('failure', '')}`.")
+        if r.get("progress"):
+            lines.append(r["progress"])
         lines.append("")
+    previous = result.get("previous")
+    if previous:
+        lines += [
+            f"The previous revision ({previous['revision']}, whole-volume float copies and resampling) on "
+            f"the same cases and machine, {previous['when']}, same commands:",
+            "",
+            markdown_table(
+                ["stage", "previous s", "previous peak GB", "now peak GB"],
+                [
+                    [
+                        stage,
+                        f"{r['wall_s']:.1f}",
+                        f"{r['peak_rss_mb'] / 1024:.2f}",
+                        f"{t['ours'][stage]['peak_rss_mb'] / 1024:.2f}"
+                        if stage in t["ours"]
+                        else "",
+                    ]
+                    for stage, r in previous["stages"].items()
+                ],
+            ),
+            "",
+            "Preprocessed cases now against the previous revision's (float32 images after CT "
+            "normalization; labels; oversampling locations):",
+            "",
+            markdown_table(
+                [
+                    "case",
+                    "shape",
+                    "max abs diff",
+                    "voxels differing",
+                    "label voxels differing",
+                    "locations identical",
+                ],
+                [
+                    [
+                        r["case"],
+                        "x".join(map(str, r["shape"])),
+                        f"{r['max_abs_diff']:.2g}",
+                        f"{r['voxels_differing']:,} of {r['voxels']:,}",
+                        r["label_voxels_differing"],
+                        "yes" if r["locations_identical"] else "no",
+                    ]
+                    for r in previous["cases"]
+                ],
+            ),
+            "",
+            previous["note"],
+            "",
+        ]
     if result["per_case"]:
         lines += [
             "Per case, alone in a fresh process (`bench/case_peaks.py`): our peak and the estimate "

@@ -495,12 +495,17 @@ def _lits(args) -> int:
         return 0
     ensure_nnunet()
     result = {"machine": machine(), "nnunet": nnunet_versions()}
+
+    def save(partial: dict) -> None:
+        write_results(CT_NAME, {**result, **partial}, render_lits({**result, **partial}))
+
     result.update(
         run_lits(
             5 if args.cases is None else args.cases,
             1 if args.workers is None else args.workers,
             args.nnunet_limit_gb,
             not args.no_per_case,
+            save=save,
         )
     )
     write_results(CT_NAME, result, render_lits(result))

@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pytest
 
+from toolkit.convert.stage import convert_peak_bytes
 from toolkit.core.plans import Resampling
 from toolkit.core.resampling import (
     _apply_axis,
@@ -210,6 +211,28 @@ def test_lits_sized_case_estimates_stay_under_4_gb():
         voxels=350 * 512 * 512, voxels_after=1167 * 538 * 538, channels=1
     )
     fingerprint = fingerprint_peak_bytes(voxels=600 * 512 * 512, channels=1)
-    assert preprocess < 4 * GIB and fingerprint < 4 * GIB
+    convert = convert_peak_bytes(voxels=600 * 512 * 512)
+    assert preprocess < 4 * GIB and fingerprint < 4 * GIB and convert < 4 * GIB
     # 24 GB machine with 20 GB free: several workers, never all eight
     assert 1 < workers_for_memory(requested=8, available_bytes=20 * GIB, peak_bytes=preprocess) < 8
+
+
+def test_class_locations_searched_in_blocks_are_the_same(monkeypatch):
+    import toolkit.preprocessing.case as case
+
+    rng = np.random.default_rng(5)
+    seg = rng.integers(-1, 3, size=(1, 20, 25, 30)).astype(np.int8)
+    whole = case.sample_class_locations(seg, [1, 2])  # one block: the whole-array search
+    monkeypatch.setattr(case, "_LOCATION_BLOCK", 97)
+    assert case.sample_class_locations(seg, [1, 2]) == whole
+
+
+def test_holes_filled_in_blocks_equal_scipy(monkeypatch):
+    from scipy import ndimage
+
+    import toolkit.core.cropping as cropping
+
+    rng = np.random.default_rng(6)
+    mask = rng.random((17, 19, 23)) > 0.3
+    monkeypatch.setattr(cropping, "_BLOCK", 101)
+    np.testing.assert_array_equal(cropping.fill_holes(mask), ndimage.binary_fill_holes(mask))

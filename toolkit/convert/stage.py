@@ -17,6 +17,7 @@ never half of one. The new dataset is then verified (:mod:`toolkit.verify.stage`
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from toolkit.convert.sources import Source, open_source
 from toolkit.core.labels import label_model
 from toolkit.errors import ToolkitError
 from toolkit.io.dataset_json import DatasetInfo, write_dataset_info
+from toolkit.io.images import read_geometry
 from toolkit.parallel import map_cases
 from toolkit.progress import info
 from toolkit.verify.report import Report
@@ -62,6 +64,28 @@ def default_dataset_name(source: str | Path) -> str:
             name = name[: -len(suffix)]
             break
     return check_dataset_name(name)
+
+
+# a case's peak in a worker per image voxel (all channels): the source image, its label, their
+# arrays and the images written; measured at 10.1 on LiTS-sized CT
+# (bench/results/plan_preprocess_ct.md)
+CONVERT_BYTES_PER_VOXEL = 11
+
+
+def convert_peak_bytes(*, voxels: int) -> int:
+    """What converting one case of ``voxels`` image voxels (all channels) may need at its peak."""
+    return int(voxels * CONVERT_BYTES_PER_VOXEL)
+
+
+def _largest_peak(cases: list) -> int | None:
+    """The largest :func:`convert_peak_bytes` of the source cases, read from the headers."""
+    voxels = 0
+    for case in cases:
+        try:
+            voxels = max(voxels, sum(math.prod(read_geometry(p).size) for p in case.images))
+        except ToolkitError:
+            continue  # an unreadable file is reported by its case's conversion
+    return convert_peak_bytes(voxels=voxels) if voxels else None
 
 
 @dataclass
@@ -213,8 +237,10 @@ def _convert_into(
         CaseJob(c, task.format, num_channels, folder.images_ts, None, max_label) for c in task.test
     ]
     inputs = [p for c in task.training + task.test for p in (*c.images, c.label) if p is not None]
+    n_workers = choose_workers(workers, inputs)
+    peak = _largest_peak(task.training + task.test) if n_workers > 1 and len(jobs) > 1 else None
     results = map_cases(
-        convert_case, jobs, choose_workers(workers, inputs), f"convert {paths.name}", quiet
+        convert_case, jobs, n_workers, f"convert {paths.name}", quiet, peak_bytes=peak
     )
     failed = [r for r in results if r.problem is not None]
     if failed:

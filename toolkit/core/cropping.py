@@ -14,6 +14,7 @@ from scipy import ndimage
 from toolkit.core.labels import storage_dtype
 
 OUTSIDE_LABEL = -1  # voxels outside the non-zero mask in a preprocessed label map
+_BLOCK = 1 << 24  # voxels per block of the hole filling's last step
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -31,7 +32,16 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
             faces.append(background[tuple(index)].ravel())
     outside = np.unique(np.concatenate(faces))
     outside = outside[outside > 0]  # background regions that reach the border (0: the mask)
-    return ~np.isin(background, outside) if outside.size else np.ones_like(mask)
+    if not outside.size:
+        return np.ones_like(mask)
+    # a block at a time: no whole-volume temporaries beside the labelling
+    filled = np.empty(mask.shape, dtype=bool)
+    flat_in, flat_out = background.reshape(-1), filled.reshape(-1)
+    for start in range(0, flat_in.size, _BLOCK):
+        flat_out[start : start + _BLOCK] = np.isin(
+            flat_in[start : start + _BLOCK], outside, invert=True
+        )
+    return filled
 
 
 def nonzero_mask(image: np.ndarray) -> np.ndarray:

@@ -42,6 +42,7 @@ PREPROCESSING_VERSION = 1
 MAX_LOCATIONS_PER_CLASS = 10_000
 MIN_LOCATION_COVERAGE = 0.01
 LOCATIONS_SEED = 1234
+_LOCATION_BLOCK = 1 << 24  # voxels searched at a time for the locations
 
 
 # geometry helpers ----------------------------------------------------------------------
@@ -79,6 +80,17 @@ def _normalized(
 # oversampling locations ----------------------------------------------------------------
 
 
+def _indices_of(flat: np.ndarray, values: tuple[int, ...]) -> np.ndarray:
+    """Ascending flat indices of the voxels holding one of ``values``, searched a block at a
+    time: no mask as large as the case."""
+    block = _LOCATION_BLOCK
+    found = [
+        np.flatnonzero(target_mask(flat[start : start + block], values)) + start
+        for start in range(0, flat.size, block)
+    ]
+    return np.concatenate(found) if found else np.empty(0, dtype=np.intp)
+
+
 def sample_class_locations(
     seg: np.ndarray,
     groups: Mapping[str, Sequence[int]] | Sequence[int],
@@ -99,7 +111,7 @@ def sample_class_locations(
     flat = volume.ravel()
     result: dict[str, list[list[int]]] = {}
     for key, values in groups.items():
-        present = np.flatnonzero(target_mask(flat, tuple(int(v) for v in values)))
+        present = _indices_of(flat, tuple(int(v) for v in values))
         total = int(present.size)
         if total == 0:
             result[key] = []
