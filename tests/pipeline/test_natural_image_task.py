@@ -8,29 +8,13 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from pipeline_helpers import SMOKE_RUN_ALL_ARGS
 
 from toolkit.cli import main
 
 pytestmark = pytest.mark.slow
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-SMOKE = [
-    "--preset",
-    "smoke",
-    "--folds",
-    "0,1",
-    "--epochs",
-    "1",
-    "--iters-per-epoch",
-    "2",
-    "--val-iters",
-    "1",
-    "--device",
-    "cpu",
-    "--workers",
-    "1",
-    "--quiet",
-]
 
 
 def _run(argv, capsys):
@@ -52,7 +36,10 @@ def test_rgb_png_task_converts_trains_and_predicts_png(tmp_path, capsys):
     task = source / "Dataset920_SynthRGB"
     assert out.strip() == str(task)
     _run(["convert", str(task), "--workspace", str(workspace), "--quiet"], capsys)
-    _run(["run-all", "Dataset920_SynthRGB", "--workspace", str(workspace), *SMOKE], capsys)
+    _run(
+        ["run-all", "Dataset920_SynthRGB", "--workspace", str(workspace), *SMOKE_RUN_ALL_ARGS],
+        capsys,
+    )
 
     dataset = workspace / "Dataset920_SynthRGB"
     plans = json.loads((dataset / "plans.json").read_text())

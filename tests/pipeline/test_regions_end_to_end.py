@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from pipeline_helpers import SMOKE_RUN_ALL_ARGS
 
 from toolkit.cli import main
 from toolkit.container import wheels
@@ -41,21 +42,7 @@ def test_region_task_converts_trains_predicts_and_exports(capsys, tmp_path, monk
         "Regions",
         "-w",
         ws,
-        "--preset",
-        "smoke",
-        "--folds",
-        "0,1",
-        "--epochs",
-        "1",
-        "--iters-per-epoch",
-        "2",
-        "--val-iters",
-        "1",
-        "--device",
-        "cpu",
-        "--workers",
-        "1",
-        "--quiet",
+        *SMOKE_RUN_ALL_ARGS,
     )
     dataset = ws / "Regions"
     summary = json.loads((dataset / "evaluation" / "summary.json").read_text())

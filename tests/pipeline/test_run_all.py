@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pipeline_helpers import SMOKE_RUN_ALL_ARGS
 
 from toolkit.convert.stage import convert_task
 from toolkit.core.plans import Plans
@@ -34,23 +35,6 @@ OPTIONS = RunOptions(
     workers=1,
     quiet=True,
 )
-CLI_ARGS = [
-    "--preset",
-    "smoke",
-    "--folds",
-    "0,1",
-    "--epochs",
-    "1",
-    "--iters-per-epoch",
-    "2",
-    "--val-iters",
-    "1",
-    "--device",
-    "cpu",
-    "--workers",
-    "1",
-    "--quiet",
-]
 
 
 def _make_dataset(root: Path) -> DatasetPaths:
@@ -146,7 +130,7 @@ def test_sigkill_during_training_then_rerun_gives_the_same_selection(finished, t
         if child.name != "raw":
             shutil.rmtree(child) if child.is_dir() else child.unlink()
     env = {**os.environ, "TOOLKIT_QUIET": "1"}
-    cmd = [sys.executable, "-m", "toolkit", "run-all", str(paths.root), *CLI_ARGS]
+    cmd = [sys.executable, "-m", "toolkit", "run-all", str(paths.root), *SMOKE_RUN_ALL_ARGS]
     proc = subprocess.Popen(
         cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )

@@ -75,18 +75,7 @@ def soft_dice(
     """
     probs = torch.softmax(logits.float(), dim=1)[:, 1:]
     onehot = torch.zeros_like(logits, dtype=probs.dtype).scatter_(1, target, 1.0)[:, 1:]
-    axes = tuple(range(2, logits.dim()))
-    if batch_dice:
-        axes = (0, *axes)
-    intersection = (probs * onehot).sum(axes)
-    predicted = probs.sum(axes)
-    reference = onehot.sum(axes)
-    if batch_dice and reduce_group is not None:
-        intersection = dist_fn.all_reduce(intersection, group=reduce_group)
-        predicted = dist_fn.all_reduce(predicted, group=reduce_group)
-        reference = dist_fn.all_reduce(reference, group=reduce_group)
-    dice = (2 * intersection + DICE_SMOOTH) / (predicted + reference + DICE_SMOOTH).clamp_min(1e-8)
-    return dice.mean()
+    return masked_soft_dice(probs, onehot, None, batch_dice, reduce_group)
 
 
 def dice_ce(
