@@ -1,0 +1,443 @@
+"""``run-all --time-budget`` as it runs: calibration, costs, and the decision at each training's start.
+
+The decision itself is :func:`toolkit.pipeline.budget.decide_budget` (pure); this module
+gathers what it is made from and executes it:
+
+- the speeds: a short calibration per configuration (:func:`toolkit.training.stage.measure_speed`),
+  kept in ``pipeline/run.json`` under ``calibration`` with a key of everything that affects it
+  (the configuration's plan, device, precision, this CPU's flags and count, torch) and reused
+  while that key holds;
+- each fold's final validation: sliding windows of its validation cases (from their
+  preprocessed shapes) x mirrors x the calibrated seconds per window;
+- after each training, how much slower or faster the machine runs than calibrated (its logged
+  epochs against the calibrated estimate; its final validation likewise), applied to every
+  estimate of the trainings not started yet, which are decided again at their start. A
+  running training keeps its schedule.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import dataclass, field, replace
+
+from toolkit.core.constants import STEP_SIZE
+from toolkit.core.device import cpu_flags, resolve_device, resolve_precision
+from toolkit.core.plans import Plans
+from toolkit.core.splits import read_splits
+from toolkit.errors import ToolkitError
+from toolkit.inference.sliding_window import count_windows
+from toolkit.io.atomic import write_json
+from toolkit.io.json_files import read_json
+from toolkit.io.preprocessed import load_properties
+from toolkit.pipeline import records
+from toolkit.pipeline.budget import (
+    BudgetPlan,
+    BudgetRequest,
+    PlannedTraining,
+    TrainingCost,
+    decide_budget,
+    effective_seconds_per_iteration,
+    ladder_order,
+    minutes,
+    parse_duration,
+)
+from toolkit.pipeline.status import training_row
+from toolkit.progress import info
+from toolkit.training.stage import measure_speed, plans_configuration_dict
+
+CALIBRATION_VERSION = 1
+# evaluation (metrics, bootstrap, report with pictures) and selection (postprocessing), seconds
+EVALUATION_BASE_S = 40.0
+EVALUATION_CASE_S = 1.5  # per validation case and candidate
+# per validated case: resampling back, writing the label map and probabilities, the metrics
+VALIDATION_CASE_S = 2.0
+
+
+def calibration_key(plans: Plans, configuration: str, device: str, precision: str) -> str:
+    """What a calibration's speed depends on: the configuration's plan, the device and the
+    precision it resolves to, this machine (CPU flags and count, its name) and torch."""
+    import torch
+
+    resolved = resolve_device(device)
+    return records.digest(
+        "calibration",
+        CALIBRATION_VERSION,
+        plans_configuration_dict(plans.configuration(configuration)),
+        resolved.type,
+        resolve_precision(precision, resolved),
+        sorted(cpu_flags() or []),
+        os.cpu_count(),
+        platform.node(),
+        torch.__version__,
+    )
+
+
+def calibrate(
+    paths,
+    plans: Plans,
+    configurations: list[str],
+    *,
+    device: str,
+    precision: str,
+    previous: dict,
+    quiet: bool,
+) -> dict[str, dict]:
+    """Each configuration's speeds: the recorded ones while their key holds, else measured."""
+    speeds = {}
+    for name in configurations:
+        key = calibration_key(plans, name, device, precision)
+        old = previous.get(name)
+        if isinstance(old, dict) and old.get("key") == key:
+            speeds[name] = old
+            continue
+        if not quiet:
+            info(f"time budget: calibrating {name} (a few training iterations)")
+        sample = measure_speed(paths, name, device=device, precision=precision)
+        speeds[name] = {"key": key, "measured_at": time.time(), **sample.as_record()}
+        if not quiet:
+            info(
+                f"time budget: {name} {sample.seconds_per_iteration:.3g} s/iteration, "
+                f"{sample.seconds_per_window:.3g} s/window ({sample.device}, {sample.precision})"
+            )
+    return speeds
+
+
+def fold_validation_seconds(
+    paths, plans: Plans, configuration: str, fold: int, seconds_per_window: float, mirroring: bool
+) -> float:
+    """One fold's final validation: windows of its cases x mirrors x seconds per window."""
+    cfg = plans.configuration(configuration)
+    splits = read_splits(paths.splits_json)
+    folder = paths.preprocessed_dir(cfg.data_identifier)
+    patch = list(cfg.patch_size)
+    patch3 = patch if len(patch) == 3 else [1, *patch]
+    mirrors = (8 if len(patch) == 3 else 4) if mirroring else 1
+    total = 0.0
+    for case in splits[fold].val:
+        shape = load_properties(folder, case).shape_after_resampling
+        windows = count_windows(shape, patch3, STEP_SIZE)
+        total += windows * mirrors * seconds_per_window + VALIDATION_CASE_S
+    return total
+
+
+def after_training_seconds(cases: int, configurations: int, export_reserve: float) -> float:
+    """Evaluation and selection of ``cases`` validation cases per candidate, and the export."""
+    candidates = configurations + configurations * (configurations - 1) // 2
+    return EVALUATION_BASE_S + EVALUATION_CASE_S * cases * candidates + export_reserve
+
+
+@dataclass
+class BudgetRun:
+    """The state of one budgeted training stage: speeds, slowdown, trainings done."""
+
+    budget: float
+    started: float  # run-all's start (time.time())
+    speeds: dict[str, dict]
+    validation: dict[tuple[str, int], float]  # estimated final validation per training
+    ladder: list[tuple[str, int]]
+    iterations_per_epoch: int
+    validation_iterations: int
+    export_reserve: float
+    cases_per_fold: dict[int, int]
+    slowdown: float = 1.0  # measured / calibrated seconds per iteration, latest training
+    validation_slowdown: float = 1.0
+    done: list[PlannedTraining] = field(default_factory=list)
+    started_unfinished: list[PlannedTraining] = field(default_factory=list)
+    replans: list[str] = field(default_factory=list)
+    plan: BudgetPlan | None = None
+
+    def cost(self, configuration: str, fold: int) -> TrainingCost:
+        s = self.speeds[configuration]
+        return TrainingCost(
+            configuration=configuration,
+            fold=fold,
+            seconds_per_iteration=s["seconds_per_iteration"] * self.slowdown,
+            seconds_per_validation_iteration=s["seconds_per_validation_iteration"] * self.slowdown,
+            validation_seconds=self.validation[(configuration, fold)] * self.validation_slowdown,
+        )
+
+    def decide(self, now: float) -> BudgetPlan:
+        folds = sorted({f for _, f in self.ladder})
+        configs = list(dict.fromkeys(c for c, _ in self.ladder))
+        cases = sum(self.cases_per_fold.get(f, 0) for f in folds)
+        request = BudgetRequest(
+            budget=self.budget,
+            spent=now - self.started,
+            after_training=after_training_seconds(cases, len(configs), self.export_reserve),
+            candidates=[self.cost(c, f) for c, f in self.ladder],
+            iterations_per_epoch=self.iterations_per_epoch,
+            validation_iterations=self.validation_iterations,
+            kept=[*self.done, *self.started_unfinished],
+        )
+        self.plan = decide_budget(request)
+        return self.plan
+
+    def next_training(self) -> PlannedTraining | None:
+        """The interrupted training first (its schedule kept), then the plan's next one."""
+        if self.started_unfinished:
+            return self.started_unfinished[0]
+        finished = {(t.configuration, t.fold) for t in self.done}
+        assert self.plan is not None
+        for t in self.plan.trainings:
+            if (t.configuration, t.fold) not in finished:
+                return t
+        return None
+
+    def finished(self, training: PlannedTraining, paths) -> None:
+        """A training ended: keep it, and measure how the machine's speed changed."""
+        self.started_unfinished = [
+            t
+            for t in self.started_unfinished
+            if (t.configuration, t.fold) != (training.configuration, training.fold)
+        ]
+        self.done.append(replace(training, seconds=0.0, kept=True))
+        row = training_row(paths, training.configuration, training.fold, training.epochs)
+        calibrated = self.speeds[training.configuration]
+        expected = effective_seconds_per_iteration(
+            TrainingCost(
+                configuration=training.configuration,
+                fold=training.fold,
+                seconds_per_iteration=calibrated["seconds_per_iteration"],
+                seconds_per_validation_iteration=calibrated["seconds_per_validation_iteration"],
+            ),
+            training.iterations_per_epoch,
+            self.validation_iterations,
+        )
+        if row.seconds_per_iteration and expected > 0:
+            self.slowdown = row.seconds_per_iteration / expected
+        estimated = self.validation.get((training.configuration, training.fold), 0.0)
+        if row.validation_seconds and estimated > 0:
+            self.validation_slowdown = row.validation_seconds / estimated
+
+    def record(self, calibration: dict) -> dict:
+        assert self.plan is not None
+        return {
+            "time_budget": {
+                **self.plan.as_record(),
+                "slowdown": round(self.slowdown, 3),
+                "validation_slowdown": round(self.validation_slowdown, 3),
+                "replans": list(self.replans),
+                "done": [[t.configuration, t.fold] for t in self.done],
+            },
+            "calibration": calibration,
+        }
+
+    def report_lines(self, source: str) -> list[str]:
+        """The report's section: the budget, what it bought, what more time would add."""
+        assert self.plan is not None
+        bought = ", ".join(
+            f"{t.configuration} fold {t.fold}: {t.epochs} x {t.iterations_per_epoch} = {t.iterations} iterations"
+            for t in self.plan.trainings
+        )
+        speeds = ", ".join(
+            f"{c} {s['seconds_per_iteration']:.3g} s/iteration ({s['device']}, {s['precision']})"
+            for c, s in self.speeds.items()
+        )
+        lines = [
+            f"- Budget: {minutes(self.budget)} ({source}), from run-all's start to `selection.json`.",
+            f"- Calibrated speeds: {speeds}; the machine ran at {self.slowdown:.2f}x the calibrated "
+            "time per iteration in the latest training.",
+            f"- Bought: {bought}.",
+            f"- Training ended {minutes(time.time() - self.started)} after the start; estimated "
+            f"{minutes(self.plan.estimated_total)} in all.",
+        ]
+        if self.replans:
+            lines.append(f"- Re-planned at a training's start: {'; '.join(self.replans)}.")
+        if self.plan.more_time:
+            lines.append(f"- More time: {self.plan.more_time}.")
+        return lines
+
+
+def budget_seconds(options, preset) -> float | None:
+    """The time budget: ``--time-budget``, else the preset's unless ``--epochs`` or
+    ``--iters-per-epoch`` fix the iterations; None: no budget."""
+    if options.time_budget is not None:
+        return parse_duration(options.time_budget)
+    if options.epochs is not None or options.iters_per_epoch is not None:
+        return None
+    return preset.time_budget_s
+
+
+def budget_text_source(options_budget: str | None, preset: str) -> str:
+    return f"--time-budget {options_budget}" if options_budget else f"the {preset} preset's"
+
+
+def validated_cases(paths, folds: list[int]) -> dict[int, int]:
+    splits = read_splits(paths.splits_json)
+    return {f: len(splits[f].val) for f in folds if f < len(splits)}
+
+
+def require_budget_configurations(
+    plans: Plans, configurations: list[str], quiet: bool
+) -> list[str]:
+    """The configurations a budget can train: a cascade is left out (it needs every fold of its
+    first stage first), said once."""
+    kept = [c for c in configurations if not plans.configuration(c).is_cascade]
+    left_out = [c for c in configurations if c not in kept]
+    if left_out and not quiet:
+        info(
+            f"time budget: {', '.join(left_out)} left out (a cascade needs every fold of its first stage)"
+        )
+    if not kept:
+        raise ToolkitError(
+            f"--time-budget has nothing to train: {', '.join(configurations)} are cascades; add 3d_fullres or 2d"
+        )
+    return kept
+
+
+def save_run_record(paths, run_record: dict, run: BudgetRun, calibration: dict) -> None:
+    """run.json with the plan: its trainings (read by ``status``), the first one's schedule as
+    the run's epochs and iterations, the budget's decision and the calibration."""
+    plan = run.plan.trainings if run.plan else ()
+    shape = (
+        {"epochs": plan[0].epochs, "iters_per_epoch": plan[0].iterations_per_epoch} if plan else {}
+    )
+    trainings = {"trainings": [[t.configuration, t.fold] for t in plan]}
+    write_json(paths.run_json, {**run_record, **shape, **trainings, **run.record(calibration)})
+
+
+def describe_plan(plan: BudgetPlan) -> str:
+    text = plan.describe()
+    return f"{text}; {plan.more_time}" if plan.more_time else text
+
+
+def train_within_budget(
+    stages,
+    executor,
+    plans: Plans,
+    configs: list[str],
+    preprocess_keys: dict[str, str],
+    run_record: dict,
+    budget: float,
+    start: float,
+):
+    """Calibrate, decide, and train one training at a time, deciding again before each.
+
+    Returns the training tasks run or kept, the folds and configurations to evaluate, and
+    the report's lines."""
+    paths, o = stages.paths, stages.options
+    quiet = o.quiet
+    trainable = require_budget_configurations(plans, configs, quiet)
+    previous = read_json(paths.run_json, what="run-all record") if paths.run_json.is_file() else {}
+    calibration = calibrate(
+        paths,
+        plans,
+        trainable,
+        device=o.device,
+        precision=o.precision,
+        previous=previous.get("calibration") or {},
+        quiet=quiet,
+    )
+    folds = [f for f in (o.folds or stages.all_folds()) if f in stages.all_folds()]
+    mirroring = stages.preset.validation_mirroring
+    validation = {
+        (c, f): fold_validation_seconds(
+            paths, plans, c, f, calibration[c]["seconds_per_window"], mirroring
+        )
+        for c in trainable
+        for f in folds
+    }
+    _, iters, val_iters = stages.schedule()
+    base_names = {c: plans.configuration(c).base_name for c in trainable}
+    run = BudgetRun(
+        budget=budget,
+        started=start,
+        speeds=calibration,
+        validation=validation,
+        ladder=ladder_order(trainable, base_names, folds),
+        iterations_per_epoch=iters,
+        validation_iterations=val_iters,
+        export_reserve=stages.preset.export_reserve_s,
+        cases_per_fold=validated_cases(paths, folds),
+    )
+    keep_earlier_trainings(run, previous, stages, plans, preprocess_keys)
+    run.decide(time.time())
+    if not quiet:
+        info(f"[bold cyan]time budget[/]: {describe_plan(run.plan)}")
+    save_run_record(paths, run_record, run, calibration)
+    tasks = []
+    while (training := run.next_training()) is not None:
+        task = task_for(stages, plans, preprocess_keys, training)
+        tasks.append(task)
+        if records.is_valid(paths, task.stage, task.key):
+            stages.summary.skipped.append(task.stage)
+        else:
+            if not quiet:
+                info(
+                    f"[bold cyan]training[/] {training.configuration} fold {training.fold}: "
+                    f"{training.epochs} x {training.iterations_per_epoch} iterations "
+                    f"(~{minutes(training.seconds)} with its validation)"
+                )
+            executor.run([task])
+            stages.summary.ran.append(task.stage)
+        run.finished(training, paths)
+        replan(run, start, quiet)
+        save_run_record(paths, run_record, run, calibration)
+    done = {(t.configuration, t.fold) for t in tasks}
+    tasks += [
+        task_for(stages, plans, preprocess_keys, t)
+        for t in run.done
+        if (t.configuration, t.fold) not in done
+    ]
+    trained = [(t.configuration, t.fold) for t in tasks]
+    first_config = run.ladder[0][0]
+    eval_folds = sorted(f for c, f in trained if c == first_config)
+    eval_configs = [c for c in trainable if all((c, f) in trained for f in eval_folds)]
+    lines = run.report_lines(budget_text_source(o.time_budget, o.preset))
+    return tasks, eval_folds, eval_configs, lines
+
+
+def replan(run: BudgetRun, start: float, quiet: bool) -> None:
+    """Decide the trainings not started yet again, from the speed measured last."""
+    finished = {(t.configuration, t.fold) for t in run.done}
+
+    def pending() -> list[tuple[str, int, int]]:
+        return [
+            (t.configuration, t.fold, t.iterations)
+            for t in run.plan.trainings
+            if (t.configuration, t.fold) not in finished
+        ]
+
+    before = pending()
+    run.decide(time.time())
+    if pending() != before:
+        change = f"after {minutes(time.time() - start)}: {describe_plan(run.plan)}"
+        run.replans.append(change)
+        if not quiet:
+            info(f"time budget: re-planned at {run.slowdown:.2f}x the calibrated time, {change}")
+
+
+def keep_earlier_trainings(run: BudgetRun, previous: dict, stages, plans, preprocess_keys) -> None:
+    """A resumed run: trainings of the previous plan that are done or started keep their
+    schedules (a started one runs first)."""
+    for item in (previous.get("time_budget") or {}).get("trainings", []):
+        planned = PlannedTraining(
+            configuration=item["configuration"],
+            fold=int(item["fold"]),
+            epochs=int(item["epochs"]),
+            iterations_per_epoch=int(item["iterations_per_epoch"]),
+            seconds=float(item.get("seconds", 0.0)),
+            kept=True,
+        )
+        if (planned.configuration, planned.fold) not in run.validation:
+            continue
+        task = task_for(stages, plans, preprocess_keys, planned)
+        if records.is_valid(stages.paths, task.stage, task.key):
+            run.done.append(replace(planned, seconds=0.0))
+        elif records.started_path(stages.paths, task.stage).is_file():
+            run.started_unfinished.append(planned)
+
+
+def task_for(stages, plans: Plans, preprocess_keys: dict[str, str], training: PlannedTraining):
+    """The run-all task of one planned training, keyed on its own schedule."""
+    key = (training.configuration, training.fold)
+    (task,) = stages.training_tasks(
+        plans,
+        [training.configuration],
+        preprocess_keys,
+        planned=[key],
+        schedules={key: (training.epochs, training.iterations_per_epoch)},
+    )
+    return task
