@@ -332,8 +332,12 @@ def decide_budget(request: BudgetRequest) -> BudgetPlan:
                 f"the {TARGET_ITERATIONS} iterations that one fold needed on real anatomy",
             )
     # breadth: each further training only when it too reaches the target
+    # folds of one cross-validation get alike budgets: none gets more than those kept; and
+    # none is added beside a kept training that did not reach the target itself
     cap = max((t.iterations for t in kept), default=METHOD_ITERATIONS)
-    floor = min(TARGET_ITERATIONS, cap)
+    floor = TARGET_ITERATIONS
+    if cap < floor:
+        return plan([], "")
     chosen: list[TrainingCost] = []
     need = 0.0
     for group in buying_groups(request.candidates, candidates):
@@ -342,10 +346,10 @@ def decide_budget(request: BudgetRequest) -> BudgetPlan:
             break
         chosen += group
         need += extra
-    if not chosen:
-        return plan([], "")
-    fixed = sum(c.validation_seconds for c in chosen)
-    iterations = min(cap, (available - fixed) / sum(per_iteration(c) for c in chosen))
+    iterations = 0.0
+    if chosen:
+        fixed = sum(c.validation_seconds for c in chosen)
+        iterations = min(cap, (available - fixed) / sum(per_iteration(c) for c in chosen))
     trainings = [planned(c, iterations) for c in chosen]
     rest = buying_groups(request.candidates, candidates[len(chosen) :])
     if rest:
@@ -354,7 +358,7 @@ def decide_budget(request: BudgetRequest) -> BudgetPlan:
         extra = max(0.0, need + cost - available)
         what = ", ".join(f"{c.configuration} fold {c.fold}" for c in group)
         more = f"~{minutes(extra)} more would add {what} ({floor} iterations each)"
-    elif iterations < cap:
+    elif chosen and iterations < cap:
         doubled = sum(per_iteration(c) for c in chosen) * iterations
         more = f"~{minutes(doubled)} more would double every training's iterations"
     else:

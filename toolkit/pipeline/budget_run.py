@@ -147,6 +147,7 @@ class BudgetRun:
     started_unfinished: list[PlannedTraining] = field(default_factory=list)
     replans: list[str] = field(default_factory=list)
     plan: BudgetPlan | None = None
+    more_time: str = ""  # what more time would add, as said by the last plan with work left
 
     def cost(self, configuration: str, fold: int) -> TrainingCost:
         s = self.speeds[configuration]
@@ -172,6 +173,8 @@ class BudgetRun:
             kept=[*self.done, *self.started_unfinished],
         )
         self.plan = decide_budget(request)
+        if self.next_training() is not None and self.plan.more_time:
+            self.more_time = self.plan.more_time
         return self.plan
 
     def next_training(self) -> PlannedTraining | None:
@@ -220,6 +223,7 @@ class BudgetRun:
                 "validation_slowdown": round(self.validation_slowdown, 3),
                 "replans": list(self.replans),
                 "done": [[t.configuration, t.fold] for t in self.done],
+                "more_time": self.more_time or self.plan.more_time,
             },
             "calibration": calibration,
         }
@@ -245,8 +249,8 @@ class BudgetRun:
         ]
         if self.replans:
             lines.append(f"- Re-planned at a training's start: {'; '.join(self.replans)}.")
-        if self.plan.more_time:
-            lines.append(f"- More time: {self.plan.more_time}.")
+        if self.more_time:
+            lines.append(f"- More time: {self.more_time} (the estimate before the last training).")
         return lines
 
 
@@ -353,6 +357,7 @@ def train_within_budget(
         cases_per_fold=validated_cases(paths, folds),
     )
     keep_earlier_trainings(run, previous, stages, plans, preprocess_keys)
+    write_json(paths.run_json, {**run_record, "calibration": calibration})  # kept if none fits
     run.decide(time.time())
     if not quiet:
         info(f"[bold cyan]time budget[/]: {describe_plan(run.plan)}")
