@@ -1,36 +1,25 @@
-"""``run-all --time-budget`` as it runs: calibration, costs, and the decision at each training's start.
+"""``run-all --time-budget`` as it runs: the decision, made again at each training's start.
 
-The decision itself is :func:`toolkit.pipeline.budget.decide_budget` (pure); this module
-gathers what it is made from and executes it:
-
-- the speeds: a short calibration per configuration (:func:`toolkit.training.stage.measure_speed`),
-  kept in ``pipeline/run.json`` under ``calibration`` with a key of everything that affects it
-  (the configuration's plan, device, precision, this CPU's flags and count, torch) and reused
-  while that key holds;
-- each fold's final validation: sliding windows of its validation cases (from their
-  preprocessed shapes) x mirrors x the calibrated seconds per window;
-- after each training, how much slower or faster the machine runs than calibrated (its logged
-  epochs against the calibrated estimate; its final validation likewise), applied to every
-  estimate of the trainings not started yet, which are decided again at their start. A
-  running training keeps its schedule.
+The decision itself is :func:`toolkit.pipeline.budget.decide_budget` (pure); what it is made
+from is measured and estimated by :mod:`toolkit.pipeline.costs`. This module executes it: one
+training at a time, and after each, how much slower or faster the machine ran than calibrated
+(its logged epochs against the calibrated estimate; its final validation likewise) is applied
+to every estimate of the trainings not started yet, which are decided again at their start. A
+running training keeps its schedule. A resumed run keeps the schedules of the trainings the
+previous plan finished or started.
 """
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 from dataclasses import dataclass, field, replace
 
-from toolkit.core.constants import STEP_SIZE
-from toolkit.core.device import cpu_flags, resolve_device, resolve_precision
 from toolkit.core.plans import Plans
-from toolkit.core.splits import read_splits
+from toolkit.core.splits import load_or_create_splits
 from toolkit.errors import ToolkitError
-from toolkit.inference.sliding_window import count_windows
 from toolkit.io.atomic import write_json
 from toolkit.io.json_files import read_json
-from toolkit.io.preprocessed import load_properties
+from toolkit.io.preprocessed import complete_cases
 from toolkit.pipeline import records
 from toolkit.pipeline.budget import (
     BudgetPlan,
@@ -43,89 +32,14 @@ from toolkit.pipeline.budget import (
     minutes,
     parse_duration,
 )
+from toolkit.pipeline.costs import (
+    after_training_seconds,
+    calibrate,
+    fold_validation_seconds,
+    validated_cases,
+)
 from toolkit.pipeline.status import training_row
 from toolkit.progress import info
-from toolkit.training.stage import measure_speed, plans_configuration_dict
-
-CALIBRATION_VERSION = 1
-# evaluation (metrics, bootstrap, report with pictures) and selection (postprocessing), seconds
-EVALUATION_BASE_S = 40.0
-EVALUATION_CASE_S = 1.5  # per validation case and candidate
-# per validated case: resampling back, writing the label map and probabilities, the metrics
-VALIDATION_CASE_S = 2.0
-
-
-def calibration_key(plans: Plans, configuration: str, device: str, precision: str) -> str:
-    """What a calibration's speed depends on: the configuration's plan, the device and the
-    precision it resolves to, this machine (CPU flags and count, its name) and torch."""
-    import torch
-
-    resolved = resolve_device(device)
-    return records.digest(
-        "calibration",
-        CALIBRATION_VERSION,
-        plans_configuration_dict(plans.configuration(configuration)),
-        resolved.type,
-        resolve_precision(precision, resolved),
-        sorted(cpu_flags() or []),
-        os.cpu_count(),
-        platform.node(),
-        torch.__version__,
-    )
-
-
-def calibrate(
-    paths,
-    plans: Plans,
-    configurations: list[str],
-    *,
-    device: str,
-    precision: str,
-    previous: dict,
-    quiet: bool,
-) -> dict[str, dict]:
-    """Each configuration's speeds: the recorded ones while their key holds, else measured."""
-    speeds = {}
-    for name in configurations:
-        key = calibration_key(plans, name, device, precision)
-        old = previous.get(name)
-        if isinstance(old, dict) and old.get("key") == key:
-            speeds[name] = old
-            continue
-        if not quiet:
-            info(f"time budget: calibrating {name} (a few training iterations)")
-        sample = measure_speed(paths, name, device=device, precision=precision)
-        speeds[name] = {"key": key, "measured_at": time.time(), **sample.as_record()}
-        if not quiet:
-            info(
-                f"time budget: {name} {sample.seconds_per_iteration:.3g} s/iteration, "
-                f"{sample.seconds_per_window:.3g} s/window ({sample.device}, {sample.precision})"
-            )
-    return speeds
-
-
-def fold_validation_seconds(
-    paths, plans: Plans, configuration: str, fold: int, seconds_per_window: float, mirroring: bool
-) -> float:
-    """One fold's final validation: windows of its cases x mirrors x seconds per window."""
-    cfg = plans.configuration(configuration)
-    splits = read_splits(paths.splits_json)
-    folder = paths.preprocessed_dir(cfg.data_identifier)
-    patch = list(cfg.patch_size)
-    patch3 = patch if len(patch) == 3 else [1, *patch]
-    mirrors = (8 if len(patch) == 3 else 4) if mirroring else 1
-    total = 0.0
-    for case in splits[fold].val:
-        shape = load_properties(folder, case).shape_after_resampling
-        windows = count_windows(shape, patch3, STEP_SIZE)
-        total += windows * mirrors * seconds_per_window + VALIDATION_CASE_S
-    return total
-
-
-def after_training_seconds(cases: int, configurations: int, export_reserve: float) -> float:
-    """Evaluation and selection of ``cases`` validation cases per candidate, and the export."""
-    candidates = configurations + configurations * (configurations - 1) // 2
-    return EVALUATION_BASE_S + EVALUATION_CASE_S * cases * candidates + export_reserve
 
 
 @dataclass
@@ -268,11 +182,6 @@ def budget_text_source(options_budget: str | None, preset: str) -> str:
     return f"--time-budget {options_budget}" if options_budget else f"the {preset} preset's"
 
 
-def validated_cases(paths, folds: list[int]) -> dict[int, int]:
-    splits = read_splits(paths.splits_json)
-    return {f: len(splits[f].val) for f in folds if f < len(splits)}
-
-
 def require_budget_configurations(
     plans: Plans, configurations: list[str], quiet: bool
 ) -> list[str]:
@@ -307,6 +216,17 @@ def describe_plan(plan: BudgetPlan) -> str:
     return f"{text}; {plan.more_time}" if plan.more_time else text
 
 
+def previous_record(paths) -> dict:
+    """The run-all record before this run rewrites it (its calibration and plan); {} if none
+    or unreadable."""
+    if not paths.run_json.is_file():
+        return {}
+    try:
+        return read_json(paths.run_json, what="run-all record")
+    except ToolkitError:
+        return {}
+
+
 def train_within_budget(
     stages,
     executor,
@@ -314,17 +234,16 @@ def train_within_budget(
     configs: list[str],
     preprocess_keys: dict[str, str],
     run_record: dict,
-    budget: float,
-    start: float,
+    previous: dict,
 ):
     """Calibrate, decide, and train one training at a time, deciding again before each.
 
     Returns the training tasks run or kept, the folds and configurations to evaluate, and
     the report's lines."""
     paths, o = stages.paths, stages.options
-    quiet = o.quiet
+    quiet, start = o.quiet, run_record["started_at"]
+    budget = budget_seconds(o, stages.preset)
     trainable = require_budget_configurations(plans, configs, quiet)
-    previous = read_json(paths.run_json, what="run-all record") if paths.run_json.is_file() else {}
     calibration = calibrate(
         paths,
         plans,
@@ -334,6 +253,8 @@ def train_within_budget(
         previous=previous.get("calibration") or {},
         quiet=quiet,
     )
+    data_folder = paths.preprocessed_dir(plans.configuration(trainable[0]).data_identifier)
+    load_or_create_splits(paths.splits_json, complete_cases(data_folder))  # as training would
     folds = [f for f in (o.folds or stages.all_folds()) if f in stages.all_folds()]
     mirroring = stages.preset.validation_mirroring
     validation = {

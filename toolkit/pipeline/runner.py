@@ -30,7 +30,7 @@ from toolkit.io.atomic import write_json
 from toolkit.parallel import case_backend
 from toolkit.pipeline import records
 from toolkit.pipeline.budget import check_time_budget
-from toolkit.pipeline.budget_run import budget_seconds, train_within_budget
+from toolkit.pipeline.budget_run import budget_seconds, previous_record, train_within_budget
 from toolkit.pipeline.estimate import count_line, planned_trainings
 from toolkit.pipeline.executors import LocalExecutor, RayExecutor
 from toolkit.pipeline.presets import Preset, get_preset
@@ -274,6 +274,7 @@ class Stages:
             "executor": o.executor,
             "started_at": start,
         }
+        previous_run = previous_record(paths)  # a time budget's calibration and plan, reused
         write_json(paths.run_json, run_record)
 
         preprocess_keys: dict[str, str] = {}
@@ -294,7 +295,7 @@ class Stages:
         folds, budget_lines = self.folds(), ()
         if budget is not None:  # the trainings the time buys (pipeline/budget.py decides)
             tasks, folds, configs, budget_lines = train_within_budget(
-                self, executor, plans, configs, preprocess_keys, run_record, budget, start
+                self, executor, plans, configs, preprocess_keys, run_record, previous_run
             )
         else:
             tasks = self.training_tasks(plans, configs, preprocess_keys)
