@@ -215,3 +215,70 @@ def test_minutes_read_as_people_say_them():
     assert minutes(270) == "4 min 30 s"
     assert minutes(1800) == "30 min"
     assert minutes(7500) == "2 h 5 min"
+
+
+def test_a_training_that_ran_slower_than_calibrated_replans_the_next_ones(tmp_path):
+    """BudgetRun: the slowdown the finished training's log shows is applied to the next ones."""
+    import json as json_module
+    import time as time_module
+
+    from toolkit.pipeline.budget_run import BudgetRun
+    from toolkit.workspace import DatasetPaths
+
+    paths = DatasetPaths(tmp_path / "X")
+    speed = {
+        "seconds_per_iteration": 0.1,
+        "seconds_per_validation_iteration": 0.03,
+        "seconds_per_window": 0.1,
+        "device": "cpu",
+        "precision": "bf16",
+    }
+    run = BudgetRun(
+        budget=60 * MIN,
+        started=time_module.time(),
+        speeds={"3d_fullres": speed},
+        validation={("3d_fullres", f): 20.0 for f in range(5)},
+        ladder=[("3d_fullres", f) for f in range(5)],
+        iterations_per_epoch=150,
+        validation_iterations=10,
+        export_reserve=0.0,
+        cases_per_fold={f: 4 for f in range(5)},
+    )
+    first = run.decide(time_module.time())
+    assert len(first.trainings) >= 3
+    fold0 = run.next_training()
+    # fold 0's log: each epoch took three times the calibrated time
+    per_iteration = 3 * (0.1 + (10 * 0.03 + 1.0) / 150)
+    log = paths.fold_dir("3d_fullres", 0) / "log.jsonl"
+    log.parent.mkdir(parents=True)
+    log.write_text(
+        "".join(
+            json_module.dumps(
+                {
+                    "epoch": e,
+                    "train_loss": 1.0,
+                    "val_loss": 1.0,
+                    "pseudo_dice": [0.5],
+                    "mean_pseudo_dice": 0.5,
+                    "ema_pseudo_dice": 0.5,
+                    "lr": 0.01,
+                    "epoch_time_s": 150 * per_iteration,
+                    "data_wait_s": 0.0,
+                    "train_iterations": 150,
+                    "timestamp": time_module.time(),
+                }
+            )
+            + "\n"
+            for e in range(fold0.epochs)
+        )
+    )
+    run.started -= fold0.seconds * 3  # and the clock moved on as much
+    run.finished(fold0, paths)
+    assert run.slowdown == pytest.approx(3.0, rel=0.01)
+    again = run.decide(time_module.time())
+    assert len(again.trainings) < len(first.trainings)
+    assert again.trainings[0].kept and again.trainings[0].fold == 0
+    assert run.more_time
+    lines = run.report_lines("--time-budget 1h")
+    assert lines[0].startswith("- Budget: 1 h (--time-budget 1h)")
+    assert "3.00x the calibrated time" in lines[1]
