@@ -38,8 +38,8 @@ from toolkit.pipeline.costs import (
     fold_validation_seconds,
     validated_cases,
 )
-from toolkit.pipeline.status import training_row
-from toolkit.progress import info
+from toolkit.pipeline.status import LiveEstimate, training_row
+from toolkit.progress import info, progress_note
 
 
 @dataclass
@@ -296,7 +296,13 @@ def train_within_budget(
                     f"{training.epochs} x {training.iterations_per_epoch} iterations "
                     f"(~{minutes(training.seconds)} with its validation)"
                 )
-            executor.run([task])
+            keys = {
+                (t.configuration, t.fold): task_for(stages, plans, preprocess_keys, t).key
+                for t in run.plan.trainings
+            }
+            shape = (training.epochs, training.iterations_per_epoch)
+            with progress_note(LiveEstimate(paths, plans, keys, *shape).note):
+                executor.run([task])
             stages.summary.ran.append(task.stage)
         run.finished(training, paths)
         replan(run, start, quiet)
