@@ -29,6 +29,7 @@ import shutil
 import sys
 import threading
 import time
+from pathlib import Path
 
 from bench import anatomy, harness
 from bench.quality import case_dice
@@ -77,7 +78,17 @@ def run_budget(budget: str, args: argparse.Namespace) -> dict:
     run_all += ["--time-budget", budget, "--device", "cpu"]
     load_before = os.getloadavg()[0]
     with LoadSampler() as load:
-        ran = harness.measure([str(c) for c in run_all], logs / "run_all.log").check()
+        ran = harness.measure([str(c) for c in run_all], logs / "run_all.log")
+    if ran.returncode == 2:  # the budget bought no useful training here: run-all said why
+        return {
+            "budget": budget,
+            "budget_seconds": parse_duration(budget),
+            "seconds": {"convert": converted.wall_s, "run_all": ran.wall_s},
+            "load": {"before": round(load_before, 2), "during": load.samples},
+            "refused": Path(ran.log).read_text(errors="replace").strip().splitlines()[-1],
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+    ran.check()
     predictions = work / "predictions"
     predict = [*toolkit, "predict", "-d", anatomy.TASK, "-w", workspace, "-i", source / "imagesTs"]
     predict += ["-o", predictions, "--device", "cpu", "-q", "--no-tta"]
@@ -130,13 +141,19 @@ def render(data: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(data["runs"].values(), key=lambda r: r["budget_seconds"]):
+        load = r["load"]["during"] or [r["load"]["before"]]
+        if "refused" in r:
+            lines.append(
+                f"| {r['budget']} | {r['seconds']['run_all'] / 60:.1f} | refused: {r['refused']} "
+                f"| - | - | - | - | {min(load):.1f}-{max(load):.1f} | - |"
+            )
+            continue
         plan = r.get("time_budget") or {}
         bought = ", ".join(
             f"{t['configuration']} fold {t['fold']} {t['epochs']}x{t['iterations_per_epoch']}"
             for t in plan.get("trainings", [])
         )
         calibration = next(iter((r.get("calibration") or {}).values()), {})
-        load = r["load"]["during"] or [r["load"]["before"]]
         s = r["summary"]
         wall = r["seconds"]["run_all"]
         lines.append(
@@ -147,14 +164,16 @@ def render(data: dict) -> str:
             f"| {s['mean_dice']:.3f} [{s['mean_interval'][0]:.3f}, {s['mean_interval'][1]:.3f}] |"
         )
     lines += ["", "Per class (held-out Dice):", ""]
-    names = next(iter(data["runs"].values()))["class_names"] if data["runs"] else []
+    scored = sorted(
+        (r for r in data["runs"].values() if "summary" in r), key=lambda r: r["budget_seconds"]
+    )
+    names = scored[0]["class_names"] if scored else []
     rows = [
-        [r["budget"], *[round(r["summary"]["class_dice"][n], 3) for n in names]]
-        for r in sorted(data["runs"].values(), key=lambda r: r["budget_seconds"])
+        [r["budget"], *[round(r["summary"]["class_dice"][n], 3) for n in names]] for r in scored
     ]
     lines.append(harness.markdown_table(["budget", *names], rows))
     lines += ["", "Re-planning and the estimate's notes per budget:", ""]
-    for r in sorted(data["runs"].values(), key=lambda r: r["budget_seconds"]):
+    for r in scored:
         plan = r.get("time_budget") or {}
         lines.append(
             f"- {r['budget']} ({r['date']}): re-planned {len(plan.get('replans', []))} time(s)"
