@@ -206,7 +206,11 @@ def main(argv: list[str] | None = None) -> int:
             machine = harness.machine()
             machine["cpu_flags"] = [f for f in FLAGS_SHOWN if f in flags]
             data.update(machine=machine, cases=args.cases, test_cases=args.test_cases)
-            data["runs"][budget] = run_budget(budget, args)
+            run = run_budget(budget, args)
+            # read again: other budgets may have been run meanwhile in another process
+            data = json.loads(results.read_text()) if results.is_file() else {"runs": {}}
+            data.update(machine=machine, cases=args.cases, test_cases=args.test_cases)
+            data["runs"][budget] = run
             harness.write_results(NAME, data, render(data))
     else:
         harness.write_results(NAME, data, render(data))
