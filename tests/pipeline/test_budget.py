@@ -282,3 +282,4 @@ def test_a_training_that_ran_slower_than_calibrated_replans_the_next_ones(tmp_pa
     lines = run.report_lines("--time-budget 1h")
     assert lines[0].startswith("- Budget: 1 h (--time-budget 1h)")
     assert "3.00x the calibrated time" in lines[1]
+    assert "over the budget" not in lines[-2] + lines[-1]

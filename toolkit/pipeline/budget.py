@@ -321,7 +321,8 @@ def decide_budget(request: BudgetRequest) -> BudgetPlan:
             raise ToolkitError(
                 f"--time-budget {minutes(request.budget)} buys no useful training here: "
                 f"{first.configuration} fold {first.fold} needs at least {MIN_ITERATIONS} "
-                f"iterations at {first.seconds_per_iteration:.2g} s each; give at least "
+                f"iterations at {first.seconds_per_iteration:.2g} s each and a final validation "
+                f"of ~{minutes(first.validation_seconds)}; give at least "
                 f"{minutes(math.ceil(least_budget(request) / 60) * 60)}"
             )
         if affordable < TARGET_ITERATIONS:

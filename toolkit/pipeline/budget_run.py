@@ -62,6 +62,7 @@ class BudgetRun:
     replans: list[str] = field(default_factory=list)
     plan: BudgetPlan | None = None
     more_time: str = ""  # what more time would add, as said by the last plan with work left
+    first_estimate: float = 0.0  # the first decision's estimate of the whole run, seconds
 
     def cost(self, configuration: str, fold: int) -> TrainingCost:
         s = self.speeds[configuration]
@@ -87,6 +88,7 @@ class BudgetRun:
             kept=[*self.done, *self.started_unfinished],
         )
         self.plan = decide_budget(request)
+        self.first_estimate = self.first_estimate or self.plan.estimated_total
         if self.next_training() is not None and self.plan.more_time:
             self.more_time = self.plan.more_time
         return self.plan
@@ -155,12 +157,22 @@ class BudgetRun:
         )
         lines = [
             f"- Budget: {minutes(self.budget)} ({source}), from run-all's start to `selection.json`.",
-            f"- Calibrated speeds: {speeds}; the machine ran at {self.slowdown:.2f}x the calibrated "
-            "time per iteration in the latest training.",
+            f"- Calibrated speeds: {speeds}; the latest training ran at {self.slowdown:.2f}x the "
+            f"calibrated time per iteration, its final validation at {self.validation_slowdown:.2f}x "
+            "the estimate (other load on the machine slows both).",
             f"- Bought: {bought}.",
-            f"- Training ended {minutes(time.time() - self.started)} after the start; estimated "
-            f"{minutes(self.plan.estimated_total)} in all.",
         ]
+        ended = time.time() - self.started
+        over = ended + self.plan.after_training - self.budget
+        lines.append(
+            f"- Training and final validation ended {minutes(ended)} after the start (planned: "
+            f"{minutes(self.first_estimate - self.plan.after_training)})"
+            + (
+                f"; with evaluation and selection about {minutes(over)} over the budget."
+                if over > 0
+                else "."
+            )
+        )
         if self.replans:
             lines.append(f"- Re-planned at a training's start: {'; '.join(self.replans)}.")
         if self.more_time:
