@@ -178,7 +178,8 @@ def render(data: dict) -> str:
         lines.append(
             f"- {r['budget']} ({r['date']}): re-planned {len(plan.get('replans', []))} time(s)"
             + (f" ({'; '.join(plan['replans'])})" if plan.get("replans") else "")
-            + f"; more time: {plan.get('more_time') or '-'}; load samples {r['load']['during']}."
+            + f"; more time: {plan.get('more_time') or '-'}; load average every 30 s: "
+            + f"{', '.join(f'{v:.0f}' for v in r['load']['during'])}."
         )
     lines += [
         "",
@@ -195,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=20)
     parser.add_argument("--test-cases", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0, help="the task generator's seed")
+    parser.add_argument("--tag", default="", help="kept beside earlier runs of the same budget")
     parser.add_argument("--render", action="store_true", help="only rewrite the Markdown")
     args = parser.parse_args(argv)
     results = harness.RESULTS / f"{NAME}.json"
@@ -210,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             # read again: other budgets may have been run meanwhile in another process
             data = json.loads(results.read_text()) if results.is_file() else {"runs": {}}
             data.update(machine=machine, cases=args.cases, test_cases=args.test_cases)
-            data["runs"][budget] = run
+            data["runs"][f"{budget} {args.tag}".strip()] = run
             harness.write_results(NAME, data, render(data))
     else:
         harness.write_results(NAME, data, render(data))
