@@ -25,6 +25,7 @@ from toolkit.training.distributed import DistContext
 from toolkit.training.job import TrainingJob, TrainOptions, run_seed
 from toolkit.training.loader import TRAIN, VALIDATION, BatchKey, Prefetcher
 from toolkit.training.schedule import Schedule
+from toolkit.training.trainer import build_parts, make, train_step, validation_step
 from toolkit.workspace import DatasetPaths
 
 WARMUP_ITERATIONS = 3  # not timed: kernels chosen, first batches made
@@ -58,8 +59,6 @@ def measure_speed(
     paths: DatasetPaths, configuration: str, *, device: str = "auto", precision: str = "auto"
 ) -> SpeedSample:
     """Time ``configuration``'s training iterations here (its first fold's cases)."""
-    from toolkit.training.trainer import build_parts, make, train_step, validation_step
-
     plans = dataset_plans(paths)
     cfg = plans.configuration(configuration)
     if cfg.is_cascade:
