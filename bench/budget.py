@@ -137,10 +137,11 @@ def render(data: dict) -> str:
         "(cpu plan, 3d_fullres, final validation without mirroring), then `toolkit predict "
         "--no-tta` of the held-out cases.",
         "",
-        "| budget | run-all wall (min) | within | trainings bought | precision | s/iteration calibrated | slowdown seen | load during (min-max) | held-out mean Dice [95% CI] |",
+        "| run | run-all wall (min) | within | trainings bought | precision | s/iteration calibrated | training / validation slowdown seen | load during (min-max) | held-out mean Dice [95% CI] |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(data["runs"].values(), key=lambda r: r["budget_seconds"]):
+    for label, r in sorted(data["runs"].items(), key=lambda kv: kv[1]["budget_seconds"]):
+        r = {**r, "budget": label}
         load = r["load"]["during"] or [r["load"]["before"]]
         if "refused" in r:
             lines.append(
@@ -160,12 +161,14 @@ def render(data: dict) -> str:
             f"| {r['budget']} | {wall / 60:.1f} | {'yes' if wall <= r['budget_seconds'] else '**no**'} "
             f"| {bought} | {calibration.get('precision', '-')} "
             f"| {calibration.get('seconds_per_iteration', float('nan')):.3g} "
-            f"| {plan.get('slowdown', '-')} | {min(load):.1f}-{max(load):.1f} "
+            f"| {plan.get('slowdown', '-')} / {plan.get('validation_slowdown', '-')} "
+            f"| {min(load):.1f}-{max(load):.1f} "
             f"| {s['mean_dice']:.3f} [{s['mean_interval'][0]:.3f}, {s['mean_interval'][1]:.3f}] |"
         )
     lines += ["", "Per class (held-out Dice):", ""]
     scored = sorted(
-        (r for r in data["runs"].values() if "summary" in r), key=lambda r: r["budget_seconds"]
+        ({**r, "budget": k} for k, r in data["runs"].items() if "summary" in r),
+        key=lambda r: r["budget_seconds"],
     )
     names = scored[0]["class_names"] if scored else []
     rows = [
