@@ -283,3 +283,11 @@ def test_a_training_that_ran_slower_than_calibrated_replans_the_next_ones(tmp_pa
     assert lines[0].startswith("- Budget: 1 h (--time-budget 1h)")
     assert "3.00x the calibrated time" in lines[1]
     assert "over the budget" not in lines[-2] + lines[-1]
+
+
+def test_a_window_costs_at_most_a_training_iterations_share_of_one_sample():
+    from toolkit.pipeline.costs import window_seconds
+
+    timed = {"seconds_per_window": 2.14, "seconds_per_iteration": 0.514}
+    assert window_seconds(timed, 2) == pytest.approx(0.257)
+    assert window_seconds({**timed, "seconds_per_window": 0.1}, 2) == 0.1

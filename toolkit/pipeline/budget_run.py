@@ -37,6 +37,7 @@ from toolkit.pipeline.costs import (
     calibrate,
     fold_validation_seconds,
     validated_cases,
+    window_seconds,
 )
 from toolkit.pipeline.status import LiveEstimate, training_row
 from toolkit.progress import info, progress_note
@@ -271,7 +272,12 @@ def train_within_budget(
     mirroring = stages.preset.validation_mirroring
     validation = {
         (c, f): fold_validation_seconds(
-            paths, plans, c, f, calibration[c]["seconds_per_window"], mirroring
+            paths,
+            plans,
+            c,
+            f,
+            window_seconds(calibration[c], plans.configuration(c).batch_size),
+            mirroring,
         )
         for c in trainable
         for f in folds
