@@ -76,19 +76,27 @@ class BudgetRun:
         )
 
     def decide(self, now: float) -> BudgetPlan:
-        folds = sorted({f for _, f in self.ladder})
+        """The decision now; evaluation is estimated for the folds the plan trains (first for
+        the first fold alone, again when the plan bought more)."""
         configs = list(dict.fromkeys(c for c, _ in self.ladder))
-        cases = sum(self.cases_per_fold.get(f, 0) for f in folds)
-        request = BudgetRequest(
-            budget=self.budget,
-            spent=now - self.started,
-            after_training=after_training_seconds(cases, len(configs), self.export_reserve),
-            candidates=[self.cost(c, f) for c, f in self.ladder],
-            iterations_per_epoch=self.iterations_per_epoch,
-            validation_iterations=self.validation_iterations,
-            kept=[*self.done, *self.started_unfinished],
-        )
-        self.plan = decide_budget(request)
+        folds = [self.ladder[0][1]]
+        for _ in range(2):
+            cases = sum(self.cases_per_fold.get(f, 0) for f in folds)
+            request = BudgetRequest(
+                budget=self.budget,
+                spent=now - self.started,
+                after_training=after_training_seconds(cases, len(configs), self.export_reserve),
+                candidates=[self.cost(c, f) for c, f in self.ladder],
+                iterations_per_epoch=self.iterations_per_epoch,
+                validation_iterations=self.validation_iterations,
+                kept=[*self.done, *self.started_unfinished],
+            )
+            plan = decide_budget(request)
+            trained = sorted({t.fold for t in plan.trainings})
+            if trained == folds or not trained:
+                break
+            folds = trained
+        self.plan = plan
         self.first_estimate = self.first_estimate or self.plan.estimated_total
         if self.next_training() is not None and self.plan.more_time:
             self.more_time = self.plan.more_time
