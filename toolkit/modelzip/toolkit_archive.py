@@ -28,7 +28,12 @@ from toolkit.workspace import DatasetPaths
 
 
 def install_toolkit_archive(
-    reader: ArchiveReader, workspace: Path | None, name: str | None, force: bool
+    reader: ArchiveReader,
+    workspace: Path | None,
+    name: str | None,
+    force: bool,
+    *,
+    wait: bool = False,
 ) -> ImportedModel:
     manifest: Manifest = reader.manifest()
     contents = reader.verified(manifest)  # every checksum before anything is written
@@ -55,7 +60,7 @@ def install_toolkit_archive(
             | {k: v for k, v in json.loads(manifest.to_json()).items() if k != "members"},
         )
 
-    paths = staged_install(workspace, name or manifest.dataset, force, fill)
+    paths = staged_install(workspace, name or manifest.dataset, force, fill, wait=wait)
     notes = []
     if manifest.example_case is None:
         notes.append("no example case: export-container needs a training case in raw/imagesTr")

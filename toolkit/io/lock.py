@@ -1,0 +1,156 @@
+"""One writer per dataset: an OS file lock beside the dataset's folder.
+
+Every command that writes into a dataset's folder holds this lock while it runs; readers
+(``status``, ``predict`` into another folder) never take it. The lock is ``flock`` on
+``<workspace>/.<dataset>.lock`` (``DatasetPaths.writer_lock``): the kernel releases it when
+the holding process ends, however it ends, so a killed run never leaves a stale lock. The
+file lies beside the dataset, not inside it, so that a dataset folder replaced by a rename
+(``import-model --force``, ``convert --force``) keeps one lock.
+
+The holder writes who it is into the file (command line, pid, host, start time), so that a
+second writer stops at once with one line naming it, or waits for it (``--wait``). The file
+itself is never replaced (a rename would give a second writer another inode to lock); the
+holder overwrites it in place and empties it when it lets go.
+
+Worker processes (per-case workers, Ray tasks, distributed training ranks) never take the
+lock: the command that started them holds it for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shlex
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from toolkit.errors import ToolkitError
+from toolkit.workspace import DatasetPaths
+
+# a holder writes its record right after it gets the lock: how long a refused writer keeps
+# reading an empty or half-written record before it names "another process" instead
+_RECORD_READ_TRIES = 20
+_RECORD_READ_PAUSE_S = 0.05
+
+
+@dataclass(frozen=True, kw_only=True)
+class LockHolder:
+    """Who holds a dataset's writer lock."""
+
+    command: str
+    pid: int
+    host: str
+    started: str  # UTC, ISO 8601 to the second
+
+    def describe(self) -> str:
+        return f"`{self.command}` (pid {self.pid} on {self.host}, since {self.started})"
+
+
+class DatasetBusyError(ToolkitError):
+    """Another process holds the dataset's writer lock."""
+
+    def __init__(self, dataset: Path, holder: LockHolder | None):
+        who = holder.describe() if holder is not None else "another process"
+        super().__init__(
+            f"another toolkit command is writing this dataset: {who}; wait for it to end, or "
+            "give --wait to start when it does",
+            dataset,
+        )
+        self.holder = holder
+
+    def __reduce__(self):
+        return (DatasetBusyError, (self.path, self.holder))
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """This process's command line as a user would type it (``toolkit run-all X ...``)."""
+    argv = list(sys.argv if argv is None else argv)
+    program = Path(argv[0]).name if argv else "python"
+    if program == "__main__.py":  # python -m toolkit
+        program = "toolkit"
+    return shlex.join([program, *argv[1:]])
+
+
+def this_process(command: str | None = None) -> LockHolder:
+    return LockHolder(
+        command=command if command is not None else command_line(),
+        pid=os.getpid(),
+        host=socket.gethostname(),
+        started=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+    )
+
+
+def parse_holder(text: str) -> LockHolder | None:
+    """The record a holder wrote; ``None`` for an empty, partial or foreign file."""
+    try:
+        data = json.loads(text)
+        return LockHolder(
+            command=str(data["command"]),
+            pid=int(data["pid"]),
+            host=str(data["host"]),
+            started=str(data["started"]),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _read_holder(fd: int) -> LockHolder | None:
+    for attempt in range(_RECORD_READ_TRIES):
+        holder = parse_holder(os.pread(fd, 64 * 1024, 0).decode("utf-8", "replace"))
+        if holder is not None:
+            return holder
+        if attempt + 1 < _RECORD_READ_TRIES:
+            time.sleep(_RECORD_READ_PAUSE_S)
+    return None
+
+
+def _write_holder(fd: int, holder: LockHolder) -> None:
+    data = (json.dumps(asdict(holder)) + "\n").encode("utf-8")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, data, 0)
+
+
+@contextlib.contextmanager
+def dataset_writer_lock(
+    paths: DatasetPaths,
+    *,
+    wait: bool = False,
+    command: str | None = None,
+    notify: Callable[[str], None] | None = None,
+) -> Iterator[LockHolder]:
+    """Hold ``paths``'s writer lock for the ``with`` block.
+
+    Held by another process: raise :class:`DatasetBusyError` naming it, or with ``wait``
+    call ``notify`` with one line and block until it is free. ``command`` is what the lock
+    records (default: this process's command line).
+    """
+    lock_file = paths.writer_lock
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            if not wait:
+                raise DatasetBusyError(paths.root, holder) from None
+            if notify is not None:
+                who = holder.describe() if holder is not None else "another process"
+                notify(f"waiting for {who} to finish writing {paths.root}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        me = this_process(command)
+        _write_holder(fd, me)
+        try:
+            yield me
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
