@@ -1,0 +1,70 @@
+"""What the fault tests share: mounting a small disk (a tmpfs) and filling it, the command
+line run in this process, and the checks of a user's error."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from toolkit.cli import main
+
+BALLAST = ".ballast"
+
+
+def mount_tmpfs(folder: Path, size: str, *, read_only: bool = False) -> None:
+    """Mount a tmpfs of ``size`` on ``folder``; skip the test where mounting is not allowed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+
+
+def unmount(folder: Path) -> None:
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def free_bytes(folder: Path) -> int:
+    stats = os.statvfs(folder)
+    return stats.f_bfree * stats.f_frsize
+
+
+def fill(disk: Path, leave: int) -> None:
+    """Take the disk's space but ``leave`` bytes (rounded to its blocks) with a ballast file."""
+    ballast = disk / BALLAST
+    ballast.unlink(missing_ok=True)
+    size = free_bytes(disk) - leave
+    if size > 0:
+        with open(ballast, "wb") as fh:
+            os.posix_fallocate(fh.fileno(), 0, size)
+
+
+def free(disk: Path) -> None:
+    (disk / BALLAST).unlink(missing_ok=True)
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    """``toolkit ARGS`` in this process: (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as done:
+        main([str(a) for a in args])
+    out = capsys.readouterr()
+    return done.value.code or 0, out.out, out.err
+
+
+def assert_one_line(err: str, *phrases: str) -> None:
+    """A user's error: one line, ``error: ``, no traceback, each phrase in it."""
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err, err
+    for phrase in phrases:
+        assert phrase in err, (phrase, err)
+
+
+def temporaries(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob(".*.tmp*")]
