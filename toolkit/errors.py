@@ -15,7 +15,7 @@ from pathlib import Path
 
 # what a user can do about the operating system's errors that a run meets most
 _OS_ERROR_HINTS = {
-    errno.ENOSPC: "free some space and run the command again (it resumes where it stopped)",
+    errno.ENOSPC: "free some space and run the command again: it resumes where it stopped",
     errno.EDQUOT: "free some space within your quota and run the command again",
     errno.EROFS: "the file system is read-only: choose a folder you can write",
     errno.EACCES: "choose a folder you may write, or change its permissions",

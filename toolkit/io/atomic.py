@@ -4,7 +4,8 @@ A run killed at any moment leaves either the old file or the new one, never half
 and maybe a temporary ``.NAME.XXXXXXXX.tmp.EXT`` (a unique name per write: two processes
 never share one), which :func:`sweep_temporaries` removes when the stage that writes the
 folder runs again. A write that fails on a full disk raises ``OSError(ENOSPC)`` naming the
-target, whatever the writer raised (numpy, torch and SimpleITK do not all say so).
+target, whatever the writer raised (numpy, torch and SimpleITK do not all say so), and so
+does a write that leaves the disk full, since some writers ignore a failed write.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
             # mkstemp makes 0600 files: give the new file the mode a plain open() would
             os.chmod(tmp_path, 0o666 & ~_umask())
             _fsync(tmp_path)
+            if _disk_full(target.parent):
+                # some writers (ITK's gzip) ignore a failed write: on a full disk the file may
+                # be cut short, so it never becomes the target
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
         except Exception as exc:
             failure = _write_failure(exc, target)
             if failure is None:
@@ -56,8 +61,9 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
             tmp_path.unlink()
 
 
-# a folder whose file system has less than this left after a failed write was full
-_FULL_BELOW_BYTES = 1 << 20
+# a file system with less than this left after a write is full: the write failed, or may have
+# failed unseen (a few blocks: a write that fails leaves none)
+_FULL_BELOW_BYTES = 64 * 1024
 
 
 def _write_failure(exc: Exception, target: Path) -> OSError | None:
