@@ -15,6 +15,7 @@ from fault_helpers import assert_one_line, fill, mount_tmpfs, run, temporaries, 
 from toolkit.errors import ToolkitError, os_error_line
 from toolkit.io import atomic
 from toolkit.io.atomic import atomic_path, sweep_temporaries, temporary_target, write_bytes
+from toolkit.io.images import Geometry, write_image
 
 
 def test_demo_data_into_a_path_under_a_file(capsys, tmp_path):
@@ -111,6 +112,22 @@ def test_a_real_full_disk_in_numpy_and_in_a_plain_write(small_disk):
         write_bytes(small_disk / "big.bin", b"\0" * (1 << 20))
     assert raised.value.errno == errno.ENOSPC
     assert not (small_disk / "big.npy").exists() and not temporaries(small_disk)
+
+
+def test_a_nifti_written_onto_a_full_disk_never_becomes_the_target(small_disk):
+    """ITK's NIfTI writer reports success on a full disk and leaves an empty file."""
+    target = small_disk / "CASE.nii.gz"
+    geometry = Geometry(
+        spacing=(1.0, 1.0, 1.0),
+        origin=(0.0, 0.0, 0.0),
+        direction=tuple(np.eye(3).ravel()),
+        size=(32, 32, 16),
+    )
+    fill(small_disk, 0)
+    with pytest.raises(OSError) as raised:
+        write_image(target, np.ones((16, 32, 32), np.uint8), geometry)
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(target)
+    assert not target.exists() and not temporaries(small_disk)
 
 
 def test_unpacking_onto_a_full_disk_says_the_disk_is_full(capsys, tmp_path, small_disk):

@@ -46,7 +46,7 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
             os.chmod(tmp_path, 0o666 & ~_umask())
             _fsync(tmp_path)
             if _disk_full(target.parent):
-                # some writers (ITK's gzip) ignore a failed write: on a full disk the file may
+                # some writers ignore a failed write (ITK's NIfTI writer leaves an empty file): on a full disk the file may
                 # be cut short, so it never becomes the target
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
         except Exception as exc:
