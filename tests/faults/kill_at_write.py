@@ -29,6 +29,7 @@ def install(kill_at: int, count_file: Path | None) -> None:
         original(path)
         writes += 1
         if writes == kill_at:
+            print(f"killed writing {path}", file=sys.stderr, flush=True)
             os.killpg(os.getpgid(0), signal.SIGKILL)
 
     atomic._fsync = fsync_then_maybe_die

@@ -116,7 +116,8 @@ def test_run_all_killed_at_random_writes_resumes_to_the_same_selection(
         assert resumed.returncode == 0, (point, resumed.stderr[-3000:])
         assert not temporaries(paths.root), point  # swept by the stages that ran again
         assert _selection(paths) == selection, point
-        outcomes.append(f"write {point}/{writes}: killed, {left} temporary left, resumed: same")
+        where = killed.stderr.strip().splitlines()[-1].replace(str(paths.root), "")
+        outcomes.append(f"write {point}/{writes} ({where}): {left} temporary left, resumed: same")
     print(f"{KILL_POINTS} kill points (seed {KILL_SEED}):", *outcomes, sep="\n  ")
 
 
@@ -150,3 +151,25 @@ def test_two_run_alls_on_one_dataset_one_result_one_refusal(converted, baseline,
     assert refused_in < 60  # at once: no training, no waiting (a Python start on a busy machine)
     assert third.returncode == 0, third_err.decode()[-3000:]
     assert _selection(paths) == baseline[0]  # the first run's result, complete and correct
+
+
+def test_ray_workers_train_under_the_run_alls_lock(converted, baseline, tmp_path, capsys):
+    """The run-all holds the lock; its Ray tasks (trainings, per-case work) write under it and
+    never take it (one that did would be refused by its own parent)."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'toolkit[ray]')")
+    from toolkit.cli import main
+
+    paths = _fresh(converted, tmp_path)
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        with pytest.raises(SystemExit) as done:
+            main(["run-all", str(paths.root), *RUN_ALL, "--executor", "ray"])
+    finally:
+        ray.shutdown()
+    assert done.value.code in (0, None), capsys.readouterr().err[-3000:]
+    assert parse_holder(paths.writer_lock.read_text()) is None  # let go at the end
+    chosen, expected = _selection(paths), baseline[0]
+    assert (chosen["candidate"], chosen["postprocessing"]) == (
+        expected["candidate"],
+        expected["postprocessing"],
+    )

@@ -182,3 +182,21 @@ def test_every_writing_command_holds_the_lock(name):
     the stage that takes the lock where only it knows the dataset: import-model)."""
     source = inspect.getsource(_commands()[name].callback)  # type: ignore[attr-defined]
     assert "with writing" in source or "wait=wait" in source, name
+
+
+def test_import_model_takes_the_lock_of_the_dataset_it_installs(dataset):
+    """Only the install knows the dataset's name (the archive's, or --name): it takes the lock
+    before it looks at, stages or replaces anything."""
+    from toolkit.modelzip.install import staged_install
+
+    filled = []
+    holder = _hold(dataset, 30)
+    try:
+        with pytest.raises(DatasetBusyError):
+            staged_install(dataset.root.parent, "Synth", True, lambda p, n: filled.append(p))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert filled == [] and dataset.dataset_json.is_file()
+    staged_install(dataset.root.parent, "Other", False, lambda p, n: filled.append(p))
+    assert len(filled) == 1 and DatasetPaths(dataset.root.parent / "Other").writer_lock.is_file()
