@@ -46,8 +46,8 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
             os.chmod(tmp_path, 0o666 & ~_umask())
             _fsync(tmp_path)
             if _disk_full(target.parent):
-                # some writers ignore a failed write (ITK's NIfTI writer leaves an empty file): on a full disk the file may
-                # be cut short, so it never becomes the target
+                # some writers ignore a failed write (ITK's NIfTI writer leaves an empty
+                # file): on a full disk the file may be cut short, so it never becomes the target
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
         except Exception as exc:
             failure = _write_failure(exc, target)
@@ -83,6 +83,8 @@ def _disk_full(folder: Path) -> bool:
     try:
         stats = os.statvfs(folder)
     except OSError:
+        return False
+    if stats.f_blocks == 0:  # a file system that reports no sizes (some FUSE ones): unknown
         return False
     # root may write into the blocks reserved for it: its disk is full when those are gone
     free = stats.f_bfree if os.geteuid() == 0 else stats.f_bavail
