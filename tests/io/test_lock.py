@@ -17,7 +17,13 @@ import typer
 
 from toolkit.cli import app, main
 from toolkit.cli.common import writing_into
-from toolkit.io.lock import DatasetBusyError, command_line, dataset_writer_lock, parse_holder
+from toolkit.io.lock import (
+    DatasetBusyError,
+    command_line,
+    current_holder,
+    dataset_writer_lock,
+    parse_holder,
+)
 from toolkit.workspace import DatasetPaths
 
 # a process that takes the dataset's lock, says so, and holds it for HOLD seconds
@@ -73,8 +79,10 @@ def test_a_second_writer_is_refused_with_the_holders_command_and_pid(dataset):
 
 def test_a_killed_holder_leaves_no_stale_lock(dataset):
     holder = _hold(dataset, 60)
+    assert current_holder(dataset).pid == holder.pid
     holder.send_signal(signal.SIGKILL)
     holder.wait()
+    assert current_holder(dataset) is None  # the kernel's table: nobody holds it
     assert parse_holder(dataset.writer_lock.read_text()) is not None  # its record stays...
     with dataset_writer_lock(dataset) as me:  # ...but the kernel released its lock
         assert me.pid == os.getpid()
@@ -128,6 +136,10 @@ def test_readers_do_not_block(dataset, tmp_path):
             timeout=120,
         )
         assert "another toolkit command" not in done.stderr
+        # and it says who writes the dataset now, seen without touching the lock
+        assert f"being written now by `toolkit run-all Synth --preset quick` (pid {holder.pid}" in (
+            " ".join(done.stdout.split())
+        )
         # a prediction into a folder outside every dataset takes no lock
         with writing_into(tmp_path / "predictions", wait=False):
             pass

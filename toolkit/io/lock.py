@@ -34,6 +34,8 @@ from pathlib import Path
 from toolkit.errors import ToolkitError
 from toolkit.workspace import DatasetPaths
 
+# the kernel's table of file locks (Linux): who holds one, seen without taking it
+_PROC_LOCKS = Path("/proc/locks")
 # a holder writes its record right after it gets the lock: how long a refused writer keeps
 # reading an empty or half-written record before it names "another process" instead
 _RECORD_READ_TRIES = 20
@@ -154,3 +156,24 @@ def dataset_writer_lock(
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def current_holder(paths: DatasetPaths) -> LockHolder | None:
+    """Who writes the dataset now, for readers (``toolkit status``), seen in the kernel's
+    table of locks without touching the lock (probing it would refuse a writer arriving at
+    that moment); ``None`` when nobody holds it, or where the table cannot be read."""
+    try:
+        stat = os.stat(paths.writer_lock)
+        table = _PROC_LOCKS.read_text()
+    except OSError:
+        return None
+    inode = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    for line in table.splitlines():
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:16039978 0 EOF" (a blocked waiter: "1: -> FLOCK")
+        if len(fields) >= 6 and fields[1:4] == ["FLOCK", "ADVISORY", "WRITE"]:
+            if fields[5] == inode:
+                record = parse_holder(paths.writer_lock.read_text(errors="replace"))
+                unknown = LockHolder(command="?", pid=int(fields[4]), host="?", started="?")
+                return record if record is not None else unknown
+    return None
