@@ -212,3 +212,26 @@ def test_import_model_takes_the_lock_of_the_dataset_it_installs(dataset):
     assert filled == [] and dataset.dataset_json.is_file()
     staged_install(dataset.root.parent, "Other", False, lambda p, n: filled.append(p))
     assert len(filled) == 1 and DatasetPaths(dataset.root.parent / "Other").writer_lock.is_file()
+
+
+def test_another_users_lock_file_is_locked_read_only(dataset, monkeypatch):
+    """In a shared workspace the lock file may be another user's (mode 0644): flock needs no
+    write access, so the lock still keeps writers apart; only the record is left out."""
+    from toolkit.io import lock
+
+    with dataset_writer_lock(dataset, command="toolkit plan Synth"):
+        pass  # the file exists now, as another user's would
+    real_open = os.open
+
+    def open_as_another_user(path, flags, *args):
+        if flags & os.O_RDWR:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(lock.os, "open", open_as_another_user)
+    with dataset_writer_lock(dataset):
+        monkeypatch.setattr(lock.os, "open", real_open)
+        assert current_holder(dataset).describe() == f"process {os.getpid()}"  # no record
+        with pytest.raises(DatasetBusyError):
+            with dataset_writer_lock(dataset):
+                pass

@@ -40,6 +40,7 @@ _PROC_LOCKS = Path("/proc/locks")
 # reading an empty or half-written record before it names "another process" instead
 _RECORD_READ_TRIES = 20
 _RECORD_READ_PAUSE_S = 0.05
+_UNKNOWN = "?"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +53,8 @@ class LockHolder:
     started: str  # UTC, ISO 8601 to the second
 
     def describe(self) -> str:
+        if self.command == _UNKNOWN:  # seen in the kernel's table, without a record
+            return f"process {self.pid}"
         return f"`{self.command}` (pid {self.pid} on {self.host}, since {self.started})"
 
 
@@ -113,10 +116,26 @@ def _read_holder(fd: int) -> LockHolder | None:
     return None
 
 
-def _write_holder(fd: int, holder: LockHolder) -> None:
-    data = (json.dumps(asdict(holder)) + "\n").encode("utf-8")
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, data, 0)
+def _write_holder(fd: int, holder: LockHolder | None) -> None:
+    """Record the holder (``None``: empty the record). The lock is what keeps other writers
+    out; a record that cannot be written (a lock file of another user's, opened read-only; a
+    full disk, which the command's own first write reports with its path) is left out."""
+    data = b"" if holder is None else (json.dumps(asdict(holder)) + "\n").encode("utf-8")
+    try:
+        os.ftruncate(fd, 0)
+        if data:
+            os.pwrite(fd, data, 0)
+    except OSError:
+        pass
+
+
+def _open_lock_file(lock_file: Path) -> int:
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except PermissionError:
+        # another user's lock file in a shared workspace: flock needs no write access
+        return os.open(lock_file, os.O_RDONLY | os.O_CLOEXEC)
 
 
 @contextlib.contextmanager
@@ -133,9 +152,7 @@ def dataset_writer_lock(
     call ``notify`` with one line and block until it is free. ``command`` is what the lock
     records (default: this process's command line).
     """
-    lock_file = paths.writer_lock
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    fd = _open_lock_file(paths.writer_lock)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -152,7 +169,7 @@ def dataset_writer_lock(
         try:
             yield me
         finally:
-            os.ftruncate(fd, 0)
+            _write_holder(fd, None)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
@@ -174,6 +191,8 @@ def current_holder(paths: DatasetPaths) -> LockHolder | None:
         if len(fields) >= 6 and fields[1:4] == ["FLOCK", "ADVISORY", "WRITE"]:
             if fields[5] == inode:
                 record = parse_holder(paths.writer_lock.read_text(errors="replace"))
-                unknown = LockHolder(command="?", pid=int(fields[4]), host="?", started="?")
+                unknown = LockHolder(
+                    command=_UNKNOWN, pid=int(fields[4]), host=_UNKNOWN, started=_UNKNOWN
+                )
                 return record if record is not None else unknown
     return None
