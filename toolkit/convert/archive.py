@@ -6,13 +6,13 @@ The archive is unpacked next to the output, never outside its target folder: abs
 
 from __future__ import annotations
 
-import os
 import posixpath
 import tarfile
 import zlib
 from pathlib import Path, PurePosixPath
 
 from toolkit.errors import ToolkitError
+from toolkit.io.confine import is_inside, path_problem
 from toolkit.progress import track
 
 TASK_ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -27,10 +27,9 @@ def _member_problem(member: tarfile.TarInfo) -> str | None:
     """Why a member may not be unpacked (``None`` when it may)."""
     name = member.name
     pure = PurePosixPath(name)
-    if pure.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        return "has an absolute path"
-    if ".." in pure.parts or ".." in PurePosixPath(name.replace("\\", "/")).parts:
-        return "has a '..' component"
+    problem = None if member.isdir() and name in (".", "./") else path_problem(name)
+    if problem is not None:
+        return problem
     if member.issym() or member.islnk():
         target = member.linkname
         if PurePosixPath(target).is_absolute() or target.startswith("\\"):
@@ -64,8 +63,7 @@ def safe_extract(archive: Path, target: Path, quiet: bool = False) -> None:
         root = target.resolve()
         for member in track(members, f"unpack {archive.name}", quiet=quiet):
             # links unpacked earlier could redirect a later member: check where it really lands
-            destination = Path(os.path.realpath(root / member.name))
-            if destination != root and root not in destination.parents:
+            if not is_inside(root, root / member.name):
                 raise ToolkitError(
                     f"refusing to unpack: member {member.name!r} would land outside the target",
                     archive,
