@@ -55,8 +55,14 @@ def safe_extract(archive: Path, target: Path, quiet: bool = False) -> None:
             members = tar.getmembers()
         except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
             raise ToolkitError(f"truncated or corrupt archive ({exc})", archive) from None
+        files: set[str] = set()
         for member in members:
             problem = _member_problem(member)
+            if problem is None and member.islnk() and member.linkname not in files:
+                # a hard link's target must be a file unpacked before it (no chains, no loops)
+                problem = f"is a hard link to {member.linkname!r}, not to a file before it"
+            if member.isfile():
+                files.add(member.name)
             if problem is not None:
                 raise ToolkitError(f"refusing to unpack: member {member.name!r} {problem}", archive)
         target.mkdir(parents=True, exist_ok=True)
