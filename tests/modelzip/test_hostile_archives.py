@@ -363,3 +363,26 @@ def test_imports_at_once_keep_their_own_staging_folders(archive, tmp_path, monke
     import_model(archive, workspace, name="A", force=True)
     assert nested["done"] and _complete(workspace / "A", "toolkit")
     assert not list(workspace.glob(".*"))
+
+
+def test_the_limits_users_read_are_the_code_s():
+    from toolkit.cli.sharing import import_model as command
+
+    page = (Path(__file__).parents[2] / "docs" / "how-to" / "untrusted-input.md").read_text()
+    gib = f"{archive_module.MAX_TOTAL_BYTES >> 30} GiB"
+    ratio = f"{archive_module.MAX_COMPRESSION_RATIO} times"
+    for text in (page, command.__doc__):
+        text = " ".join(text.split())
+        assert gib in text and ratio in text
+    assert f"{archive_module.RATIO_FREE_BYTES >> 20} MiB" in page
+    assert f"({archive_module.CHUNK_BYTES >> 20} MiB)" in page
+
+
+def test_folders_swap_in_one_step_here(tmp_path):
+    """Where this runs (Linux), --force's replacement is one atomic swap."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "new").write_text("x")
+    if not atomic._exchange(tmp_path / "a", tmp_path / "b"):
+        pytest.skip("this file system cannot swap folders in one step")
+    assert (tmp_path / "b" / "new").is_file() and not any((tmp_path / "a").iterdir())
