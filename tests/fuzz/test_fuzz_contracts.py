@@ -172,14 +172,17 @@ interfaces = st.lists(
 )  # fmt: skip
 
 
-@given(
-    document=st.one_of(
-        interfaces,
-        interfaces,
-        st.fixed_dictionaries({"algorithm_interfaces": interfaces}),
-        json_value,
-    )
-)
+phases = st.fixed_dictionaries({"phases": maybe(st.lists(st.fixed_dictionaries({"algorithm_interfaces": maybe(interfaces)}), max_size=2))})  # fmt: skip
+interface_documents = st.one_of(
+    interfaces,
+    st.fixed_dictionaries({"algorithm_interfaces": maybe(interfaces)}),
+    st.fixed_dictionaries({"algorithm": maybe(st.fixed_dictionaries({"algorithm_interfaces": maybe(interfaces)}))}),
+    st.fixed_dictionaries({"challenge": maybe(phases)}),
+    json_value,
+)  # fmt: skip
+
+
+@given(document=interface_documents)
 @FUZZ
 def test_interfaces_file(tmp_path, tried, document):
     tried()
@@ -245,9 +248,14 @@ def model_zip(tmp_path_factory):
 
 
 def write_zip(path: Path, members: dict[str, bytes]) -> None:
+    """The members as a zip; a name is cut at a NUL as zipfile stores it, and written once."""
+    written = set()
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, data in members.items():
-            zf.writestr(name, data)
+            name = name.split("\x00")[0]
+            if name and name not in written:
+                written.add(name)
+                zf.writestr(name, data)
 
 
 def _installed_completely(workspace: Path) -> None:

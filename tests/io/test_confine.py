@@ -161,3 +161,21 @@ def test_convert_holds_case_names_to_the_rule_later_stages_use(tmp_path):
     (root / "imagesTr" / "a\\b_0000.nii.gz").write_bytes(b"")
     with pytest.raises(ToolkitError, match=r"case 'a\\\\b' holds a path separator"):
         read_raw_dataset(root)
+
+
+@pytest.mark.parametrize(
+    ("name", "link"), [("Task/x", ""), ("Task/a/.", ""), ("Task/up", "."), ("Task/self", "self")]
+)
+def test_a_tar_link_to_itself_is_refused(tmp_path, name, link):
+    """Found by the fuzz suite: tarfile falls back to copying a symlink's target when the
+    link cannot be made, and a link to itself recursed without end."""
+    archive = tmp_path / "task.tar"
+    with tarfile.open(archive, "w") as tar:
+        folder = tarfile.TarInfo("Task/a")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname = tarfile.SYMTYPE, link
+        tar.addfile(info)
+    with pytest.raises(ToolkitError, match="is a link to itself or to a folder holding it"):
+        safe_extract(archive, tmp_path / "out", quiet=True)

@@ -170,7 +170,10 @@ def _socket(data: Any, where: str, source: Path | None) -> Socket:
             source,
         )
     segments = []
-    for k, seg in enumerate(data.get("overlay_segments") or []):
+    declared = data.get("overlay_segments") or []
+    if not isinstance(declared, list):
+        raise ToolkitError(f"{where} ({slug}): overlay_segments must be a list", source)
+    for k, seg in enumerate(declared):
         value = seg.get("voxel_value") if isinstance(seg, dict) else None
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 255:
             raise ToolkitError(
@@ -196,7 +199,8 @@ def _interface_list(data: Any, source: Path | None) -> list:
             return _interface_list(data["algorithm_interfaces"], source)
         if isinstance(data.get("algorithm"), dict):
             return _interface_list(data["algorithm"], source)
-        phases = (data.get("challenge") or {}).get("phases") if "challenge" in data else None
+        challenge = data.get("challenge")
+        phases = challenge.get("phases") if isinstance(challenge, dict) else None
         if isinstance(phases, list):
             if len(phases) != 1:
                 raise ToolkitError(

@@ -38,6 +38,9 @@ def _member_problem(member: tarfile.TarInfo) -> str | None:
         resolved = posixpath.normpath(posixpath.join(base, target))
         if resolved == ".." or resolved.startswith("../") or ".." in PurePosixPath(target).parts:
             return f"is a link pointing out of the archive's folder ({target!r})"
+        own = posixpath.normpath(name)
+        if not target or resolved in (own, ".") or own.startswith(resolved + "/"):
+            return f"is a link to itself or to a folder holding it ({target!r})"
         return None
     if not (member.isfile() or member.isdir()):
         return "is a special file (device, fifo)"
@@ -81,6 +84,10 @@ def safe_extract(archive: Path, target: Path, quiet: bool = False) -> None:
                     tar.extract(member, root, set_attrs=False)
             except _FILTER_ERRORS as exc:
                 raise ToolkitError(f"refusing to unpack: {exc}", archive) from None
+            except RecursionError:  # links that lead to each other
+                raise ToolkitError(
+                    f"refusing to unpack: member {member.name!r} is a link in a loop", archive
+                ) from None
             except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
                 raise ToolkitError(f"truncated or corrupt archive ({exc})", archive) from None
 
