@@ -156,7 +156,8 @@ def replace_folder(new: Path, target: Path) -> None:
     if _exchange(new, target):
         old = new  # the swap left the old folder at the new one's name
     else:
-        old = Path(tempfile.mkdtemp(prefix=f"{_REPLACED_PREFIX}{target.name}.", dir=target.parent))
+        # a fresh name, not a folder made beforehand: an aside folder always holds a dataset
+        old = target.parent / f"{_REPLACED_PREFIX}{target.name}.{os.getpid()}-{os.urandom(4).hex()}"
         os.replace(target, old)
         os.replace(new, target)
     _fsync_dir(target.parent)
@@ -173,8 +174,13 @@ def restore_replaced(target: Path) -> Path | None:
     target = Path(target)
     if target.exists():
         return None
-    for old in sorted(target.parent.glob(f"{_REPLACED_PREFIX}{target.name}.*")):
-        if old.is_dir() and old.name.rpartition(".")[0] == f"{_REPLACED_PREFIX}{target.name}":
-            os.replace(old, target)
-            return target
-    return None
+    prefix = f"{_REPLACED_PREFIX}{target.name}"
+    aside = [
+        old
+        for old in target.parent.glob(f"{prefix}.*")
+        if old.is_dir() and old.name.rpartition(".")[0] == prefix
+    ]
+    if not aside:
+        return None
+    os.replace(max(aside, key=lambda p: p.stat().st_mtime_ns), target)  # the latest one
+    return target
