@@ -142,3 +142,26 @@ def test_outputs_that_overwrite_each_other_are_refused(outputs, refused):
             check_outputs(interface, [0, 1], "interface 1")
     else:
         check_outputs(interface, [0, 1], "interface 1")
+
+
+def test_an_export_leaves_other_exports_staging_folders_alone(exported, tmp_path):
+    """Defect 7's staging half: the build context is staged in a folder of its own, so an
+    export never deletes what another export, running at once, is staging."""
+    paths, export = exported
+    others = [export.root / ".partial", export.root / ".partial.other"]
+    for folder in others:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "marker").write_text("another export's file")
+    original = wheels.runtime_requirements
+    wheels.runtime_requirements = lambda device: ["torch==2.13.0+cpu", "numpy==2.4.6"]
+    try:
+        write_context(
+            paths, tiny_ensemble((0,)), ExportOptions(tag="algo:1", base_image="b"), export
+        )
+    finally:
+        wheels.runtime_requirements = original
+    assert all((folder / "marker").is_file() for folder in others)
+    assert sorted(p.name for p in export.root.glob(".partial*")) == [".partial", ".partial.other"]
+    for folder in others:
+        (folder / "marker").unlink()
+        folder.rmdir()
