@@ -39,6 +39,10 @@ def exported(tmp_path_factory):
     return paths, export
 
 
+def _a_socket_folder(input_dir):
+    return f"images/{min(p.name for p in (input_dir / 'images').iterdir())}"
+
+
 def _job(exported, tmp_path, relative_path):
     """A valid platform layout whose first socket's ``relative_path`` is replaced."""
     paths, export = exported
@@ -63,7 +67,8 @@ def _job(exported, tmp_path, relative_path):
     "relative_path",
     [
         lambda outside, input_dir: str(outside),  # absolute
-        lambda outside, input_dir: "images/x/../../../elsewhere",
+        # through a folder that exists (the kernel resolves each part): run/input/images/S -> tmp
+        lambda outside, input_dir: f"{_a_socket_folder(input_dir)}/../../../../elsewhere",
     ],
     ids=["absolute", "dot-dot"],
 )
