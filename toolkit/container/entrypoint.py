@@ -111,7 +111,7 @@ def choose_interface(
             raise ToolkitError(
                 f"lists input socket(s) [{', '.join(sorted(listed)) or 'none'}]; this algorithm's "
                 f"interface(s) take {offered}",
-                input_dir / "inputs.json",
+                input_dir / INPUTS_JSON,
             )
         index = exact[0] if exact else max(covered, key=lambda k: len(interfaces[k].inputs))
         interface = interfaces[index]
@@ -120,7 +120,7 @@ def choose_interface(
                 input_dir,
                 declared.get(s.slug) or s.relative_path,
                 what=f"input {s.slug}'s relative_path",
-                source=input_dir / "inputs.json",
+                source=input_dir / INPUTS_JSON,
             )
             for s in interface.channel_inputs
         ]
