@@ -170,3 +170,20 @@ def test_an_export_leaves_other_exports_staging_folders_alone(exported, tmp_path
     for folder in others:
         (folder / "marker").unlink()
         folder.rmdir()
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        [{"inputs": [], "outputs": [{"slug": "a", "kind": "Segmentation", "relative_path": "images/a", "overlay_segments": True}]}],
+        {"challenge": [1]},
+        {"challenge": True},
+    ],
+    ids=["segments-not-a-list", "challenge-a-list", "challenge-a-bool"],
+)  # fmt: skip
+def test_interfaces_files_found_by_the_fuzz_suite_are_one_line(document):
+    """Found by tests/fuzz: a TypeError and an AttributeError, now one-line errors."""
+    from toolkit.container.interfaces import parse_interfaces
+
+    with pytest.raises(ToolkitError):
+        parse_interfaces(document, "interfaces.json")
