@@ -72,7 +72,8 @@ def safe_extract(archive: Path, target: Path, quiet: bool = False) -> None:
         root = target.resolve()
         for member in track(members, f"unpack {archive.name}", quiet=quiet):
             # links unpacked earlier could redirect a later member: check where it really lands
-            if not is_inside(root, root / member.name):
+            destination = root / member.name
+            if not is_inside(root, destination):
                 raise ToolkitError(
                     f"refusing to unpack: member {member.name!r} would land outside the target",
                     archive,
