@@ -87,7 +87,7 @@ def test_a_killed_holder_leaves_no_stale_lock(dataset):
     with dataset_writer_lock(dataset) as me:  # ...but the kernel released its lock
         assert me.pid == os.getpid()
         assert parse_holder(dataset.writer_lock.read_text()) == me
-    assert dataset.writer_lock.read_text() == ""  # let go: no holder named
+    assert not dataset.writer_lock.exists()  # let go: nothing left behind
 
 
 def test_wait_blocks_until_the_holder_ends(dataset):
@@ -96,7 +96,10 @@ def test_wait_blocks_until_the_holder_ends(dataset):
     started = time.monotonic()
     with dataset_writer_lock(dataset, wait=True, notify=said.append):
         waited = time.monotonic() - started
+        # the holder removed its file when done: this lock is on the file in place now
+        assert parse_holder(dataset.writer_lock.read_text()).pid == os.getpid()
     holder.wait()
+    assert not dataset.writer_lock.exists()
     assert waited > 1.0  # until the holder let go, 1.5 s after it took the lock
     assert len(said) == 1 and "waiting for `toolkit run-all Synth" in said[0]
 
@@ -211,7 +214,7 @@ def test_import_model_takes_the_lock_of_the_dataset_it_installs(dataset):
         holder.wait()
     assert filled == [] and dataset.dataset_json.is_file()
     staged_install(dataset.root.parent, "Other", False, lambda p, n: filled.append(p))
-    assert len(filled) == 1 and DatasetPaths(dataset.root.parent / "Other").writer_lock.is_file()
+    assert len(filled) == 1 and not DatasetPaths(dataset.root.parent / "Other").writer_lock.exists()
 
 
 def test_another_users_lock_file_is_locked_read_only(dataset, monkeypatch):
@@ -219,8 +222,7 @@ def test_another_users_lock_file_is_locked_read_only(dataset, monkeypatch):
     write access, so the lock still keeps writers apart; only the record is left out."""
     from toolkit.io import lock
 
-    with dataset_writer_lock(dataset, command="toolkit plan Synth"):
-        pass  # the file exists now, as another user's would
+    dataset.writer_lock.write_text("")  # left by another user's killed command
     real_open = os.open
 
     def open_as_another_user(path, flags, *args):
@@ -235,3 +237,31 @@ def test_another_users_lock_file_is_locked_read_only(dataset, monkeypatch):
         with pytest.raises(DatasetBusyError):
             with dataset_writer_lock(dataset):
                 pass
+
+
+# processes that each add 1 to a counter file N times, reading and writing it under the lock
+# with --wait: a lost update would mean two held the lock at once (the holder removes the
+# lock file as it lets go, and a waiter must then retake the file in place)
+COUNTER = """
+import sys, time
+from pathlib import Path
+from toolkit.io.lock import dataset_writer_lock
+from toolkit.workspace import DatasetPaths
+paths, counter = DatasetPaths(Path(sys.argv[1])), Path(sys.argv[2])
+for _ in range(int(sys.argv[3])):
+    with dataset_writer_lock(paths, wait=True):
+        value = int(counter.read_text())
+        time.sleep(0.002)
+        counter.write_text(str(value + 1))
+"""
+
+
+def test_writers_that_wait_never_overlap(dataset, tmp_path):
+    counter = tmp_path / "counter.txt"
+    counter.write_text("0")
+    writers = [
+        subprocess.Popen([sys.executable, "-c", COUNTER, str(dataset.root), str(counter), "25"])
+        for _ in range(4)
+    ]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0, 0, 0]
+    assert counter.read_text() == "100" and not dataset.writer_lock.exists()

@@ -10,7 +10,10 @@ file lies beside the dataset, not inside it, so that a dataset folder replaced b
 The holder writes who it is into the file (command line, pid, host, start time), so that a
 second writer stops at once with one line naming it, or waits for it (``--wait``). The file
 itself is never replaced (a rename would give a second writer another inode to lock); the
-holder overwrites it in place and empties it when it lets go.
+holder overwrites it in place, and removes the file when it lets go (while it still holds
+it: a waiter that then gets the old file's lock sees it is gone and takes the new one), so
+a finished command leaves nothing behind; a killed one leaves the file, which the next writer
+takes over.
 
 Worker processes (per-case workers, Ray tasks, distributed training ranks) never take the
 lock: the command that started them holds it for them.
@@ -152,27 +155,58 @@ def dataset_writer_lock(
     call ``notify`` with one line and block until it is free. ``command`` is what the lock
     records (default: this process's command line).
     """
-    fd = _open_lock_file(paths.writer_lock)
+    lock_file = paths.writer_lock
+    fd = _acquire(paths, lock_file, wait, notify)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_holder(fd)
-            if not wait:
-                raise DatasetBusyError(paths.root, holder) from None
-            if notify is not None:
-                who = holder.describe() if holder is not None else "another process"
-                notify(f"waiting for {who} to finish writing {paths.root}")
-            fcntl.flock(fd, fcntl.LOCK_EX)
         me = this_process(command)
         _write_holder(fd, me)
-        try:
-            yield me
-        finally:
-            _write_holder(fd, None)
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        yield me
     finally:
+        # removed while still held: a waiter that gets this file's lock next finds it gone and
+        # takes a new one, so two writers never hold two files of one dataset
+        try:
+            os.unlink(lock_file)
+        except OSError:
+            _write_holder(fd, None)
+        fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _acquire(
+    paths: DatasetPaths, lock_file: Path, wait: bool, notify: Callable[[str], None] | None
+) -> int:
+    """A descriptor of the lock file, locked; the file may be replaced while we wait for it
+    (its holder removes it when done), so the lock counts only on the file still in place."""
+    told = False
+    while True:
+        fd = _open_lock_file(lock_file)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                if not wait:
+                    raise DatasetBusyError(paths.root, holder) from None
+                if notify is not None and not told:
+                    who = holder.describe() if holder is not None else "another process"
+                    notify(f"waiting for {who} to finish writing {paths.root}")
+                    told = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if _is_in_place(fd, lock_file):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # locked a file its holder had removed: take the one in place now
+
+
+def _is_in_place(fd: int, lock_file: Path) -> bool:
+    try:
+        here = os.stat(lock_file)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (here.st_dev, here.st_ino)
 
 
 def current_holder(paths: DatasetPaths) -> LockHolder | None:
