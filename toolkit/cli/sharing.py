@@ -37,8 +37,17 @@ def export_model(
         help="Put one training case (images and label) in the zip, so that the receiver can "
         "test-run `toolkit export-container`. Leave it out for data that must not travel.",
     ),
+    network_format: str = typer.Option(
+        "torch",
+        "--format",
+        help="How each fold's network is stored: torch (weights, for the torch predictor) or "
+        "onnx (the inference graph, input `image` and output `logits`, batch axis dynamic, "
+        "spatial axes the plan's patch; for `toolkit predict --backend openvino|onnxruntime`, "
+        "the lean container image, or any ONNX runtime). Needs the deploy extra: "
+        "pip install 'toolkit[deploy]'.",
+    ),
 ) -> None:
-    """Write a trained model as one zip: plans, dataset.json, each fold's network weights (no training state), postprocessing and a manifest with sha256 checksums.
+    """Write a trained model as one zip: plans, dataset.json, each fold's network (weights without training state, or an ONNX graph), postprocessing and a manifest with sha256 checksums.
 
     `toolkit import-model model.zip` installs it into another workspace.
     """
@@ -49,12 +58,14 @@ def export_model(
         configurations=parse_str_list(config),
         folds=parse_int_list(folds, "--folds"),
         example=example,
+        network_format=network_format,
     )
     done = export_model(DatasetPaths.open(workspace, dataset), output, options)
     m = done.manifest
     info(
         f"model written to {done.path} ({done.size_bytes / 1e6:.1f} MB): "
-        f"{'+'.join(m.configurations)}, folds {','.join(map(str, m.folds))}"
+        f"{'+'.join(m.configurations)}, folds {','.join(map(str, m.folds))}, "
+        f"{m.network_format} networks"
         + (f", example case {m.example_case}" if m.example_case else "")
     )
 

@@ -23,7 +23,7 @@ from toolkit.errors import ToolkitError
 from toolkit.inference.ensemble import average_probabilities
 from toolkit.inference.export import Prediction
 from toolkit.inference.inputs import InputCase, find_input_cases, read_input_case
-from toolkit.inference.predictor import Predictor
+from toolkit.inference.case_predictor import CasePredictor
 from toolkit.io.images import Geometry, has_image_suffix, strip_image_suffix
 from toolkit.progress import info, progress_bar
 from toolkit.workspace import PROBABILITIES_ENDING
@@ -43,7 +43,7 @@ class CaseReport:
 
 
 def predict_paths(
-    predictors: Sequence[Predictor],
+    predictors: Sequence[CasePredictor],
     input_path: str | Path,
     output: str | Path,
     save_probabilities: bool = False,
@@ -111,7 +111,7 @@ def predict_paths(
 
 
 def predict_with_ensemble(
-    predictors: Sequence[Predictor],
+    predictors: Sequence[CasePredictor],
     image: np.ndarray,
     geometry: Geometry,
     with_probabilities: bool = True,

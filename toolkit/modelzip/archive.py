@@ -10,6 +10,8 @@
         selection.json                     the source's selection, when the export used it
         models/<config>/plans.json, dataset.json, fold_<k>/checkpoint_final.pt
                                            network weights only (no optimizer, no RNG state)
+                                           or, with `--format onnx`, fold_<k>/network.onnx
+                                           and network.json (toolkit.core.onnx_network)
         example/imagesTr/CASE_0000.nii.gz, example/labelsTr/CASE.nii.gz
                                            one case, so the receiver can test-run an export
 
@@ -41,6 +43,8 @@ POSTPROCESSING = "postprocessing.json"
 SELECTION = "selection.json"
 MODELS = "models"
 EXAMPLE = "example"
+# how the folds' networks are stored: torch checkpoints, or ONNX graphs (export-model --format)
+NETWORK_FORMATS = ("torch", "onnx")
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 # a member name: relative, forward slashes, no `..`, no hidden parts
 _MEMBER_RE = re.compile(r"^(?!/)(?:[A-Za-z0-9_][A-Za-z0-9_.+-]*/)*[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
@@ -58,6 +62,7 @@ class Manifest:
     torch_version: str
     example_case: str | None = None
     members: dict[str, str] = field(default_factory=dict)  # name -> sha256
+    network_format: str = NETWORK_FORMATS[0]  # one of NETWORK_FORMATS
     format: str = ARCHIVE_FORMAT
     format_version: int = ARCHIVE_FORMAT_VERSION
 
@@ -86,6 +91,7 @@ class Manifest:
                 if data.get("example_case") is None
                 else str(data["example_case"]),
                 members={str(k): str(v) for k, v in data["members"].items()},
+                network_format=str(data.get("network_format", NETWORK_FORMATS[0])),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ToolkitError(
@@ -93,6 +99,12 @@ class Manifest:
             ) from None
         if not manifest.configurations or not manifest.folds:
             raise ToolkitError(f"{MANIFEST} names no configuration or no fold", source)
+        if manifest.network_format not in NETWORK_FORMATS:
+            raise ToolkitError(
+                f"{MANIFEST} names network_format {manifest.network_format!r}, not one of "
+                f"{', '.join(NETWORK_FORMATS)}: update the toolkit",
+                source,
+            )
         return manifest
 
 

@@ -1,4 +1,9 @@
-"""``toolkit export-model``: a workspace's chosen model into one zip (see :mod:`.archive`)."""
+"""``toolkit export-model``: a workspace's chosen model into one zip (see :mod:`.archive`).
+
+``network_format`` ``torch`` stores each fold's weights (a slim checkpoint); ``onnx`` stores
+each fold's inference graph and its description instead (:mod:`.onnx_export`), which the
+torch-free predictor and the lean container image run.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from toolkit.io.dataset_json import load_dataset_info, training_cases
 from toolkit.modelzip.archive import (
     DATASET_JSON,
     EXAMPLE,
+    NETWORK_FORMATS,
     PLANS,
     POSTPROCESSING,
     SELECTION,
@@ -34,7 +40,15 @@ from toolkit.modelzip.archive import (
     model_member,
     write_archive,
 )
-from toolkit.workspace import CHECKPOINT_FINAL, MODEL_DATASET_JSON, MODEL_PLANS, DatasetPaths
+from toolkit.modelzip.onnx_export import network_spec, onnx_bytes, require_onnx
+from toolkit.workspace import (
+    CHECKPOINT_FINAL,
+    MODEL_DATASET_JSON,
+    MODEL_PLANS,
+    NETWORK_JSON,
+    NETWORK_ONNX,
+    DatasetPaths,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,6 +58,13 @@ class ModelExportOptions:
     configurations: Sequence[str] | None = None
     folds: Sequence[int] | None = None
     example: bool = True  # one training case, so that the receiver can test-run an export
+    network_format: str = NETWORK_FORMATS[0]  # torch (checkpoints) or onnx (graphs)
+
+    def __post_init__(self) -> None:
+        if self.network_format not in NETWORK_FORMATS:
+            raise ToolkitError(
+                f"--format must be one of {', '.join(NETWORK_FORMATS)}, not {self.network_format!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -137,11 +158,21 @@ def export_model(paths: DatasetPaths, target: Path, options: ModelExportOptions)
     members.append((POSTPROCESSING, _json_bytes(postprocessing.to_dict())))
     if selection is not None:
         members.append((SELECTION, paths.selection_json.read_bytes()))
+    if options.network_format == "onnx":
+        require_onnx()
     for config in model_configurations:
         model = paths.model_dir(config)
         for name in (MODEL_PLANS, MODEL_DATASET_JSON):
             source = paths.require(model / name, f"toolkit train {paths.name} {config} FOLD")
             members.append((model_member(config, name), source.read_bytes()))
+        if options.network_format == "onnx":
+            for fold in folds:  # every fold's checkpoint is there before anything is exported
+                paths.require(
+                    paths.fold_dir(config, fold) / CHECKPOINT_FINAL,
+                    f"toolkit train {paths.name} {config} {fold}",
+                )
+            members += onnx_members(model, folds)
+            continue
         for fold in folds:
             checkpoint = paths.require(
                 paths.fold_dir(config, fold) / CHECKPOINT_FINAL,
@@ -160,9 +191,26 @@ def export_model(paths: DatasetPaths, target: Path, options: ModelExportOptions)
         toolkit_version=__version__,
         torch_version=str(torch.__version__),
         example_case=example_case,
+        network_format=options.network_format,
     )
     write_archive(Path(target), members, manifest)
     return ModelExport(Path(target), manifest, Path(target).stat().st_size)
+
+
+def onnx_members(model_dir: Path, folds: Sequence[int | str]) -> list[tuple[str, bytes]]:
+    """A model folder's folds (ours or nnU-Net v2's, loaded as ``toolkit predict`` loads them)
+    as ``fold_<k>/network.onnx`` and ``network.json`` members."""
+    from toolkit.inference.loading import load_model
+    from toolkit.inference.options import ModelOptions
+
+    model = load_model(model_dir, ModelOptions(folds=list(folds), device="cpu"))
+    spec = network_spec(model.plans, model.configuration, model.mirror_axes)
+    config = model.configuration.name
+    members = []
+    for fold, network in zip(folds, model.networks, strict=True):
+        members.append((fold_member(config, fold, NETWORK_ONNX), onnx_bytes(network, spec)))
+        members.append((fold_member(config, fold, NETWORK_JSON), _json_bytes(spec.to_dict())))
+    return members
 
 
 def _json_bytes(data: object) -> bytes:
