@@ -6,12 +6,16 @@ from pathlib import Path
 
 import typer
 
-from toolkit.cli.common import WorkspaceOption, dataset_argument, parse_int_list, parse_str_list
+from toolkit.cli.common import WorkspaceOption, parse_int_list, parse_str_list
 from toolkit.progress import info
 
 
 def export_model(
-    dataset: str = dataset_argument(),
+    dataset: str | None = typer.Argument(
+        None,
+        help="Dataset name in the workspace (or the path of its folder); or give --model.",
+        show_default=False,
+    ),
     output: Path = typer.Option(
         ..., "--output", "-o", help="The zip to write, e.g. model.zip.", show_default=False
     ),
@@ -37,6 +41,15 @@ def export_model(
         help="Put one training case (images and label) in the zip, so that the receiver can "
         "test-run `toolkit export-container`. Leave it out for data that must not travel.",
     ),
+    model: Path | None = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Instead of a dataset: a model folder as `toolkit predict --model` reads it "
+        "(models/CONFIG/ of a dataset, or one trained by nnU-Net v2), with --format onnx; a "
+        "cascade takes its first stage from the folder beside it.",
+        show_default=False,
+    ),
     network_format: str = typer.Option(
         "torch",
         "--format",
@@ -51,7 +64,8 @@ def export_model(
 
     `toolkit import-model model.zip` installs it into another workspace.
     """
-    from toolkit.modelzip.stage import ModelExportOptions, export_model
+    from toolkit.errors import ToolkitError
+    from toolkit.modelzip.stage import ModelExportOptions, export_model, export_model_folder
     from toolkit.workspace import DatasetPaths
 
     options = ModelExportOptions(
@@ -60,7 +74,17 @@ def export_model(
         example=example,
         network_format=network_format,
     )
-    done = export_model(DatasetPaths.open(workspace, dataset), output, options)
+    if (model is None) == (dataset is None):
+        raise ToolkitError("give either a DATASET or --model DIR")
+    if model is not None:
+        if network_format != "onnx" or config:
+            raise ToolkitError(
+                "--model exports a model folder's ONNX networks: give --format onnx and no "
+                "--config (for torch weights: `toolkit import-model`, then export the dataset)"
+            )
+        done = export_model_folder(model, output, options.folds)
+    else:
+        done = export_model(DatasetPaths.open(workspace, dataset), output, options)
     m = done.manifest
     info(
         f"model written to {done.path} ({done.size_bytes / 1e6:.1f} MB): "

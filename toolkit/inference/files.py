@@ -20,10 +20,10 @@ import numpy as np
 from toolkit.core.labels import labels_from_probabilities
 from toolkit.core.postprocessing import Postprocessing
 from toolkit.errors import ToolkitError
+from toolkit.inference.case_predictor import CasePredictor
 from toolkit.inference.ensemble import average_probabilities
 from toolkit.inference.export import Prediction
 from toolkit.inference.inputs import InputCase, find_input_cases, read_input_case
-from toolkit.inference.case_predictor import CasePredictor
 from toolkit.io.images import Geometry, has_image_suffix, strip_image_suffix
 from toolkit.progress import info, progress_bar
 from toolkit.workspace import PROBABILITIES_ENDING

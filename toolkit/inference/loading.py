@@ -17,6 +17,7 @@ from torch import nn
 from toolkit.core.checkpoint import KEY_CONFIGURATION, KEY_MIRROR_AXES, KEY_NETWORK, load_checkpoint
 from toolkit.core.plans import Configuration, Plans
 from toolkit.errors import ToolkitError
+from toolkit.inference.folds import FOLD_PREFIX
 from toolkit.inference.folds import fold_dirs as _fold_dirs
 from toolkit.inference.options import ModelOptions
 from toolkit.nets import nnunet_v2, nnunet_v2_weights
@@ -43,6 +44,7 @@ class LoadedModel:
     mirror_axes: tuple[int, ...] | None
     source: Path  # the model folder
     first_stage: LoadedModel | None  # a cascade's first stage, from the folder beside it
+    folds: tuple[str, ...] = ()  # the fold of each network: ``fold_<f>``'s ``f``
 
 
 def load_model(model_dir: str | Path, options: ModelOptions) -> LoadedModel:
@@ -105,6 +107,7 @@ def _load_toolkit(model_dir: Path, options: ModelOptions) -> LoadedModel:
         mirror_axes=None if mirror_axes is None else tuple(int(a) for a in mirror_axes),
         source=model_dir,
         first_stage=first_stage,
+        folds=tuple(d.name.removeprefix(FOLD_PREFIX) for d in fold_dirs),
     )
 
 
@@ -151,6 +154,7 @@ def _load_nnunet_v2(model_dir: Path, options: ModelOptions) -> LoadedModel:
         mirror_axes=mirror_axes,
         source=model_dir,
         first_stage=first_stage,
+        folds=tuple(d.name.removeprefix(FOLD_PREFIX) for d in fold_dirs),
     )
 
 

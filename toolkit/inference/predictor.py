@@ -26,13 +26,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from toolkit.core.cascade import input_channels
 from toolkit.core.device import (
     cpu_has_native_bf16,
     describe_precision,
     resolve_device,
     resolve_precision,
 )
-from toolkit.core.cascade import input_channels
 from toolkit.core.plans import Configuration, Plans
 from toolkit.inference.case_predictor import CasePredictor
 from toolkit.inference.compiled import CompiledNetwork, compile_networks

@@ -141,7 +141,9 @@ class RuntimePredictor(CasePredictor):
 
     def runtime_description(self) -> str:
         precision = self.options.precision
-        return f"{self.backend} cpu {'its own precision (auto)' if precision == 'auto' else precision}"
+        return (
+            f"{self.backend} cpu {'its own precision (auto)' if precision == 'auto' else precision}"
+        )
 
     def predict_logits(
         self, data: np.ndarray, on_windows: Callable[[int], None] | None = None

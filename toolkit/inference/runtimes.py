@@ -144,9 +144,7 @@ def openvino_forward(
     return forward
 
 
-def runtime_forward(
-    backend: str, path: Path, io: NetworkIO, *, precision: str = "auto"
-) -> Forward:
+def runtime_forward(backend: str, path: Path, io: NetworkIO, *, precision: str = "auto") -> Forward:
     check_runtime_precision(backend, precision)
     if backend == ONNXRUNTIME:
         return onnxruntime_forward(path, io)

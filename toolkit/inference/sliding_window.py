@@ -27,6 +27,7 @@ from toolkit.inference.windows import (
     sweep_logits,
 )
 
+
 @dataclass(frozen=True)
 class WindowSettings:
     """How one volume is swept.

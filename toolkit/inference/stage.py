@@ -20,6 +20,7 @@ import numpy as np
 from toolkit.core.postprocessing import Postprocessing
 from toolkit.core.selection import Selection
 from toolkit.errors import MissingStageError, ToolkitError
+from toolkit.inference.case_predictor import CasePredictor
 from toolkit.inference.ensemble import ensemble_folders
 from toolkit.inference.export import Prediction
 from toolkit.inference.files import (
@@ -29,7 +30,6 @@ from toolkit.inference.files import (
     predict_paths,
     probabilities_path,
 )
-from toolkit.inference.case_predictor import CasePredictor
 from toolkit.inference.options import ModelOptions
 from toolkit.inference.preview import preview_path, write_overlay
 from toolkit.inference.runtime import load_predictor

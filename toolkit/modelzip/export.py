@@ -26,6 +26,8 @@ from toolkit.core.plans import Plans
 from toolkit.core.postprocessing import Postprocessing
 from toolkit.core.selection import Selection
 from toolkit.errors import MissingStageError, ToolkitError
+from toolkit.inference.loading import LoadedModel
+from toolkit.io.atomic import to_jsonable
 from toolkit.io.dataset_json import load_dataset_info, training_cases
 from toolkit.modelzip.archive import (
     DATASET_JSON,
@@ -171,7 +173,7 @@ def export_model(paths: DatasetPaths, target: Path, options: ModelExportOptions)
                     paths.fold_dir(config, fold) / CHECKPOINT_FINAL,
                     f"toolkit train {paths.name} {config} {fold}",
                 )
-            members += onnx_members(model, folds)
+            members += onnx_members(load_for_export(model, folds))
             continue
         for fold in folds:
             checkpoint = paths.require(
@@ -197,21 +199,72 @@ def export_model(paths: DatasetPaths, target: Path, options: ModelExportOptions)
     return ModelExport(Path(target), manifest, Path(target).stat().st_size)
 
 
-def onnx_members(model_dir: Path, folds: Sequence[int | str]) -> list[tuple[str, bytes]]:
-    """A model folder's folds (ours or nnU-Net v2's, loaded as ``toolkit predict`` loads them)
-    as ``fold_<k>/network.onnx`` and ``network.json`` members."""
-    from toolkit.inference.loading import load_model
-    from toolkit.inference.options import ModelOptions
-
-    model = load_model(model_dir, ModelOptions(folds=list(folds), device="cpu"))
+def onnx_members(model: LoadedModel) -> list[tuple[str, bytes]]:
+    """A loaded model's folds as ``fold_<k>/network.onnx`` and ``network.json`` members."""
     spec = network_spec(model.plans, model.configuration, model.mirror_axes)
     config = model.configuration.name
     members = []
-    for fold, network in zip(folds, model.networks, strict=True):
+    for fold, network in zip(model.folds, model.networks, strict=True):
         members.append((fold_member(config, fold, NETWORK_ONNX), onnx_bytes(network, spec)))
         members.append((fold_member(config, fold, NETWORK_JSON), _json_bytes(spec.to_dict())))
     return members
 
 
+def load_for_export(model_dir: Path, folds: Sequence[int | str] | None) -> LoadedModel:
+    """A model folder's networks (ours or nnU-Net v2's), loaded as ``toolkit predict`` loads them."""
+    from toolkit.inference.loading import load_model
+    from toolkit.inference.options import ModelOptions
+
+    return load_model(
+        model_dir, ModelOptions(folds=None if folds is None else list(folds), device="cpu")
+    )
+
+
+def export_model_folder(
+    model_dir: Path, target: Path, folds: Sequence[int] | None = None
+) -> ModelExport:
+    """A model folder as ``toolkit predict --model`` reads it (ours, or one nnU-Net v2 trained)
+    as an archive of ONNX networks: its configuration and, for a cascade, its first stage from
+    the folder beside it; no postprocessing (the folder holds none), no example case."""
+    require_onnx()
+    model = load_for_export(Path(model_dir), folds)
+    if not all(f.isdigit() for f in model.folds):
+        raise ToolkitError(
+            f"an archive holds numbered folds only, not {', '.join(model.folds)}: give --folds",
+            model_dir,
+        )
+    stages = [model] if model.first_stage is None else [model.first_stage, model]
+    dataset_json = paths_in(model.source, MODEL_DATASET_JSON).read_bytes()
+    plans = _json_bytes(model.plans.to_dict())
+    members = [
+        (PLANS, plans),
+        (DATASET_JSON, dataset_json),
+        (POSTPROCESSING, _json_bytes(Postprocessing().to_dict())),
+    ]
+    for stage in stages:
+        config = stage.configuration.name
+        members.append((model_member(config, MODEL_PLANS), _json_bytes(stage.plans.to_dict())))
+        members.append((model_member(config, MODEL_DATASET_JSON), dataset_json))
+        members += onnx_members(stage)
+    manifest = Manifest(
+        dataset=model.plans.dataset_name,
+        configurations=[model.configuration.name],
+        model_configurations=[s.configuration.name for s in stages],
+        folds=[int(f) for f in model.folds],
+        toolkit_version=__version__,
+        torch_version=str(torch.__version__),
+        network_format="onnx",
+    )
+    write_archive(Path(target), members, manifest)
+    return ModelExport(Path(target), manifest, Path(target).stat().st_size)
+
+
+def paths_in(folder: Path, name: str) -> Path:
+    path = Path(folder) / name
+    if not path.is_file():
+        raise ToolkitError(f"has no {name}", folder)
+    return path
+
+
 def _json_bytes(data: object) -> bytes:
-    return (json.dumps(data, indent=2) + "\n").encode("utf-8")
+    return (json.dumps(to_jsonable(data), indent=2) + "\n").encode("utf-8")

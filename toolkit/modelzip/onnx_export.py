@@ -16,10 +16,12 @@ encoder; classes and regions; both stages of a cascade).
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -29,6 +31,9 @@ from toolkit.core.cascade import input_channels
 from toolkit.core.onnx_network import BATCH_AXIS, INPUT_NAME, OPSET, OUTPUT_NAME, NetworkSpec
 from toolkit.core.plans import Configuration, Plans
 from toolkit.errors import ToolkitError
+
+# the largest batch the graph's dynamic axis declares (images per forward pass)
+MAX_BATCH = 1024
 
 
 class _InferenceGraph(nn.Module):
@@ -41,6 +46,19 @@ class _InferenceGraph(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         out = self.network(image)
         return out[0] if isinstance(out, list | tuple) else out
+
+
+@contextlib.contextmanager
+def _quiet_exporter_log() -> Iterator[None]:
+    """The exporter logs a warning per torchvision operator it cannot register when torchvision
+    is absent (the toolkit needs none): not the user's concern."""
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def network_spec(
@@ -64,23 +82,29 @@ def onnx_bytes(network: nn.Module, spec: NetworkSpec) -> bytes:
     example = torch.zeros((2, spec.input_channels, *spec.patch_size), dtype=torch.float32)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "network.onnx"
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), _quiet_exporter_log():
             warnings.simplefilter("ignore")  # the exporter's notes on its own internals
+            # torch.export's exporter (the TorchScript one is deprecated); one file, weights
+            # inside (external data only matters past 2 GB, which no U-Net of a plan reaches)
             torch.onnx.export(
                 graph,
                 (example,),
                 str(path),
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: BATCH_AXIS}, OUTPUT_NAME: {0: BATCH_AXIS}},
+                dynamic_shapes=({0: torch.export.Dim(BATCH_AXIS, min=1, max=MAX_BATCH)},),
                 opset_version=OPSET,
-                dynamo=False,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
             )
         model = onnx.load(str(path))
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
-        raise ToolkitError(f"the exported {spec.configuration} graph fails onnx.checker: {exc}")
+        raise ToolkitError(
+            f"the exported {spec.configuration} graph fails onnx.checker: {exc}"
+        ) from None
     buffer = io.BytesIO()
     onnx.save_model(model, buffer)
     return buffer.getvalue()
