@@ -17,7 +17,7 @@ from inference_helpers import make_plans
 
 from toolkit.core.onnx_network import INPUT_NAME, OPSET, OUTPUT_NAME
 from toolkit.inference.runtimes import NetworkIO, onnxruntime_forward, openvino_forward
-from toolkit.modelzip.onnx_export import network_spec, onnx_bytes
+from toolkit.nets.onnx_export import network_spec, onnx_bytes
 from toolkit.nets.unet import build_network
 
 onnx = pytest.importorskip("onnx")

@@ -14,7 +14,10 @@
 The model goes into the image (``baked``) or into ``model.tar.gz`` for the platform's
 ``/opt/ml/model`` (``tarball``; then ``.dockerignore`` keeps it out of the image).
 Checkpoints are copied without their training state (optimizer, scaler): inference needs
-the network's weights only, and the image is smaller for it.
+the network's weights only, and the image is smaller for it. A lean image (``--runtime
+openvino|onnxruntime``) holds each fold's ONNX graph instead (exported here, or copied when
+the dataset's model is already ONNX) and installs no torch: only the distributions its job
+imports, the runtime's included, and of OpenVINO only its CPU plugin and ONNX reader.
 """
 
 from __future__ import annotations
@@ -36,18 +39,26 @@ from toolkit.container.interfaces import (
     read_interfaces,
     shorthand_interface,
 )
-from toolkit.container.spec import AlgorithmSpec, EnsembleSpec, default_input_slugs, slugify
+from toolkit.container.spec import (
+    RUNTIMES,
+    AlgorithmSpec,
+    EnsembleSpec,
+    default_input_slugs,
+    slugify,
+)
 from toolkit.core.checkpoint import load_checkpoint, weights_only
 from toolkit.core.labels import dataset_label_model
 from toolkit.core.plans import Plans
 from toolkit.core.selection import Selection
 from toolkit.errors import MissingStageError, ToolkitError
-from toolkit.io.atomic import atomic_path, write_text
+from toolkit.io.atomic import atomic_path, write_bytes, write_json, write_text
 from toolkit.io.dataset_json import read_dataset_info
 from toolkit.workspace import (
     CHECKPOINT_FINAL,
     MODEL_DATASET_JSON,
     MODEL_PLANS,
+    NETWORK_JSON,
+    NETWORK_ONNX,
     DatasetPaths,
     ExportPaths,
 )
@@ -91,8 +102,17 @@ class ExportOptions:
     interfaces: Path | None = None  # the phase's interfaces (JSON); None: the slug shorthand
     channel_map: list[str] | None = None  # "SOCKET=CHANNEL" where names do not tell
     online_build: bool = False  # pip downloads the wheels inside the build (needs network)
+    runtime: str = "torch"  # torch, or openvino / onnxruntime: a lean image of ONNX networks
 
     def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ToolkitError(
+                f"--runtime must be one of {', '.join(RUNTIMES)}, not {self.runtime!r}"
+            )
+        if self.runtime != "torch" and self.device != "cpu":
+            raise ToolkitError(
+                f"--runtime {self.runtime} runs on the CPU: give --device cpu (or --runtime torch)"
+            )
         if self.model_mode not in MODEL_MODES:
             raise ToolkitError(
                 f"--model-mode must be one of {', '.join(MODEL_MODES)}, not {self.model_mode!r}"
@@ -156,6 +176,10 @@ def dockerfile_values(
         pip_source = f"--extra-index-url {wheels.TORCH_CPU_INDEX}"
     else:
         pip_source = ""
+    if options.runtime != "torch":
+        # every distribution the job imports is pinned (measured): the runtimes' declared
+        # extras (sympy, protobuf, ...) stay out
+        pip_source += " --no-deps"
     model_copy = (
         f"COPY model/ {BAKED_MODEL_DIR}/"
         if options.model_mode == "baked"
@@ -173,6 +197,7 @@ def dockerfile_values(
         "MODEL_COPY": model_copy,
         "MODEL_DIR": options.model_dir_in_image,
         "PYTHON_VERSION": wheels.PYTHON_VERSION,
+        "RUNTIME": options.runtime,
     }
 
 
@@ -193,8 +218,42 @@ def copy_checkpoint(source: Path, target: Path) -> int:
     return target.stat().st_size
 
 
-def copy_models(paths: DatasetPaths, ensemble: EnsembleSpec, model_root: Path) -> int:
-    """Plans, dataset.json and final checkpoints of the ensemble's configurations and folds.
+def copy_onnx_networks(source: Path, target: Path, folds: list[int | str]) -> int:
+    """A model folder's folds as ONNX networks: copied when they are ONNX already (an imported
+    ``export-model --format onnx`` archive), else exported from the checkpoints."""
+    from toolkit.inference.runtime import is_onnx_model_dir
+
+    total = 0
+    if is_onnx_model_dir(source):
+        for fold in folds:
+            for name in (NETWORK_ONNX, NETWORK_JSON):
+                path = source / f"fold_{fold}" / name
+                if not path.is_file():
+                    raise ToolkitError(f"fold {fold} has no {name}", path.parent)
+                (target / f"fold_{fold}").mkdir(exist_ok=True)
+                shutil.copyfile(path, target / f"fold_{fold}" / name)
+                total += path.stat().st_size
+        return total
+    from toolkit.inference.loading import load_model
+    from toolkit.inference.options import ModelOptions
+    from toolkit.nets.onnx_export import network_spec, onnx_bytes, require_onnx
+
+    require_onnx()
+    model = load_model(source, ModelOptions(folds=list(folds), device="cpu"))
+    spec = network_spec(model.plans, model.configuration, model.mirror_axes)
+    for fold, network in zip(model.folds, model.networks, strict=True):
+        (target / f"fold_{fold}").mkdir(exist_ok=True)
+        write_bytes(target / f"fold_{fold}" / NETWORK_ONNX, onnx_bytes(network, spec))
+        write_json(target / f"fold_{fold}" / NETWORK_JSON, spec.to_dict())
+        total += (target / f"fold_{fold}" / NETWORK_ONNX).stat().st_size
+    return total
+
+
+def copy_models(
+    paths: DatasetPaths, ensemble: EnsembleSpec, model_root: Path, runtime: str = "torch"
+) -> int:
+    """Plans, dataset.json and final checkpoints (ONNX networks for a lean ``runtime``) of the
+    ensemble's configurations and folds.
 
     ``model_root`` gets the workspace's layout (``models/<config>/fold_<k>/``), which is what
     the predictor expects, a cascade's first stage beside its second.
@@ -210,6 +269,9 @@ def copy_models(paths: DatasetPaths, ensemble: EnsembleSpec, model_root: Path) -
                 raise MissingStageError(source / name, f"toolkit train {paths.name} {config}")
             shutil.copyfile(source / name, target / name)
             total += (target / name).stat().st_size
+        if runtime != "torch":
+            total += copy_onnx_networks(source, target, list(ensemble.folds))
+            continue
         for fold in ensemble.folds:
             checkpoint = paths.fold_dir(config, fold) / CHECKPOINT_FINAL
             if not checkpoint.is_file():
@@ -308,6 +370,7 @@ def algorithm_spec(
         labels=labels,
         interfaces=interfaces,
         device=options.device,
+        runtime=options.runtime,
     )
 
 
@@ -327,16 +390,25 @@ def write_context(
         shutil.rmtree(staged.root)
     staged.model.mkdir(parents=True)
 
-    model_bytes = copy_models(paths, ensemble, staged.model)
+    model_bytes = copy_models(paths, ensemble, staged.model, options.runtime)
     ensemble.save(staged.ensemble_json)
     spec.save(staged.algorithm_json)
     shutil.copyfile(source / ENTRYPOINT_NAME, staged.entrypoint)
 
-    requirements = wheels.runtime_requirements(options.device)
+    lean = options.runtime != "torch"
+    requirements = (
+        wheels.runtime_requirements(options.device, runtime=options.runtime)
+        if lean
+        else wheels.runtime_requirements(options.device)
+    )
     own_wheel = wheels.build_toolkit_wheel(staged.toolkit_wheel, requirements)
     staged.wheels.mkdir()
     if options.wheelhouse is not None:
-        wheels.download_wheels(requirements, staged.wheels, Path(options.wheelhouse).expanduser())
+        wheelhouse = Path(options.wheelhouse).expanduser()
+        if lean:
+            wheels.download_wheels(requirements, staged.wheels, wheelhouse, no_deps=True)
+        else:
+            wheels.download_wheels(requirements, staged.wheels, wheelhouse)
     write_text(staged.requirements, "\n".join(requirements) + "\n")
     template = (source / TEMPLATE_NAME).read_text()
     write_text(

@@ -229,24 +229,33 @@ def choose_device(requested: str) -> str:
 
 
 def predict_labels(
-    model_root: Path, ensemble: EnsembleSpec, image: np.ndarray, geometry: Geometry, device: str
+    model_root: Path,
+    ensemble: EnsembleSpec,
+    image: np.ndarray,
+    geometry: Geometry,
+    device: str,
+    runtime: str = "torch",
 ) -> np.ndarray:
     """The ensemble's postprocessed label map, ``(z, y, x)`` in the input's geometry.
 
     ``model_root`` holds ``models/<config>/`` as a dataset's workspace folder does, so the
     same call predicts from the workspace (the reference ``test-container`` compares with)
     and from the exported model. One configuration is predicted exactly as ``toolkit
-    predict`` does; several are averaged by :func:`predict_with_ensemble`.
+    predict --backend RUNTIME`` does; several are averaged by :func:`predict_with_ensemble`.
+    ``runtime``: torch, or openvino / onnxruntime for a lean image (ONNX networks, no torch).
     """
     from toolkit.inference.files import predict_with_ensemble
     from toolkit.inference.options import ModelOptions
-    from toolkit.inference.predictor import Predictor
+    from toolkit.inference.runtime import load_predictor
 
+    options = ModelOptions(
+        folds=ensemble.folds,
+        device=device,
+        use_mirroring=ensemble.use_mirroring,
+        backend=runtime,
+    )
     predictors = [
-        Predictor.from_model_dir(
-            DatasetPaths(model_root).model_dir(config),
-            ModelOptions(folds=ensemble.folds, device=device, use_mirroring=ensemble.use_mirroring),
-        )
+        load_predictor(DatasetPaths(model_root).model_dir(config), options)
         for config in ensemble.configurations
     ]
     if len(predictors) == 1:
@@ -293,7 +302,7 @@ def run_job(paths: JobPaths) -> dict[str, Any]:
     image, geometry = read_channels(inputs)
     device = choose_device(spec.device)
     labels = to_output_labels(
-        predict_labels(paths.model_dir, ensemble, image, geometry, device), spec
+        predict_labels(paths.model_dir, ensemble, image, geometry, device, spec.runtime), spec
     )
     if labels.shape != geometry.shape_zyx:
         raise RuntimeError(

@@ -122,6 +122,7 @@ def export_container(
         wheels=wheel_source(options),
         memory=memory,
         time_limit=time_limit,
+        runtime=options.runtime,
     )
     info(
         f"build context written to {export.context} ({len(summary.files)} files, model {summary.model_bytes / 1e6:.1f} MB); "

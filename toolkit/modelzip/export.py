@@ -42,7 +42,7 @@ from toolkit.modelzip.archive import (
     model_member,
     write_archive,
 )
-from toolkit.modelzip.onnx_export import network_spec, onnx_bytes, require_onnx
+from toolkit.nets.onnx_export import network_spec, onnx_bytes, require_onnx
 from toolkit.workspace import (
     CHECKPOINT_FINAL,
     MODEL_DATASET_JSON,
