@@ -230,3 +230,48 @@ def test_an_nnunet_v2_model_folder_exports_and_agrees_with_torch(tmp_path):
             workspace=tmp_path / "ws",
         )
         assert_same_labels(expected, got, backend)
+
+
+# --- docs/how-to/deploy-without-torch.md: its commands and its Python --------------------
+
+DOC = REPO / "docs" / "how-to" / "deploy-without-torch.md"
+
+
+def _code_blocks(language: str) -> list[str]:
+    text = DOC.read_text()
+    parts = text.split("```")
+    return [
+        parts[i][len(language) :] for i in range(1, len(parts), 2) if parts[i].startswith(language)
+    ]
+
+
+def test_the_page_commands_use_options_their_help_lists():
+    from typer.testing import CliRunner
+
+    from toolkit.cli import app
+
+    commands = [
+        line.split()
+        for block in _code_blocks("\n")
+        for line in block.splitlines()
+        if line.startswith("toolkit ")
+    ]
+    assert len(commands) >= 6
+    for words in commands:
+        help_text = CliRunner().invoke(app, [words[1], "--help"], env={"COLUMNS": "300"}).output
+        for word in words[2:]:
+            if word.startswith("--"):
+                assert word in help_text, f"{' '.join(words)}: {word} is not an option"
+
+
+def test_the_page_python_loads_an_exported_fold(exported):
+    _, imported, _ = exported
+    (code,) = _code_blocks("python")
+    folder = imported.paths.model_dir("3d_fullres") / "fold_0"
+    code = code.replace(
+        '"deploy-workspace/Task04_Hippocampus/models/3d_fullres/fold_0"', repr(str(folder))
+    )
+    assert repr(str(folder)) in code
+    scope: dict = {}
+    exec(compile(code, str(DOC), "exec"), scope)
+    assert scope["logits"].shape == (2, 3, 16, 32, 32)
