@@ -36,9 +36,10 @@ from toolkit.inference.runtimes import (
 from toolkit.inference.windows import Forward, NumpyOps, slice_forward, sweep_logits
 from toolkit.workspace import MODEL_PLANS, NETWORK_JSON, NETWORK_ONNX, DatasetPaths
 
-# images per forward pass: every mirrored copy of a 3D window at once (8), as a GPU takes them;
-# the runtimes' CPU kernels use every core on one call, and fewer, larger calls cost less
-DEFAULT_IMAGES_PER_FORWARD = {3: 8, 2: 32}
+# images per forward pass on the CPU, as the torch predictor's: a runtime's kernels use every
+# core on one image already, and a full-size 3D network's activations for one 128^3 patch
+# take over a gigabyte (the platform's jobs get 7 GiB by default)
+DEFAULT_IMAGES_PER_FORWARD = {3: 1, 2: 4}
 
 
 def is_onnx_model_dir(model_dir: Path) -> bool:
