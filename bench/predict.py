@@ -684,6 +684,11 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="NAME=export.json of a built image (size, start-to-output time), with --backends",
     )
+    parser.add_argument(
+        "--images-only",
+        action="store_true",
+        help="with --backends: only (re)read the --image-record files into the last results",
+    )
     args = parser.parse_args(argv)
     if args.backends:
         return backends(args)
@@ -739,6 +744,11 @@ def backends(args: argparse.Namespace) -> int:
     from bench import predict_backends
     from toolkit.inference.runtimes import describe_backends
 
+    if args.images_only:
+        data = json.loads((harness.RESULTS / "predict_backends.json").read_text())
+        data["images"] = predict_backends.image_rows(args.image_record)
+        harness.write_results("predict_backends", data, predict_backends.markdown(data))
+        return 0
     data: dict = {"machine": harness.machine(), "cpu": predict_backends.cpu_flags()}
     test_images, model = prepare_task(args.cases, args.iterations, "cpu")
     plans = json.loads((model / "plans.json").read_text())["configurations"]["3d_fullres"]
