@@ -87,3 +87,15 @@ def test_lean_export_dry_run_equals_predict_with_that_backend(runtime, tmp_path)
         + ["--case", CASES[1], "-q"],
     )
     assert result.exit_code == 0, result.output
+
+
+def test_a_model_of_onnx_networks_needs_a_lean_runtime(tmp_path):
+    from container_helpers import tiny_ensemble
+
+    from toolkit.container.context import copy_models
+
+    paths = make_dataset(tmp_path / "ws", folds=(0,))
+    (paths.fold_dir("3d_fullres", 0) / "checkpoint_final.pt").unlink()
+    (paths.fold_dir("3d_fullres", 0) / "network.onnx").write_bytes(b"not read")
+    with pytest.raises(ToolkitError, match="--runtime openvino or --runtime onnxruntime"):
+        copy_models(paths, tiny_ensemble((0,)), tmp_path / "bundle")

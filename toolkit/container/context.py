@@ -51,6 +51,7 @@ from toolkit.core.labels import dataset_label_model
 from toolkit.core.plans import Plans
 from toolkit.core.selection import Selection
 from toolkit.errors import MissingStageError, ToolkitError
+from toolkit.inference.runtime import is_onnx_model_dir
 from toolkit.io.atomic import atomic_path, write_bytes, write_json, write_text
 from toolkit.io.dataset_json import read_dataset_info
 from toolkit.workspace import (
@@ -221,8 +222,6 @@ def copy_checkpoint(source: Path, target: Path) -> int:
 def copy_onnx_networks(source: Path, target: Path, folds: list[int | str]) -> int:
     """A model folder's folds as ONNX networks: copied when they are ONNX already (an imported
     ``export-model --format onnx`` archive), else exported from the checkpoints."""
-    from toolkit.inference.runtime import is_onnx_model_dir
-
     total = 0
     if is_onnx_model_dir(source):
         for fold in folds:
@@ -272,6 +271,12 @@ def copy_models(
         if runtime != "torch":
             total += copy_onnx_networks(source, target, list(ensemble.folds))
             continue
+        if is_onnx_model_dir(source):
+            raise ToolkitError(
+                "holds ONNX networks (an `export-model --format onnx` archive): give "
+                "--runtime openvino or --runtime onnxruntime",
+                source,
+            )
         for fold in ensemble.folds:
             checkpoint = paths.fold_dir(config, fold) / CHECKPOINT_FINAL
             if not checkpoint.is_file():
