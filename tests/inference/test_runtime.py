@@ -275,3 +275,16 @@ def test_the_page_python_loads_an_exported_fold(exported):
     scope: dict = {}
     exec(compile(code, str(DOC), "exec"), scope)
     assert scope["logits"].shape == (2, 3, 16, 32, 32)
+
+
+def test_the_lean_modules_import_no_torch():
+    """What the lean image's job imports (wheels.LEAN_ENTRYPOINT_MODULES) loads no torch."""
+    from toolkit.container.wheels import LEAN_ENTRYPOINT_MODULES
+
+    code = BLOCK_TORCH.split("from toolkit.cli")[0] + "".join(
+        f"import {m}\n" for m in (*LEAN_ENTRYPOINT_MODULES, "toolkit.inference.stage")
+    )
+    code += "assert not [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
