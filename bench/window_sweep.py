@@ -2,8 +2,11 @@
 
 ``python -m bench.window_sweep [--before REV]`` plans the demo task (``toolkit demo-data
 --task mr``, 12 cases, as ``make demo`` does), builds its ``3d_fullres`` network with random
-weights (speed does not depend on them) and sweeps one preprocessed-size volume with
-mirroring, on the CPU in float32: ``toolkit.inference.sliding_window`` of this checkout
+weights (speed does not depend on them; ``--width-divisor`` narrows it, so that what the
+sliding window itself costs, stacking, flipping and accumulating, weighs more against the
+convolutions) and sweeps one volume of 27 windows with mirroring, on the CPU in float32 on
+one torch thread, timing each sweep's CPU time (``time.process_time``: on a shared machine the
+wall time measures the neighbours) and wall time: ``toolkit.inference.sliding_window`` of this checkout
 against the same module of revision ``--before`` (default ``main``; loaded from git, the rest
 of the toolkit being this checkout's), interleaved (A B A B ...) so that a shared machine's
 load falls on both alike. The two results must be equal. Results:
@@ -13,6 +16,7 @@ load falls on both alike. The two results must be equal. Results:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import os
 import statistics
@@ -74,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", default="main", help="git revision to compare with")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--width-divisor", type=int, default=8)
     args = parser.parse_args(argv)
 
     import torch
@@ -85,6 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     data: dict = {"machine": harness.machine(), "before": args.before}
     plans = demo_plans()
     config = plans.configuration("3d_fullres")
+    architecture = dataclasses.replace(
+        config.architecture,
+        features_per_stage=[
+            max(1, f // args.width_divisor) for f in config.architecture.features_per_stage
+        ],
+    )
+    config = dataclasses.replace(config, architecture=architecture)
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     network = build_network(plans, config, deep_supervision=False).eval()
     patch = tuple(int(p) for p in config.patch_size)
@@ -95,17 +108,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     cpu = torch.device("cpu")
     times: dict[str, list[float]] = {"before": [], "after": []}
+    wall: dict[str, list[float]] = {"before": [], "after": []}
     results = {}
     for r in range(args.repeats):
         for name, module in (("before", before), ("after", after)):
             settings = module.WindowSettings(patch, 0.5, (0, 1, 2), 1, "fp32")
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             out = module.sliding_window_logits(
                 [network], volume, plans.num_classes, settings, cpu, cpu
             )
-            times[name].append(time.perf_counter() - start)
+            times[name].append(time.process_time() - cpu_start)
+            wall[name].append(time.perf_counter() - start)
             results[name] = torch.stack(out).numpy()
-            harness.log(f"run {r + 1}: {name} {times[name][-1]:.2f} s")
+            harness.log(f"run {r + 1}: {name} {times[name][-1]:.2f} s CPU")
     difference = float(np.abs(results["before"] - results["after"]).max())
     data.update(
         {
@@ -114,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
             "features": list(config.architecture.features_per_stage),
             "mirror_axes": [0, 1, 2],
             "torch_threads": torch.get_num_threads(),
-            "seconds": times,
+            "cpu_seconds": times,
+            "wall_seconds": wall,
+            "width_divisor": args.width_divisor,
             "median_before": statistics.median(times["before"]),
             "median_after": statistics.median(times["after"]),
             "max_abs_difference": difference,
@@ -133,15 +150,27 @@ def markdown(data: dict) -> str:
         "# The torch sliding window before and after the shared implementation\n\n"
         f"Machine: {m['cpus']} CPUs, load average {m['load_average']} at start and "
         f"{data['load_average_end']} at the end (a shared machine), {m['date']}; torch on "
-        f"{data['torch_threads']} threads, float32, CPU.\n\n"
+        f"{data['torch_threads']} thread, float32, CPU.\n\n"
         f"Demo task (`toolkit demo-data --task mr`), its 3d_fullres plan: patch {data['patch']}, "
-        f"features {data['features']}, random weights; one volume of {data['volume']} with "
-        f"mirroring over 3 axes (8 forward passes per window), interleaved runs.\n\n"
+        f"features {data['features']} (the plan's divided by {data['width_divisor']}), random "
+        f"weights; one volume of {data['volume']} (27 windows) with mirroring over 3 axes (8 "
+        "forward passes per window), interleaved runs; CPU seconds of the process per sweep "
+        "(wall seconds beside them).\n\n"
         + harness.markdown_table(
-            ["sliding window", "runs (s)", "median s"],
+            ["sliding window", "CPU s per run", "wall s per run", "median CPU s"],
             [
-                [f"`{data['before']}`", data["seconds"]["before"], data["median_before"]],
-                ["this checkout", data["seconds"]["after"], data["median_after"]],
+                [
+                    f"`{data['before']}`",
+                    [round(v, 2) for v in data["cpu_seconds"]["before"]],
+                    [round(v, 1) for v in data["wall_seconds"]["before"]],
+                    data["median_before"],
+                ],
+                [
+                    "this checkout",
+                    [round(v, 2) for v in data["cpu_seconds"]["after"]],
+                    [round(v, 1) for v in data["wall_seconds"]["after"]],
+                    data["median_after"],
+                ],
             ],
         )
         + f"\n\nAfter / before: {ratio:.3f}. Largest difference of the logits: "
