@@ -19,7 +19,7 @@ from toolkit.core.constants import STEP_SIZE
 from toolkit.core.device import cpu_flags, resolve_device, resolve_precision
 from toolkit.core.plans import Plans
 from toolkit.core.splits import read_splits
-from toolkit.inference.sliding_window import count_windows
+from toolkit.inference.windows import count_windows
 from toolkit.io.preprocessed import load_properties
 from toolkit.pipeline import records
 from toolkit.progress import info
