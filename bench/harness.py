@@ -48,11 +48,13 @@ def log(message: str) -> None:
 
 
 def nnunet_python() -> Path:
-    return NNUNET_VENV / "bin" / "python"
+    """``$TOOLKIT_NNUNET_PYTHON`` (a reference venv made elsewhere), else the bench venv's."""
+    override = os.environ.get("TOOLKIT_NNUNET_PYTHON")
+    return Path(override) if override else NNUNET_VENV / "bin" / "python"
 
 
 def nnunet_command(name: str) -> Path:
-    return NNUNET_VENV / "bin" / name
+    return nnunet_python().parent / name
 
 
 def _nnunet_works() -> bool:
@@ -76,6 +78,10 @@ def ensure_nnunet() -> Path:
     """The reference's venv python, created and installed on first use (several GB, minutes)."""
     if _nnunet_works():
         return nnunet_python()
+    if os.environ.get("TOOLKIT_NNUNET_PYTHON"):
+        raise RuntimeError(
+            f"TOOLKIT_NNUNET_PYTHON={nnunet_python()} does not import nnU-Net v2 {NNUNET_VERSION}"
+        )
     log(f"installing nnU-Net v2 {NNUNET_VERSION} into {NNUNET_VENV} (first run only; several GB)")
     if not nnunet_python().exists():
         subprocess.run([_base_python(), "-m", "venv", str(NNUNET_VENV)], check=True)
@@ -223,11 +229,26 @@ def machine() -> dict:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     return {
         "cpus": os.cpu_count(),
+        "cpu_flags": cpu_flags(),
         "load_average": [round(v, 2) for v in load],
         "python": platform.python_version(),
         "platform": platform.platform(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def cpu_flags() -> list[str]:
+    """The vector-unit flags of this CPU that decide its fp32/bf16 speed (from /proc/cpuinfo)."""
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
+        [],
+    )
+    return [f for f in wanted if f in flags]
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:
