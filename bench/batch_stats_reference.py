@@ -133,8 +133,8 @@ def main(argv: list[str]) -> dict:
 
         def get_parameters(self, **data):
             params = original(self, **data)
-            chosen = params["apply_to_channel"]
-            picked[name] += int(bool(len(chosen)) and bool(torch.as_tensor(chosen).any()))
+            chosen = torch.as_tensor(params["apply_to_channel"])  # a mask, or channel indices
+            picked[name] += int(bool(chosen.any()) if chosen.dtype == torch.bool else len(chosen) > 0)
             return params
 
         cls.get_parameters = get_parameters
