@@ -26,41 +26,46 @@ def test_the_synthetic_batches_hold_both_classes_in_every_sample():
 
 
 def test_training_steps_agree_with_nnunet_v2(tmp_path):
-    """150 steps, the poly schedule over 15 epochs, per-sample Dice (the batch Dice variant is
-    in ``python -m bench.lockstep``); the initial heads enlarged so that the first steps'
-    gradients are clipped."""
+    """150 steps, the poly schedule over 15 epochs, per-sample Dice: bit for bit."""
     reason = _reference_missing()
     if reason is not None:
         pytest.skip(reason)
-    result = lockstep.lockstep(
-        tmp_path, epochs=15, iterations=10, batch_dice=False, scale_heads=30.0
-    )
-    assert result["clipped_steps"] > 0  # clipping was exercised
+    result = lockstep.lockstep(tmp_path, epochs=15, iterations=10, batch_dice=False)
     first = result["first_step"]
     # each part of the first step on its own
-    assert max(first["outputs_max_relative_difference"]) < 1e-5  # the network
-    assert first["toolkit_loss_of_reference_outputs"] == pytest.approx(
-        first["loss_reference"], abs=1e-6
-    )  # the loss on the same outputs
-    assert first["gradient_max_relative_difference"] < 1e-4
-    assert first["gradient_norm_toolkit"] == pytest.approx(
-        first["gradient_norm_reference"], rel=1e-5
-    )
+    assert max(first["outputs_max_relative_difference"]) == 0.0  # the network
+    assert first["toolkit_loss_of_reference_outputs"] == first["loss_reference"]  # the loss
+    assert first["gradient_max_relative_difference"] == 0.0
     # the output weighted 0 gives its head no gradient in either (so no weight decay either)
     assert (
         first["parameters_without_gradient_toolkit"]
         == first["parameters_without_gradient_reference"]
         == ["heads.0.bias", "heads.0.weight"]
     )
-    assert first["weights_after_first_step_max_relative_difference"] < 1e-5  # optimiser, clipping
-    # the whole run: the schedule, and every loss and the final weights
+    assert first["weights_after_first_step_max_relative_difference"] == 0.0  # the optimiser
+    # the whole run: the schedule, every loss, the final weights
     assert result["lrs_equal"]
     assert result["steps"] == 150
-    assert result["first_step_over_tolerance"] is None, result["loss_max_relative_difference"]
-    assert result["final_weights_max_relative_difference"] < lockstep.WEIGHT_TOLERANCE
+    assert result["first_step_loss_differs"] is None, result["loss_max_relative_difference"]
+    assert result["final_weights_max_relative_difference"] == 0.0
     # and the network learned something (the comparison is not between two idle runs)
     losses = result["losses_reference"]
     assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.3
+
+
+def test_clipped_steps_agree_with_nnunet_v2(tmp_path):
+    """Batch Dice, the initial heads enlarged so that the first steps are clipped. The total
+    gradient norm sums the per-tensor norms in parameter order, which differs between the two
+    networks, so the clipping factor may differ in its last bit: float32 tolerance here."""
+    reason = _reference_missing()
+    if reason is not None:
+        pytest.skip(reason)
+    result = lockstep.lockstep(tmp_path, epochs=3, iterations=4, batch_dice=True, scale_heads=30.0)
+    assert result["clipped_steps"] > 0
+    assert result["first_step"]["gradient_max_relative_difference"] == 0.0
+    assert result["first_step"]["weights_after_first_step_max_relative_difference"] < 1e-5
+    assert result["first_step_over_tolerance"] is None, result["loss_max_relative_difference"]
+    assert result["final_weights_max_relative_difference"] < lockstep.WEIGHT_TOLERANCE
 
 
 def test_the_output_weighted_zero_gives_no_gradient_unless_joined():
