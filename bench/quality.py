@@ -389,6 +389,25 @@ def render(data: dict) -> str:
     return "\n".join(lines)
 
 
+def run_groups(args: argparse.Namespace, arms: list[str]) -> list[list[tuple[str, int]]]:
+    """Which runs go side by side: ``--runs`` as given (``arm:seed,arm:seed`` per group), else
+    each pair of :data:`PAIRS` for every seed, the main comparison first."""
+    if args.runs:
+        groups = []
+        for text in args.runs:
+            group = []
+            for item in text.split(","):
+                arm, _, seed = item.partition(":")
+                if arm not in ARMS or not seed.isdigit():
+                    raise SystemExit(
+                        f"--runs: {item!r} is not ARM:SEED with ARM one of {list(ARMS)}"
+                    )
+                group.append((arm, int(seed)))
+            groups.append(group)
+        return groups
+    return [[(t, seed) for t in pair if t in arms] for pair in PAIRS for seed in range(args.seeds)]
+
+
 def claim_work_folder(pid_file: Path) -> None:
     """One run at a time: a second would delete the first one's work folder under it."""
     if pid_file.is_file():
@@ -446,6 +465,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="reuse the task, plans and preprocessing an earlier run left in --work",
     )
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        default=None,
+        help="groups of runs side by side, each ARM:SEED[,ARM:SEED] (instead of --arms x --seeds)",
+    )
+    parser.add_argument(
+        "--add",
+        action="store_true",
+        help="add these runs to bench/results/quality.json (same task, plan and budget)",
+    )
     parser.add_argument("--render", action="store_true", help="only rewrite the Markdown")
     args = parser.parse_args(argv)
     if args.width_divisor is None:
@@ -495,28 +525,34 @@ def main(argv: list[str] | None = None) -> int:
         "curves": {t: {} for t in arms},
         "train_seconds": {t: [] for t in arms},
     }
+    if args.add:
+        earlier = json.loads((harness.RESULTS / f"{NAME}.json").read_text())
+        if (earlier["epochs"], earlier["iterations"]) != (args.epochs, args.iterations):
+            raise SystemExit("--add: the earlier results used another budget")
+        for key in ("dice", "curves", "train_seconds"):
+            data[key] = {**data[key], **earlier[key]}
+        data["machine_earlier"] = earlier["machine"]
 
     def run_arm(tool: str, seed: int):
         if tool == "nnunet":
             return train_and_predict_nnunet(root, test_images, work, seed, args)
         return train_and_predict_ours(paths, test_images, work, seed, args, tool)
 
-    for pair in PAIRS:
-        pair = [t for t in pair if t in arms]
-        for seed in range(args.seeds):
-            # side by side, one core each (--threads 1): neither waits for the other, and work
-            # elsewhere on the machine cannot stall a multi-threaded step of one of them
-            with ThreadPoolExecutor(max_workers=2 if args.side_by_side else 1) as pool:
-                futures = {t: pool.submit(run_arm, t, seed) for t in pair}
-                results = {t: f.result() for t, f in futures.items()}
-            for tool, (seconds, curve) in results.items():
-                data["train_seconds"][tool].append(seconds)
-                data["curves"][tool][str(seed)] = curve
-                data["dice"][tool][str(seed)] = case_dice(
-                    work / f"{tool}_{seed}", references, labels
-                )
-            data["summary"] = summarize(data)
-            harness.write_results(NAME, data, render(data))  # kept after every pair
+    for group in run_groups(args, arms):
+        # side by side, one core each (--threads 1): neither waits for the other, and work
+        # elsewhere on the machine cannot stall a multi-threaded step of one of them
+        with ThreadPoolExecutor(max_workers=2 if args.side_by_side else 1) as pool:
+            futures = {(t, seed): pool.submit(run_arm, t, seed) for t, seed in group}
+            results = {key: f.result() for key, f in futures.items()}
+        for (tool, seed), (seconds, curve) in results.items():
+            data["dice"].setdefault(tool, {})
+            data["curves"].setdefault(tool, {})
+            data["train_seconds"].setdefault(tool, []).append(seconds)
+            data["curves"][tool][str(seed)] = curve
+            data["dice"][tool][str(seed)] = case_dice(work / f"{tool}_{seed}", references, labels)
+        data["seeds"] = max(len(runs) for runs in data["dice"].values())
+        data["summary"] = summarize(data)
+        harness.write_results(NAME, data, render(data))  # kept after every group
     print(render(data))
     return 0
 
