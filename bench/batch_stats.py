@@ -29,11 +29,14 @@ import torch
 
 from bench import harness
 from bench.batch_stats_reference import sample_stats
+from toolkit.core.checkpoint import KEY_NETWORK, load_checkpoint
+from toolkit.nets.unet import build_network
 from toolkit.training.augmentation.cascade_labels import finish
 from toolkit.training.augmentation.framework import Batch
 from toolkit.training.distributed import DistContext
 from toolkit.training.job import TrainOptions, prepare
 from toolkit.training.loader import TRAIN, BatchKey
+from toolkit.training.loss import DeepSupervisionLoss, hard_counts, loss_scales, pseudo_dice
 from toolkit.training.schedule import Schedule
 from toolkit.training.trainer import batch_makers
 from toolkit.workspace import DatasetPaths
@@ -53,13 +56,53 @@ TRANSFORMS = {
 CHANNEL_PICKING = ("blur", "low_resolution")  # drawn, then each channel with p 0.5
 
 
-def toolkit_batches(paths: DatasetPaths, batches: int, seed: int) -> dict:
-    """The toolkit's training batches of fold 0, drawn as its training loop draws them."""
+class FixedModel:
+    """One trained network scoring batches: the training loss and the hard Dice counts of its
+    highest-resolution output. The same model on both tools' batches tells whether one
+    pipeline's batches are harder than the other's, which the marginal statistics may miss."""
+
+    def __init__(self, checkpoint: Path, job):
+        cfg = job.configuration
+        self.network = build_network(job.plans, cfg, deep_supervision=True)
+        self.network.load_state_dict(load_checkpoint(checkpoint)[KEY_NETWORK])
+        self.network.eval()
+        self.labels = job.plans.label_model()
+        self.loss = DeepSupervisionLoss(loss_scales(cfg), cfg.batch_dice, labels=self.labels)
+        self.losses: list[float] = []
+        self.counts = None
+
+    @torch.no_grad()
+    def score(self, image: torch.Tensor, target: torch.Tensor) -> None:
+        outputs = self.network(image)
+        self.losses.append(float(self.loss(outputs, target)))
+        c = hard_counts(outputs[0], target, self.labels)
+        self.counts = c if self.counts is None else self.counts + c
+
+    def summary(self) -> dict:
+        v = np.asarray(self.losses)
+        return {
+            "batches": int(v.size),
+            "loss": float(v.mean()),
+            "loss_standard_error": float(v.std(ddof=1) / np.sqrt(v.size)),
+            "dice": pseudo_dice(self.counts),
+        }
+
+
+def toolkit_batches(
+    paths: DatasetPaths,
+    batches: int,
+    seed: int,
+    checkpoint: Path | None = None,
+    dumped: Path | None = None,
+) -> dict:
+    """The toolkit's training batches of fold 0, drawn as its training loop draws them; with
+    ``checkpoint``, scored by that model, and so are nnU-Net's batches dumped at ``dumped``."""
     options = TrainOptions(
         schedule=Schedule(epochs=1, iterations_per_epoch=batches), device="cpu", seed=seed
     )
     job = prepare(paths, "3d_fullres", 0, options)
     maker, _ = batch_makers(job, DistContext(), torch.device("cpu"))
+    model = FixedModel(checkpoint, job) if checkpoint is not None else None
     classes = list(job.plans.label_model().foreground_values)
     samples, spatial, mirrored = [], [], []
     fired = {name: 0 for name in TRANSFORMS.values()}
@@ -72,6 +115,8 @@ def toolkit_batches(paths: DatasetPaths, batches: int, seed: int) -> dict:
         batch = maker.augmenter.apply(batch, params)
         outside = (batch.labels[:, 0] == -1).flatten(1).float().mean(1)
         image, target = finish(batch, maker.foreground_labels, maker.masked_channels)
+        if model is not None:
+            model.score(image, target)
         n = image.shape[0]
         total += n
         for j in range(n):
@@ -101,8 +146,22 @@ def toolkit_batches(paths: DatasetPaths, batches: int, seed: int) -> dict:
         mirror = params.by_transform.get("mirror")
         flips = mirror.flips if mirror is not None else np.zeros((n, 3), bool)
         mirrored += [[int(v) for v in row] for row in flips]
+    scored = None
+    if model is not None:
+        scored = model.summary()
+        reference = FixedModel(checkpoint, job)
+        data = np.load(f"{dumped}_data.npy", mmap_mode="r") if dumped else None
+        if data is not None:
+            target = np.load(f"{dumped}_target.npy", mmap_mode="r")
+            for i in range(len(data)):
+                reference.score(
+                    torch.from_numpy(np.array(data[i])),
+                    torch.from_numpy(np.array(target[i], dtype=np.int64)),
+                )
+            scored = {"toolkit": scored, "nnunet": reference.summary()}
     return {
         "tool": "toolkit",
+        "scored_by_fixed_model": scored,
         "patch_size": list(job.configuration.patch_size),
         "batch_size": job.configuration.batch_size,
         "samples": samples,
@@ -112,10 +171,14 @@ def toolkit_batches(paths: DatasetPaths, batches: int, seed: int) -> dict:
     }
 
 
-def reference_batches(root: Path, dataset_id: int, batches: int, seed: int, out: Path) -> dict:
+def reference_batches(
+    root: Path, dataset_id: int, batches: int, seed: int, out: Path, dump: Path | None = None
+) -> dict:
     command = [str(harness.ensure_nnunet()), str(REFERENCE), "--root", str(root)]
     command += ["--dataset-id", str(dataset_id), "--batches", str(batches), "--seed", str(seed)]
     command += ["--out", str(out)]
+    if dump is not None:
+        command += ["--dump", str(dump), "--dump-count", str(batches)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
@@ -274,12 +337,35 @@ def render(data: dict) -> str:
         for name in TRANSFORMS.values()
     ]
     lines.append(harness.markdown_table(["transform", "toolkit", "nnU-Net v2"], rows))
+    scored = data.get("scored_by_fixed_model")
+    if scored:
+        lines += [
+            "",
+            "## One trained model on both tools' batches",
+            "",
+            f"The same network ({data['checkpoint']}) scores each tool's batches: the training "
+            "loss (deep supervision, as in training; ± one standard error) and the pseudo-Dice "
+            "per class of its highest-resolution output. Harder batches from one pipeline "
+            "would show here even where the marginal statistics above agree.",
+            "",
+        ]
+        rows = [
+            [
+                tool,
+                scored[tool]["batches"],
+                f"{scored[tool]['loss']:.4f} ± {scored[tool]['loss_standard_error']:.4f}",
+                ", ".join(f"{d:.3f}" for d in scored[tool]["dice"]),
+            ]
+            for tool in ("toolkit", "nnunet")
+        ]
+        lines.append(harness.markdown_table(["batches of", "batches", "loss", "pseudo-Dice"], rows))
     lines += [
         "",
         "Blur and low resolution count a sample when the transform was drawn and picked at "
         "least one channel (p 0.2 x 0.5 and 0.25 x 0.5 with one channel).",
         "",
-        f"Reproduce: `python -m bench.batch_stats --work {data['work']} --batches {data['batches']}`.",
+        f"Reproduce: `python -m bench.batch_stats --work {data['work']} --batches {data['batches']}"
+        + (" --checkpoint CHECKPOINT`." if data.get("checkpoint") else "`."),
     ]
     return "\n".join(lines)
 
@@ -301,13 +387,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--batches", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="a toolkit checkpoint of this task: score both tools' batches with it",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     paths = DatasetPaths(args.work / "ws" / "Task905_DeepGrey")
-    ours = toolkit_batches(paths, args.batches, args.seed)
+    dump = args.work / "batch_stats_nnunet" if args.checkpoint is not None else None
     theirs = reference_batches(
-        args.work / "nnunet", 905, args.batches, args.seed, args.work / "nnunet_batch_stats.json"
+        args.work / "nnunet",
+        905,
+        args.batches,
+        args.seed,
+        args.work / "nnunet_batch_stats.json",
+        dump,
     )
+    ours = toolkit_batches(paths, args.batches, args.seed, args.checkpoint, dump)
+    if dump is not None:
+        for suffix in ("data", "target"):
+            Path(f"{dump}_{suffix}.npy").unlink(missing_ok=True)
     data = {
         "machine": harness.machine(),
         "work": str(args.work),
@@ -316,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": ours["batch_size"],
         "summary": {"toolkit": summarize(ours), "nnunet": summarize(theirs)},
         "fired": {"toolkit": fired_rates(ours), "nnunet": fired_rates(theirs)},
+        "scored_by_fixed_model": ours["scored_by_fixed_model"],
+        "checkpoint": str(args.checkpoint) if args.checkpoint else None,
     }
     harness.write_results(NAME, data, render(data))
     print(render(data))
