@@ -117,8 +117,9 @@ def render(data: dict) -> str:
     )
     lines += [
         "",
-        "Read across a row: a trainer given the other's initial weights reproduces the other's "
-        "first epoch, so the weights, not the trainer, set the early pace.",
+        "The first two columns start from the same weights (nnU-Net's draw of the seed), the "
+        "last two from the same weights (the toolkit's draw); each pair has one run of each "
+        "trainer.",
         "",
         f"Reproduce: `python -m bench.init_swap --work {data['work']} --seeds {data['seeds']} "
         f"--iterations {data['iterations']}`.",
