@@ -20,6 +20,7 @@
         postprocessing.json, imported.json      written by `toolkit import-model`
         export/
         pipeline/<stage>.json                   run-all's completion records; pipeline/run.json its options
+    <workspace>/.<dataset>.lock                 the dataset's writer lock (toolkit.io.lock), beside its folder
 
 The workspace root comes from ``--workspace``, else ``$TOOLKIT_WORKSPACE``, else
 ``./workspace``. Nothing else is global.
@@ -111,9 +112,26 @@ class DatasetPaths:
             return cls(candidate)
         return cls(resolve_workspace(workspace) / check_dataset_name(name))
 
+    @classmethod
+    def holding(cls, path: str | Path) -> DatasetPaths | None:
+        """The dataset whose folder holds ``path`` (the nearest folder above it, or itself,
+        with ``raw/dataset.json``), or ``None``: where an output path lands for the writer lock."""
+        candidate = Path(path).expanduser().resolve()
+        for folder in (candidate, *candidate.parents):
+            if (folder / "raw" / "dataset.json").is_file():
+                return cls(folder)
+        return None
+
     @property
     def name(self) -> str:
         return self.root.name
+
+    @property
+    def writer_lock(self) -> Path:
+        """The writer lock's file, beside the dataset's folder (``<workspace>/.<name>.lock``), so
+        that a folder replaced by a rename keeps one lock."""
+        folder = self.root.expanduser().resolve()
+        return folder.parent / f".{folder.name}.lock"
 
     # raw
     @property
@@ -268,6 +286,10 @@ MODEL_DATASET_JSON = "dataset.json"
 CHECKPOINT_LATEST = "checkpoint_latest.pt"
 CHECKPOINT_BEST = "checkpoint_best.pt"
 CHECKPOINT_FINAL = "checkpoint_final.pt"
+# a fold exported for the torch-free runtimes (`export-model --format onnx`): the inference
+# graph, and what it needs beside it (configuration, mirror axes, input and output names)
+NETWORK_ONNX = "network.onnx"
+NETWORK_JSON = "network.json"
 TRAINING_LOG = "log.jsonl"
 PROGRESS_PLOT = "progress.png"
 TENSORBOARD_DIR = "tensorboard"  # --logger tensorboard: the fold's event files

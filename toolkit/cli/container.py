@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from toolkit.cli.common import QuietOption, WorkspaceOption, dataset_argument, parse_fold_list
+from toolkit.cli.common import (
+    QuietOption,
+    WaitOption,
+    WorkspaceOption,
+    dataset_argument,
+    parse_fold_list,
+    writing,
+    writing_into,
+)
 
 EngineOption = typer.Option(
     "auto",
@@ -91,6 +99,14 @@ def export_container(
         "falling back to the CPU when the job has no GPU; its test run gets this machine's GPUs "
         "(Docker) and reports the GPU memory against the T4's 16 GB.",
     ),
+    runtime: str = typer.Option(
+        "torch",
+        "--runtime",
+        help="What runs the networks in the image: torch, or openvino / onnxruntime for a lean "
+        "CPU image without torch (each fold's network as ONNX, exported here unless the "
+        "dataset's model is ONNX already; needs pip install 'toolkit[deploy]'). Its test run "
+        "is compared with `toolkit predict --backend RUNTIME` on the same ONNX networks.",
+    ),
     build: bool = typer.Option(
         True,
         "--build/--no-build",
@@ -128,6 +144,7 @@ def export_container(
     engine: str = EngineOption,
     memory: str = MemoryOption,
     time_limit: float = TimeLimitOption,
+    wait: bool = WaitOption,
     quiet: bool = QuietOption,
 ) -> None:
     """Build the selected model (ensemble and postprocessing of `selection.json`) as a Grand
@@ -160,19 +177,22 @@ def export_container(
         interfaces=interfaces,
         channel_map=list(channel_map) if channel_map else None,
         online_build=online_build,
+        runtime=runtime,
     )
     echo = (lambda line: typer.echo(f"  | {line}", err=True)) if enabled(quiet) else None
-    run_export(
-        paths,
-        options,
-        out=out,
-        build=build,
-        save=save,
-        engine=engine,
-        memory=memory,
-        time_limit=time_limit,
-        echo=echo,
-    )
+    # the dataset's writer lock for its own export/, or that of the dataset --out lies in
+    with writing(paths, wait) if out is None else writing_into(out, wait):
+        run_export(
+            paths,
+            options,
+            out=out,
+            build=build,
+            save=save,
+            engine=engine,
+            memory=memory,
+            time_limit=time_limit,
+            echo=echo,
+        )
 
 
 def test_container(
@@ -201,6 +221,7 @@ def test_container(
     engine: str = EngineOption,
     memory: str = MemoryOption,
     time_limit: float = TimeLimitOption,
+    wait: bool = WaitOption,
     quiet: bool = QuietOption,
 ) -> None:
     """Run the exported image on cross-validation cases as the platform would, and check it.
@@ -216,19 +237,21 @@ def test_container(
     from toolkit.container.stage import test_container as run_test
     from toolkit.workspace import DatasetPaths
 
-    run_test(
-        DatasetPaths.open(workspace, dataset),
-        out=out,
-        cases=cases,
-        case_names=list(case) if case else None,
-        engine=engine,
-        memory=memory,
-        time_limit=time_limit,
-        dry_run=dry_run,
-        quiet=quiet,
-        interfaces_file=interfaces,
-        channel_map=list(channel_map) if channel_map else None,
-    )
+    paths = DatasetPaths.open(workspace, dataset)
+    with writing(paths, wait) if out is None else writing_into(out, wait):
+        run_test(
+            paths,
+            out=out,
+            cases=cases,
+            case_names=list(case) if case else None,
+            engine=engine,
+            memory=memory,
+            time_limit=time_limit,
+            dry_run=dry_run,
+            quiet=quiet,
+            interfaces_file=interfaces,
+            channel_map=list(channel_map) if channel_map else None,
+        )
 
 
 def register(app: typer.Typer) -> None:

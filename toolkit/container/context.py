@@ -14,7 +14,10 @@
 The model goes into the image (``baked``) or into ``model.tar.gz`` for the platform's
 ``/opt/ml/model`` (``tarball``; then ``.dockerignore`` keeps it out of the image).
 Checkpoints are copied without their training state (optimizer, scaler): inference needs
-the network's weights only, and the image is smaller for it.
+the network's weights only, and the image is smaller for it. A lean image (``--runtime
+openvino|onnxruntime``) holds each fold's ONNX graph instead (exported here, or copied when
+the dataset's model is already ONNX) and installs no torch: only the distributions its job
+imports, the runtime's included, and of OpenVINO only its CPU plugin and ONNX reader.
 """
 
 from __future__ import annotations
@@ -22,10 +25,9 @@ from __future__ import annotations
 import os
 import shutil
 import tarfile
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
 
 import toolkit
 from toolkit.container import wheels
@@ -36,16 +38,21 @@ from toolkit.container.interfaces import (
     read_interfaces,
     shorthand_interface,
 )
-from toolkit.container.spec import AlgorithmSpec, EnsembleSpec, default_input_slugs, slugify
-from toolkit.core.checkpoint import load_checkpoint, weights_only
+from toolkit.container.models import copy_models
+from toolkit.container.spec import (
+    RUNTIMES,
+    AlgorithmSpec,
+    EnsembleSpec,
+    default_input_slugs,
+    slugify,
+)
 from toolkit.core.labels import dataset_label_model
 from toolkit.core.plans import Plans
 from toolkit.core.selection import Selection
 from toolkit.errors import MissingStageError, ToolkitError
-from toolkit.io.atomic import atomic_path, write_text
+from toolkit.io.atomic import atomic_path, replace_folder, write_text
 from toolkit.io.dataset_json import read_dataset_info
 from toolkit.workspace import (
-    CHECKPOINT_FINAL,
     MODEL_DATASET_JSON,
     MODEL_PLANS,
     DatasetPaths,
@@ -91,8 +98,17 @@ class ExportOptions:
     interfaces: Path | None = None  # the phase's interfaces (JSON); None: the slug shorthand
     channel_map: list[str] | None = None  # "SOCKET=CHANNEL" where names do not tell
     online_build: bool = False  # pip downloads the wheels inside the build (needs network)
+    runtime: str = "torch"  # torch, or openvino / onnxruntime: a lean image of ONNX networks
 
     def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ToolkitError(
+                f"--runtime must be one of {', '.join(RUNTIMES)}, not {self.runtime!r}"
+            )
+        if self.runtime != "torch" and self.device != "cpu":
+            raise ToolkitError(
+                f"--runtime {self.runtime} runs on the CPU: give --device cpu (or --runtime torch)"
+            )
         if self.model_mode not in MODEL_MODES:
             raise ToolkitError(
                 f"--model-mode must be one of {', '.join(MODEL_MODES)}, not {self.model_mode!r}"
@@ -156,6 +172,10 @@ def dockerfile_values(
         pip_source = f"--extra-index-url {wheels.TORCH_CPU_INDEX}"
     else:
         pip_source = ""
+    if options.runtime != "torch":
+        # every distribution the job imports is pinned (measured): the runtimes' declared
+        # extras (sympy, protobuf, ...) stay out
+        pip_source += " --no-deps"
     model_copy = (
         f"COPY model/ {BAKED_MODEL_DIR}/"
         if options.model_mode == "baked"
@@ -173,6 +193,7 @@ def dockerfile_values(
         "MODEL_COPY": model_copy,
         "MODEL_DIR": options.model_dir_in_image,
         "PYTHON_VERSION": wheels.PYTHON_VERSION,
+        "RUNTIME": options.runtime,
     }
 
 
@@ -181,42 +202,6 @@ def dockerignore_lines(options: ExportOptions) -> list[str]:
     if options.model_mode == "tarball":
         lines.append("model")
     return lines
-
-
-# --- I/O -------------------------------------------------------------------------------
-
-
-def copy_checkpoint(source: Path, target: Path) -> int:
-    checkpoint = load_checkpoint(source)
-    with atomic_path(target) as tmp:
-        torch.save(weights_only(checkpoint), tmp)
-    return target.stat().st_size
-
-
-def copy_models(paths: DatasetPaths, ensemble: EnsembleSpec, model_root: Path) -> int:
-    """Plans, dataset.json and final checkpoints of the ensemble's configurations and folds.
-
-    ``model_root`` gets the workspace's layout (``models/<config>/fold_<k>/``), which is what
-    the predictor expects, a cascade's first stage beside its second.
-    """
-    bundle = DatasetPaths(model_root)
-    total = 0
-    for config in ensemble.model_configurations:
-        source = paths.model_dir(config)
-        target = bundle.model_dir(config)
-        target.mkdir(parents=True, exist_ok=True)
-        for name in (MODEL_PLANS, MODEL_DATASET_JSON):
-            if not (source / name).is_file():
-                raise MissingStageError(source / name, f"toolkit train {paths.name} {config}")
-            shutil.copyfile(source / name, target / name)
-            total += (target / name).stat().st_size
-        for fold in ensemble.folds:
-            checkpoint = paths.fold_dir(config, fold) / CHECKPOINT_FINAL
-            if not checkpoint.is_file():
-                raise MissingStageError(checkpoint, f"toolkit train {paths.name} {config} {fold}")
-            bundle.fold_dir(config, fold).mkdir(exist_ok=True)
-            total += copy_checkpoint(checkpoint, bundle.fold_dir(config, fold) / CHECKPOINT_FINAL)
-    return total
 
 
 def ensemble_from_selection(
@@ -308,6 +293,7 @@ def algorithm_spec(
         labels=labels,
         interfaces=interfaces,
         device=options.device,
+        runtime=options.runtime,
     )
 
 
@@ -320,23 +306,46 @@ def write_context(
         raise ToolkitError(
             f"labels go up to {max(spec.label_values)}; the platform's segmentations are uint8 (at most 255)"
         )
+    # written into a staging folder first, so an interrupted export never leaves half a
+    # context; its name is unique, so exports running at once never delete each other's files
+    export.root.mkdir(parents=True, exist_ok=True)
+    staged = ExportPaths(Path(tempfile.mkdtemp(prefix=".partial.", dir=export.root)))
+    try:
+        return _fill_context(paths, ensemble, options, export, spec, staged)
+    finally:
+        shutil.rmtree(staged.root, ignore_errors=True)
+
+
+def _fill_context(
+    paths: DatasetPaths,
+    ensemble: EnsembleSpec,
+    options: ExportOptions,
+    export: ExportPaths,
+    spec: AlgorithmSpec,
+    staged: ExportPaths,
+) -> ContextSummary:
     source = template_dir()
-    # written into a staging folder first, so an interrupted export never leaves half a context
-    staged = ExportPaths(export.root / ".partial")
-    if staged.root.exists():
-        shutil.rmtree(staged.root)
     staged.model.mkdir(parents=True)
 
-    model_bytes = copy_models(paths, ensemble, staged.model)
+    model_bytes = copy_models(paths, ensemble, staged.model, options.runtime)
     ensemble.save(staged.ensemble_json)
     spec.save(staged.algorithm_json)
     shutil.copyfile(source / ENTRYPOINT_NAME, staged.entrypoint)
 
-    requirements = wheels.runtime_requirements(options.device)
+    lean = options.runtime != "torch"
+    requirements = (
+        wheels.runtime_requirements(options.device, runtime=options.runtime)
+        if lean
+        else wheels.runtime_requirements(options.device)
+    )
     own_wheel = wheels.build_toolkit_wheel(staged.toolkit_wheel, requirements)
     staged.wheels.mkdir()
     if options.wheelhouse is not None:
-        wheels.download_wheels(requirements, staged.wheels, Path(options.wheelhouse).expanduser())
+        wheelhouse = Path(options.wheelhouse).expanduser()
+        if lean:
+            wheels.download_wheels(requirements, staged.wheels, wheelhouse, no_deps=True)
+        else:
+            wheels.download_wheels(requirements, staged.wheels, wheelhouse)
     write_text(staged.requirements, "\n".join(requirements) + "\n")
     template = (source / TEMPLATE_NAME).read_text()
     write_text(
@@ -346,10 +355,7 @@ def write_context(
     write_text(staged.dockerignore, "\n".join(dockerignore_lines(options)) + "\n")
     make_reproducible(staged.context)
 
-    if export.context.exists():
-        shutil.rmtree(export.context)
-    os.replace(staged.context, export.context)
-    shutil.rmtree(staged.root)
+    replace_folder(staged.context, export.context)
 
     tarball = None
     if options.model_mode == "tarball":
