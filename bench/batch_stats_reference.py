@@ -134,7 +134,9 @@ def main(argv: list[str]) -> dict:
         def get_parameters(self, **data):
             params = original(self, **data)
             chosen = torch.as_tensor(params["apply_to_channel"])  # a mask, or channel indices
-            picked[name] += int(bool(chosen.any()) if chosen.dtype == torch.bool else len(chosen) > 0)
+            picked[name] += int(
+                bool(chosen.any()) if chosen.dtype == torch.bool else len(chosen) > 0
+            )
             return params
 
         cls.get_parameters = get_parameters
