@@ -358,7 +358,13 @@ def render(data: dict) -> str:
         f"--iterations {data['iterations']} --plan {data.get('plan', 'nnunet')} "
         f"--width-divisor {data['width_divisor']}"
     )
-    lines += ["", f"Reproduce: `{command}`.", ""]
+    done = "; ".join(f"`{t}` {', '.join(sorted(data['dice'][t], key=int))}" for t in tools)
+    lines += [
+        "",
+        f"Reproduce: `{command}` (seeds per arm in these results: {done}; runs are added to "
+        "earlier results with `--add --runs ARM:SEED,ARM:SEED`).",
+        "",
+    ]
     for tool, d in s.get("paired_difference", {}).items():
         lines.append(
             f"- `{tool}` minus nnU-Net v2, per case (mean Dice over classes, averaged over "
