@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -52,8 +54,9 @@ def _node_ports() -> list[str]:
     return ports
 
 
-def _start_node(args: list[str], label: str, log: Path) -> subprocess.Popen:
-    """``ray start --block``: the node lives as long as this process (and its group) does."""
+def _start_node(args: list[str], label: str, log: Path, temp_dir: Path) -> subprocess.Popen:
+    """``ray start --block``: the node lives as long as this process (and its group) does.
+    Each node gets its own short temporary folder (Ray's socket paths must stay short)."""
     command = [
         str(RAY),
         "start",
@@ -66,6 +69,8 @@ def _start_node(args: list[str], label: str, log: Path) -> subprocess.Popen:
         "0",
         "--resources",
         json.dumps({label: 1}),
+        "--temp-dir",
+        str(temp_dir),
         *_node_ports(),
         *args,
     ]
@@ -146,6 +151,7 @@ def test_run_all_on_a_two_node_ray_cluster(tmp_path):
     convert_task(task, clustered, workers=1, quiet=True)
     port = _free_port()
     address = f"127.0.0.1:{port}"
+    ray_temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
     head = _start_node(
         [
             "--head",
@@ -155,16 +161,17 @@ def test_run_all_on_a_two_node_ray_cluster(tmp_path):
             "false",
             "--ray-client-server-port",
             str(_free_port()),
-            "--temp-dir",
-            str(tmp_path / "ray"),
         ],
         LABELS[0],
         tmp_path / "head.log",
+        ray_temp / "h",
     )
     nodes = [head]
     try:
         _wait_for_nodes(address, 1, nodes)
-        nodes.append(_start_node(["--address", address], LABELS[1], tmp_path / "second.log"))
+        nodes.append(
+            _start_node(["--address", address], LABELS[1], tmp_path / "second.log", ray_temp / "s")
+        )
         cluster = _wait_for_nodes(address, 2, nodes)
         env = {**os.environ, "TOOLKIT_WORKSPACE": str(clustered.root.parent)}
         result = subprocess.run(
@@ -189,6 +196,7 @@ def test_run_all_on_a_two_node_ray_cluster(tmp_path):
     finally:
         for node in reversed(nodes):
             _stop(node)
+        shutil.rmtree(ray_temp, ignore_errors=True)
 
     label_of = {
         node_id: next(label for label in LABELS if label in resources)
