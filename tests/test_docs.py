@@ -229,6 +229,7 @@ def walkthrough() -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_getting_started_walkthrough_runs_on_synthetic_data(tmp_path):
     """Each command of the walk-through as a user types it, with /tmp moved into tmp_path."""
     env = {**os.environ, "TOOLKIT_WORKSPACE": str(tmp_path / "workspace"), "TOOLKIT_QUIET": "1"}
