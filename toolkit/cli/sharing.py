@@ -73,13 +73,20 @@ def import_model(
         help="Dataset name in the workspace. Default: the archive's dataset.",
         show_default=False,
     ),
-    force: bool = typer.Option(False, "--force", help="Replace a dataset of that name."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Replace a dataset of that name (by renames: a kill leaves the old or the new one).",
+    ),
 ) -> None:
     """Install a model zip as a dataset of the workspace: then `toolkit predict --dataset NAME` and `toolkit export-container NAME` use it.
 
-    Every member is checked against the manifest's sha256 first. nnU-Net v2 archives are
-    converted to the toolkit's model folders; pickles such as postprocessing.pkl are never
-    unpickled (left out; the postprocessing is read from postprocessing.json).
+    Every member is checked against the manifest's sha256 as it is unpacked (a chunk at a
+    time) into a staging folder, every JSON member by its file's reader; the dataset appears
+    only when all pass. A zip that would unpack into more than 32 GiB, or a member more than
+    200 times its compressed size, is refused. nnU-Net v2 archives are converted to the
+    toolkit's model folders; pickles such as postprocessing.pkl are never unpickled (left
+    out; the postprocessing is read from postprocessing.json).
     """
     from toolkit.modelzip.stage import import_model
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import tarfile
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +43,7 @@ from toolkit.core.labels import dataset_label_model
 from toolkit.core.plans import Plans
 from toolkit.core.selection import Selection
 from toolkit.errors import MissingStageError, ToolkitError
-from toolkit.io.atomic import atomic_path, write_text
+from toolkit.io.atomic import atomic_path, replace_folder, write_text
 from toolkit.io.dataset_json import read_dataset_info
 from toolkit.workspace import (
     CHECKPOINT_FINAL,
@@ -320,11 +321,25 @@ def write_context(
         raise ToolkitError(
             f"labels go up to {max(spec.label_values)}; the platform's segmentations are uint8 (at most 255)"
         )
+    # written into a staging folder first, so an interrupted export never leaves half a
+    # context; its name is unique, so exports running at once never delete each other's files
+    export.root.mkdir(parents=True, exist_ok=True)
+    staged = ExportPaths(Path(tempfile.mkdtemp(prefix=".partial.", dir=export.root)))
+    try:
+        return _fill_context(paths, ensemble, options, export, spec, staged)
+    finally:
+        shutil.rmtree(staged.root, ignore_errors=True)
+
+
+def _fill_context(
+    paths: DatasetPaths,
+    ensemble: EnsembleSpec,
+    options: ExportOptions,
+    export: ExportPaths,
+    spec: AlgorithmSpec,
+    staged: ExportPaths,
+) -> ContextSummary:
     source = template_dir()
-    # written into a staging folder first, so an interrupted export never leaves half a context
-    staged = ExportPaths(export.root / ".partial")
-    if staged.root.exists():
-        shutil.rmtree(staged.root)
     staged.model.mkdir(parents=True)
 
     model_bytes = copy_models(paths, ensemble, staged.model)
@@ -346,10 +361,7 @@ def write_context(
     write_text(staged.dockerignore, "\n".join(dockerignore_lines(options)) + "\n")
     make_reproducible(staged.context)
 
-    if export.context.exists():
-        shutil.rmtree(export.context)
-    os.replace(staged.context, export.context)
-    shutil.rmtree(staged.root)
+    replace_folder(staged.context, export.context)
 
     tarball = None
     if options.model_mode == "tarball":

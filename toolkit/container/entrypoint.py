@@ -27,23 +27,23 @@ import resource
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from toolkit.container.interfaces import Choice, Socket, choose_interface
+from toolkit.container.interfaces import OUTPUT_IMAGE, Interface, Socket
 from toolkit.container.spec import AlgorithmSpec, EnsembleSpec
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
+from toolkit.io.confine import check_inside, confined_path, relative_parts
 from toolkit.io.images import Geometry, read_channels, write_image
 from toolkit.io.json_files import read_json
 from toolkit.workspace import DatasetPaths
 
 INPUTS_JSON = "inputs.json"
 RESULTS_JSON = "results.json"
-OUTPUT_IMAGE = "output.mha"
 ENSEMBLE_JSON = "ensemble.json"
 # suffixes of image files the platform hands over (and local runs may use)
 INPUT_SUFFIXES = (".mha", ".tif", ".tiff", ".nii.gz", ".nii", ".nrrd")
@@ -81,8 +81,72 @@ def read_inputs_json(path: Path) -> dict[str, str]:
         if not isinstance(interface, dict) or not isinstance(interface.get("slug"), str):
             raise ToolkitError(f"input {k} has no interface slug", path)
         relative = interface.get("relative_path")
+        if relative is not None and relative != "":
+            # checked here, before anything runs: a path that leaves /input is refused
+            relative_parts(relative, what=f"input {k}'s relative_path", source=path)
         folders[interface["slug"]] = relative if isinstance(relative, str) and relative else ""
     return folders
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The interface a job is served by, and where each channel's folder is."""
+
+    index: int  # 0-based, in the algorithm's list
+    interface: Interface
+    folders: list[Path] = field(default_factory=list)  # channel order
+
+
+def choose_interface(
+    interfaces: list[Interface], input_dir: Path, declared: dict[str, str] | None
+) -> Choice:
+    """The interface of a job: by the sockets ``inputs.json`` lists (``declared``: slug ->
+    relative path), else (a local run without it) by which input folders exist."""
+    if declared is not None:
+        listed = set(declared)
+        exact = [k for k, i in enumerate(interfaces) if set(i.input_slugs) == listed]
+        covered = [k for k, i in enumerate(interfaces) if set(i.input_slugs) <= listed]
+        if not exact and not covered:
+            offered = "; ".join(f"[{', '.join(i.input_slugs)}]" for i in interfaces)
+            raise ToolkitError(
+                f"lists input socket(s) [{', '.join(sorted(listed)) or 'none'}]; this algorithm's "
+                f"interface(s) take {offered}",
+                input_dir / INPUTS_JSON,
+            )
+        index = exact[0] if exact else max(covered, key=lambda k: len(interfaces[k].inputs))
+        interface = interfaces[index]
+        folders = [
+            confined_path(
+                input_dir,
+                declared.get(s.slug) or s.relative_path,
+                what=f"input {s.slug}'s relative_path",
+                source=input_dir / INPUTS_JSON,
+            )
+            for s in interface.channel_inputs
+        ]
+        return Choice(index, interface, folders)
+    present = [
+        k
+        for k, i in enumerate(interfaces)
+        if all((input_dir / s.relative_path).is_dir() for s in i.channel_inputs)
+    ]
+    if not present:
+        first = interfaces[0].channel_inputs
+        missing = next(s for s in first if not (input_dir / s.relative_path).is_dir())
+        images = input_dir / "images"
+        found = sorted(p.name for p in images.iterdir() if p.is_dir()) if images.is_dir() else []
+        raise ToolkitError(
+            f"no input folder {missing.relative_path}/ (found {found or 'no folders'} under images/; "
+            f"this algorithm reads {[s.relative_path for s in first]}, one per channel)",
+            input_dir,
+        )
+    index = max(present, key=lambda k: len(interfaces[k].channel_inputs))
+    interface = interfaces[index]
+    folders = [
+        confined_path(input_dir, s.relative_path, what=f"input {s.slug}'s folder", source=input_dir)
+        for s in interface.channel_inputs
+    ]
+    return Choice(index, interface, folders)
 
 
 def choose(input_dir: Path, spec: AlgorithmSpec) -> Choice:
@@ -118,6 +182,8 @@ def find_image(folder: Path) -> Path:
     if not folder.is_dir():
         raise ToolkitError("input folder not found", folder)
     images = sorted(p for p in folder.iterdir() if is_input_image(p))
+    for image in images:  # a link in the folder may not lead out of it
+        check_inside(folder, image, what="input image", shown=image.name, source=folder)
     if not images:
         raise ToolkitError(f"holds no image ({', '.join(INPUT_SUFFIXES)})", folder)
     if len(images) > 1:
@@ -301,8 +367,6 @@ def run_job(paths: JobPaths) -> dict[str, Any]:
         )
     for socket in choice.interface.label_outputs:  # all checked before anything is written
         check_segment_values(labels, socket)
-    for socket in choice.interface.label_outputs:
-        write_image(paths.output_file(socket), labels, geometry)
     results = results_document(
         inputs,
         paths.input_dir,
@@ -313,6 +377,8 @@ def run_job(paths: JobPaths) -> dict[str, Any]:
         choice,
         time.perf_counter() - start,
     )
+    for socket in choice.interface.label_outputs:
+        write_image(paths.output_file(socket), labels, geometry)
     for socket in choice.interface.json_outputs:
         write_json(paths.output_dir / socket.relative_path, results)
     if RESULTS_JSON not in [s.relative_path for s in choice.interface.json_outputs]:

@@ -23,11 +23,12 @@ the label volumes as JSON). Non-image inputs are accepted and not read.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from toolkit.errors import ToolkitError
+from toolkit.io.confine import relative_parts
 from toolkit.io.json_files import read_json
 
 IMAGE_KINDS = ("Image", "Segmentation", "Heat Map")  # image sockets whose files we read
@@ -35,6 +36,7 @@ LABEL_OUTPUT_KINDS = ("Segmentation", "Image")  # image outputs that get the lab
 JSON_OUTPUT_KINDS = ("Anything",)  # JSON outputs that get the label volumes
 SEGMENTATION_KIND = "Segmentation"
 IMAGE_PREFIX = "images/"
+OUTPUT_IMAGE = "output.mha"  # the file an image output socket's folder gets
 BACKGROUND = 0  # always allowed in a segmentation, declared or not
 _SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
@@ -74,6 +76,14 @@ class Socket:
     @property
     def is_image(self) -> bool:
         return self.kind in IMAGE_KINDS
+
+    @property
+    def written_path(self) -> str:
+        """What the job writes for this output socket, under ``/output``: an image socket's
+        ``output.mha`` in its folder, a JSON socket's file itself."""
+        if self.kind in LABEL_OUTPUT_KINDS:
+            return f"{self.relative_path}/{OUTPUT_IMAGE}"
+        return self.relative_path
 
     @property
     def super_kind(self) -> str:
@@ -146,10 +156,11 @@ def _socket(data: Any, where: str, source: Path | None) -> Socket:
             raise ToolkitError(f"{where} has no {key!r}", source)
     slug = check_slug(data["slug"], f"{where}'s slug")
     relative = data["relative_path"]
-    parts = relative.split("/")
-    if relative.startswith("/") or relative.endswith("/") or ".." in parts or "" in parts:
+    parts = relative_parts(relative, what=f"{where} ({slug}): relative_path", source=source)
+    if "/".join(parts) != relative:
         raise ToolkitError(
-            f"{where} ({slug}): relative_path {relative!r} must be a relative path without '..' or slashes at its ends",
+            f"{where} ({slug}): relative_path {relative!r} must be a relative path without '..', "
+            "'.' or slashes at its ends",
             source,
         )
     kind = data["kind"]
@@ -159,7 +170,10 @@ def _socket(data: Any, where: str, source: Path | None) -> Socket:
             source,
         )
     segments = []
-    for k, seg in enumerate(data.get("overlay_segments") or []):
+    declared = data.get("overlay_segments") or []
+    if not isinstance(declared, list):
+        raise ToolkitError(f"{where} ({slug}): overlay_segments must be a list", source)
+    for k, seg in enumerate(declared):
         value = seg.get("voxel_value") if isinstance(seg, dict) else None
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 255:
             raise ToolkitError(
@@ -185,7 +199,8 @@ def _interface_list(data: Any, source: Path | None) -> list:
             return _interface_list(data["algorithm_interfaces"], source)
         if isinstance(data.get("algorithm"), dict):
             return _interface_list(data["algorithm"], source)
-        phases = (data.get("challenge") or {}).get("phases") if "challenge" in data else None
+        challenge = data.get("challenge")
+        phases = challenge.get("phases") if isinstance(challenge, dict) else None
         if isinstance(phases, list):
             if len(phases) != 1:
                 raise ToolkitError(
@@ -292,6 +307,18 @@ def map_channels(
     return mapping
 
 
+def nested_output(interface: Interface) -> tuple[Socket, Socket] | None:
+    """Two output sockets of which the first writes where the second writes, or inside it
+    (an ``Anything`` at ``images/seg/output.mha`` beside a Segmentation at ``images/seg``)."""
+    for a in interface.outputs:
+        for b in interface.outputs:
+            if a is not b and (
+                a.written_path == b.written_path or a.written_path.startswith(b.written_path + "/")
+            ):
+                return a, b
+    return None
+
+
 def check_outputs(interface: Interface, label_values: list[int], where: str) -> None:
     if not interface.label_outputs:
         raise ToolkitError(
@@ -300,6 +327,12 @@ def check_outputs(interface: Interface, label_values: list[int], where: str) -> 
     paths = [s.relative_path for s in interface.outputs]
     if len(set(paths)) != len(paths):
         raise ToolkitError(f"{where}: two output sockets share a relative_path ({paths})")
+    nested = nested_output(interface)
+    if nested is not None:
+        raise ToolkitError(
+            f"{where}: output {nested[0].slug} writes {nested[0].written_path} inside the folder of "
+            f"output {nested[1].slug} ({nested[1].written_path}): one would overwrite the other"
+        )
     for socket in interface.outputs:
         if socket.kind not in LABEL_OUTPUT_KINDS + JSON_OUTPUT_KINDS:
             raise ToolkitError(
@@ -393,54 +426,3 @@ def default_input_slugs(channel_names: list[str]) -> list[str]:
             candidate, n = f"{slug}-{n}", n + 1
         slugs.append(candidate)
     return slugs
-
-
-@dataclass(frozen=True)
-class Choice:
-    """The interface a job is served by, and where each channel's folder is."""
-
-    index: int  # 0-based, in the algorithm's list
-    interface: Interface
-    folders: list[Path] = field(default_factory=list)  # channel order
-
-
-def choose_interface(
-    interfaces: list[Interface], input_dir: Path, declared: dict[str, str] | None
-) -> Choice:
-    """The interface of a job: by the sockets ``inputs.json`` lists (``declared``: slug ->
-    relative path), else (a local run without it) by which input folders exist."""
-    if declared is not None:
-        listed = set(declared)
-        exact = [k for k, i in enumerate(interfaces) if set(i.input_slugs) == listed]
-        covered = [k for k, i in enumerate(interfaces) if set(i.input_slugs) <= listed]
-        if not exact and not covered:
-            offered = "; ".join(f"[{', '.join(i.input_slugs)}]" for i in interfaces)
-            raise ToolkitError(
-                f"lists input socket(s) [{', '.join(sorted(listed)) or 'none'}]; this algorithm's "
-                f"interface(s) take {offered}",
-                input_dir / "inputs.json",
-            )
-        index = exact[0] if exact else max(covered, key=lambda k: len(interfaces[k].inputs))
-        interface = interfaces[index]
-        folders = [
-            input_dir / declared.get(s.slug, s.relative_path) for s in interface.channel_inputs
-        ]
-        return Choice(index, interface, folders)
-    present = [
-        k
-        for k, i in enumerate(interfaces)
-        if all((input_dir / s.relative_path).is_dir() for s in i.channel_inputs)
-    ]
-    if not present:
-        first = interfaces[0].channel_inputs
-        missing = next(s for s in first if not (input_dir / s.relative_path).is_dir())
-        images = input_dir / "images"
-        found = sorted(p.name for p in images.iterdir() if p.is_dir()) if images.is_dir() else []
-        raise ToolkitError(
-            f"no input folder {missing.relative_path}/ (found {found or 'no folders'} under images/; "
-            f"this algorithm reads {[s.relative_path for s in first]}, one per channel)",
-            input_dir,
-        )
-    index = max(present, key=lambda k: len(interfaces[k].channel_inputs))
-    interface = interfaces[index]
-    return Choice(index, interface, [input_dir / s.relative_path for s in interface.channel_inputs])

@@ -28,6 +28,7 @@ from toolkit.core.constants import FOLD_ALL
 from toolkit.core.postprocessing import Postprocessing
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
+from toolkit.io.confine import plain_name
 from toolkit.io.json_files import read_json
 
 SPEC_FORMAT_VERSION = 1  # ensemble.json (also inside model tarballs)
@@ -176,12 +177,14 @@ class EnsembleSpec:
             (isinstance(f, int) and not isinstance(f, bool)) or f == FOLD_ALL for f in folds
         ):
             raise ToolkitError(f"'folds' must be a list of fold numbers or {FOLD_ALL!r}", path)
+        configurations = [str(c) for c in _require(data, "configurations", list, path)]
+        previous_stages = {str(k): str(v) for k, v in (data.get("previous_stages") or {}).items()}
+        for config in [*configurations, *previous_stages.values()]:  # folders models/<config>
+            plain_name(config, what="configuration", source=path)
         return cls(
-            configurations=[str(c) for c in _require(data, "configurations", list, path)],
+            configurations=configurations,
             folds=list(folds),
             postprocessing=Postprocessing.from_dict(data.get("postprocessing") or {}, path),
-            previous_stages={
-                str(k): str(v) for k, v in (data.get("previous_stages") or {}).items()
-            },
+            previous_stages=previous_stages,
             use_mirroring=bool(data.get("use_mirroring", True)),
         )

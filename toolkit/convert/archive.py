@@ -6,13 +6,13 @@ The archive is unpacked next to the output, never outside its target folder: abs
 
 from __future__ import annotations
 
-import os
 import posixpath
 import tarfile
 import zlib
 from pathlib import Path, PurePosixPath
 
 from toolkit.errors import ToolkitError
+from toolkit.io.confine import is_inside, path_problem
 from toolkit.progress import track
 
 TASK_ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -27,10 +27,9 @@ def _member_problem(member: tarfile.TarInfo) -> str | None:
     """Why a member may not be unpacked (``None`` when it may)."""
     name = member.name
     pure = PurePosixPath(name)
-    if pure.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        return "has an absolute path"
-    if ".." in pure.parts or ".." in PurePosixPath(name.replace("\\", "/")).parts:
-        return "has a '..' component"
+    problem = None if member.isdir() and name in (".", "./") else path_problem(name)
+    if problem is not None:
+        return problem
     if member.issym() or member.islnk():
         target = member.linkname
         if PurePosixPath(target).is_absolute() or target.startswith("\\"):
@@ -39,6 +38,9 @@ def _member_problem(member: tarfile.TarInfo) -> str | None:
         resolved = posixpath.normpath(posixpath.join(base, target))
         if resolved == ".." or resolved.startswith("../") or ".." in PurePosixPath(target).parts:
             return f"is a link pointing out of the archive's folder ({target!r})"
+        own = posixpath.normpath(name)
+        if not target or resolved in (own, ".") or own.startswith(resolved + "/"):
+            return f"is a link to itself or to a folder holding it ({target!r})"
         return None
     if not (member.isfile() or member.isdir()):
         return "is a special file (device, fifo)"
@@ -56,16 +58,22 @@ def safe_extract(archive: Path, target: Path, quiet: bool = False) -> None:
             members = tar.getmembers()
         except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
             raise ToolkitError(f"truncated or corrupt archive ({exc})", archive) from None
+        files: set[str] = set()
         for member in members:
             problem = _member_problem(member)
+            if problem is None and member.islnk() and member.linkname not in files:
+                # a hard link's target must be a file unpacked before it (no chains, no loops)
+                problem = f"is a hard link to {member.linkname!r}, not to a file before it"
+            if member.isfile():
+                files.add(member.name)
             if problem is not None:
                 raise ToolkitError(f"refusing to unpack: member {member.name!r} {problem}", archive)
         target.mkdir(parents=True, exist_ok=True)
         root = target.resolve()
         for member in track(members, f"unpack {archive.name}", quiet=quiet):
             # links unpacked earlier could redirect a later member: check where it really lands
-            destination = Path(os.path.realpath(root / member.name))
-            if destination != root and root not in destination.parents:
+            destination = root / member.name
+            if not is_inside(root, destination):
                 raise ToolkitError(
                     f"refusing to unpack: member {member.name!r} would land outside the target",
                     archive,
@@ -77,6 +85,10 @@ def safe_extract(archive: Path, target: Path, quiet: bool = False) -> None:
                     tar.extract(member, root, set_attrs=False)
             except _FILTER_ERRORS as exc:
                 raise ToolkitError(f"refusing to unpack: {exc}", archive) from None
+            except RecursionError:  # links that lead to each other
+                raise ToolkitError(
+                    f"refusing to unpack: member {member.name!r} is a link in a loop", archive
+                ) from None
             except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
                 raise ToolkitError(f"truncated or corrupt archive ({exc})", archive) from None
 

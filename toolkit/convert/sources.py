@@ -13,9 +13,10 @@ Files whose names start with ``.`` (macOS ``._`` junk) are skipped. Paths listed
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from toolkit.errors import ToolkitError
+from toolkit.io.confine import confined_path, plain_name
 from toolkit.io.dataset_json import (
     DatasetInfo,
     parse_channel_names,
@@ -65,10 +66,8 @@ def _read_dataset_json(path: Path) -> dict:
 
 def _inside(root: Path, relative: str, what: str, json_path: Path) -> Path:
     """``root/relative`` for a path listed in dataset.json, refusing one that leaves ``root``."""
-    pure = PurePosixPath(relative.replace("\\", "/"))
-    if pure.is_absolute() or ".." in pure.parts:
-        raise ToolkitError(f"{what} {relative!r} points outside the task folder", json_path)
-    return root.joinpath(*[p for p in pure.parts if p != "."])
+    # the user's own task folder: its links are theirs (unpacked archives were checked)
+    return confined_path(root, relative, what=f"{what} path", source=json_path, follow_links=False)
 
 
 def _listed_image(entry: object, key: str, root: Path, json_path: Path) -> Path:
@@ -150,8 +149,11 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _check_unique(cases: list[SourceCase], json_path: Path) -> None:
+    """Each case once, under a plain name: the one rule later stages (and model archives)
+    hold case names to, so that what convert accepts the rest accepts too."""
     seen: set[str] = set()
     for c in cases:
+        plain_name(c.case, what="case", source=json_path)
         if c.case in seen:
             raise ToolkitError(f"case {c.case!r} is listed twice", json_path)
         seen.add(c.case)
@@ -164,6 +166,8 @@ def read_raw_dataset(root: Path) -> Source:
     info = DatasetInfo.from_json(data, folder.dataset_json)
     training = [SourceCase(c.case, tuple(c.images), c.label) for c in training_cases(folder, info)]
     test = [SourceCase(c.case, tuple(c.images), None) for c in test_cases(folder, info)]
+    for case in training + test:
+        plain_name(case.case, what="case", source=folder.dataset_json)
     return Source(
         root=root,
         format=FORMAT_RAW,

@@ -25,6 +25,7 @@ from toolkit.core.labels import LabelModel, label_model
 from toolkit.core.normalization import Normalization
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
+from toolkit.io.confine import name_problem
 from toolkit.io.json_files import read_contract
 from toolkit.workspace import DatasetPaths
 
@@ -209,7 +210,7 @@ class Plans:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plans:
-        return _build(cls, data)
+        return check_folder_names(_build(cls, data))
 
     def save(self, path: str | Path) -> None:
         write_json(path, self.to_dict())
@@ -224,6 +225,25 @@ class Plans:
             version_key="format_version",
             version=PLANS_FORMAT_VERSION,
         )
+
+
+def check_folder_names(plans: Plans) -> Plans:
+    """``plans`` when every name that becomes a folder (a configuration's, its stages', its
+    data identifier) is one plain name; else ``ValueError`` (plans come from files, model
+    archives included: ``models/<config>``, ``preprocessed/<data_identifier>`` stay inside)."""
+    if not isinstance(plans, Plans) or not isinstance(plans.configurations, dict):
+        raise TypeError("plans must be an object with 'configurations'")
+    for key, config in plans.configurations.items():
+        named = {"configuration": key, "its name": config.name}
+        named |= {"data_identifier": config.data_identifier}
+        named |= {"previous_stage": config.previous_stage, "next_stage": config.next_stage}
+        for what, name in named.items():
+            if name is None and what.endswith("_stage"):
+                continue
+            problem = name_problem(name)
+            if problem is not None:
+                raise ValueError(f"configuration {key!r}: {what} {name!r} {problem}")
+    return plans
 
 
 def dataset_plans(paths: DatasetPaths) -> Plans:

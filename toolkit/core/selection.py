@@ -21,6 +21,7 @@ from toolkit.core.constants import CONFIDENCE, TIE_TOLERANCE
 from toolkit.core.postprocessing import Postprocessing, PostprocessingStep
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
+from toolkit.io.confine import plain_name
 from toolkit.io.json_files import float_or_nan, read_json
 
 
@@ -140,6 +141,8 @@ class Selection:
             folds = [int(f) for f in data["folds"]]
             if not configurations or not folds:
                 raise ValueError("configurations and folds must not be empty")
+            for config in configurations:  # each names a folder models/<config>
+                plain_name(config, what="configuration", source=source)
             return cls(
                 dataset=str(data["dataset"]),
                 candidate=str(data["candidate"]),

@@ -16,6 +16,7 @@ import numpy as np
 from toolkit.core.constants import FOLD_ALL, NUM_FOLDS, SPLIT_SEED
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
+from toolkit.io.confine import plain_name
 from toolkit.io.json_files import read_json
 from toolkit.workspace import DatasetPaths
 
@@ -77,9 +78,9 @@ def read_splits(path: Path) -> list[Split]:
             or not isinstance(fold.get(KEY_VAL), list)
         ):
             raise ToolkitError(f'fold {k} must be an object with lists "train" and "val"', path)
-        splits.append(
-            Split(train=[str(c) for c in fold[KEY_TRAIN]], val=[str(c) for c in fold[KEY_VAL]])
-        )
+        for case in fold[KEY_TRAIN] + fold[KEY_VAL]:  # a case names files: CASE.npy, ...
+            plain_name(case, what=f"fold {k}'s case", source=path)
+        splits.append(Split(train=list(fold[KEY_TRAIN]), val=list(fold[KEY_VAL])))
     return splits
 
 

@@ -117,3 +117,70 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system or the file system cannot."""
+    import ctypes
+    import errno
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def replace_folder(new: Path, target: Path) -> None:
+    """Put the folder ``new`` at ``target`` by renames only; an old ``target`` is removed after.
+
+    Where the system can, the two folders swap places in one step, so a kill at any moment
+    leaves one complete folder at ``target`` (old or new); elsewhere the old folder is renamed
+    aside (``.<name>.replaced.XXXX``) and the new one renamed in. The old one is removed last.
+    """
+    import shutil
+
+    new, target = Path(new), Path(target)
+    if not target.exists():
+        os.replace(new, target)
+        _fsync_dir(target.parent)
+        return
+    if _exchange(new, target):
+        old = new  # the swap left the old folder at the new one's name
+    else:
+        # a fresh name, not a folder made beforehand: an aside folder always holds a dataset
+        old = target.parent / f"{_REPLACED_PREFIX}{target.name}.{os.getpid()}-{os.urandom(4).hex()}"
+        os.replace(target, old)
+        os.replace(new, target)
+    _fsync_dir(target.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+_REPLACED_PREFIX = ".replaced."
+
+
+def restore_replaced(target: Path) -> Path | None:
+    """Where folders cannot swap in one step, a kill between :func:`replace_folder`'s two
+    renames leaves the old folder aside and nothing at ``target``: put it back (the folder
+    restored, else ``None``)."""
+    target = Path(target)
+    if target.exists():
+        return None
+    prefix = f"{_REPLACED_PREFIX}{target.name}"
+    aside = [
+        old
+        for old in target.parent.glob(f"{prefix}.*")
+        if old.is_dir() and old.name.rpartition(".")[0] == prefix
+    ]
+    if not aside:
+        return None
+    os.replace(max(aside, key=lambda p: p.stat().st_mtime_ns), target)  # the latest one
+    return target

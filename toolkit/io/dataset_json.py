@@ -23,6 +23,7 @@ from typing import Any
 
 from toolkit.errors import MissingStageError, ToolkitError
 from toolkit.io.atomic import write_json
+from toolkit.io.confine import name_problem
 from toolkit.io.json_files import read_json
 from toolkit.workspace import FILE_ENDING, DatasetPaths, RawFolder, channel_file, label_file
 
@@ -128,7 +129,11 @@ class DatasetInfo:
                 f"'{KEY_NUM_TRAINING}' must be a non-negative integer, not {num_training!r}", path
             )
         file_ending = data.get(KEY_FILE_ENDING, FILE_ENDING)
-        if not isinstance(file_ending, str) or not file_ending.startswith("."):
+        if (
+            not isinstance(file_ending, str)
+            or not file_ending.startswith(".")
+            or name_problem(f"CASE{file_ending}") is not None  # it ends file names
+        ):
             raise ToolkitError(
                 f"'{KEY_FILE_ENDING}' must be a file ending such as '.nii.gz', not {file_ending!r}",
                 path,

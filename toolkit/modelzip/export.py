@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from toolkit.modelzip.archive import (
     POSTPROCESSING,
     SELECTION,
     Manifest,
-    bytes_of,
+    Member,
     fold_member,
     model_member,
     write_archive,
@@ -53,8 +54,9 @@ class ModelExport:
     size_bytes: int
 
 
-def slim_checkpoint(path: Path) -> bytes:
-    """A fold's checkpoint as network weights only: no optimizer, scaler, RNG or history."""
+def slim_checkpoint(path: Path, target: Path) -> Path:
+    """A fold's checkpoint as network weights only (no optimizer, scaler, RNG or history),
+    saved to ``target``."""
     checkpoint = load_checkpoint(path)
     config = checkpoint.get(KEY_CONFIGURATION)
     if not isinstance(config, str):
@@ -62,7 +64,8 @@ def slim_checkpoint(path: Path) -> bytes:
     slim = network_checkpoint(checkpoint[KEY_NETWORK], config)
     if checkpoint.get(KEY_MIRROR_AXES) is not None:
         slim[KEY_MIRROR_AXES] = [int(a) for a in checkpoint[KEY_MIRROR_AXES]]
-    return bytes_of(lambda f: torch.save(slim, f))
+    torch.save(slim, target)
+    return target
 
 
 def _choice(
@@ -114,55 +117,61 @@ def _model_configurations(paths: DatasetPaths, configurations: list[str]) -> lis
     return ordered
 
 
-def _example_members(paths: DatasetPaths) -> tuple[str | None, list[tuple[str, bytes]]]:
+def _example_members(paths: DatasetPaths) -> tuple[str | None, list[Member]]:
     cases = training_cases(paths, load_dataset_info(paths))
     if not cases:
         return None, []
     case = cases[0]
     files = [*case.images, *([case.label] if case.label and case.label.is_file() else [])]
-    members = [(f"{EXAMPLE}/{f.parent.name}/{f.name}", f.read_bytes()) for f in files]
+    members = [Member(f"{EXAMPLE}/{f.parent.name}/{f.name}", f) for f in files]
     return case.case, members
 
 
 def export_model(paths: DatasetPaths, target: Path, options: ModelExportOptions) -> ModelExport:
-    """Write ``target`` (atomically): plans, dataset.json, slim weights, postprocessing, manifest."""
+    """Write ``target`` (atomically): plans, dataset.json, slim weights, postprocessing, manifest.
+
+    Members stream from their files into the zip; the slim weights are saved one fold at a
+    time into a temporary folder beside the target first, so no weights are held in memory
+    together."""
     paths.require_raw()
+    target = Path(target)
     configurations, folds, postprocessing, selection = _choice(paths, options)
     model_configurations = _model_configurations(paths, configurations)
-    members: list[tuple[str, bytes]] = []
+    members: list[Member] = []
     first = paths.model_dir(configurations[0])
     plans_source = paths.plans_json if paths.plans_json.is_file() else first / MODEL_PLANS
-    members.append((PLANS, plans_source.read_bytes()))
-    members.append((DATASET_JSON, (first / MODEL_DATASET_JSON).read_bytes()))
-    members.append((POSTPROCESSING, _json_bytes(postprocessing.to_dict())))
+    members.append(Member(PLANS, plans_source))
+    members.append(Member(DATASET_JSON, first / MODEL_DATASET_JSON))
+    members.append(Member(POSTPROCESSING, _json_bytes(postprocessing.to_dict())))
     if selection is not None:
-        members.append((SELECTION, paths.selection_json.read_bytes()))
-    for config in model_configurations:
-        model = paths.model_dir(config)
-        for name in (MODEL_PLANS, MODEL_DATASET_JSON):
-            source = paths.require(model / name, f"toolkit train {paths.name} {config} FOLD")
-            members.append((model_member(config, name), source.read_bytes()))
-        for fold in folds:
-            checkpoint = paths.require(
-                paths.fold_dir(config, fold) / CHECKPOINT_FINAL,
-                f"toolkit train {paths.name} {config} {fold}",
-            )
-            members.append(
-                (fold_member(config, fold, CHECKPOINT_FINAL), slim_checkpoint(checkpoint))
-            )
-    example_case, example = _example_members(paths) if options.example else (None, [])
-    members += example
-    manifest = Manifest(
-        dataset=paths.name,
-        configurations=configurations,
-        model_configurations=model_configurations,
-        folds=folds,
-        toolkit_version=__version__,
-        torch_version=str(torch.__version__),
-        example_case=example_case,
-    )
-    write_archive(Path(target), members, manifest)
-    return ModelExport(Path(target), manifest, Path(target).stat().st_size)
+        members.append(Member(SELECTION, paths.selection_json))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as scratch:
+        for config in model_configurations:
+            model = paths.model_dir(config)
+            for name in (MODEL_PLANS, MODEL_DATASET_JSON):
+                source = paths.require(model / name, f"toolkit train {paths.name} {config} FOLD")
+                members.append(Member(model_member(config, name), source))
+            for fold in folds:
+                checkpoint = paths.require(
+                    paths.fold_dir(config, fold) / CHECKPOINT_FINAL,
+                    f"toolkit train {paths.name} {config} {fold}",
+                )
+                slim = slim_checkpoint(checkpoint, Path(scratch) / f"{len(members)}.pt")
+                members.append(Member(fold_member(config, fold, CHECKPOINT_FINAL), slim))
+        example_case, example = _example_members(paths) if options.example else (None, [])
+        members += example
+        manifest = Manifest(
+            dataset=paths.name,
+            configurations=configurations,
+            model_configurations=model_configurations,
+            folds=folds,
+            toolkit_version=__version__,
+            torch_version=str(torch.__version__),
+            example_case=example_case,
+        )
+        write_archive(target, members, manifest)
+    return ModelExport(target, manifest, target.stat().st_size)
 
 
 def _json_bytes(data: object) -> bytes:

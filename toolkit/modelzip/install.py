@@ -9,9 +9,10 @@ interrupted import leaves no half-installed dataset.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 from toolkit.core.postprocessing import Postprocessing
 from toolkit.core.selection import Interval, Selection
 from toolkit.errors import ToolkitError
-from toolkit.io.atomic import write_bytes, write_json
+from toolkit.io.atomic import replace_folder, restore_replaced, write_bytes, write_json
 from toolkit.workspace import DatasetPaths, check_dataset_name
 
 
@@ -35,22 +36,25 @@ class ImportedModel:
 def staged_install(
     workspace: Path | None, name: str, force: bool, fill: Callable[[DatasetPaths, str], None]
 ) -> DatasetPaths:
-    """``fill(staging, name)`` a staging dataset folder, then move it to ``<workspace>/<name>``."""
+    """``fill(staging, name)`` a staging dataset folder, then move it to ``<workspace>/<name>``.
+
+    The staging folder's name is unique (``.<name>.importing.XXXX``), so imports running at
+    once never delete each other's files. With ``force`` an existing dataset is replaced by
+    renames only (:func:`toolkit.io.atomic.replace_folder`): a kill at any moment leaves one
+    complete dataset, the old one or the new one.
+    """
     paths = DatasetPaths.open(workspace, check_dataset_name(name))
+    restore_replaced(paths.root)  # a replacement killed half-way, where folders cannot swap
     if paths.root.exists() and any(paths.root.iterdir()) and not force:
         raise ToolkitError("already exists: give --force to replace it, or --name", paths.root)
-    staging = paths.root.parent / f".{paths.name}.importing"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+    paths.root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{paths.name}.importing.", dir=paths.root.parent))
     try:
         fill(DatasetPaths(staging), paths.name)
-        if paths.root.exists():
-            shutil.rmtree(paths.root)
-        staging.rename(paths.root)
+        replace_folder(staging, paths.root)
     finally:
         if staging.exists():
-            shutil.rmtree(staging)
+            shutil.rmtree(staging, ignore_errors=True)
     return paths
 
 
@@ -60,12 +64,11 @@ def write_selection(
     configurations: list[str],
     folds: list[int],
     postprocessing: Postprocessing,
-    source_selection: bytes | None = None,
+    source_selection: Selection | None = None,
 ) -> None:
     """The source's selection (renamed to this dataset), else one that names the model only."""
     if source_selection is not None:
-        data = json.loads(source_selection.decode("utf-8")) | {"dataset": dataset}
-        selection = Selection.from_dict(data, paths.selection_json)
+        selection = dataclasses.replace(source_selection, dataset=dataset)
     else:
         selection = Selection(
             dataset=dataset,

@@ -24,8 +24,10 @@ from toolkit.core.checkpoint import KEY_MIRROR_AXES, network_checkpoint
 from toolkit.core.plans import Plans
 from toolkit.core.postprocessing import Postprocessing
 from toolkit.errors import ToolkitError
+from toolkit.io.atomic import write_with
+from toolkit.io.confine import plain_name
 from toolkit.io.dataset_json import read_dataset_info
-from toolkit.modelzip.archive import ArchiveReader, bytes_of, check_member_name
+from toolkit.modelzip.archive import ArchiveReader, check_member_name
 from toolkit.modelzip.install import (
     ImportedModel,
     staged_install,
@@ -61,6 +63,9 @@ def nnunet_models(reader: ArchiveReader) -> list[_ModelFolder]:
     for name in reader.names:
         match = _FOLD.match(name)
         if match:
+            # folder names from the archive become folders here: confined first
+            check_member_name(name, reader.path)
+            plain_name(match["config"], what=f"{name}: the configuration", source=reader.path)
             folds[(match["model"], match["config"])].append(match["fold"])
     return [
         _ModelFolder(prefix, config, sorted(int(f) for f in found if f != "all"), "all" in found)
@@ -113,9 +118,12 @@ def install_nnunet_archive(
             first_plans = first_plans or plans
         assert first_plans is not None
         first_plans.save(paths.plans_json)
-        dataset_json = reader.read(f"{models[0].member_prefix}/{nnunet_v2.DATASET_FILE}")
-        write_member(paths.dataset_json, dataset_json)
-        read_dataset_info(paths.dataset_json)  # a dataset.json the toolkit reads
+        member = f"{models[0].member_prefix}/{nnunet_v2.DATASET_FILE}"
+        reader.copy(member, paths.dataset_json)
+        try:
+            read_dataset_info(paths.dataset_json)  # a dataset.json the toolkit reads
+        except ToolkitError as exc:
+            raise ToolkitError(f"member {member}: {exc.message}", reader.path) from None
         predicting = _predicting_configurations(models, first_plans)
         postprocessing = Postprocessing()
         if len(predicting) == 1:
@@ -188,7 +196,7 @@ def _install_model(
         folder = Path(tmp)
         for file_name in (nnunet_v2.PLANS_FILE, nnunet_v2.DATASET_FILE):
             member = check_member_name(f"{model.member_prefix}/{file_name}", reader.path)
-            (folder / file_name).write_bytes(reader.read(member))
+            reader.copy(member, folder / file_name)
         plans = nnunet_v2.load_nnunet_plans(folder)
         if model.configuration not in plans.configurations:
             reason = plans.planner.get("not_converted", {}).get(model.configuration)
@@ -205,7 +213,7 @@ def _install_model(
         for fold in folds:
             member = f"{model.member_prefix}/fold_{fold}/{NNUNET_CHECKPOINT}"
             path = folder / f"fold_{fold}.pth"
-            path.write_bytes(reader.read(check_member_name(member, reader.path)))
+            reader.copy(check_member_name(member, reader.path), path)
             checkpoint = nnunet_v2_weights.load_nnunet_checkpoint(path)
             network = build_network(plans, configuration, deep_supervision=False)
             try:
@@ -220,8 +228,9 @@ def _install_model(
             offset = 1 if configuration.spatial_dims == 2 else 0
             axes = checkpoint.mirror_axes or ()
             ours[KEY_MIRROR_AXES] = [a + offset for a in axes]
-            write_member(
+            write_with(
                 paths.fold_dir(model.configuration, fold) / CHECKPOINT_FINAL,
-                bytes_of(lambda f, ours=ours: torch.save(ours, f)),
+                lambda tmp, ours=ours: torch.save(ours, tmp),
             )
+            path.unlink()  # one fold's weights on disk at a time
         return plans

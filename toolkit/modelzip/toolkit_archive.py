@@ -1,12 +1,23 @@
-"""Installing a toolkit model archive (:mod:`.archive`) into a workspace."""
+"""Installing a toolkit model archive (:mod:`.archive`) into a workspace.
+
+Every member is streamed into the staging dataset folder with its sha256 checked, then every
+JSON member is read by its contract's reader (plans, dataset.json, postprocessing,
+selection): a member that does not fit is a one-line error naming it, and the staging folder
+goes, leaving the workspace as it was.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
+from toolkit.core.plans import Plans
 from toolkit.core.postprocessing import Postprocessing
+from toolkit.core.selection import Selection
 from toolkit.errors import ToolkitError
+from toolkit.io.dataset_json import read_dataset_info
 from toolkit.modelzip.archive import (
     DATASET_JSON,
     EXAMPLE,
@@ -16,38 +27,34 @@ from toolkit.modelzip.archive import (
     SELECTION,
     ArchiveReader,
     Manifest,
+    model_member,
 )
 from toolkit.modelzip.install import (
     ImportedModel,
     staged_install,
-    write_member,
     write_record,
     write_selection,
 )
-from toolkit.workspace import DatasetPaths
+from toolkit.workspace import MODEL_DATASET_JSON, MODEL_PLANS, DatasetPaths
 
 
 def install_toolkit_archive(
     reader: ArchiveReader, workspace: Path | None, name: str | None, force: bool
 ) -> ImportedModel:
-    manifest: Manifest = reader.manifest()
-    contents = reader.verified(manifest)  # every checksum before anything is written
-    postprocessing = Postprocessing.from_dict(
-        json.loads(contents[POSTPROCESSING].decode("utf-8")), reader.path
-    )
+    manifest: Manifest = reader.manifest()  # checked to name what an install needs
+    reader.check_listing(manifest)
 
     def fill(paths: DatasetPaths, dataset: str) -> None:
-        for member, data in contents.items():
-            if member not in (SELECTION, POSTPROCESSING):
-                write_member(_destination(paths, member, reader.path), data)
-        postprocessing.save(paths.postprocessing_json)
+        for member, digest in manifest.members.items():
+            reader.copy(member, _destination(paths, member, reader.path), digest)
+        postprocessing, source_selection = _check_contracts(reader.path, manifest, paths)
         write_selection(
             paths,
             dataset,
             manifest.configurations,
             manifest.folds,
             postprocessing,
-            contents.get(SELECTION),
+            source_selection,
         )
         write_record(
             paths,
@@ -62,12 +69,55 @@ def install_toolkit_archive(
     return ImportedModel(paths, "toolkit", manifest.configurations, manifest.folds, notes)
 
 
+@contextlib.contextmanager
+def _member(archive: Path, member: str) -> Iterator[None]:
+    """A contract's one-line error, said of the archive's member rather than the staged file."""
+    try:
+        yield
+    except ToolkitError as exc:
+        raise ToolkitError(f"member {member}: {exc.message}", archive) from None
+
+
+def _check_contracts(
+    archive: Path, manifest: Manifest, paths: DatasetPaths
+) -> tuple[Postprocessing, Selection | None]:
+    """Every JSON member of the staged install through its contract's reader; the
+    postprocessing the model applies and the source's selection."""
+    with _member(archive, PLANS):
+        Plans.load(paths.plans_json)
+    with _member(archive, DATASET_JSON):
+        read_dataset_info(paths.dataset_json)
+    for config in manifest.model_configurations:
+        with _member(archive, model_member(config, MODEL_PLANS)):
+            Plans.load(paths.model_dir(config) / MODEL_PLANS).configuration(config)
+        with _member(archive, model_member(config, MODEL_DATASET_JSON)):
+            read_dataset_info(paths.model_dir(config) / MODEL_DATASET_JSON)
+    with _member(archive, POSTPROCESSING):
+        postprocessing = Postprocessing.load(paths.postprocessing_json)
+    selection = None
+    if SELECTION in manifest.members:
+        with _member(archive, SELECTION):
+            selection = Selection.load(paths.selection_json)
+            if selection.configurations != manifest.configurations or not set(
+                selection.folds
+            ) <= set(manifest.folds):
+                raise ToolkitError(
+                    f"names {selection.configurations} folds {selection.folds}, not the "
+                    f"archive's {manifest.configurations} folds {manifest.folds}"
+                )
+    return postprocessing, selection
+
+
 def _destination(paths: DatasetPaths, member: str, source: Path) -> Path:
     """Where a member goes in the dataset folder (names were checked safe by the reader)."""
     if member == PLANS:
         return paths.plans_json
     if member == DATASET_JSON:
         return paths.dataset_json
+    if member == POSTPROCESSING:
+        return paths.postprocessing_json
+    if member == SELECTION:
+        return paths.selection_json
     folder, _, rest = member.partition("/")
     if folder == MODELS and rest.count("/") in (1, 2):
         return paths.models / rest

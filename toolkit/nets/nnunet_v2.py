@@ -36,6 +36,7 @@ from toolkit.core.plans import (
     Normalization,
     Plans,
     Resampling,
+    check_folder_names,
     deep_supervision_scales,
 )
 from toolkit.errors import ToolkitError
@@ -373,7 +374,7 @@ def load_nnunet_plans(model_dir: str | Path) -> Plans:
     plans = read_json(model_dir / PLANS_FILE, what="nnU-Net v2 plans")
     dataset = read_json(model_dir / DATASET_FILE, what="dataset.json")
     try:
-        return convert_plans(plans, dataset, model_dir / PLANS_FILE)
+        return check_folder_names(convert_plans(plans, dataset, model_dir / PLANS_FILE))
     except (KeyError, TypeError, ValueError) as exc:
         raise ToolkitError(f"malformed nnU-Net v2 plans ({exc})", model_dir / PLANS_FILE) from None
 
