@@ -56,6 +56,7 @@ CLI_ALLOWED = {
     "toolkit.workspace",
     "toolkit.progress",
     "toolkit.core.constants",  # option defaults: plain numbers, cheap to import
+    "toolkit.io.lock",  # the dataset's writer lock, held by each writing command
 }
 MAX_LINES = 450
 

@@ -20,6 +20,7 @@
         imported.json                           written by `toolkit import-model`
         export/
         pipeline/<stage>.json                   run-all's completion records; pipeline/run.json its options
+    <workspace>/.<dataset>.lock                 the dataset's writer lock (toolkit.io.lock), beside its folder
 
 The workspace root comes from ``--workspace``, else ``$TOOLKIT_WORKSPACE``, else
 ``./workspace``. Nothing else is global.
@@ -111,9 +112,26 @@ class DatasetPaths:
             return cls(candidate)
         return cls(resolve_workspace(workspace) / check_dataset_name(name))
 
+    @classmethod
+    def holding(cls, path: str | Path) -> DatasetPaths | None:
+        """The dataset whose folder holds ``path`` (the nearest folder above it, or itself,
+        with ``raw/dataset.json``), or ``None``: where an output path lands for the writer lock."""
+        candidate = Path(path).expanduser().resolve()
+        for folder in (candidate, *candidate.parents):
+            if (folder / "raw" / "dataset.json").is_file():
+                return cls(folder)
+        return None
+
     @property
     def name(self) -> str:
         return self.root.name
+
+    @property
+    def writer_lock(self) -> Path:
+        """The writer lock's file, beside the dataset's folder (``<workspace>/.<name>.lock``), so
+        that a folder replaced by a rename keeps one lock."""
+        folder = self.root.expanduser().resolve()
+        return folder.parent / f".{folder.name}.lock"
 
     # raw
     @property

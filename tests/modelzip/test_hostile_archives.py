@@ -351,14 +351,14 @@ def test_imports_at_once_keep_their_own_staging_folders(archive, tmp_path, monke
     real = install.staged_install
     nested = {"done": False}
 
-    def staged(workspace_, name, force, fill):
+    def staged(workspace_, name, force, fill, **options):
         def fill_then_import(paths, dataset):
             fill(paths, dataset)
             if not nested["done"]:
                 nested["done"] = True
                 import_model(archive, workspace, name="A", force=True)
 
-        return real(workspace_, name, force, fill_then_import)
+        return real(workspace_, name, force, fill_then_import, **options)
 
     monkeypatch.setattr("toolkit.modelzip.toolkit_archive.staged_install", staged)
     # a dataset writer lock (where there is one) would refuse the second import: its staging

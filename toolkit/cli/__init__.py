@@ -13,7 +13,7 @@ import sys
 import typer
 
 from toolkit import __version__
-from toolkit.errors import ToolkitError
+from toolkit.errors import ToolkitError, os_error_line
 
 COMMAND_MODULES = (
     "data",  # convert, verify, demo-data
@@ -71,12 +71,16 @@ _register_all()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors become one line on stderr and exit code 2."""
+    """Entry point: user errors and operating-system errors (no space left, permission denied,
+    not a directory, ...) become one line on stderr and exit code 2."""
     try:
         app(args=argv, standalone_mode=True)
     except ToolkitError as exc:
         print(f"error: {exc.one_line()}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        sys.exit(ToolkitError.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

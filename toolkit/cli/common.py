@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
 
 from toolkit.core.constants import FOLD_ALL
+from toolkit.workspace import DatasetPaths
 
 WorkspaceOption = typer.Option(
     None,
@@ -36,6 +39,12 @@ CaseWorkersOption = typer.Option(
     min=1,
     help="Parallel worker processes. Default: number of CPU cores (at most 8). Fewer run when "
     "the memory available would not hold one large case per worker (a line says so).",
+)
+WaitOption = typer.Option(
+    False,
+    "--wait",
+    help="When another toolkit command is writing this dataset, wait for it to end instead of "
+    "stopping at once (the refusal names that command, its process id, host and start time).",
 )
 DeviceOption = typer.Option(
     "auto", "--device", help="auto (CUDA when available, else CPU), cpu or cuda."
@@ -85,3 +94,23 @@ def parse_str_list(text: str | None) -> list[str] | None:
 
 def as_path(p: str | Path | None) -> Path | None:
     return None if p is None else Path(p)
+
+
+@contextlib.contextmanager
+def writing(paths: DatasetPaths | None, wait: bool) -> Iterator[None]:
+    """Hold the writer lock of the dataset ``paths`` (none for ``None``) for the ``with`` block:
+    every command that writes into a dataset's folder runs inside it."""
+    if paths is None:
+        yield
+        return
+    from toolkit.io.lock import dataset_writer_lock
+    from toolkit.progress import info
+
+    with dataset_writer_lock(paths, wait=wait, notify=info):
+        yield
+
+
+def writing_into(path: Path | None, wait: bool) -> contextlib.AbstractContextManager[None]:
+    """:func:`writing` for the dataset whose folder holds ``path``, if one does (an output
+    written into a dataset's folder); nothing to hold for a folder outside every dataset."""
+    return writing(None if path is None else DatasetPaths.holding(path), wait)

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from toolkit.cli.common import QuietOption, WorkspaceOption, dataset_argument, parse_fold_list
+from toolkit.cli.common import (
+    QuietOption,
+    WaitOption,
+    WorkspaceOption,
+    dataset_argument,
+    parse_fold_list,
+    writing,
+    writing_into,
+)
 
 EngineOption = typer.Option(
     "auto",
@@ -128,6 +136,7 @@ def export_container(
     engine: str = EngineOption,
     memory: str = MemoryOption,
     time_limit: float = TimeLimitOption,
+    wait: bool = WaitOption,
     quiet: bool = QuietOption,
 ) -> None:
     """Build the selected model (ensemble and postprocessing of `selection.json`) as a Grand
@@ -162,17 +171,19 @@ def export_container(
         online_build=online_build,
     )
     echo = (lambda line: typer.echo(f"  | {line}", err=True)) if enabled(quiet) else None
-    run_export(
-        paths,
-        options,
-        out=out,
-        build=build,
-        save=save,
-        engine=engine,
-        memory=memory,
-        time_limit=time_limit,
-        echo=echo,
-    )
+    # the dataset's writer lock for its own export/, or that of the dataset --out lies in
+    with writing(paths, wait) if out is None else writing_into(out, wait):
+        run_export(
+            paths,
+            options,
+            out=out,
+            build=build,
+            save=save,
+            engine=engine,
+            memory=memory,
+            time_limit=time_limit,
+            echo=echo,
+        )
 
 
 def test_container(
@@ -201,6 +212,7 @@ def test_container(
     engine: str = EngineOption,
     memory: str = MemoryOption,
     time_limit: float = TimeLimitOption,
+    wait: bool = WaitOption,
     quiet: bool = QuietOption,
 ) -> None:
     """Run the exported image on cross-validation cases as the platform would, and check it.
@@ -216,19 +228,21 @@ def test_container(
     from toolkit.container.stage import test_container as run_test
     from toolkit.workspace import DatasetPaths
 
-    run_test(
-        DatasetPaths.open(workspace, dataset),
-        out=out,
-        cases=cases,
-        case_names=list(case) if case else None,
-        engine=engine,
-        memory=memory,
-        time_limit=time_limit,
-        dry_run=dry_run,
-        quiet=quiet,
-        interfaces_file=interfaces,
-        channel_map=list(channel_map) if channel_map else None,
-    )
+    paths = DatasetPaths.open(workspace, dataset)
+    with writing(paths, wait) if out is None else writing_into(out, wait):
+        run_test(
+            paths,
+            out=out,
+            cases=cases,
+            case_names=list(case) if case else None,
+            engine=engine,
+            memory=memory,
+            time_limit=time_limit,
+            dry_run=dry_run,
+            quiet=quiet,
+            interfaces_file=interfaces,
+            channel_map=list(channel_map) if channel_map else None,
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from toolkit.cli.common import QuietOption, WorkspaceOption
+from toolkit.cli.common import QuietOption, WaitOption, WorkspaceOption, writing
 from toolkit.errors import ToolkitError
 from toolkit.progress import info
 
@@ -58,6 +58,7 @@ def convert(
         "'regions_class_order'. A converted nnU-Net v2 dataset's own regions need no option.",
         show_default=False,
     ),
+    wait: bool = WaitOption,
     quiet: bool = QuietOption,
 ) -> None:
     """Convert a Decathlon task into the workspace (`<workspace>/<name>/raw/`), then verify it.
@@ -74,9 +75,10 @@ def convert(
 
     declaration = parse_region_option(regions) if regions is not None else None
     paths = dataset_paths_for(task, workspace, name)
-    result = convert_task(
-        task, paths, workers=workers, force=force, quiet=quiet, regions=declaration
-    )
+    with writing(paths, wait):
+        result = convert_task(
+            task, paths, workers=workers, force=force, quiet=quiet, regions=declaration
+        )
     if not result.converted:
         info(escape(f"dataset exists: {paths.raw} (nothing changed; use --force to convert again)"))
         return
@@ -100,6 +102,7 @@ def verify(
         "--no-cache",
         help="Read every file again, even those unchanged since the last check.",
     ),
+    wait: bool = WaitOption,
     quiet: bool = QuietOption,
 ) -> None:
     """Check a converted dataset: files readable, geometry consistent, labels declared, no NaN.
@@ -111,7 +114,8 @@ def verify(
     from toolkit.workspace import DatasetPaths
 
     paths = DatasetPaths.open(workspace, dataset)
-    report = verify_dataset(paths, workers=workers, quiet=quiet, use_cache=not no_cache)
+    with writing(paths, wait):  # it writes its cache, raw/.verified.json
+        report = verify_dataset(paths, workers=workers, quiet=quiet, use_cache=not no_cache)
     _print_report(report, paths.name)
 
 

@@ -8,11 +8,13 @@ import typer
 
 from toolkit.cli.common import (
     QuietOption,
+    WaitOption,
     WorkersOption,
     WorkspaceOption,
     dataset_argument,
     parse_int_list,
     parse_str_list,
+    writing,
 )
 from toolkit.core import constants as defaults
 from toolkit.progress import info
@@ -60,6 +62,7 @@ def evaluate(
         help="Mean Dice difference within which candidates tie; a tie goes to the simpler one.",
     ),
     workers: int | None = WorkersOption,
+    wait: bool = WaitOption,
     quiet: bool = QuietOption,
 ) -> None:
     """Measure every candidate on the cross-validation and bootstrap the comparison.
@@ -82,10 +85,11 @@ def evaluate(
         seed=seed,
         tie_tolerance=tie_tolerance,
     )
-    summary = evaluate_dataset(paths, options, workers=workers, quiet=quiet)
     from toolkit.evaluation.stage import load_evaluation
 
-    _, bootstrap = load_evaluation(paths)
+    with writing(paths, wait):
+        summary = evaluate_dataset(paths, options, workers=workers, quiet=quiet)
+        _, bootstrap = load_evaluation(paths)
     for b in sorted(bootstrap.candidates, key=lambda c: -c.mean_dice):
         mark = "*" if b.name == summary.chosen else " "
         info(
@@ -103,6 +107,7 @@ def select(
     dataset: str = dataset_argument(),
     workspace: Path | None = WorkspaceOption,
     workers: int | None = WorkersOption,
+    wait: bool = WaitOption,
     quiet: bool = QuietOption,
 ) -> None:
     """Choose the candidate and its postprocessing; writes `selection.json`.
@@ -116,7 +121,8 @@ def select(
     from toolkit.workspace import DatasetPaths
 
     paths = DatasetPaths.open(workspace, dataset)
-    selection = select_dataset(paths, workers=workers, quiet=quiet)
+    with writing(paths, wait):
+        selection = select_dataset(paths, workers=workers, quiet=quiet)
     pp = selection.postprocessing
     steps = []
     if pp.largest_component_foreground:

@@ -9,9 +9,11 @@ import typer
 from toolkit.cli.common import (
     DeviceOption,
     QuietOption,
+    WaitOption,
     WorkspaceOption,
     parse_fold_list,
     parse_str_list,
+    writing_into,
 )
 
 
@@ -115,6 +117,7 @@ def predict(
         "of 5-25 s, 5-15% faster per case for a full-size 3D network on a 2-core CPU, 1.6x for a "
         "small 2D one; for folders of many cases.",
     ),
+    wait: bool = WaitOption,
     quiet: bool = QuietOption,
 ) -> None:
     """Segment new images with a trained model; labels are written with exactly the input's spacing, origin and direction.
@@ -138,9 +141,19 @@ def predict(
         quiet=quiet,
         compile=compile,
     )
-    run_predict(
-        input_path, output, options, model, dataset, workspace, parse_str_list(config), postprocess
-    )
+    # the dataset's writer lock only when the output lands inside a dataset's folder: a
+    # prediction into another folder reads the model and never waits for a writer
+    with writing_into(output, wait):
+        run_predict(
+            input_path,
+            output,
+            options,
+            model,
+            dataset,
+            workspace,
+            parse_str_list(config),
+            postprocess,
+        )
 
 
 def ensemble(
@@ -174,6 +187,7 @@ def ensemble(
         "--file-ending",
         help="Format of the label maps written (.nii.gz, .mha, .nrrd, ...).",
     ),
+    wait: bool = WaitOption,
     quiet: bool = QuietOption,
 ) -> None:
     """Average saved probabilities of several predictions (e.g. 2d and 3d_fullres) case by case, and write the label maps.
@@ -183,9 +197,15 @@ def ensemble(
     """
     from toolkit.inference.stage import run_ensemble
 
-    run_ensemble(
-        [*inputs, *(more_inputs or [])], output, postprocess, save_probabilities, file_ending, quiet
-    )
+    with writing_into(output, wait):
+        run_ensemble(
+            [*inputs, *(more_inputs or [])],
+            output,
+            postprocess,
+            save_probabilities,
+            file_ending,
+            quiet,
+        )
 
 
 def register(app: typer.Typer) -> None:

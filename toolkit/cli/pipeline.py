@@ -10,9 +10,11 @@ from toolkit.cli.common import (
     PLANNER_HELP,
     DeviceOption,
     QuietOption,
+    WaitOption,
     WorkspaceOption,
     parse_int_list,
     parse_str_list,
+    writing,
 )
 from toolkit.pipeline.presets import PRESETS
 from toolkit.workspace import DatasetPaths
@@ -108,6 +110,7 @@ def run_all(
         show_default=False,
     ),
     workspace: Path = WorkspaceOption,
+    wait: bool = WaitOption,
     quiet: bool = QuietOption,
 ) -> None:
     """Run the whole method: verify, fingerprint, plan, preprocess, train every configuration and
@@ -115,6 +118,10 @@ def run_all(
 
     Resumable: run it again after an interruption and it skips what is complete and valid,
     resumes trainings from their checkpoints and redoes what changed.
+
+    One writer per dataset: while it runs, any other toolkit command that would write this
+    dataset stops at once with one line naming this run (or waits, with `--wait`);
+    `toolkit status` and `predict` into another folder read it freely.
 
     Before training it says how many trainings and iterations are ahead, then shows the
     training stage's time left, estimated from the speeds measured so far (see `toolkit status`).
@@ -150,7 +157,10 @@ def run_all(
         loggers=tuple(logger or ()),
         pretrained=None if pretrained is None else str(pretrained.expanduser().resolve()),
     )
-    summary = run(paths, options)
+    # the lock is this process's: the trainings and per-case work it starts (worker
+    # processes, Ray tasks) write under it and never take it themselves
+    with writing(paths, wait):
+        summary = run(paths, options)
     info(
         f"run-all finished in {summary.seconds:.0f} s: {len(summary.ran)} stage(s) run, "
         f"{len(summary.skipped)} already complete; chosen: {summary.selection}"

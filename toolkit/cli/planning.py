@@ -10,9 +10,11 @@ from toolkit.cli.common import (
     PLANNER_HELP,
     CaseWorkersOption,
     QuietOption,
+    WaitOption,
     WorkspaceOption,
     dataset_argument,
     parse_str_list,
+    writing,
 )
 from toolkit.errors import ToolkitError
 from toolkit.progress import info, show_table
@@ -22,6 +24,7 @@ def fingerprint(
     dataset: str = dataset_argument(),
     workspace: Path | None = WorkspaceOption,
     workers: int | None = CaseWorkersOption,
+    wait: bool = WaitOption,
     quiet: bool = QuietOption,
 ) -> None:
     """Measure the training cases: crop boxes, shapes, spacings, label voxels, foreground intensities.
@@ -31,7 +34,9 @@ def fingerprint(
     from toolkit.fingerprint.stage import extract_fingerprint
     from toolkit.workspace import DatasetPaths
 
-    extract_fingerprint(DatasetPaths.open(workspace, dataset), workers=workers, quiet=quiet)
+    paths = DatasetPaths.open(workspace, dataset)
+    with writing(paths, wait):
+        extract_fingerprint(paths, workers=workers, quiet=quiet)
 
 
 def plan(
@@ -92,6 +97,7 @@ def plan(
         show_default=False,
     ),
     show: bool = typer.Option(False, "--show", help="Print a table per configuration."),
+    wait: bool = WaitOption,
 ) -> None:
     """Turn the fingerprint into `<dataset>/plans.json`: 2d, 3d_fullres and, when needed, 3d_lowres + 3d_cascade_fullres.
 
@@ -128,7 +134,8 @@ def plan(
             raise ToolkitError(
                 f"--like takes the source's plans as they are; leave out {', '.join(given)}"
             )
-        plans = plan_like(paths, like, workspace)
+        with writing(paths, wait):
+            plans = plan_like(paths, like, workspace)
         info(f"plans of {like} written to {paths.plans_json} ({planner_summary(plans)})")
         if show:
             for table in plans_tables(plans):
@@ -148,7 +155,8 @@ def plan(
         max_batch_size_3d=max_batch_size,
         max_batch_size_2d=max_batch_size,
     )
-    plans = plan_dataset(paths, options)
+    with writing(paths, wait):
+        plans = plan_dataset(paths, options)
     info(f"plans written to {paths.plans_json} ({planner_summary(plans)})")
     if show:
         for table in plans_tables(plans):
@@ -169,6 +177,7 @@ def preprocess(
     force: bool = typer.Option(
         False, "--force", "-f", help="Recompute cases that are already complete."
     ),
+    wait: bool = WaitOption,
     quiet: bool = QuietOption,
 ) -> None:
     """Crop, normalize, resample and store every training case under `<dataset>/preprocessed/`.
@@ -179,13 +188,15 @@ def preprocess(
     from toolkit.preprocessing.stage import preprocess_dataset
     from toolkit.workspace import DatasetPaths
 
-    preprocess_dataset(
-        DatasetPaths.open(workspace, dataset),
-        configurations=parse_str_list(configs),
-        workers=workers,
-        force=force,
-        quiet=quiet,
-    )
+    paths = DatasetPaths.open(workspace, dataset)
+    with writing(paths, wait):
+        preprocess_dataset(
+            paths,
+            configurations=parse_str_list(configs),
+            workers=workers,
+            force=force,
+            quiet=quiet,
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import typer
 
-from toolkit.cli.common import WorkspaceOption, dataset_argument, parse_int_list, parse_str_list
+from toolkit.cli.common import (
+    WaitOption,
+    WorkspaceOption,
+    dataset_argument,
+    parse_int_list,
+    parse_str_list,
+    writing_into,
+)
 from toolkit.progress import info
 
 
@@ -37,6 +44,7 @@ def export_model(
         help="Put one training case (images and label) in the zip, so that the receiver can "
         "test-run `toolkit export-container`. Leave it out for data that must not travel.",
     ),
+    wait: bool = WaitOption,
 ) -> None:
     """Write a trained model as one zip: plans, dataset.json, each fold's network weights (no training state), postprocessing and a manifest with sha256 checksums.
 
@@ -50,7 +58,8 @@ def export_model(
         folds=parse_int_list(folds, "--folds"),
         example=example,
     )
-    done = export_model(DatasetPaths.open(workspace, dataset), output, options)
+    with writing_into(output, wait):  # a zip written into a dataset's folder
+        done = export_model(DatasetPaths.open(workspace, dataset), output, options)
     m = done.manifest
     info(
         f"model written to {done.path} ({done.size_bytes / 1e6:.1f} MB): "
@@ -78,6 +87,7 @@ def import_model(
         "--force",
         help="Replace a dataset of that name (by renames: a kill leaves the old or the new one).",
     ),
+    wait: bool = WaitOption,
 ) -> None:
     """Install a model zip as a dataset of the workspace: then `toolkit predict --dataset NAME` and `toolkit export-container NAME` use it.
 
@@ -90,7 +100,7 @@ def import_model(
     """
     from toolkit.modelzip.stage import import_model
 
-    done = import_model(archive, workspace, name, force)
+    done = import_model(archive, workspace, name, force, wait=wait)
     info(
         f"{done.kind} model installed as {done.paths.root}: {'+'.join(done.configurations)}, "
         f"folds {','.join(map(str, done.folds))}; predict with "

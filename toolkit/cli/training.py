@@ -6,7 +6,14 @@ from pathlib import Path
 
 import typer
 
-from toolkit.cli.common import DeviceOption, QuietOption, WorkspaceOption, dataset_argument
+from toolkit.cli.common import (
+    DeviceOption,
+    QuietOption,
+    WaitOption,
+    WorkspaceOption,
+    dataset_argument,
+    writing,
+)
 
 
 def train(
@@ -107,6 +114,7 @@ def train(
         "Only at the start: a resume continues from its own checkpoint (give the same option).",
         show_default=False,
     ),
+    wait: bool = WaitOption,
     quiet: bool = QuietOption,
 ) -> None:
     """Train one fold of one configuration: `models/<config>/fold_<k>/` gets checkpoints, `log.jsonl`, `progress.png` and the validation predictions (fold `all`: `fold_all/`, no validation).
@@ -140,7 +148,9 @@ def train(
         loggers=tuple(logger or ()),
         pretrained=None if pretrained is None else str(pretrained),
     )
-    train_fold(DatasetPaths.open(workspace, dataset), configuration, parse_fold(fold), options)
+    paths = DatasetPaths.open(workspace, dataset)
+    with writing(paths, wait):
+        train_fold(paths, configuration, parse_fold(fold), options)
 
 
 def register(app: typer.Typer) -> None:

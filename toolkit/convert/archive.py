@@ -6,6 +6,8 @@ The archive is unpacked next to the output, never outside its target folder: abs
 
 from __future__ import annotations
 
+import errno
+import os
 import posixpath
 import tarfile
 import zlib
@@ -17,6 +19,8 @@ from toolkit.progress import track
 
 TASK_ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 _FILTER_ERRORS = (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()
+# errors of writing the unpacked files, not of reading the archive: the disk's, reported as such
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def is_archive(path: Path) -> bool:
@@ -89,7 +93,13 @@ def safe_extract(archive: Path, target: Path, quiet: bool = False) -> None:
                 raise ToolkitError(
                     f"refusing to unpack: member {member.name!r} is a link in a loop", archive
                 ) from None
-            except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+            except OSError as exc:
+                if exc.errno in _WRITE_ERRNOS:  # e.g. a full disk: not the archive's fault
+                    raise OSError(
+                        exc.errno, exc.strerror or os.strerror(exc.errno), str(destination)
+                    ) from None
+                raise ToolkitError(f"truncated or corrupt archive ({exc})", archive) from None
+            except (tarfile.TarError, EOFError, zlib.error) as exc:
                 raise ToolkitError(f"truncated or corrupt archive ({exc})", archive) from None
 
 

@@ -43,7 +43,7 @@ from toolkit.evaluation.tables import (
     summarize_candidate,
     write_cases_csv,
 )
-from toolkit.io.atomic import write_json
+from toolkit.io.atomic import sweep_temporaries, write_json
 from toolkit.io.dataset_json import load_dataset_info
 from toolkit.parallel import map_cases
 from toolkit.progress import default_workers, info
@@ -118,6 +118,7 @@ def evaluate_dataset(
     """Measure, bootstrap, write ``evaluation/`` and the report; returns the summary."""
     options = options or EvaluationOptions()
     options.check()
+    sweep_temporaries(paths.evaluation, recursive=True)  # of an evaluation killed mid-write
     dataset = load_dataset_info(paths)
     cv = load_cross_validation(paths, dataset, options.folds)
     candidate_set = resolve_candidates(paths, cv, options.configurations, options.ensembles)
@@ -218,6 +219,8 @@ def select_dataset(
     paths: DatasetPaths, workers: int | None = None, quiet: bool = False
 ) -> Selection:
     """Postprocessing for the evaluation's chosen candidate; writes ``selection.json``."""
+    sweep_temporaries(paths.evaluation, recursive=True)  # of a selection killed mid-write
+    sweep_temporaries(paths.root, targets={paths.selection_json.name})
     summary, bootstrap = load_evaluation(paths)
     _check_unchanged_since_evaluation(paths, summary)
     dataset = load_dataset_info(paths)

@@ -34,7 +34,7 @@ import numpy as np
 from toolkit.core.labels import labels_from_probabilities
 from toolkit.core.postprocessing import Postprocessing, apply_postprocessing
 from toolkit.errors import ToolkitError
-from toolkit.io.atomic import atomic_path
+from toolkit.io.atomic import atomic_path, sweep_temporaries
 from toolkit.io.images import IMAGE_SUFFIXES, Geometry, read_sitk, write_image
 from toolkit.progress import track
 from toolkit.workspace import FILE_ENDING, PROBABILITIES_ENDING
@@ -246,6 +246,11 @@ def ensemble_folders(
                 f"has no probabilities for {len(missing)} case(s): {', '.join(missing[:5])}", folder
             )
     output = Path(output)
+    # what an ensemble killed mid-write left of these outputs (only theirs: the folder is the user's)
+    sweep_temporaries(
+        output,
+        targets={f"{c}{e}" for c in cases for e in (file_ending, PROBABILITIES_ENDING)},
+    )
     written = []
     for case in track(cases, "ensembling", quiet=quiet):
         result = ensemble_case([listing[case] for listing in listings])

@@ -24,9 +24,10 @@ from toolkit.inference.ensemble import average_probabilities
 from toolkit.inference.export import Prediction
 from toolkit.inference.inputs import InputCase, find_input_cases, read_input_case
 from toolkit.inference.predictor import Predictor
+from toolkit.io.atomic import sweep_temporaries
 from toolkit.io.images import Geometry, has_image_suffix, strip_image_suffix
 from toolkit.progress import info, progress_bar
-from toolkit.workspace import PROBABILITIES_ENDING
+from toolkit.workspace import PREVIEW_ENDING, PROBABILITIES_ENDING
 
 # after a case is written: its first channel (z, y, x), its prediction, the label map's path.
 # A hook, so that this module (which the container image runs) never imports matplotlib.
@@ -70,6 +71,7 @@ def predict_paths(
     num_channels = channels.pop()
     cases = find_input_cases(input_path, num_channels)
     targets = _output_paths(cases, Path(output))
+    sweep_output_temporaries(targets)
     reports = []
     with progress_bar(quiet) as bar:
         case_task = bar.add_task("cases", total=len(cases))
@@ -157,6 +159,20 @@ def _output_paths(cases: list[InputCase], output: Path) -> list[Path]:
             )
         return [output]
     return [output / f"{c.case}{c.file_ending}" for c in cases]
+
+
+def sweep_output_temporaries(targets: Sequence[Path]) -> int:
+    """Remove what a prediction killed mid-write left of these outputs (label maps, their
+    probabilities and previews): the temporaries of these files only, since the folder may
+    hold anything else."""
+    removed = 0
+    for folder in sorted({t.parent for t in targets}):
+        names = set()
+        for target in (t for t in targets if t.parent == folder):
+            stem = strip_image_suffix(target.name)
+            names |= {target.name, stem + PROBABILITIES_ENDING, stem + PREVIEW_ENDING}
+        removed += sweep_temporaries(folder, targets=names)
+    return removed
 
 
 def log_prediction_summary(reports: Sequence[CaseReport]) -> None:

@@ -1,19 +1,28 @@
 """Atomic writes: a temporary file in the same folder, fsync, then rename.
 
-A run killed at any moment leaves either the old file or the new one, never half a file.
+A run killed at any moment leaves either the old file or the new one, never half a file,
+and maybe a temporary ``.NAME.XXXXXXXX.tmp.EXT`` (a unique name per write: two processes
+never share one), which :func:`sweep_temporaries` removes when the stage that writes the
+folder runs again. A write that fails on a full disk raises ``OSError(ENOSPC)`` naming the
+target, whatever the writer raised (numpy, torch and SimpleITK do not all say so), and so
+does a write that leaves the disk full, since some writers ignore a failed write.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import math
 import os
+import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
+
+from toolkit.errors import ToolkitError
 
 
 @contextlib.contextmanager
@@ -31,15 +40,86 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        # mkstemp makes 0600 files: give the new file the mode a plain open() would
-        os.chmod(tmp_path, 0o666 & ~_umask())
-        _fsync(tmp_path)
+        try:
+            yield tmp_path
+            # mkstemp makes 0600 files: give the new file the mode a plain open() would
+            os.chmod(tmp_path, 0o666 & ~_umask())
+            _fsync(tmp_path)
+            if _disk_full(target.parent):
+                # some writers ignore a failed write (ITK's NIfTI writer leaves an empty
+                # file): on a full disk the file may be cut short, so it never becomes the target
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+        except Exception as exc:
+            failure = _write_failure(exc, target)
+            if failure is None:
+                raise
+            raise failure from exc
         os.replace(tmp_path, target)
         _fsync_dir(target.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+# a file system with less than this left after a write is full: the write failed, or may have
+# failed unseen (a few blocks: a write that fails leaves none)
+_FULL_BELOW_BYTES = 64 * 1024
+
+
+def _write_failure(exc: Exception, target: Path) -> OSError | None:
+    """The ``OSError`` naming ``target`` for a write that failed: the writer's own OSError with
+    the target's name added, or ENOSPC when the disk is full whatever the writer raised;
+    ``None`` when neither (a programming error keeps its traceback)."""
+    if isinstance(exc, ToolkitError):
+        return None
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or _disk_full(target.parent):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+    if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+        return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(target))
+    return None
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return False
+    if stats.f_blocks == 0:  # a file system that reports no sizes (some FUSE ones): unknown
+        return False
+    # root may write into the blocks reserved for it: its disk is full when those are gone
+    free = stats.f_bfree if os.geteuid() == 0 else stats.f_bavail
+    return free * stats.f_frsize < _FULL_BELOW_BYTES
+
+
+# mkstemp's names, as atomic_path makes them: ".NAME." + 8 random characters + ".tmp" + suffix
+_TEMPORARY_RE = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.tmp(\..*)?$")
+
+
+def temporary_target(name: str) -> str | None:
+    """The target's file name if ``name`` is one of :func:`atomic_path`'s temporaries."""
+    match = _TEMPORARY_RE.match(name)
+    return None if match is None else match.group("target")
+
+
+def sweep_temporaries(
+    folder: str | Path, *, recursive: bool = False, targets: Collection[str] | None = None
+) -> int:
+    """Remove the temporaries that writes cut short by a kill left in ``folder`` (and below it
+    with ``recursive``; only those of the file names ``targets`` when given); their targets
+    are intact. Only the stage that writes ``folder`` calls this, when it starts, holding the
+    dataset's writer lock: no other process is writing there. Returns how many it removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for path in folder.rglob(".*.tmp*") if recursive else folder.glob(".*.tmp*"):
+        target = temporary_target(path.name)
+        if target is None or (targets is not None and target not in targets):
+            continue
+        if not path.is_dir():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def _umask() -> int:

@@ -21,6 +21,8 @@ from toolkit.core.postprocessing import Postprocessing
 from toolkit.core.selection import Interval, Selection
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import replace_folder, restore_replaced, write_bytes, write_json
+from toolkit.io.lock import dataset_writer_lock
+from toolkit.progress import info
 from toolkit.workspace import DatasetPaths, check_dataset_name
 
 
@@ -34,9 +36,15 @@ class ImportedModel:
 
 
 def staged_install(
-    workspace: Path | None, name: str, force: bool, fill: Callable[[DatasetPaths, str], None]
+    workspace: Path | None,
+    name: str,
+    force: bool,
+    fill: Callable[[DatasetPaths, str], None],
+    *,
+    wait: bool = False,
 ) -> DatasetPaths:
-    """``fill(staging, name)`` a staging dataset folder, then move it to ``<workspace>/<name>``.
+    """``fill(staging, name)`` a staging dataset folder, then move it to ``<workspace>/<name>``,
+    holding the dataset's writer lock (``wait``: for another writer to end).
 
     The staging folder's name is unique (``.<name>.importing.XXXX``), so imports running at
     once never delete each other's files. With ``force`` an existing dataset is replaced by
@@ -44,6 +52,12 @@ def staged_install(
     complete dataset, the old one or the new one.
     """
     paths = DatasetPaths.open(workspace, check_dataset_name(name))
+    with dataset_writer_lock(paths, wait=wait, notify=info):
+        _install(paths, force, fill)
+    return paths
+
+
+def _install(paths: DatasetPaths, force: bool, fill: Callable[[DatasetPaths, str], None]) -> None:
     restore_replaced(paths.root)  # a replacement killed half-way, where folders cannot swap
     if paths.root.exists() and any(paths.root.iterdir()) and not force:
         raise ToolkitError("already exists: give --force to replace it, or --name", paths.root)
@@ -55,7 +69,6 @@ def staged_install(
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    return paths
 
 
 def write_selection(

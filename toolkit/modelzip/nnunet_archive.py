@@ -82,7 +82,12 @@ def _dataset_name(models: list[_ModelFolder]) -> str | None:
 
 
 def install_nnunet_archive(
-    reader: ArchiveReader, workspace: Path | None, name: str | None, force: bool
+    reader: ArchiveReader,
+    workspace: Path | None,
+    name: str | None,
+    force: bool,
+    *,
+    wait: bool = False,
 ) -> ImportedModel:
     models = nnunet_models(reader)
     by_config: dict[str, list[str]] = defaultdict(list)
@@ -143,7 +148,7 @@ def install_nnunet_archive(
             },
         )
 
-    paths = staged_install(workspace, name, force, fill)
+    paths = staged_install(workspace, name, force, fill, wait=wait)
     configurations = [m.configuration for m in models]
     if not paths.selection_json.is_file():
         notes.append(

@@ -23,14 +23,20 @@ __all__ = ["ImportedModel", "ModelExport", "ModelExportOptions", "export_model",
 
 
 def import_model(
-    archive: Path, workspace: Path | None = None, name: str | None = None, force: bool = False
+    archive: Path,
+    workspace: Path | None = None,
+    name: str | None = None,
+    force: bool = False,
+    *,
+    wait: bool = False,
 ) -> ImportedModel:
-    """Install ``archive`` as the dataset ``name`` (default: the archive's) of the workspace."""
+    """Install ``archive`` as the dataset ``name`` (default: the archive's) of the workspace,
+    holding that dataset's writer lock (``wait``: for another writer to end)."""
     with ArchiveReader(Path(archive)) as reader:
         if MANIFEST in reader.names:
-            return install_toolkit_archive(reader, workspace, name, force)
+            return install_toolkit_archive(reader, workspace, name, force, wait=wait)
         if nnunet_models(reader):
-            return install_nnunet_archive(reader, workspace, name, force)
+            return install_nnunet_archive(reader, workspace, name, force, wait=wait)
         raise ToolkitError(
             f"is not a model archive: no {MANIFEST} (toolkit export-model) and no "
             "Trainer__Plans__config/fold_K/checkpoint_final.pth (nnUNetv2_export_model_to_zip)",

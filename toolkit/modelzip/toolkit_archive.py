@@ -39,7 +39,12 @@ from toolkit.workspace import MODEL_DATASET_JSON, MODEL_PLANS, DatasetPaths
 
 
 def install_toolkit_archive(
-    reader: ArchiveReader, workspace: Path | None, name: str | None, force: bool
+    reader: ArchiveReader,
+    workspace: Path | None,
+    name: str | None,
+    force: bool,
+    *,
+    wait: bool = False,
 ) -> ImportedModel:
     manifest: Manifest = reader.manifest()  # checked to name what an install needs
     reader.check_listing(manifest)
@@ -62,7 +67,7 @@ def install_toolkit_archive(
             | {k: v for k, v in json.loads(manifest.to_json()).items() if k != "members"},
         )
 
-    paths = staged_install(workspace, name or manifest.dataset, force, fill)
+    paths = staged_install(workspace, name or manifest.dataset, force, fill, wait=wait)
     notes = []
     if manifest.example_case is None:
         notes.append("no example case: export-container needs a training case in raw/imagesTr")

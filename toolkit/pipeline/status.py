@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from toolkit.core.constants import FOLD_ALL
@@ -23,6 +24,7 @@ from toolkit.core.plans import Plans
 from toolkit.core.selection import Selection
 from toolkit.core.splits import fold_numbers
 from toolkit.io.json_files import read_json
+from toolkit.io.lock import LockHolder, current_holder
 from toolkit.pipeline import records
 from toolkit.pipeline.estimate import (
     ConfigurationSpeed,
@@ -75,6 +77,7 @@ class Status:
     selection: Selection | None = None
     run: dict | None = None
     estimate: StageEstimate | None = None  # the training stage's, when run-all set its budget
+    writer: LockHolder | None = None  # the command writing the dataset now (its writer lock)
 
 
 def stage_row(paths: DatasetPaths, stage: str) -> StageRow:
@@ -200,7 +203,7 @@ def run_trainings(run: dict | None, configs: list[str], folds: list[int]) -> lis
 
 
 def dataset_status(paths: DatasetPaths) -> Status:
-    status = Status(paths.name)
+    status = Status(paths.name, writer=current_holder(paths))
     if paths.run_json.is_file():
         status.run = read_json(paths.run_json, what="run-all record")
     status.stages = [stage_row(paths, s) for s in FIXED_STAGES]
@@ -399,3 +402,5 @@ def render(status: Status) -> None:
         show_table(
             "[dim]no selection yet: `toolkit run-all` (or `toolkit evaluate` then `toolkit select`) makes one[/]"
         )
+    if status.writer is not None:
+        show_table(f"[bold]being written now by[/] {escape(status.writer.describe())}")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from toolkit.core.plans import Configuration, Plans, dataset_plans
 from toolkit.core.resampling import case_target_spacing, compute_new_shape
 from toolkit.errors import ToolkitError
+from toolkit.io.atomic import sweep_temporaries
 from toolkit.io.dataset_json import CaseFiles, load_dataset_info, training_cases
 from toolkit.io.images import read_channels, read_geometry, read_image
 from toolkit.io.preprocessed import case_paths, complete_cases, load_properties, save_case
@@ -136,6 +137,7 @@ def preprocess_dataset(
         start = time.perf_counter()
         folder = paths.preprocessed_dir(configuration.data_identifier)
         folder.mkdir(parents=True, exist_ok=True)
+        sweep_temporaries(folder)  # of a preprocess killed mid-write
         result = PreprocessResult(configuration.data_identifier)
         for orphan in sorted(set(complete_cases(folder)) - names):
             for p in case_paths(folder, orphan):

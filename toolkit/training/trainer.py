@@ -29,6 +29,7 @@ from toolkit.core.checkpoint import (
     save_checkpoint,
 )
 from toolkit.core.device import autocast, describe_precision, resolve_precision
+from toolkit.io.atomic import sweep_temporaries
 from toolkit.nets.unet import UNet, build_network
 from toolkit.progress import info, progress_bar
 from toolkit.training.augmentation.augmenter import Augmenter
@@ -96,7 +97,9 @@ class Parts:
 def run(job: TrainingJob, ctx: DistContext) -> FoldResult:
     device = rank_device(job.device, ctx.local_rank)
     if ctx.is_main:
-        remove_stale_temporaries(job.fold_dir)
+        # of a training killed mid-write: its checkpoints, log and validation (this fold's
+        # folder only: under the Ray executor other folds train at the same time)
+        sweep_temporaries(job.fold_dir, recursive=True)
     torch.manual_seed(job.seed)
     parts = build_parts(job, ctx, device)
     if ctx.is_main:
@@ -142,13 +145,6 @@ def run(job: TrainingJob, ctx: DistContext) -> FoldResult:
         parts.tracking.log_final(summary)
     parts.tracking.close()
     return FoldResult(job.fold_dir, state.epoch, False, summary)
-
-
-def remove_stale_temporaries(folder: Path) -> None:
-    """Temporary files of atomic writes cut short by a kill (the targets themselves are intact)."""
-    if folder.is_dir():
-        for stale in folder.glob(".*.tmp*"):
-            stale.unlink(missing_ok=True)
 
 
 def run_epoch(

@@ -17,6 +17,7 @@ shared out and rank 0 writes the summary.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from toolkit.evaluation.metrics import case_metrics
 from toolkit.inference.export import Prediction, logits_to_original
 from toolkit.inference.options import ModelOptions
 from toolkit.inference.predictor import Predictor
-from toolkit.io.atomic import write_json
+from toolkit.io.atomic import sweep_temporaries, write_json
 from toolkit.io.images import read_image
 from toolkit.io.preprocessed import load_case
 from toolkit.progress import info, track
@@ -72,6 +73,13 @@ def validate_fold(
     model = plans.label_model()
     labels = list(model.regions)  # the keys of foreground classes or regions
     mine = job.split.val[ctx.rank :: ctx.world_size]
+    for follower in followers:
+        # the next stage's folder is shared by every fold (trained at once under Ray): only
+        # what a killed validation of this fold left of its own cases
+        sweep_temporaries(
+            job.paths.next_stage_dir(cfg.name, follower.name),
+            targets={cascade.prediction_path(Path(), case).name for case in mine},
+        )
     rows = []
     for case in track(
         mine, f"validating {cfg.name} fold {job.fold}", quiet=job.options.quiet or not ctx.is_main
