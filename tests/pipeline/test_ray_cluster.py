@@ -29,7 +29,11 @@ pytestmark = pytest.mark.slow
 
 RAY = Path(sys.executable).parent / "ray"
 LABELS = ("toolkit_test_head", "toolkit_test_second")
-START_SECONDS = 120
+START_SECONDS = 180
+# Ray's token authentication off for this cluster, in its nodes and drivers alike: with a token
+# file in ~/.ray (left by another Ray cluster), `ray start` turns it on while a driver given an
+# explicit address does not send the token, and could not connect
+RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}
 
 
 def _free_port() -> int:
@@ -75,7 +79,11 @@ def _start_node(args: list[str], label: str, log: Path, temp_dir: Path) -> subpr
         *args,
     ]
     return subprocess.Popen(
-        command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+        command,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=RAY_ENV,
     )
 
 
@@ -102,13 +110,16 @@ def _cluster_nodes(address: str) -> dict[str, dict]:
         "print(json.dumps({n['NodeID']: n['Resources'] for n in ray.nodes() if n['Alive']}))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=RAY_ENV
     )
+    if out.returncode != 0:
+        raise ConnectionError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _wait_for_nodes(address: str, count: int, processes: list[subprocess.Popen]) -> dict:
     deadline = time.time() + START_SECONDS
+    last = "no answer yet"
     while True:
         for p in processes:
             assert p.poll() is None, f"a ray node exited early ({p.args})"
@@ -116,9 +127,10 @@ def _wait_for_nodes(address: str, count: int, processes: list[subprocess.Popen])
             nodes = _cluster_nodes(address)
             if len(nodes) >= count:
                 return nodes
-        except subprocess.SubprocessError:
-            pass
-        assert time.time() < deadline, f"the cluster at {address} did not get {count} nodes"
+            last = f"{len(nodes)} node(s)"
+        except (subprocess.SubprocessError, ConnectionError) as exc:
+            last = str(exc)
+        assert time.time() < deadline, f"the cluster at {address} did not get {count} nodes: {last}"
         time.sleep(2)
 
 
@@ -173,7 +185,7 @@ def test_run_all_on_a_two_node_ray_cluster(tmp_path):
             _start_node(["--address", address], LABELS[1], tmp_path / "second.log", ray_temp / "s")
         )
         cluster = _wait_for_nodes(address, 2, nodes)
-        env = {**os.environ, "TOOLKIT_WORKSPACE": str(clustered.root.parent)}
+        env = {**RAY_ENV, "TOOLKIT_WORKSPACE": str(clustered.root.parent)}
         result = subprocess.run(
             [
                 sys.executable,
