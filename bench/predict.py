@@ -24,6 +24,11 @@
 
 ``--device cuda`` runs everything on the GPU instead (nnU-Net v2 with its own CUDA settings);
 ``--skip-ct`` / ``--ct-only`` select parts. Results: ``bench/results/predict[_cuda].json`` + ``.md``.
+
+``--backends`` runs only the comparison of the toolkit's network runtimes on the same trained
+model (torch fp32 and bf16, OpenVINO automatic and fp32, ONNX Runtime; :mod:`bench.predict_backends`),
+with ``--image-record NAME=export.json`` adding built images' sizes and start-to-output
+times. Results: ``bench/results/predict_backends.json`` + ``.md``.
 """
 
 from __future__ import annotations
@@ -162,6 +167,7 @@ def _ours(args: argparse.Namespace) -> None:
         save_probabilities=args.save_probabilities,
         quiet=True,
         compile=args.compile,
+        backend=args.backend,
     )
     start = time.perf_counter()
     reports = run_predict(Path(args.input), Path(args.output), options, model=Path(args.model))
@@ -172,7 +178,7 @@ def _ours(args: argparse.Namespace) -> None:
         "windows": sum(r.windows for r in reports),
         "case_seconds": [r.seconds for r in reports],
     }
-    if args.device == "cuda":
+    if args.device == "cuda" and args.backend in (None, "torch"):
         import torch
 
         result["gpu_peak_gb"] = torch.cuda.max_memory_allocated() / GB
@@ -667,7 +673,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-compile", action="store_true", help="skip the toolkit's torch.compile runs"
     )
+    parser.add_argument(
+        "--backends",
+        action="store_true",
+        help="only the network runtimes (torch fp32/bf16, OpenVINO, ONNX Runtime) on the same model",
+    )
+    parser.add_argument(
+        "--image-record",
+        action="append",
+        default=[],
+        help="NAME=export.json of a built image (size, start-to-output time), with --backends",
+    )
+    parser.add_argument(
+        "--images-only",
+        action="store_true",
+        help="with --backends: only (re)read the --image-record files into the last results",
+    )
     args = parser.parse_args(argv)
+    if args.backends:
+        return backends(args)
 
     name = "predict" if args.device == "cpu" else "predict_cuda"
     data: dict = {"device": args.device, "machine": harness.machine()}
@@ -716,6 +740,47 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def backends(args: argparse.Namespace) -> int:
+    from bench import predict_backends
+    from toolkit.inference.runtimes import describe_backends
+
+    if args.images_only:
+        data = json.loads((harness.RESULTS / "predict_backends.json").read_text())
+        data["images"] = predict_backends.image_rows(args.image_record)
+        harness.write_results("predict_backends", data, predict_backends.markdown(data))
+        return 0
+    data: dict = {"machine": harness.machine(), "cpu": predict_backends.cpu_flags()}
+    test_images, model = prepare_task(args.cases, args.iterations, "cpu")
+    plans = json.loads((model / "plans.json").read_text())["configurations"]["3d_fullres"]
+    data.update(
+        {
+            "versions": describe_backends(["torch", "openvino", "onnxruntime"]),
+            "cases": args.cases,
+            "case_shape": "64x80x72",
+            "patch": plans["patch_size"],
+            "features": plans["architecture"]["arch_kwargs"]["features_per_stage"],
+        }
+    )
+    work = WORK / "backends"
+    data.update(
+        predict_backends.run(
+            test_images,
+            model,
+            args.cases,
+            args.repeats,
+            work,
+            _ours_command,
+            lambda cmd, log: run_measured(cmd, log, env=_env()),
+            compare_folders,
+            cpu_has_native_bf16(),
+        )
+    )
+    data["images"] = predict_backends.image_rows(args.image_record)
+    harness.write_results("predict_backends", data, predict_backends.markdown(data))
+    print(predict_backends.markdown(data))
+    return 0
+
+
 def _subcommand(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
@@ -728,6 +793,7 @@ def _subcommand(argv: list[str]) -> None:
     o.add_argument("--precision", default="auto")
     o.add_argument("--save-probabilities", action="store_true")
     o.add_argument("--compile", action="store_true")
+    o.add_argument("--backend", default=None)
     o.set_defaults(func=_ours)
     c = sub.add_parser("_ct_model")
     c.add_argument("--model", required=True)

@@ -47,6 +47,7 @@ STAGE_IMPORTS = {
     "training": {"preprocessing", "inference", "evaluation"},
     "evaluation": {"inference"},
     "container": {"inference"},
+    "modelzip": {"inference"},  # export-model --format onnx loads networks as predict does
 }
 # what the CLI may import besides the pipeline: each stage's entry point
 CLI_ALLOWED_PREFIXES = ("toolkit.cli", "toolkit.pipeline")

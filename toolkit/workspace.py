@@ -287,6 +287,10 @@ MODEL_DATASET_JSON = "dataset.json"
 CHECKPOINT_LATEST = "checkpoint_latest.pt"
 CHECKPOINT_BEST = "checkpoint_best.pt"
 CHECKPOINT_FINAL = "checkpoint_final.pt"
+# a fold exported for the torch-free runtimes (`export-model --format onnx`): the inference
+# graph, and what it needs beside it (configuration, mirror axes, input and output names)
+NETWORK_ONNX = "network.onnx"
+NETWORK_JSON = "network.json"
 TRAINING_LOG = "log.jsonl"
 PROGRESS_PLOT = "progress.png"
 TENSORBOARD_DIR = "tensorboard"  # --logger tensorboard: the fold's event files

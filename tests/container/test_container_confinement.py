@@ -9,7 +9,7 @@ from container_helpers import make_dataset, tiny_ensemble
 
 from toolkit.container import wheels
 from toolkit.container.context import ExportOptions, write_context
-from toolkit.container.entrypoint import INPUTS_JSON, main, read_inputs_json
+from toolkit.container.entrypoint import main
 from toolkit.container.interfaces import (
     OUTPUT_IMAGE,
     Interface,
@@ -18,6 +18,7 @@ from toolkit.container.interfaces import (
     check_outputs,
     nested_output,
 )
+from toolkit.container.job_inputs import INPUTS_JSON, read_inputs_json
 from toolkit.container.spec import AlgorithmSpec
 from toolkit.container.testrun import cross_validation_cases, lay_out_case
 from toolkit.errors import ToolkitError

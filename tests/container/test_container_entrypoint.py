@@ -16,14 +16,9 @@ from container_helpers import CASES, make_dataset, tiny_ensemble, write_selectio
 from toolkit.cli import app
 from toolkit.container import wheels
 from toolkit.container.context import ExportOptions, write_context
-from toolkit.container.entrypoint import (
-    find_image,
-    find_inputs,
-    input_folders,
-    label_volumes,
-    to_output_labels,
-)
+from toolkit.container.entrypoint import label_volumes, to_output_labels
 from toolkit.container.interfaces import shorthand_interface
+from toolkit.container.job_inputs import find_image, find_inputs, input_folders
 from toolkit.container.spec import AlgorithmSpec
 from toolkit.container.testrun import (
     check_output,

@@ -16,13 +16,14 @@ from container_helpers import CASES, LABELS, make_dataset, write_selection
 from toolkit.cli import app
 from toolkit.container import wheels
 from toolkit.container.card import axis_directions
-from toolkit.container.entrypoint import check_segment_values, choose_interface, find_inputs
+from toolkit.container.entrypoint import check_segment_values
 from toolkit.container.interfaces import (
     bind_interfaces,
     parse_channel_map,
     parse_interfaces,
     shorthand_interface,
 )
+from toolkit.container.job_inputs import choose_interface, find_inputs
 from toolkit.container.limits import (
     GIB,
     check_image_size,

@@ -29,13 +29,13 @@ from fuzz_helpers import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from toolkit.container.entrypoint import INPUTS_JSON, choose, find_image
 from toolkit.container.interfaces import (
     bind_interfaces,
     nested_output,
     read_interfaces,
     shorthand_interface,
 )
+from toolkit.container.job_inputs import INPUTS_JSON, choose, find_image
 from toolkit.container.spec import AlgorithmSpec
 from toolkit.convert.archive import safe_extract
 from toolkit.convert.sources import read_msd_task

@@ -1,5 +1,6 @@
 """nnU-Net v2 models: plans and weights mapped onto ours, and predictions that agree with its own."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -445,6 +446,31 @@ def test_nnunet_v2_trained_model_agrees_with_its_own_predictor(tmp_path):
         f"nnU-Net v2 agreement on {len(cases)} cases, classes seen: {sorted(foreground_seen)}",
         file=sys.stderr,
     )
+    _onnx_runtimes_agree_with_torch(model, raw / "imagesTs", ours_out, tmp_path)
+
+
+def _onnx_runtimes_agree_with_torch(model: Path, images: Path, torch_out: Path, tmp_path) -> None:
+    """The trained nnU-Net v2 folder exported as ONNX: OpenVINO and ONNX Runtime in float32
+    give the torch backend's labels (Dice >= 0.999 per class)."""
+    if any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxruntime", "openvino")):
+        return  # the deploy extra is not installed: tests/inference/test_runtime.py skips too
+    from toolkit.inference.runtime import RuntimePredictor
+    from toolkit.modelzip.stage import export_model_folder, import_model
+
+    export_model_folder(model, tmp_path / "onnx.zip", [0])
+    imported = import_model(tmp_path / "onnx.zip", tmp_path / "onnx-ws")
+    onnx_dir = imported.paths.model_dir("3d_fullres")
+    for backend in ("openvino", "onnxruntime"):
+        options = ModelOptions(folds=[0], precision="fp32")
+        predictor = RuntimePredictor.from_model_dir(onnx_dir, options, backend)
+        out = tmp_path / backend
+        predict_paths([predictor], images, out, quiet=True)
+        for path in sorted(torch_out.glob("*.nii.gz")):
+            theirs, ours = read_image(path)[0], read_image(out / path.name)[0]
+            for label in (1, 2):
+                if (theirs == label).any() or (ours == label).any():
+                    score = dice(ours == label, theirs == label)
+                    assert score >= 0.999, f"{backend} {path.name} class {label}: Dice {score:.4f}"
 
 
 @pytest.mark.slow

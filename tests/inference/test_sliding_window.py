@@ -7,13 +7,15 @@ from torch import nn
 
 from toolkit.inference.sliding_window import (
     WindowSettings,
+    predict_windows,
+    sliding_window_logits,
+)
+from toolkit.inference.windows import (
     count_windows,
     gaussian_factor,
     gaussian_factors,
     gaussian_importance_map,
     mirror_combinations,
-    predict_windows,
-    sliding_window_logits,
     weight_sums,
     window_grid,
     window_starts,

@@ -99,6 +99,14 @@ def export_container(
         "falling back to the CPU when the job has no GPU; its test run gets this machine's GPUs "
         "(Docker) and reports the GPU memory against the T4's 16 GB.",
     ),
+    runtime: str = typer.Option(
+        "torch",
+        "--runtime",
+        help="What runs the networks in the image: torch, or openvino / onnxruntime for a lean "
+        "CPU image without torch (each fold's network as ONNX, exported here unless the "
+        "dataset's model is ONNX already; needs pip install 'toolkit[deploy]'). Its test run "
+        "is compared with `toolkit predict --backend RUNTIME` on the same ONNX networks.",
+    ),
     build: bool = typer.Option(
         True,
         "--build/--no-build",
@@ -169,6 +177,7 @@ def export_container(
         interfaces=interfaces,
         channel_map=list(channel_map) if channel_map else None,
         online_build=online_build,
+        runtime=runtime,
     )
     echo = (lambda line: typer.echo(f"  | {line}", err=True)) if enabled(quiet) else None
     # the dataset's writer lock for its own export/, or that of the dataset --out lies in

@@ -108,7 +108,18 @@ def predict(
         "auto",
         "--precision",
         help="auto (fp16 autocast on CUDA; on the CPU bf16 autocast where it computes bf16 natively, AVX-512 BF16 "
-        "or AMX, else fp32), fp32, bf16 (autocast, CPU or CUDA) or fp16 (CUDA).",
+        "or AMX, else fp32), fp32, bf16 (autocast, CPU or CUDA) or fp16 (CUDA). With --backend "
+        "openvino: auto (OpenVINO's choice: bf16 on CPUs with AMX or AVX-512 BF16), fp32, bf16 or "
+        "fp16; with onnxruntime: auto or fp32 (both float32).",
+    ),
+    backend: str | None = typer.Option(
+        None,
+        "--backend",
+        help="What runs the networks: torch, openvino or onnxruntime (the last two need a model "
+        "exported with `toolkit export-model --format onnx` and imported, and no torch). "
+        "Default: torch for a model of checkpoints, the first installed of openvino and "
+        "onnxruntime for a model of ONNX networks.",
+        show_default=False,
     ),
     compile: bool = typer.Option(
         False,
@@ -140,6 +151,7 @@ def predict(
         continue_prediction=continue_prediction,
         quiet=quiet,
         compile=compile,
+        backend=backend,
     )
     # the dataset's writer lock only when the output lands inside a dataset's folder: a
     # prediction into another folder reads the model and never waits for a writer

@@ -9,7 +9,6 @@ import typer
 from toolkit.cli.common import (
     WaitOption,
     WorkspaceOption,
-    dataset_argument,
     parse_int_list,
     parse_str_list,
     writing_into,
@@ -18,7 +17,11 @@ from toolkit.progress import info
 
 
 def export_model(
-    dataset: str = dataset_argument(),
+    dataset: str | None = typer.Argument(
+        None,
+        help="Dataset name in the workspace (or the path of its folder); or give --model.",
+        show_default=False,
+    ),
     output: Path = typer.Option(
         ..., "--output", "-o", help="The zip to write, e.g. model.zip.", show_default=False
     ),
@@ -45,25 +48,56 @@ def export_model(
         "test-run `toolkit export-container`. Leave it out for data that must not travel.",
     ),
     wait: bool = WaitOption,
+    model: Path | None = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Instead of a dataset: a model folder as `toolkit predict --model` reads it "
+        "(models/CONFIG/ of a dataset, or one trained by nnU-Net v2), with --format onnx; a "
+        "cascade takes its first stage from the folder beside it.",
+        show_default=False,
+    ),
+    network_format: str = typer.Option(
+        "torch",
+        "--format",
+        help="How each fold's network is stored: torch (weights, for the torch predictor) or "
+        "onnx (the inference graph, input `image` and output `logits`, batch axis dynamic, "
+        "spatial axes the plan's patch; for `toolkit predict --backend openvino|onnxruntime`, "
+        "the lean container image, or any ONNX runtime). Needs the deploy extra: "
+        "pip install 'toolkit[deploy]'.",
+    ),
 ) -> None:
-    """Write a trained model as one zip: plans, dataset.json, each fold's network weights (no training state), postprocessing and a manifest with sha256 checksums.
+    """Write a trained model as one zip: plans, dataset.json, each fold's network (weights without training state, or an ONNX graph), postprocessing and a manifest with sha256 checksums.
 
     `toolkit import-model model.zip` installs it into another workspace.
     """
-    from toolkit.modelzip.stage import ModelExportOptions, export_model
+    from toolkit.errors import ToolkitError
+    from toolkit.modelzip.stage import ModelExportOptions, export_model, export_model_folder
     from toolkit.workspace import DatasetPaths
 
     options = ModelExportOptions(
         configurations=parse_str_list(config),
         folds=parse_int_list(folds, "--folds"),
         example=example,
+        network_format=network_format,
     )
+    if (model is None) == (dataset is None):
+        raise ToolkitError("give either a DATASET or --model DIR")
+    if model is not None and (network_format != "onnx" or config):
+        raise ToolkitError(
+            "--model exports a model folder's ONNX networks: give --format onnx and no "
+            "--config (for torch weights: `toolkit import-model`, then export the dataset)"
+        )
     with writing_into(output, wait):  # a zip written into a dataset's folder
-        done = export_model(DatasetPaths.open(workspace, dataset), output, options)
+        if model is not None:
+            done = export_model_folder(model, output, options.folds)
+        else:
+            done = export_model(DatasetPaths.open(workspace, dataset), output, options)
     m = done.manifest
     info(
         f"model written to {done.path} ({done.size_bytes / 1e6:.1f} MB): "
-        f"{'+'.join(m.configurations)}, folds {','.join(map(str, m.folds))}"
+        f"{'+'.join(m.configurations)}, folds {','.join(map(str, m.folds))}, "
+        f"{m.network_format} networks"
         + (f", example case {m.example_case}" if m.example_case else "")
     )
 

@@ -253,6 +253,8 @@ def reproduce_options(record: dict[str, Any]) -> str:
         parts.append("--model-mode tarball")
     if record.get("device") == "cuda":
         parts.append("--device cuda")
+    if record.get("runtime", "torch") != "torch":
+        parts.append(f"--runtime {record['runtime']}")
     if record.get("interfaces_file"):
         parts.append(f"--interfaces {record['interfaces_file']}")
     parts += [f"--channel-map {m}" for m in record.get("channel_map") or []]
@@ -267,7 +269,8 @@ def render_model_card(facts: CardFacts) -> str:
         f"# {spec.dataset_name}: segmentation ({' + '.join(facts.ensemble.configurations)})",
         "",
         f"A Grand Challenge algorithm exported by toolkit {facts.toolkit_version} "
-        f"(image `{record.get('tag', '')}`, {record.get('device', spec.device)}, model {record.get('model_mode', 'baked')}).",
+        f"(image `{record.get('tag', '')}`, {record.get('device', spec.device)}, "
+        f"networks run by {record.get('runtime', spec.runtime)}, model {record.get('model_mode', 'baked')}).",
         "",
     ]
     lines += _data_section(facts) + _interfaces_section(spec)
@@ -275,6 +278,8 @@ def render_model_card(facts: CardFacts) -> str:
     options = (
         f" --model-mode {record['model_mode']}" if record.get("model_mode") == "tarball" else ""
     )
+    if record.get("runtime", "torch") != "torch":
+        options += f" --runtime {record['runtime']}"
     lines += [
         "## Reproduce",
         "",

@@ -14,7 +14,10 @@
 The model goes into the image (``baked``) or into ``model.tar.gz`` for the platform's
 ``/opt/ml/model`` (``tarball``; then ``.dockerignore`` keeps it out of the image).
 Checkpoints are copied without their training state (optimizer, scaler): inference needs
-the network's weights only, and the image is smaller for it.
+the network's weights only, and the image is smaller for it. A lean image (``--runtime
+openvino|onnxruntime``) holds each fold's ONNX graph instead (exported here, or copied when
+the dataset's model is already ONNX) and installs no torch: only the distributions its job
+imports, the runtime's included, and of OpenVINO only its CPU plugin and ONNX reader.
 """
 
 from __future__ import annotations
@@ -26,8 +29,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 import toolkit
 from toolkit.container import wheels
 from toolkit.container.base import PULLED_IMAGE
@@ -37,8 +38,14 @@ from toolkit.container.interfaces import (
     read_interfaces,
     shorthand_interface,
 )
-from toolkit.container.spec import AlgorithmSpec, EnsembleSpec, default_input_slugs, slugify
-from toolkit.core.checkpoint import load_checkpoint, weights_only
+from toolkit.container.models import copy_models
+from toolkit.container.spec import (
+    RUNTIMES,
+    AlgorithmSpec,
+    EnsembleSpec,
+    default_input_slugs,
+    slugify,
+)
 from toolkit.core.labels import dataset_label_model
 from toolkit.core.plans import Plans
 from toolkit.core.selection import Selection
@@ -46,7 +53,6 @@ from toolkit.errors import MissingStageError, ToolkitError
 from toolkit.io.atomic import atomic_path, replace_folder, write_text
 from toolkit.io.dataset_json import read_dataset_info
 from toolkit.workspace import (
-    CHECKPOINT_FINAL,
     MODEL_DATASET_JSON,
     MODEL_PLANS,
     DatasetPaths,
@@ -92,8 +98,17 @@ class ExportOptions:
     interfaces: Path | None = None  # the phase's interfaces (JSON); None: the slug shorthand
     channel_map: list[str] | None = None  # "SOCKET=CHANNEL" where names do not tell
     online_build: bool = False  # pip downloads the wheels inside the build (needs network)
+    runtime: str = "torch"  # torch, or openvino / onnxruntime: a lean image of ONNX networks
 
     def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ToolkitError(
+                f"--runtime must be one of {', '.join(RUNTIMES)}, not {self.runtime!r}"
+            )
+        if self.runtime != "torch" and self.device != "cpu":
+            raise ToolkitError(
+                f"--runtime {self.runtime} runs on the CPU: give --device cpu (or --runtime torch)"
+            )
         if self.model_mode not in MODEL_MODES:
             raise ToolkitError(
                 f"--model-mode must be one of {', '.join(MODEL_MODES)}, not {self.model_mode!r}"
@@ -157,6 +172,10 @@ def dockerfile_values(
         pip_source = f"--extra-index-url {wheels.TORCH_CPU_INDEX}"
     else:
         pip_source = ""
+    if options.runtime != "torch":
+        # every distribution the job imports is pinned (measured): the runtimes' declared
+        # extras (sympy, protobuf, ...) stay out
+        pip_source += " --no-deps"
     model_copy = (
         f"COPY model/ {BAKED_MODEL_DIR}/"
         if options.model_mode == "baked"
@@ -174,6 +193,7 @@ def dockerfile_values(
         "MODEL_COPY": model_copy,
         "MODEL_DIR": options.model_dir_in_image,
         "PYTHON_VERSION": wheels.PYTHON_VERSION,
+        "RUNTIME": options.runtime,
     }
 
 
@@ -182,42 +202,6 @@ def dockerignore_lines(options: ExportOptions) -> list[str]:
     if options.model_mode == "tarball":
         lines.append("model")
     return lines
-
-
-# --- I/O -------------------------------------------------------------------------------
-
-
-def copy_checkpoint(source: Path, target: Path) -> int:
-    checkpoint = load_checkpoint(source)
-    with atomic_path(target) as tmp:
-        torch.save(weights_only(checkpoint), tmp)
-    return target.stat().st_size
-
-
-def copy_models(paths: DatasetPaths, ensemble: EnsembleSpec, model_root: Path) -> int:
-    """Plans, dataset.json and final checkpoints of the ensemble's configurations and folds.
-
-    ``model_root`` gets the workspace's layout (``models/<config>/fold_<k>/``), which is what
-    the predictor expects, a cascade's first stage beside its second.
-    """
-    bundle = DatasetPaths(model_root)
-    total = 0
-    for config in ensemble.model_configurations:
-        source = paths.model_dir(config)
-        target = bundle.model_dir(config)
-        target.mkdir(parents=True, exist_ok=True)
-        for name in (MODEL_PLANS, MODEL_DATASET_JSON):
-            if not (source / name).is_file():
-                raise MissingStageError(source / name, f"toolkit train {paths.name} {config}")
-            shutil.copyfile(source / name, target / name)
-            total += (target / name).stat().st_size
-        for fold in ensemble.folds:
-            checkpoint = paths.fold_dir(config, fold) / CHECKPOINT_FINAL
-            if not checkpoint.is_file():
-                raise MissingStageError(checkpoint, f"toolkit train {paths.name} {config} {fold}")
-            bundle.fold_dir(config, fold).mkdir(exist_ok=True)
-            total += copy_checkpoint(checkpoint, bundle.fold_dir(config, fold) / CHECKPOINT_FINAL)
-    return total
 
 
 def ensemble_from_selection(
@@ -309,6 +293,7 @@ def algorithm_spec(
         labels=labels,
         interfaces=interfaces,
         device=options.device,
+        runtime=options.runtime,
     )
 
 
@@ -342,16 +327,25 @@ def _fill_context(
     source = template_dir()
     staged.model.mkdir(parents=True)
 
-    model_bytes = copy_models(paths, ensemble, staged.model)
+    model_bytes = copy_models(paths, ensemble, staged.model, options.runtime)
     ensemble.save(staged.ensemble_json)
     spec.save(staged.algorithm_json)
     shutil.copyfile(source / ENTRYPOINT_NAME, staged.entrypoint)
 
-    requirements = wheels.runtime_requirements(options.device)
+    lean = options.runtime != "torch"
+    requirements = (
+        wheels.runtime_requirements(options.device, runtime=options.runtime)
+        if lean
+        else wheels.runtime_requirements(options.device)
+    )
     own_wheel = wheels.build_toolkit_wheel(staged.toolkit_wheel, requirements)
     staged.wheels.mkdir()
     if options.wheelhouse is not None:
-        wheels.download_wheels(requirements, staged.wheels, Path(options.wheelhouse).expanduser())
+        wheelhouse = Path(options.wheelhouse).expanduser()
+        if lean:
+            wheels.download_wheels(requirements, staged.wheels, wheelhouse, no_deps=True)
+        else:
+            wheels.download_wheels(requirements, staged.wheels, wheelhouse)
     write_text(staged.requirements, "\n".join(requirements) + "\n")
     template = (source / TEMPLATE_NAME).read_text()
     write_text(

@@ -27,26 +27,27 @@ import resource
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from toolkit.container.interfaces import OUTPUT_IMAGE, Interface, Socket
+from toolkit.container.interfaces import OUTPUT_IMAGE, Socket
+from toolkit.container.job_inputs import (
+    Choice,
+    choose,
+    find_image,
+)
 from toolkit.container.spec import AlgorithmSpec, EnsembleSpec
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import write_json
-from toolkit.io.confine import check_inside, confined_path, relative_parts
 from toolkit.io.images import Geometry, read_channels, write_image
-from toolkit.io.json_files import read_json
 from toolkit.workspace import DatasetPaths
 
-INPUTS_JSON = "inputs.json"
 RESULTS_JSON = "results.json"
 ENSEMBLE_JSON = "ensemble.json"
 # suffixes of image files the platform hands over (and local runs may use)
-INPUT_SUFFIXES = (".mha", ".tif", ".tiff", ".nii.gz", ".nii", ".nrrd")
 
 # defaults inside the image; the Dockerfile sets the environment variables
 ENV_MODEL_DIR = "TOOLKIT_MODEL_DIR"
@@ -65,137 +66,6 @@ DONE_PATTERN = re.compile(
 
 EXIT_USER_ERROR = 2
 EXIT_FAILURE = 1
-
-
-# --- finding the inputs (pure functions of the folder's content) -----------------------
-
-
-def read_inputs_json(path: Path) -> dict[str, str]:
-    """``inputs.json`` -> {socket slug: relative path} (empty path: the socket's own)."""
-    data = read_json(
-        path, what="inputs.json (a list of inputs, each with an 'interface')", kind=list
-    )
-    folders: dict[str, str] = {}
-    for k, entry in enumerate(data):
-        interface = entry.get("interface") if isinstance(entry, dict) else None
-        if not isinstance(interface, dict) or not isinstance(interface.get("slug"), str):
-            raise ToolkitError(f"input {k} has no interface slug", path)
-        relative = interface.get("relative_path")
-        if relative is not None and relative != "":
-            # checked here, before anything runs: a path that leaves /input is refused
-            relative_parts(relative, what=f"input {k}'s relative_path", source=path)
-        folders[interface["slug"]] = relative if isinstance(relative, str) and relative else ""
-    return folders
-
-
-@dataclass(frozen=True)
-class Choice:
-    """The interface a job is served by, and where each channel's folder is."""
-
-    index: int  # 0-based, in the algorithm's list
-    interface: Interface
-    folders: list[Path] = field(default_factory=list)  # channel order
-
-
-def choose_interface(
-    interfaces: list[Interface], input_dir: Path, declared: dict[str, str] | None
-) -> Choice:
-    """The interface of a job: by the sockets ``inputs.json`` lists (``declared``: slug ->
-    relative path), else (a local run without it) by which input folders exist."""
-    if declared is not None:
-        listed = set(declared)
-        exact = [k for k, i in enumerate(interfaces) if set(i.input_slugs) == listed]
-        covered = [k for k, i in enumerate(interfaces) if set(i.input_slugs) <= listed]
-        if not exact and not covered:
-            offered = "; ".join(f"[{', '.join(i.input_slugs)}]" for i in interfaces)
-            raise ToolkitError(
-                f"lists input socket(s) [{', '.join(sorted(listed)) or 'none'}]; this algorithm's "
-                f"interface(s) take {offered}",
-                input_dir / INPUTS_JSON,
-            )
-        index = exact[0] if exact else max(covered, key=lambda k: len(interfaces[k].inputs))
-        interface = interfaces[index]
-        folders = [
-            confined_path(
-                input_dir,
-                declared.get(s.slug) or s.relative_path,
-                what=f"input {s.slug}'s relative_path",
-                source=input_dir / INPUTS_JSON,
-            )
-            for s in interface.channel_inputs
-        ]
-        return Choice(index, interface, folders)
-    present = [
-        k
-        for k, i in enumerate(interfaces)
-        if all((input_dir / s.relative_path).is_dir() for s in i.channel_inputs)
-    ]
-    if not present:
-        first = interfaces[0].channel_inputs
-        missing = next(s for s in first if not (input_dir / s.relative_path).is_dir())
-        images = input_dir / "images"
-        found = sorted(p.name for p in images.iterdir() if p.is_dir()) if images.is_dir() else []
-        raise ToolkitError(
-            f"no input folder {missing.relative_path}/ (found {found or 'no folders'} under images/; "
-            f"this algorithm reads {[s.relative_path for s in first]}, one per channel)",
-            input_dir,
-        )
-    index = max(present, key=lambda k: len(interfaces[k].channel_inputs))
-    interface = interfaces[index]
-    folders = [
-        confined_path(input_dir, s.relative_path, what=f"input {s.slug}'s folder", source=input_dir)
-        for s in interface.channel_inputs
-    ]
-    return Choice(index, interface, folders)
-
-
-def choose(input_dir: Path, spec: AlgorithmSpec) -> Choice:
-    """The job's interface (by ``inputs.json``'s sockets) and its channel folders."""
-    inputs_json = input_dir / INPUTS_JSON
-    declared = None
-    if inputs_json.is_file():
-        listed = read_inputs_json(inputs_json)
-        declared = {slug: path or _socket_path(spec, slug) for slug, path in listed.items()}
-    return choose_interface(spec.interfaces, input_dir, declared)
-
-
-def _socket_path(spec: AlgorithmSpec, slug: str) -> str:
-    for interface in spec.interfaces:
-        for socket in interface.inputs:
-            if socket.slug == slug:
-                return socket.relative_path
-    return f"images/{slug}"
-
-
-def input_folders(input_dir: Path, spec: AlgorithmSpec) -> list[Path]:
-    """The folder of each channel's input socket, in channel order."""
-    return choose(input_dir, spec).folders
-
-
-def is_input_image(path: Path) -> bool:
-    name = path.name.lower()
-    return path.is_file() and not name.startswith(".") and name.endswith(INPUT_SUFFIXES)
-
-
-def find_image(folder: Path) -> Path:
-    """The one image in an interface folder (its file name is not fixed)."""
-    if not folder.is_dir():
-        raise ToolkitError("input folder not found", folder)
-    images = sorted(p for p in folder.iterdir() if is_input_image(p))
-    for image in images:  # a link in the folder may not lead out of it
-        check_inside(folder, image, what="input image", shown=image.name, source=folder)
-    if not images:
-        raise ToolkitError(f"holds no image ({', '.join(INPUT_SUFFIXES)})", folder)
-    if len(images) > 1:
-        raise ToolkitError(
-            f"holds {len(images)} images ({', '.join(p.name for p in images)}); the platform gives one per interface",
-            folder,
-        )
-    return images[0]
-
-
-def find_inputs(input_dir: Path, spec: AlgorithmSpec) -> list[Path]:
-    return [find_image(folder) for folder in input_folders(input_dir, spec)]
 
 
 # --- results ---------------------------------------------------------------------------
@@ -295,24 +165,33 @@ def choose_device(requested: str) -> str:
 
 
 def predict_labels(
-    model_root: Path, ensemble: EnsembleSpec, image: np.ndarray, geometry: Geometry, device: str
+    model_root: Path,
+    ensemble: EnsembleSpec,
+    image: np.ndarray,
+    geometry: Geometry,
+    device: str,
+    runtime: str = "torch",
 ) -> np.ndarray:
     """The ensemble's postprocessed label map, ``(z, y, x)`` in the input's geometry.
 
     ``model_root`` holds ``models/<config>/`` as a dataset's workspace folder does, so the
     same call predicts from the workspace (the reference ``test-container`` compares with)
     and from the exported model. One configuration is predicted exactly as ``toolkit
-    predict`` does; several are averaged by :func:`predict_with_ensemble`.
+    predict --backend RUNTIME`` does; several are averaged by :func:`predict_with_ensemble`.
+    ``runtime``: torch, or openvino / onnxruntime for a lean image (ONNX networks, no torch).
     """
     from toolkit.inference.files import predict_with_ensemble
     from toolkit.inference.options import ModelOptions
-    from toolkit.inference.predictor import Predictor
+    from toolkit.inference.runtime import load_predictor
 
+    options = ModelOptions(
+        folds=ensemble.folds,
+        device=device,
+        use_mirroring=ensemble.use_mirroring,
+        backend=runtime,
+    )
     predictors = [
-        Predictor.from_model_dir(
-            DatasetPaths(model_root).model_dir(config),
-            ModelOptions(folds=ensemble.folds, device=device, use_mirroring=ensemble.use_mirroring),
-        )
+        load_predictor(DatasetPaths(model_root).model_dir(config), options)
         for config in ensemble.configurations
     ]
     if len(predictors) == 1:
@@ -359,7 +238,7 @@ def run_job(paths: JobPaths) -> dict[str, Any]:
     image, geometry = read_channels(inputs)
     device = choose_device(spec.device)
     labels = to_output_labels(
-        predict_labels(paths.model_dir, ensemble, image, geometry, device), spec
+        predict_labels(paths.model_dir, ensemble, image, geometry, device, spec.runtime), spec
     )
     if labels.shape != geometry.shape_zyx:
         raise RuntimeError(

@@ -42,6 +42,7 @@ class ExportRecord:
     time_limit: float = DEFAULT_TIME_LIMIT
     warnings: list[str] = field(default_factory=list)
     gpu_memory: str | None = None
+    runtime: str = "torch"  # what runs the networks in the image (--runtime)
     build_seconds: float | None = None
     image_id: str = ""
     image_bytes: int | None = None

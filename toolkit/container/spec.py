@@ -2,7 +2,8 @@
 
 * ``algorithm.json`` (:class:`AlgorithmSpec`), part of the image: the platform interfaces
   it serves (:mod:`~toolkit.container.interfaces`, each image input bound to a channel), the
-  channels, the labels, the device the image was built for.
+  channels, the labels, the device the image was built for and the runtime that runs its
+  networks (torch, or openvino / onnxruntime in a lean image without torch).
 * ``ensemble.json`` (:class:`EnsembleSpec`), part of the model (baked into the image or in
   the separate model tarball): the configurations whose probabilities are averaged, the
   folds of each, and the postprocessing. A new model tarball can change it without a
@@ -34,6 +35,8 @@ from toolkit.io.json_files import read_json
 SPEC_FORMAT_VERSION = 1  # ensemble.json (also inside model tarballs)
 ALGORITHM_FORMAT_VERSION = 2  # algorithm.json: 2 holds the platform's interfaces
 DEVICES = ("cpu", "cuda")
+# what runs the networks in the image (toolkit.inference.runtimes.BACKENDS)
+RUNTIMES = ("torch", "openvino", "onnxruntime")
 
 __all__ = [
     "AlgorithmSpec",
@@ -67,11 +70,18 @@ class AlgorithmSpec:
     labels: dict[str, int]  # name -> value, background included
     interfaces: list[Interface]
     device: str = "cpu"
+    runtime: str = RUNTIMES[0]
     format_version: int = ALGORITHM_FORMAT_VERSION
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise ToolkitError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        if self.runtime not in RUNTIMES:
+            raise ToolkitError(
+                f"runtime must be one of {', '.join(RUNTIMES)}, not {self.runtime!r}"
+            )
+        if self.runtime != "torch" and self.device != "cpu":
+            raise ToolkitError(f"the {self.runtime} runtime runs on the CPU: use --device cpu")
         if not self.interfaces:
             raise ToolkitError("an algorithm needs at least one interface")
 
@@ -95,6 +105,7 @@ class AlgorithmSpec:
             "channel_names": list(self.channel_names),
             "labels": dict(self.labels),
             "device": self.device,
+            "runtime": self.runtime,
             "interfaces": [i.to_dict() for i in self.interfaces],
         }
 
@@ -116,6 +127,7 @@ class AlgorithmSpec:
             labels={str(k): int(v) for k, v in labels.items()},
             interfaces=interfaces,
             device=str(data.get("device", "cpu")),
+            runtime=str(data.get("runtime", RUNTIMES[0])),
         )
 
 

@@ -68,8 +68,10 @@ DEFAULT_TEST_CASES = 3
 BUILDER_STAGE = "builder"  # the Dockerfile template's third-party stage
 
 
-def builder_tag(device: str) -> str:
-    return f"toolkit-builder-cache:{device}"
+def builder_tag(device: str, runtime: str = "torch") -> str:
+    """The third-party stage's tag: one per device and runtime, so that a torch image's and a
+    lean image's cached stages do not replace each other."""
+    return f"toolkit-builder-cache:{device}" + ("" if runtime == "torch" else f"-{runtime}")
 
 
 def default_base_image(engine_kind: str | None) -> str:
@@ -122,6 +124,7 @@ def export_container(
         wheels=wheel_source(options),
         memory=memory,
         time_limit=time_limit,
+        runtime=options.runtime,
     )
     info(
         f"build context written to {export.context} ({len(summary.files)} files, model {summary.model_bytes / 1e6:.1f} MB); "
@@ -156,7 +159,11 @@ def export_container(
             # the third-party stage gets a tag of its own: it is the slow part, and a tagged
             # stage survives the pruning of old builds, so the next export reuses it
             stage = eng.build(
-                export.context, builder_tag(options.device), log, echo, target=BUILDER_STAGE
+                export.context,
+                builder_tag(options.device, options.runtime),
+                log,
+                echo,
+                target=BUILDER_STAGE,
             )
             built = eng.build(export.context, options.tag, log, echo)
         record.built = True

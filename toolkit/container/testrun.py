@@ -29,14 +29,16 @@ import numpy as np
 import SimpleITK as sitk
 
 from toolkit.container.engine import Mounts
-from toolkit.container.entrypoint import DONE_PATTERN, INPUTS_JSON
+from toolkit.container.entrypoint import DONE_PATTERN
 from toolkit.container.interfaces import Interface
+from toolkit.container.job_inputs import INPUTS_JSON
 from toolkit.container.limits import job_memory_bytes, memory_problem, time_problem
 from toolkit.container.outputs import check_output
 from toolkit.container.spec import AlgorithmSpec, EnsembleSpec
 from toolkit.core.splits import read_splits
 from toolkit.errors import ToolkitError
-from toolkit.inference.stage import PredictOptions, run_predict
+from toolkit.inference.files import predict_paths
+from toolkit.inference.stage import PredictOptions, load_predictors, run_predict
 from toolkit.io.atomic import write_json
 from toolkit.io.dataset_json import CaseFiles, load_dataset_info, training_cases
 from toolkit.io.images import make_sitk, read_channels, read_image
@@ -278,14 +280,25 @@ def extract_model_tarball(tarball: Path, target: Path) -> Path:
 
 
 def reference_labels(
-    paths: DatasetPaths, ensemble: EnsembleSpec, case: CaseFiles, folder: Path
+    paths: DatasetPaths,
+    ensemble: EnsembleSpec,
+    case: CaseFiles,
+    folder: Path,
+    runtime: str = "torch",
+    model_root: Path | None = None,
 ) -> np.ndarray:
     """What ``toolkit predict --dataset D --config C --folds F --postprocess P`` writes for the case.
 
     Run through the command's own code (on this machine's CPU, from the workspace's models),
-    so the job's output is compared with what a user of ``toolkit predict`` gets.
+    so the job's output is compared with what a user of ``toolkit predict`` gets. A lean
+    image (``runtime`` openvino or onnxruntime) is compared with ``toolkit predict --backend
+    RUNTIME`` on the ONNX networks it ships (``model_root``, the export's model folder).
     """
     folder.mkdir(parents=True, exist_ok=True)
+    if runtime != "torch":
+        if model_root is None:
+            raise ValueError("a lean image's reference needs the exported model folder")
+        return _runtime_reference(ensemble, case, folder, runtime, model_root)
     postprocessing = folder / "postprocessing.json"
     ensemble.postprocessing.save(postprocessing)
     target = folder / f"{case.case}{FILE_ENDING}"
@@ -299,6 +312,25 @@ def reference_labels(
         dataset=str(paths.root),
         configurations=list(ensemble.configurations),
         postprocess=postprocessing,
+    )
+    labels, _ = read_image(target)
+    return labels
+
+
+def _runtime_reference(
+    ensemble: EnsembleSpec, case: CaseFiles, folder: Path, runtime: str, model_root: Path
+) -> np.ndarray:
+    options = PredictOptions(
+        folds=list(ensemble.folds),
+        use_mirroring=ensemble.use_mirroring,
+        backend=runtime,
+        quiet=True,
+    )
+    bundle = DatasetPaths(model_root)
+    predictors = load_predictors([bundle.model_dir(c) for c in ensemble.configurations], options)
+    target = folder / f"{case.case}{FILE_ENDING}"
+    predict_paths(
+        predictors, case.images[0], target, postprocessing=ensemble.postprocessing, quiet=True
     )
     labels, _ = read_image(target)
     return labels
@@ -372,7 +404,9 @@ def test_case(
     result.problems += problems
     if compare and labels is not None:
         start = time.perf_counter()
-        reference = reference_labels(paths, ensemble, case, export.reference_dir(run_name))
+        reference = reference_labels(
+            paths, ensemble, case, export.reference_dir(run_name), spec.runtime, export.model
+        )
         result.reference_seconds = round(time.perf_counter() - start, 3)
         if reference.shape != labels.shape:
             result.identical, result.differing_voxels = False, int(max(reference.size, labels.size))

@@ -46,6 +46,13 @@ ENTRYPOINT_MODULES = (
     "toolkit.inference.files",
     "toolkit.inference.predictor",
 )
+# a lean image's job (export-container --runtime openvino|onnxruntime): the torch-free
+# predictor and the runtime's own package, no torch
+LEAN_ENTRYPOINT_MODULES = (
+    "toolkit.container.entrypoint",
+    "toolkit.inference.files",
+    "toolkit.inference.runtime",
+)
 PACKAGE_NAME = "toolkit"
 
 
@@ -85,19 +92,31 @@ def imported_distributions(modules: tuple[str, ...] = ENTRYPOINT_MODULES) -> lis
     return sorted(found, key=str.lower)
 
 
-def runtime_requirements(device: str, distributions: list[str] | None = None) -> list[str]:
-    """Pinned requirements of the image (torch by device), without the toolkit itself."""
+def entrypoint_modules(runtime: str = "torch") -> tuple[str, ...]:
+    """The modules the image's job imports with ``runtime`` running the networks."""
+    if runtime == "torch":
+        return ENTRYPOINT_MODULES
+    return (*LEAN_ENTRYPOINT_MODULES, runtime)
+
+
+def runtime_requirements(
+    device: str, distributions: list[str] | None = None, runtime: str = "torch"
+) -> list[str]:
+    """Pinned requirements of the image (torch by device, or no torch for a lean runtime),
+    without the toolkit itself."""
     names = {d.lower(): d for d in BASE_DISTRIBUTIONS}
-    for dist in imported_distributions() if distributions is None else distributions:
+    if distributions is None:
+        distributions = imported_distributions(entrypoint_modules(runtime))
+    for dist in distributions:
         names.setdefault(dist.lower(), dist)
     names.pop(PACKAGE_NAME, None)
     names.pop("torch", None)
     pinned = [f"{names[key]}=={installed_version(names[key])}" for key in sorted(names)]
-    return [torch_requirement(device)] + pinned
+    return ([torch_requirement(device)] if runtime == "torch" else []) + pinned
 
 
 def pip_download_command(
-    requirements: list[str], dest: Path, find_links: Path | None = None
+    requirements: list[str], dest: Path, find_links: Path | None = None, no_deps: bool = False
 ) -> list[str]:
     """``pip download`` for the image's platform, not this machine's (pure function)."""
     command = [
@@ -120,6 +139,8 @@ def pip_download_command(
     ]
     if find_links is not None:
         command += ["--find-links", str(find_links)]
+    if no_deps:  # the requirements are every distribution the job imports, measured
+        command.append("--no-deps")
     return command + list(requirements)
 
 
@@ -133,15 +154,19 @@ def _link_or_copy(source: Path, target: Path) -> None:
             shutil.copyfile(source, tmp)
 
 
-def download_wheels(requirements: list[str], dest: Path, wheelhouse: Path) -> list[Path]:
+def download_wheels(
+    requirements: list[str], dest: Path, wheelhouse: Path, no_deps: bool = False
+) -> list[Path]:
     """Put into ``dest`` exactly the wheels ``requirements`` need, through ``wheelhouse``.
 
     Wheels already in the wheelhouse are reused; newly downloaded ones are added to it, so a
-    second export downloads nothing.
+    second export downloads nothing. ``no_deps``: the requirements alone (a lean image pins
+    every distribution its job imports and leaves out what the runtimes only declare, such
+    as sympy for ONNX Runtime's tools).
     """
     dest.mkdir(parents=True, exist_ok=True)
     wheelhouse.mkdir(parents=True, exist_ok=True)
-    command = pip_download_command(requirements, dest, find_links=wheelhouse)
+    command = pip_download_command(requirements, dest, find_links=wheelhouse, no_deps=no_deps)
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         lines = [

@@ -109,6 +109,13 @@ def segmentation_on_grid(
     )[0]
 
 
+def input_channels(plans: Plans, configuration: Configuration) -> int:
+    """A network's input channels: the image's, plus for a cascade stage one one-hot channel per
+    foreground label value of the first stage (also with regions)."""
+    extra = len(plans.label_model().foreground_values) if configuration.is_cascade else 0
+    return plans.num_input_channels + extra
+
+
 def cascade_channels(plans: Plans, previous_labels: np.ndarray) -> np.ndarray:
     """The first stage's labels ``(*grid)`` -> one-hot input channels ``(foreground, *grid)``."""
     return one_hot(previous_labels, plans.label_model().foreground_values)

@@ -11,13 +11,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from toolkit.errors import ToolkitError
 from toolkit.io.dataset_json import DatasetInfo
 from toolkit.io.images import label_dtype
+
+if TYPE_CHECKING:  # the batch functions take training's tensors; the torch-free predictor
+    import torch  # (:mod:`toolkit.inference.runtime`) imports this module without torch
 
 BACKGROUND = 0
 
@@ -35,6 +38,8 @@ def one_hot(labels: np.ndarray, values: Sequence[int]) -> np.ndarray:
 
 def one_hot_batch(labels: torch.Tensor, values: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
     """``(B, *spatial)`` labels -> ``(B, len(values), *spatial)`` of ``dtype``."""
+    import torch
+
     return torch.stack([(labels == v) for v in values], dim=1).to(dtype)
 
 
@@ -254,6 +259,8 @@ def target_mask(segmentation: np.ndarray, values: Sequence[int]) -> np.ndarray:
 
 def region_batch(labels: torch.Tensor, model: LabelModel) -> torch.Tensor:
     """``(B, 1, *spatial)`` label maps -> ``(B, R, *spatial)`` bool, one channel per region."""
+    import torch
+
     channels = []
     for target in model.targets:
         if len(target.values) == 1:

@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections.abc import MutableSequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
 from toolkit.core.cropping import box_slices
 from toolkit.core.labels import probabilities_inplace, segmentation_from_probabilities
@@ -64,14 +64,16 @@ class Prediction:
         write_image(label_path, self.labels, self.geometry)
 
 
-def _as_numpy(array: np.ndarray | torch.Tensor) -> np.ndarray:
-    if isinstance(array, torch.Tensor):
-        return array.detach().to("cpu", torch.float32).numpy()
+def _as_numpy(array: Any) -> np.ndarray:
+    """A numpy array or a torch tensor (on any device) as float32 numpy; this module imports
+    no torch, so that the torch-free predictor can use it."""
+    if not isinstance(array, np.ndarray) and hasattr(array, "detach"):
+        return array.detach().float().cpu().numpy()
     return np.asarray(array, dtype=np.float32)
 
 
 def logits_to_original(
-    logits: MutableSequence[np.ndarray | torch.Tensor],
+    logits: MutableSequence[Any],
     props: CaseProperties,
     plans: Plans,
     configuration: Configuration,
@@ -79,7 +81,7 @@ def logits_to_original(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Per-class logits on the preprocessed grid -> (labels ``(z, y, x)``, probabilities ``(k, z, y, x)`` or None).
 
-    ``logits`` holds one spatial array per class and is emptied as it is consumed (entries
+    ``logits`` holds one spatial array per class (numpy, or torch tensors) and is emptied as it is consumed (entries
     become ``None``) so that each class's memory is released once resampled.
     """
     k = len(logits)

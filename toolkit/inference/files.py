@@ -20,10 +20,10 @@ import numpy as np
 from toolkit.core.labels import labels_from_probabilities
 from toolkit.core.postprocessing import Postprocessing
 from toolkit.errors import ToolkitError
+from toolkit.inference.case_predictor import CasePredictor
 from toolkit.inference.ensemble import average_probabilities
 from toolkit.inference.export import Prediction
 from toolkit.inference.inputs import InputCase, find_input_cases, read_input_case
-from toolkit.inference.predictor import Predictor
 from toolkit.io.atomic import sweep_temporaries
 from toolkit.io.images import Geometry, has_image_suffix, strip_image_suffix
 from toolkit.progress import info, progress_bar
@@ -44,7 +44,7 @@ class CaseReport:
 
 
 def predict_paths(
-    predictors: Sequence[Predictor],
+    predictors: Sequence[CasePredictor],
     input_path: str | Path,
     output: str | Path,
     save_probabilities: bool = False,
@@ -113,7 +113,7 @@ def predict_paths(
 
 
 def predict_with_ensemble(
-    predictors: Sequence[Predictor],
+    predictors: Sequence[CasePredictor],
     image: np.ndarray,
     geometry: Geometry,
     with_probabilities: bool = True,

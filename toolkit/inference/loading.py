@@ -9,17 +9,16 @@ loaded with the same :class:`~toolkit.inference.options.ModelOptions`.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
 from toolkit.core.checkpoint import KEY_CONFIGURATION, KEY_MIRROR_AXES, KEY_NETWORK, load_checkpoint
-from toolkit.core.constants import FOLD_ALL
 from toolkit.core.plans import Configuration, Plans
 from toolkit.errors import ToolkitError
+from toolkit.inference.folds import FOLD_PREFIX
+from toolkit.inference.folds import fold_dirs as _fold_dirs
 from toolkit.inference.options import ModelOptions
 from toolkit.nets import nnunet_v2, nnunet_v2_weights
 from toolkit.nets.unet import build_network
@@ -32,7 +31,6 @@ from toolkit.workspace import (
 )
 
 CHECKPOINTS = {"final": CHECKPOINT_FINAL, "best": CHECKPOINT_BEST, "latest": CHECKPOINT_LATEST}
-FOLD_PREFIX = "fold_"
 
 
 @dataclass(frozen=True)
@@ -46,6 +44,7 @@ class LoadedModel:
     mirror_axes: tuple[int, ...] | None
     source: Path  # the model folder
     first_stage: LoadedModel | None  # a cascade's first stage, from the folder beside it
+    folds: tuple[str, ...] = ()  # the fold of each network: ``fold_<f>``'s ``f``
 
 
 def load_model(model_dir: str | Path, options: ModelOptions) -> LoadedModel:
@@ -108,6 +107,7 @@ def _load_toolkit(model_dir: Path, options: ModelOptions) -> LoadedModel:
         mirror_axes=None if mirror_axes is None else tuple(int(a) for a in mirror_axes),
         source=model_dir,
         first_stage=first_stage,
+        folds=tuple(d.name.removeprefix(FOLD_PREFIX) for d in fold_dirs),
     )
 
 
@@ -154,6 +154,7 @@ def _load_nnunet_v2(model_dir: Path, options: ModelOptions) -> LoadedModel:
         mirror_axes=mirror_axes,
         source=model_dir,
         first_stage=first_stage,
+        folds=tuple(d.name.removeprefix(FOLD_PREFIX) for d in fold_dirs),
     )
 
 
@@ -175,40 +176,6 @@ def _checkpoint_name(checkpoint: str) -> str:
     if checkpoint.endswith(".pt"):
         return checkpoint
     raise ToolkitError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, not {checkpoint!r}")
-
-
-def _fold_dirs(model_dir: Path, folds: Sequence[int | str] | None, file_name: str) -> list[Path]:
-    """The ``fold_<f>`` folders asked for (``all``: ``fold_all``, ours or nnU-Net v2's).
-
-    None: every numbered fold holding ``file_name``, in fold order; ``fold_all`` (trained on
-    every case, nnU-Net v2's fold "all") only when no numbered fold is there, as it is another
-    model rather than a member of the cross-validation ensemble.
-    """
-    if folds is None:
-        found = sorted(
-            (p for p in model_dir.glob(f"{FOLD_PREFIX}*") if (p / file_name).is_file()),
-            key=_fold_order,
-        )
-        numbered = [p for p in found if p.name[len(FOLD_PREFIX) :].isdigit()]
-        every = model_dir / f"{FOLD_PREFIX}{FOLD_ALL}"
-        found = numbered or ([every] if every in found else found)
-        if not found:
-            raise ToolkitError(f"no fold has a {file_name}: train the model first", model_dir)
-        return found
-    if len(folds) == 0:
-        raise ToolkitError("--folds lists no fold")
-    dirs = []
-    for f in folds:
-        d = model_dir / f"{FOLD_PREFIX}{f}"
-        if not (d / file_name).is_file():
-            raise ToolkitError(f"fold {f} has no {file_name}", d)
-        dirs.append(d)
-    return dirs
-
-
-def _fold_order(path: Path) -> tuple[float, str]:
-    suffix = path.name[len(FOLD_PREFIX) :]
-    return (int(suffix) if suffix.isdigit() else math.inf, suffix)
 
 
 def _load_network(plans: Plans, configuration: Configuration, state: dict, path: Path) -> nn.Module:

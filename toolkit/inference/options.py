@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from toolkit.core.constants import STEP_SIZE
+
+if TYPE_CHECKING:  # a type only: the torch-free predictor takes these options too
+    import torch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,9 +26,12 @@ class ModelOptions:
 
     folds: Sequence[int | str] | None = None  # ``fold_<f>`` folders; None: every fold present
     checkpoint: str = "final"  # final, best, latest, or a checkpoint's file name (``*.pt``)
-    device: str | torch.device = "auto"  # auto: CUDA when present
+    device: str | torch.device = "auto"  # auto: CUDA when present (torch backend)
     use_mirroring: bool = True  # test-time mirroring over the checkpoint's axes
     step_size: float = STEP_SIZE  # window step as a share of the patch size, in (0, 1]
     precision: str = "auto"  # auto: fp16 on CUDA, bf16 on CPUs with native bf16, else float32
     images_per_forward: int | None = None  # None: by device and dimensionality
     compile: bool = False  # run the networks through torch.compile
+    # torch, onnxruntime or openvino (toolkit.inference.runtimes.BACKENDS); None: torch for a
+    # model of checkpoints, the first installed runtime for a model of ONNX files
+    backend: str | None = None

@@ -20,6 +20,7 @@ import numpy as np
 from toolkit.core.postprocessing import Postprocessing
 from toolkit.core.selection import Selection
 from toolkit.errors import MissingStageError, ToolkitError
+from toolkit.inference.case_predictor import CasePredictor
 from toolkit.inference.ensemble import ensemble_folders
 from toolkit.inference.export import Prediction
 from toolkit.inference.files import (
@@ -30,8 +31,8 @@ from toolkit.inference.files import (
     probabilities_path,
 )
 from toolkit.inference.options import ModelOptions
-from toolkit.inference.predictor import Predictor
 from toolkit.inference.preview import preview_path, write_overlay
+from toolkit.inference.runtime import load_predictor
 from toolkit.io import nifti_scan
 from toolkit.io.images import read_image, strip_image_suffix
 from toolkit.progress import info
@@ -92,11 +93,13 @@ def choose_models(
     return ModelChoice(dirs, folds, postprocessing, origin)
 
 
-def load_predictors(model_dirs: list[Path], options: ModelOptions) -> list[Predictor]:
-    return [Predictor.from_model_dir(d, options) for d in model_dirs]
+def load_predictors(model_dirs: list[Path], options: ModelOptions) -> list[CasePredictor]:
+    """One predictor per model folder, run by ``options.backend`` (torch, or a runtime of
+    ONNX files: :func:`toolkit.inference.runtime.load_predictor`)."""
+    return [load_predictor(d, options) for d in model_dirs]
 
 
-def preview_writer(predictor: Predictor) -> WrittenHook:
+def preview_writer(predictor: CasePredictor) -> WrittenHook:
     """Draws ``CASE_preview.png`` beside each label map: the image's first channel and the
     prediction, on the slice with the most foreground, the legend naming the model's classes."""
     names = predictor.plans.label_model().value_names

@@ -10,6 +10,8 @@
         selection.json                     the source's selection, when the export used it
         models/<config>/plans.json, dataset.json, fold_<k>/checkpoint_final.pt
                                            network weights only (no optimizer, no RNG state)
+                                           or, with `--format onnx`, fold_<k>/network.onnx
+                                           and network.json (toolkit.core.onnx_network)
         example/imagesTr/CASE_0000.nii.gz, example/labelsTr/CASE.nii.gz
                                            one case, so the receiver can test-run an export
 
@@ -40,7 +42,13 @@ from typing import Any, BinaryIO
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import atomic_path, write_with
 from toolkit.io.confine import name_problem, plain_name
-from toolkit.workspace import CHECKPOINT_FINAL, MODEL_DATASET_JSON, MODEL_PLANS
+from toolkit.workspace import (
+    CHECKPOINT_FINAL,
+    MODEL_DATASET_JSON,
+    MODEL_PLANS,
+    NETWORK_JSON,
+    NETWORK_ONNX,
+)
 
 ARCHIVE_FORMAT = "toolkit-model"
 ARCHIVE_FORMAT_VERSION = 1
@@ -51,6 +59,8 @@ POSTPROCESSING = "postprocessing.json"
 SELECTION = "selection.json"
 MODELS = "models"
 EXAMPLE = "example"
+# how the folds' networks are stored: torch checkpoints, or ONNX graphs (export-model --format)
+NETWORK_FORMATS = ("torch", "onnx")
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 # streaming and the limits of what an archive may unpack into
 CHUNK_BYTES = 1 << 20  # what is in memory of a member at once
@@ -73,6 +83,7 @@ class Manifest:
     torch_version: str
     example_case: str | None = None
     members: dict[str, str] = field(default_factory=dict)  # name -> sha256
+    network_format: str = NETWORK_FORMATS[0]  # one of NETWORK_FORMATS
     format: str = ARCHIVE_FORMAT
     format_version: int = ARCHIVE_FORMAT_VERSION
 
@@ -101,6 +112,7 @@ class Manifest:
                 if data.get("example_case") is None
                 else str(data["example_case"]),
                 members={str(k): str(v) for k, v in data["members"].items()},
+                network_format=str(data.get("network_format", NETWORK_FORMATS[0])),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ToolkitError(
@@ -108,6 +120,12 @@ class Manifest:
             ) from None
         if not manifest.configurations or not manifest.folds:
             raise ToolkitError(f"{MANIFEST} names no configuration or no fold", source)
+        if manifest.network_format not in NETWORK_FORMATS:
+            raise ToolkitError(
+                f"{MANIFEST} names network_format {manifest.network_format!r}, not one of "
+                f"{', '.join(NETWORK_FORMATS)}: update the toolkit",
+                source,
+            )
         check_manifest(manifest, source)
         return manifest
 
@@ -149,7 +167,14 @@ def required_members(manifest: Manifest) -> list[str]:
     needed = [PLANS, DATASET_JSON, POSTPROCESSING]
     for config in manifest.model_configurations:
         needed += [model_member(config, MODEL_PLANS), model_member(config, MODEL_DATASET_JSON)]
-        needed += [fold_member(config, fold, CHECKPOINT_FINAL) for fold in manifest.folds]
+        for fold in manifest.folds:
+            if manifest.network_format == "onnx":
+                needed += [
+                    fold_member(config, fold, NETWORK_ONNX),
+                    fold_member(config, fold, NETWORK_JSON),
+                ]
+            else:
+                needed.append(fold_member(config, fold, CHECKPOINT_FINAL))
     return needed
 
 

@@ -1,7 +1,8 @@
 """``toolkit export-model`` and ``toolkit import-model``: a trained model as one file.
 
 Export: the selection's (or the given) configurations and folds of a workspace dataset, as
-network weights only, with plans, dataset.json, postprocessing, one example case and a
+network weights only (or ONNX graphs, ``--format onnx``; also of a model folder that ``predict
+--model`` reads, nnU-Net v2's included), with plans, dataset.json, postprocessing, one example case and a
 manifest of sha256 checksums (:mod:`toolkit.modelzip.archive`). Import: such an archive, or
 one written by ``nnUNetv2_export_model_to_zip`` (converted to the toolkit's model folders),
 installed as a workspace dataset that ``toolkit predict --dataset NAME`` and ``toolkit
@@ -14,12 +15,24 @@ from pathlib import Path
 
 from toolkit.errors import ToolkitError
 from toolkit.modelzip.archive import MANIFEST, ArchiveReader
-from toolkit.modelzip.export import ModelExport, ModelExportOptions, export_model
+from toolkit.modelzip.export import (
+    ModelExport,
+    ModelExportOptions,
+    export_model,
+    export_model_folder,
+)
 from toolkit.modelzip.install import ImportedModel
 from toolkit.modelzip.nnunet_archive import install_nnunet_archive, nnunet_models
 from toolkit.modelzip.toolkit_archive import install_toolkit_archive
 
-__all__ = ["ImportedModel", "ModelExport", "ModelExportOptions", "export_model", "import_model"]
+__all__ = [
+    "ImportedModel",
+    "ModelExport",
+    "ModelExportOptions",
+    "export_model",
+    "export_model_folder",
+    "import_model",
+]
 
 
 def import_model(

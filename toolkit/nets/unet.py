@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from toolkit.core.cascade import input_channels
 from toolkit.core.plans import Architecture, Configuration, Plans
 from toolkit.nets.blocks import conv_cls, conv_stage, he_init, transposed_cls
 from toolkit.nets.residual_unet import ResidualEncoderUNet
@@ -85,13 +86,6 @@ class UNet(nn.Module):
                 outputs.append(head(x))
         outputs.reverse()  # highest resolution first
         return outputs if self.deep_supervision else outputs[0]
-
-
-def input_channels(plans: Plans, configuration: Configuration) -> int:
-    """Image channels, plus one-hot foreground channels of the previous stage for a cascade."""
-    # a cascade's extra inputs: one one-hot channel per foreground label value (also with regions)
-    extra = len(plans.label_model().foreground_values) if configuration.is_cascade else 0
-    return plans.num_input_channels + extra
 
 
 def build_network(
