@@ -53,8 +53,8 @@ docs: install
 	$(BIN)/python docs/cli_reference.py
 
 lint: install
-	$(BIN)/ruff check toolkit tests bench docs
-	$(BIN)/ruff format --check toolkit tests bench docs
+	$(BIN)/ruff check toolkit tests bench docs/cli_reference.py
+	$(BIN)/ruff format --check toolkit tests bench docs/cli_reference.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache build *.egg-info
