@@ -47,6 +47,7 @@ from toolkit.training.loss import DeepSupervisionLoss, loss_scales
 from toolkit.training.schedule import Schedule, make_optimizer, set_lr
 from toolkit.training.trainer import Parts, train_step
 
+IS_BENCHMARK = True  # run by `make bench` (python -m bench)
 BENCH = Path(__file__).resolve().parent
 REFERENCE = BENCH / "lockstep_reference.py"
 CONFIGURATION = "3d_fullres"
