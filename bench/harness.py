@@ -49,11 +49,13 @@ def log(message: str) -> None:
 
 
 def nnunet_python() -> Path:
-    return NNUNET_VENV / "bin" / "python"
+    """``$TOOLKIT_NNUNET_PYTHON`` (a reference venv made elsewhere), else the bench venv's."""
+    override = os.environ.get("TOOLKIT_NNUNET_PYTHON")
+    return Path(override) if override else NNUNET_VENV / "bin" / "python"
 
 
 def nnunet_command(name: str) -> Path:
-    return NNUNET_VENV / "bin" / name
+    return nnunet_python().parent / name
 
 
 def nnunet_stamp() -> Path:
@@ -63,8 +65,11 @@ def nnunet_stamp() -> Path:
 
 
 def nnunet_is_current() -> bool:
+    """The reference's venv imports nnU-Net v2 (and, for the bench venv, holds the current
+    requirements; a ``TOOLKIT_NNUNET_PYTHON`` venv made elsewhere has no stamp)."""
     python = nnunet_python()
-    if not python.exists() or not nnunet_stamp().is_file():
+    stamped = bool(os.environ.get("TOOLKIT_NNUNET_PYTHON")) or nnunet_stamp().is_file()
+    if not python.exists() or not stamped:
         return False
     check = (
         "import importlib.metadata as m, nnunetv2, dynamic_network_architectures; "
@@ -84,6 +89,10 @@ def ensure_nnunet() -> Path:
     """The reference's venv python; made (again) when absent or older than the requirements."""
     if nnunet_is_current():
         return nnunet_python()
+    if os.environ.get("TOOLKIT_NNUNET_PYTHON"):
+        raise RuntimeError(
+            f"TOOLKIT_NNUNET_PYTHON={nnunet_python()} does not import nnU-Net v2 {NNUNET_VERSION}"
+        )
     log(
         f"installing nnU-Net v2 {NNUNET_VERSION} into {NNUNET_VENV} from "
         f"{NNUNET_REQUIREMENTS.relative_to(ROOT)} (about 1.9 GB, minutes)"
@@ -238,11 +247,26 @@ def machine() -> dict:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     return {
         "cpus": os.cpu_count(),
+        "cpu_flags": cpu_flags(),
         "load_average": [round(v, 2) for v in load],
         "python": platform.python_version(),
         "platform": platform.platform(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def cpu_flags() -> list[str]:
+    """The vector-unit flags of this CPU that decide its fp32/bf16 speed (from /proc/cpuinfo)."""
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
+        [],
+    )
+    return [f for f in wanted if f in flags]
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:
