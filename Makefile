@@ -1,5 +1,8 @@
 # toolkit: `make demo` runs the whole pipeline on a small built-in dataset, `make test` the tests.
 # Both set up .venv first. Override the torch pin with e.g. `make install TORCH=2.5.1`.
+# `make reference` installs nnU-Net v2 2.8.1 into bench/.venv-nnunet (the agreement tests use it;
+# reused while bench/nnunet-requirements.txt is unchanged); `make docs` regenerates the CLI
+# reference in docs/reference/cli/ from the Typer app.
 PYTHON ?= python3
 TORCH ?= 2.13.0
 VENV ?= .venv
@@ -10,7 +13,7 @@ DEMO_DIR ?= demo
 DEMO_BUDGET ?=
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install demo test test-fast bench lint clean
+.PHONY: install demo test test-fast bench lint clean reference docs
 
 install: $(STAMP)
 
@@ -45,9 +48,15 @@ test-fast: install
 bench: install
 	$(BIN)/python -m bench
 
+reference: install
+	$(BIN)/python -m bench.reference_venv
+
+docs: install
+	$(BIN)/python docs/cli_reference.py
+
 lint: install
-	$(BIN)/ruff check toolkit tests bench
-	$(BIN)/ruff format --check toolkit tests bench
+	$(BIN)/ruff check toolkit tests bench docs/cli_reference.py
+	$(BIN)/ruff format --check toolkit tests bench docs/cli_reference.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache build *.egg-info

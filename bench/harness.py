@@ -1,9 +1,10 @@
 """Reusable pieces of the benchmarks against nnU-Net v2.
 
-* :func:`ensure_nnunet` creates the reference's own venv at ``bench/.venv-nnunet`` (reused when
-  it already works). nnU-Net v2 next to the project's CPU torch leaves a torchvision that
-  cannot import (see ``shared/docs/PERFORMANCE.md``), so the venv gets its own matching
-  ``torch`` + ``torchvision`` pair; every ``nnUNetv2_*`` command then works, on the CPU.
+* :func:`ensure_nnunet` creates the reference's own venv at ``bench/.venv-nnunet`` from
+  ``bench/nnunet-requirements.txt`` (every package pinned, installed with ``--no-deps``: the
+  2.13.0 CPU torch, no torchvision or timm, which nnU-Net v2's U-Nets, planners, trainer and
+  predictor do not import), reused while its stamp names the requirements' digest and
+  ``nnunetv2`` imports; ``make reference`` (run by ``.ci/run``) calls it.
 * :func:`export_nnunet_raw` links a workspace dataset into ``nnUNet_raw/DatasetXXX_Name``
   (our raw layout is nnU-Net v2's, so the files are linked, not copied).
 * :func:`measure` runs a command under ``/usr/bin/time -v``: wall time and peak resident
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -34,9 +36,8 @@ RESULTS = BENCH / "results"
 WORK = BENCH / "work"
 NNUNET_VENV = BENCH / ".venv-nnunet"
 NNUNET_VERSION = "2.8.1"
-# a torch/torchvision pair that import together (the CPU-only torch of the project's venv
-# leaves nnU-Net's torchvision broken); pip picks the builds for this machine
-NNUNET_REQUIREMENTS = ("torch==2.14.1", "torchvision==0.29.1", f"nnunetv2=={NNUNET_VERSION}")
+# every package of the reference's venv, pinned (the CPU torch, no torchvision: see the file)
+NNUNET_REQUIREMENTS = BENCH / "nnunet-requirements.txt"
 TIME = "/usr/bin/time"
 
 
@@ -48,19 +49,31 @@ def log(message: str) -> None:
 
 
 def nnunet_python() -> Path:
-    return NNUNET_VENV / "bin" / "python"
+    """``$TOOLKIT_NNUNET_PYTHON`` (a reference venv made elsewhere), else the bench venv's."""
+    override = os.environ.get("TOOLKIT_NNUNET_PYTHON")
+    return Path(override) if override else NNUNET_VENV / "bin" / "python"
 
 
 def nnunet_command(name: str) -> Path:
-    return NNUNET_VENV / "bin" / name
+    return nnunet_python().parent / name
 
 
-def _nnunet_works() -> bool:
+def nnunet_stamp() -> Path:
+    """The file that says the venv holds this version of the requirements."""
+    digest = hashlib.sha256(NNUNET_REQUIREMENTS.read_bytes()).hexdigest()[:16]
+    return NNUNET_VENV / f".installed-{digest}"
+
+
+def nnunet_is_current() -> bool:
+    """The reference's venv imports nnU-Net v2 (and, for the bench venv, holds the current
+    requirements; a ``TOOLKIT_NNUNET_PYTHON`` venv made elsewhere has no stamp)."""
     python = nnunet_python()
-    if not python.exists():
+    stamped = bool(os.environ.get("TOOLKIT_NNUNET_PYTHON")) or nnunet_stamp().is_file()
+    if not python.exists() or not stamped:
         return False
     check = (
-        "import importlib.metadata as m, torchvision.ops, nnunetv2; "
+        "import importlib.metadata as m, nnunetv2, dynamic_network_architectures; "
+        "from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor; "
         f"assert m.version('nnunetv2') == '{NNUNET_VERSION}'"
     )
     return subprocess.run([str(python), "-c", check], capture_output=True).returncode == 0
@@ -73,12 +86,20 @@ def _base_python() -> str:
 
 
 def ensure_nnunet() -> Path:
-    """The reference's venv python, created and installed on first use (several GB, minutes)."""
-    if _nnunet_works():
+    """The reference's venv python; made (again) when absent or older than the requirements."""
+    if nnunet_is_current():
         return nnunet_python()
-    log(f"installing nnU-Net v2 {NNUNET_VERSION} into {NNUNET_VENV} (first run only; several GB)")
-    if not nnunet_python().exists():
-        subprocess.run([_base_python(), "-m", "venv", str(NNUNET_VENV)], check=True)
+    if os.environ.get("TOOLKIT_NNUNET_PYTHON"):
+        raise RuntimeError(
+            f"TOOLKIT_NNUNET_PYTHON={nnunet_python()} does not import nnU-Net v2 {NNUNET_VERSION}"
+        )
+    log(
+        f"installing nnU-Net v2 {NNUNET_VERSION} into {NNUNET_VENV} from "
+        f"{NNUNET_REQUIREMENTS.relative_to(ROOT)} (about 1.9 GB, minutes)"
+    )
+    if NNUNET_VENV.exists():  # another recipe's venv: start clean, not on top of it
+        shutil.rmtree(NNUNET_VENV)
+    subprocess.run([_base_python(), "-m", "venv", str(NNUNET_VENV)], check=True)
     subprocess.run(
         [
             str(nnunet_python()),
@@ -87,11 +108,14 @@ def ensure_nnunet() -> Path:
             "install",
             "--disable-pip-version-check",
             "-q",
-            *NNUNET_REQUIREMENTS,
+            "--no-deps",
+            "-r",
+            str(NNUNET_REQUIREMENTS),
         ],
         check=True,
     )
-    if not _nnunet_works():
+    nnunet_stamp().touch()
+    if not nnunet_is_current():
         raise RuntimeError(
             f"nnU-Net v2 in {NNUNET_VENV} does not import; remove the folder and run again"
         )
@@ -99,7 +123,7 @@ def ensure_nnunet() -> Path:
 
 
 def nnunet_versions() -> dict:
-    code = "import importlib.metadata as m, json; print(json.dumps({p: m.version(p) for p in ('nnunetv2', 'torch', 'torchvision', 'dynamic-network-architectures')}))"
+    code = "import importlib.metadata as m, json; print(json.dumps({p: m.version(p) for p in ('nnunetv2', 'torch', 'dynamic-network-architectures')}))"
     out = subprocess.run(
         [str(nnunet_python()), "-c", code], capture_output=True, text=True, check=True
     )
@@ -223,11 +247,26 @@ def machine() -> dict:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     return {
         "cpus": os.cpu_count(),
+        "cpu_flags": cpu_flags(),
         "load_average": [round(v, 2) for v in load],
         "python": platform.python_version(),
         "platform": platform.platform(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def cpu_flags() -> list[str]:
+    """The vector-unit flags of this CPU that decide its fp32/bf16 speed (from /proc/cpuinfo)."""
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
+        [],
+    )
+    return [f for f in wanted if f in flags]
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:

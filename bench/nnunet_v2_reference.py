@@ -149,7 +149,15 @@ def train(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     trainer.run_training()
     model_dir = Path(trainer.output_folder).parent
-    return {"model": str(model_dir), "seconds": time.perf_counter() - start}
+    curve = trainer.logger.get_value("dice_per_class_or_region", None)
+    losses = trainer.logger.get_value("train_losses", None)
+    return {
+        "model": str(model_dir),
+        "seconds": time.perf_counter() - start,
+        # per epoch: pseudo-Dice per class on its validation batches, mean training loss
+        "pseudo_dice": [[float(v) for v in epoch] for epoch in curve],
+        "train_loss": [float(v) for v in losses],
+    }
 
 
 def predict(args: argparse.Namespace) -> dict:

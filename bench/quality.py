@@ -4,14 +4,24 @@ On a task built from real anatomy (:mod:`bench.anatomy`: four deep grey structur
 v2 plans the dataset with the network of the toolkit's ``cpu`` preset (``--plan cpu``, the
 default) or with its own planner under a small memory target and narrowed features
 (``--plan nnunet``), so that a CPU trains it in minutes; the toolkit takes exactly nnU-Net's
-resulting plan (read through its nnU-Net v2 plans converter), the same split (``splits.json`` = nnU-Net's ``splits_final.json``), and both
-train fold 0 for the same number of epochs and iterations, ``--seeds`` times each. Every
-model then predicts the same held-out cases (``labelsTs``, without test-time mirroring),
-scored with the toolkit's metrics. Reported: Dice per class and tool (mean over seeds), the
-seed-to-seed spread of each tool's mean Dice, and the per-case paired difference (toolkit
-minus nnU-Net, averaged over seeds) with a bootstrap interval.
+resulting plan (read through its nnU-Net v2 plans converter), the same split (``splits.json`` = nnU-Net's ``splits_final.json``), and every
+arm trains fold 0 for the same number of epochs and iterations, ``--seeds`` times each:
 
-    python -m bench.quality [--seeds 3] [--epochs 20] [--iterations 50] [--plan cpu|nnunet]
+* ``toolkit``: ``toolkit train`` in fp32; ``toolkit_bf16``: the same in bf16;
+* ``nnunet``: nnU-Net v2's own trainer (fp32 on the CPU);
+* ``crossover``: the toolkit's trainer fed nnU-Net's own training batches
+  (:mod:`bench.crossover`), which separates the data pipeline from the step.
+
+Every model then predicts the same held-out cases (``labelsTs``, without test-time
+mirroring), scored with the toolkit's metrics. Reported: Dice per class and arm (mean over
+seeds), the seed-to-seed spread of each arm's mean Dice, the per-case paired difference of
+each toolkit arm minus nnU-Net (averaged over seeds) with a bootstrap interval, per-case
+Dice, and the learning curves (pseudo-Dice per epoch). Runs go two at a time, one core each:
+``toolkit`` beside ``nnunet`` for every seed first, then ``crossover`` beside ``toolkit_bf16``;
+the results are rewritten after every pair.
+
+    python -m bench.quality [--seeds 3] [--epochs 20] [--iterations 50] [--plan cpu|nnunet] \
+        [--arms toolkit nnunet crossover toolkit_bf16] [--work DIR --keep-prepared]
 
 Needs nnU-Net v2 in ``bench/.venv-nnunet`` (made on first use, several GB).
 """
@@ -35,11 +45,22 @@ from toolkit.core.splits import load_or_create_splits
 from toolkit.evaluation.metrics import case_metrics
 from toolkit.io.dataset_json import load_dataset_info, training_cases
 from toolkit.nets import nnunet_v2
-from toolkit.workspace import DatasetPaths
+from toolkit.training.history import read_log
+from toolkit.workspace import TRAINING_LOG, DatasetPaths
 
 NAME = "quality"
 DATASET_ID = 905
 REFERENCE = harness.BENCH / "nnunet_v2_reference.py"
+# the arms: nnU-Net v2's own run, the toolkit's (fp32, and bf16 beside it), and the cross-over
+# (the toolkit's trainer on nnU-Net's batches); each toolkit arm is compared with nnU-Net's
+ARMS = {
+    "toolkit": "toolkit, fp32",
+    "nnunet": "nnU-Net v2, fp32",
+    "crossover": "toolkit's trainer, nnU-Net's batches, fp32",
+    "toolkit_bf16": "toolkit, bf16",
+}
+# run two at a time (one core each): the main comparison first, for every seed
+PAIRS = (("toolkit", "nnunet"), ("crossover", "toolkit_bf16"))
 NETWORK_KEYS = (
     "features_per_stage",
     "kernel_sizes",
@@ -121,26 +142,67 @@ def prepare(work: Path, args: argparse.Namespace) -> tuple[DatasetPaths, Path, d
     return paths, root, prepared
 
 
+def arm_paths(paths: DatasetPaths, work: Path, arm: str) -> DatasetPaths:
+    """The dataset seen through its own folder per toolkit arm: every entry linked except
+    ``models/``, so that arms training side by side never share a fold folder."""
+    folder = work / f"ws_{arm}" / paths.name
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        for entry in paths.root.iterdir():
+            if entry.name != "models":
+                (folder / entry.name).symlink_to(entry.resolve())
+    return DatasetPaths(folder)
+
+
+def toolkit_curve(paths: DatasetPaths) -> dict:
+    """Per epoch: the pseudo-Dice per class and the training loss, from the fold's log."""
+    records = read_log(paths.fold_dir("3d_fullres", 0) / TRAINING_LOG)
+    return {
+        "pseudo_dice": [[float("nan") if d is None else d for d in r.pseudo_dice] for r in records],
+        "train_loss": [r.train_loss for r in records],
+    }
+
+
 def train_and_predict_ours(
-    paths: DatasetPaths, test_images: Path, out: Path, seed: int, args
-) -> float:
+    paths: DatasetPaths, test_images: Path, out: Path, seed: int, args, arm: str
+) -> tuple[float, dict]:
+    """One toolkit arm: ``toolkit`` (fp32), ``toolkit_bf16``, or ``crossover`` (the toolkit's
+    trainer fed nnU-Net's training batches, :mod:`bench.crossover`)."""
     toolkit = [sys.executable, "-m", "toolkit"]
+    paths = arm_paths(paths, out, arm)
     fold_dir = paths.fold_dir("3d_fullres", 0)
     if fold_dir.exists():
         shutil.rmtree(fold_dir)
-    train = [*toolkit, "train", paths.name, "3d_fullres", "0", "-w", paths.root.parent]
-    train += ["--epochs", args.epochs, "--iters-per-epoch", args.iterations]
-    train += ["--val-iters", max(1, args.iterations // 5), "--seed", seed, "--device", "cpu"]
-    train += ["--no-validate", "-q"]
-    m = harness.measure([str(c) for c in train], out / "logs" / f"ours_train_{seed}.log").check()
+    log = out / "logs" / f"{arm}_train_{seed}.log"
+    if arm == "crossover":
+        prefix = out / "nnunet_batches" / f"seed_{seed}"
+        dump = [sys.executable, "-m", "bench.crossover", "dump", "--root", out / "nnunet"]
+        dump += ["--dataset-id", DATASET_ID, "--count", args.epochs * args.iterations]
+        dump += ["--seed", seed, "--prefix", prefix]
+        _run(dump, out / "logs" / f"crossover_dump_{seed}.log")
+        train = [sys.executable, "-m", "bench.crossover", "train", "--dataset-dir", paths.root]
+        train += ["--prefix", prefix, "--epochs", args.epochs, "--iterations", args.iterations]
+        train += ["--seed", seed, "--precision", "fp32"]
+    else:
+        train = [*toolkit, "train", paths.name, "3d_fullres", "0", "-w", paths.root.parent]
+        train += ["--epochs", args.epochs, "--iters-per-epoch", args.iterations]
+        train += ["--val-iters", max(1, args.iterations // 5), "--seed", seed, "--device", "cpu"]
+        train += ["--precision", "bf16" if arm == "toolkit_bf16" else "fp32"]
+        train += ["--no-validate", "-q"]
+    m = harness.measure([str(c) for c in train], log).check()
+    if arm == "crossover":
+        for suffix in ("data", "target"):
+            Path(f"{prefix}_{suffix}.npy").unlink(missing_ok=True)  # hundreds of MB each
     predict = [*toolkit, "predict", "-i", test_images]
-    predict += ["-o", out / f"ours_{seed}", "-m", paths.model_dir("3d_fullres"), "-f", "0"]
+    predict += ["-o", out / f"{arm}_{seed}", "-m", paths.model_dir("3d_fullres"), "-f", "0"]
     predict += ["--no-tta", "--device", "cpu", "-q"]
-    _run(predict, out / "logs" / f"ours_predict_{seed}.log")
-    return m.wall_s
+    _run(predict, out / "logs" / f"{arm}_predict_{seed}.log")
+    return m.wall_s, toolkit_curve(paths)
 
 
-def train_and_predict_nnunet(root: Path, test_images: Path, out: Path, seed: int, args) -> float:
+def train_and_predict_nnunet(
+    root: Path, test_images: Path, out: Path, seed: int, args
+) -> tuple[float, dict]:
     python = harness.ensure_nnunet()
     results = root / "nnUNet_results"
     if results.exists():
@@ -150,7 +212,8 @@ def train_and_predict_nnunet(root: Path, test_images: Path, out: Path, seed: int
     train += ["--iterations", args.iterations, "--seed", seed]
     log = out / "logs" / f"nnunet_train_{seed}.log"
     m = harness.measure([str(c) for c in train], log).check()
-    model = _result(Path(m.log).read_text())["model"]
+    trained = _result(Path(m.log).read_text())
+    model = trained["model"]
     # nnU-Net reads CASE_0000 files: the held-out images renamed by links
     inputs = out / f"nnunet_inputs_{seed}"
     shutil.rmtree(inputs, ignore_errors=True)
@@ -160,7 +223,7 @@ def train_and_predict_nnunet(root: Path, test_images: Path, out: Path, seed: int
     predict = [python, REFERENCE, "predict", "--model", model, "--input", inputs]
     predict += ["--output", out / f"nnunet_{seed}", "--folds", "0", "--no-tta"]
     _run(predict, out / "logs" / f"nnunet_predict_{seed}.log")
-    return m.wall_s
+    return m.wall_s, {"pseudo_dice": trained["pseudo_dice"], "train_loss": trained["train_loss"]}
 
 
 def case_dice(prediction_dir: Path, reference_dir: Path, labels: list[int]) -> dict[str, list]:
@@ -188,7 +251,8 @@ def bootstrap_interval(values: np.ndarray, samples: int = 1000, seed: int = 1234
 def summarize(data: dict) -> dict:
     names = data["class_names"]
     out = {}
-    for tool in ("toolkit", "nnunet"):
+    tools = [t for t in ARMS if data["dice"].get(t)]
+    for tool in tools:
         runs = data["dice"][tool]  # seed -> case -> [dice per class]
         per_seed = [np.nanmean(np.array(list(r.values())), axis=0) for r in runs.values()]
         out[tool] = {
@@ -197,18 +261,42 @@ def summarize(data: dict) -> dict:
         }
         spread = out[tool]["mean_dice_per_seed"]
         out[tool]["seed_spread"] = float(statistics.pstdev(spread)) if len(spread) > 1 else 0.0
-    cases = sorted(next(iter(data["dice"]["toolkit"].values())))
+    if "nnunet" not in tools:
+        return out
+    cases = sorted(next(iter(data["dice"]["nnunet"].values())))
 
     def case_means(tool: str) -> np.ndarray:
         runs = data["dice"][tool].values()
         return np.array([np.mean([np.nanmean(r[c]) for r in runs]) for c in cases])
 
-    difference = case_means("toolkit") - case_means("nnunet")
-    out["paired_difference"] = {
-        "mean": float(difference.mean()),
-        "interval": bootstrap_interval(difference),
-        "cases": len(cases),
+    out["case_mean_dice"] = {
+        t: dict(zip(cases, case_means(t).tolist(), strict=True)) for t in tools
     }
+    out["paired_difference"] = {}
+    for tool in tools:
+        if tool == "nnunet":
+            continue
+        difference = case_means(tool) - case_means("nnunet")
+        out["paired_difference"][tool] = {
+            "mean": float(difference.mean()),
+            "interval": bootstrap_interval(difference),
+            "cases": len(cases),
+        }
+    return out
+
+
+def curve_means(data: dict) -> dict[str, list[float]]:
+    """Per arm: the mean pseudo-Dice (over classes, then seeds) of every epoch."""
+    out = {}
+    for tool, runs in data.get("curves", {}).items():
+        if not runs:
+            continue
+        per_seed = [
+            [float(np.nanmean(epoch)) if len(epoch) else float("nan") for epoch in r["pseudo_dice"]]
+            for r in runs.values()
+        ]
+        length = min(len(c) for c in per_seed)
+        out[tool] = [float(np.nanmean([c[e] for c in per_seed])) for e in range(length)]
     return out
 
 
@@ -226,24 +314,29 @@ def plan_text(data: dict) -> str:
 
 def render(data: dict) -> str:
     s = data["summary"]
+    m = data["machine"]
+    tools = [t for t in ARMS if t in s]
     lines = [
         "# Equal-budget quality: toolkit vs nnU-Net v2",
         "",
-        f"Machine: {data['machine']['cpus']} CPUs, {data['machine']['date']}. Task: "
+        f"Machine: {m['cpus']} CPUs ({', '.join(m.get('cpu_flags', []))}), load "
+        f"{m['load_average']} at the start, {m['date']}. Task: "
         f"`{anatomy.TASK}` from `bench/anatomy.py` ({data['cases']} training cases, "
         f"{data['test_cases']} held out; four deep grey structures of the Colin 27 brain under "
         f"random smooth deformations). Plan: {plan_text(data)}, used by both tools (patch "
         f"{data['patch_size']}, features {data.get('features')}); fold 0 of the same split; "
-        f"{data['epochs']} x {data['iterations']} iterations; {data['seeds']} seed(s) per tool; "
+        f"{data['epochs']} x {data['iterations']} iterations; {data['seeds']} seed(s) per arm; "
         "held-out cases predicted without mirroring; "
-        f"{data.get('threads', 2)} torch thread(s) per tool"
-        + (", the two tools of a seed side by side" if data.get("side_by_side") else "")
+        f"{data.get('threads', 2)} torch thread(s) per run"
+        + (", two runs side by side" if data.get("side_by_side") else "")
         + " (train times are therefore not a speed comparison: see `bench/train.py`).",
+        "",
+        "Arms: " + "; ".join(f"`{t}`: {ARMS[t]}" for t in tools) + ".",
         "",
     ]
     names = data["class_names"]
-    rows = [[tool, *[s[tool]["class_dice"][n] for n in names]] for tool in ("toolkit", "nnunet")]
-    lines.append(harness.markdown_table(["tool", *names], rows))
+    rows = [[tool, *[s[tool]["class_dice"][n] for n in names]] for tool in tools]
+    lines.append(harness.markdown_table(["arm", *names], rows))
     lines += [""]
     rows = [
         [
@@ -253,28 +346,72 @@ def render(data: dict) -> str:
             s[tool]["seed_spread"],
             statistics.median(data["train_seconds"][tool]),
         ]
-        for tool in ("toolkit", "nnunet")
+        for tool in tools
     ]
     lines.append(
         harness.markdown_table(
-            ["tool", "mean Dice", "per seed", "seed-to-seed std", "train s (median)"], rows
+            ["arm", "mean Dice", "per seed", "seed-to-seed std", "train s (median)"], rows
         )
     )
-    d = s["paired_difference"]
     command = (
         f"python -m bench.quality --seeds {data['seeds']} --epochs {data['epochs']} "
         f"--iterations {data['iterations']} --plan {data.get('plan', 'nnunet')} "
         f"--width-divisor {data['width_divisor']}"
     )
+    done = "; ".join(f"`{t}` {', '.join(sorted(data['dice'][t], key=int))}" for t in tools)
     lines += [
         "",
-        f"Reproduce: `{command}`.",
+        f"Reproduce: `{command}` (seeds per arm in these results: {done}; runs are added to "
+        "earlier results with `--add --runs ARM:SEED,ARM:SEED`).",
         "",
-        f"Per-case paired difference (toolkit minus nnU-Net v2, mean Dice over classes, "
-        f"averaged over seeds): {d['mean']:+.4f}, 95% bootstrap interval "
-        f"[{d['interval'][0]:+.4f}, {d['interval'][1]:+.4f}] over {d['cases']} cases.",
     ]
+    for tool, d in s.get("paired_difference", {}).items():
+        lines.append(
+            f"- `{tool}` minus nnU-Net v2, per case (mean Dice over classes, averaged over "
+            f"seeds): {d['mean']:+.4f}, 95% bootstrap interval "
+            f"[{d['interval'][0]:+.4f}, {d['interval'][1]:+.4f}] over {d['cases']} cases."
+        )
+    if "case_mean_dice" in s:
+        cases = sorted(s["case_mean_dice"]["nnunet"])
+        rows = [[c, *[s["case_mean_dice"][t][c] for t in tools]] for c in cases]
+        lines += ["", "Per case (mean Dice over classes, averaged over seeds):", ""]
+        lines.append(harness.markdown_table(["case", *tools], rows))
+    curves = curve_means(data)
+    if curves:
+        arms = [t for t in tools if t in curves]
+        epochs = max(len(c) for c in curves.values())
+        rows = [
+            [e, *[curves[t][e] if e < len(curves[t]) else float("nan") for t in arms]]
+            for e in range(epochs)
+        ]
+        lines += [
+            "",
+            "Learning curves: mean pseudo-Dice per epoch (over classes, then seeds; each tool "
+            "on its own validation batches of the same validation cases; per seed and class in "
+            "the JSON):",
+            "",
+        ]
+        lines.append(harness.markdown_table(["epoch", *arms], rows))
     return "\n".join(lines)
+
+
+def run_groups(args: argparse.Namespace, arms: list[str]) -> list[list[tuple[str, int]]]:
+    """Which runs go side by side: ``--runs`` as given (``arm:seed,arm:seed`` per group), else
+    each pair of :data:`PAIRS` for every seed, the main comparison first."""
+    if args.runs:
+        groups = []
+        for text in args.runs:
+            group = []
+            for item in text.split(","):
+                arm, _, seed = item.partition(":")
+                if arm not in ARMS or not seed.isdigit():
+                    raise SystemExit(
+                        f"--runs: {item!r} is not ARM:SEED with ARM one of {list(ARMS)}"
+                    )
+                group.append((arm, int(seed)))
+            groups.append(group)
+        return groups
+    return [[(t, seed) for t in pair if t in arms] for pair in PAIRS for seed in range(args.seeds)]
 
 
 def claim_work_folder(pid_file: Path) -> None:
@@ -320,6 +457,31 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="train and predict the two tools of a seed at the same time (one core each)",
     )
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        choices=list(ARMS),
+        default=list(ARMS),
+        help="which runs: toolkit (fp32), nnunet, crossover (the toolkit's trainer on "
+        "nnU-Net's batches), toolkit_bf16",
+    )
+    parser.add_argument("--work", type=Path, default=harness.WORK / NAME, help="work folder")
+    parser.add_argument(
+        "--keep-prepared",
+        action="store_true",
+        help="reuse the task, plans and preprocessing an earlier run left in --work",
+    )
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        default=None,
+        help="groups of runs side by side, each ARM:SEED[,ARM:SEED] (instead of --arms x --seeds)",
+    )
+    parser.add_argument(
+        "--add",
+        action="store_true",
+        help="add these runs to bench/results/quality.json (same task, plan and budget)",
+    )
     parser.add_argument("--render", action="store_true", help="only rewrite the Markdown")
     args = parser.parse_args(argv)
     if args.width_divisor is None:
@@ -330,13 +492,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     os.environ.setdefault("TOOLKIT_QUIET", "1")
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # both tools' subprocesses inherit it
-    work = harness.WORK / NAME
-    claim_work_folder(harness.WORK / f"{NAME}.pid")
-    shutil.rmtree(work, ignore_errors=True)
-    paths, root, prepared = prepare(work, args)
+    work = args.work
+    claim_work_folder(work.parent / f"{work.name}.pid")
+    record = work / "prepared.json"
+    if args.keep_prepared and record.is_file():
+        prepared = json.loads(record.read_text())
+        paths, root = DatasetPaths(work / "ws" / anatomy.TASK), work / "nnunet"
+        for old in [*work.glob("ws_*"), *work.glob("*_[0-9]*")]:
+            if old.is_dir() and old.name not in ("ws", "nnunet", "source", "logs"):
+                shutil.rmtree(old)  # earlier runs' arms and predictions
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+        paths, root, prepared = prepare(work, args)
+        record.write_text(json.dumps(prepared))
     test_images = work / "source" / anatomy.TASK / "imagesTs"
     references = work / "source" / anatomy.TASK / "labelsTs"
     labels = [v for v in sorted(load_dataset_info(paths).labels.values()) if v]
+    arms = [t for t in ARMS if t in args.arms]
     data = {
         "machine": harness.machine(),
         "nnunet": harness.nnunet_versions(),
@@ -355,21 +527,38 @@ def main(argv: list[str] | None = None) -> int:
         ]["features_per_stage"],
         "patch_size": prepared["configurations"]["3d_fullres"],
         "class_names": list(anatomy.STRUCTURES),
-        "dice": {"toolkit": {}, "nnunet": {}},
-        "train_seconds": {"toolkit": [], "nnunet": []},
+        "dice": {t: {} for t in arms},
+        "curves": {t: {} for t in arms},
+        "train_seconds": {t: [] for t in arms},
     }
-    for seed in range(args.seeds):
+    if args.add:
+        earlier = json.loads((harness.RESULTS / f"{NAME}.json").read_text())
+        if (earlier["epochs"], earlier["iterations"]) != (args.epochs, args.iterations):
+            raise SystemExit("--add: the earlier results used another budget")
+        for key in ("dice", "curves", "train_seconds"):
+            data[key] = {**data[key], **earlier[key]}
+        data["machine_earlier"] = earlier["machine"]
+
+    def run_arm(tool: str, seed: int):
+        if tool == "nnunet":
+            return train_and_predict_nnunet(root, test_images, work, seed, args)
+        return train_and_predict_ours(paths, test_images, work, seed, args, tool)
+
+    for group in run_groups(args, arms):
         # side by side, one core each (--threads 1): neither waits for the other, and work
         # elsewhere on the machine cannot stall a multi-threaded step of one of them
         with ThreadPoolExecutor(max_workers=2 if args.side_by_side else 1) as pool:
-            ours = pool.submit(train_and_predict_ours, paths, test_images, work, seed, args)
-            theirs = pool.submit(train_and_predict_nnunet, root, test_images, work, seed, args)
-            seconds = {"toolkit": ours.result(), "nnunet": theirs.result()}
-        for tool, prefix in (("toolkit", "ours"), ("nnunet", "nnunet")):
-            data["train_seconds"][tool].append(seconds[tool])
-            data["dice"][tool][str(seed)] = case_dice(work / f"{prefix}_{seed}", references, labels)
+            futures = {(t, seed): pool.submit(run_arm, t, seed) for t, seed in group}
+            results = {key: f.result() for key, f in futures.items()}
+        for (tool, seed), (seconds, curve) in results.items():
+            data["dice"].setdefault(tool, {})
+            data["curves"].setdefault(tool, {})
+            data["train_seconds"].setdefault(tool, []).append(seconds)
+            data["curves"][tool][str(seed)] = curve
+            data["dice"][tool][str(seed)] = case_dice(work / f"{tool}_{seed}", references, labels)
+        data["seeds"] = max(len(runs) for runs in data["dice"].values())
         data["summary"] = summarize(data)
-        harness.write_results(NAME, data, render(data))  # kept after every seed
+        harness.write_results(NAME, data, render(data))  # kept after every group
     print(render(data))
     return 0
 

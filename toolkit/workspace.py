@@ -16,8 +16,8 @@
         models/<config>/fold_all/checkpoint_*.pt, log.jsonl    (fold "all": every case, no validation)
         models/<config>/predicted_next_stage/<next config>/CASE.npy   (cascade input)
         evaluation/cases.csv, summary.json, bootstrap.json, report.md, *.png
-        selection.json
-        postprocessing.json, imported.json      written by `toolkit import-model`
+        selection.json, postprocessing.json     written by `toolkit select` (and `toolkit import-model`)
+        imported.json                           written by `toolkit import-model`
         export/
         pipeline/<stage>.json                   run-all's completion records; pipeline/run.json its options
     <workspace>/.<dataset>.lock                 the dataset's writer lock (toolkit.io.lock), beside its folder
@@ -243,7 +243,8 @@ class DatasetPaths:
 
     @property
     def postprocessing_json(self) -> Path:
-        """An imported model's postprocessing, for `predict --postprocess` (also in selection.json)."""
+        """The chosen postprocessing on its own (also in selection.json), written by `toolkit
+        select` and `toolkit import-model`, for `predict --postprocess` and `ensemble --postprocess`."""
         return self.root / "postprocessing.json"
 
     @property

@@ -12,6 +12,7 @@ from evaluation_helpers import (
 )
 
 from toolkit.cli import main
+from toolkit.core.postprocessing import Postprocessing
 from toolkit.core.selection import Selection
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -68,6 +69,8 @@ def test_evaluate_then_select_write_every_file_and_plot(workspace, capsys):
         "largest_component_classes": [],
     }
     assert data["mean_dice_postprocessed"] > data["mean_dice"]
+    # the same choice on its own, as `predict --postprocess` and `ensemble --postprocess` read it
+    assert Postprocessing.load(paths.postprocessing_json) == selection.postprocessing
 
 
 def test_missing_predictions_is_one_line_naming_config_fold_and_command(workspace, capsys):

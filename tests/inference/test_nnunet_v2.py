@@ -342,7 +342,7 @@ def make_plans_dir(folder: Path) -> Path:
 
 def _nnunet_available() -> str | None:
     if not NNUNET_PYTHON.is_file():
-        return f"nnU-Net v2 is not installed: no {NNUNET_PYTHON} (create it with `python3 -m venv bench/.venv-nnunet && bench/.venv-nnunet/bin/pip install torch==2.14.1 torchvision==0.29.1 nnunetv2`)"
+        return f"nnU-Net v2 is not installed: no {NNUNET_PYTHON} (make it with `make reference`)"
     probe = subprocess.run(
         [str(NNUNET_PYTHON), "-c", "import nnunetv2"], capture_output=True, text=True
     )

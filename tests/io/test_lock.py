@@ -265,3 +265,13 @@ def test_writers_that_wait_never_overlap(dataset, tmp_path):
     ]
     assert [w.wait(timeout=120) for w in writers] == [0, 0, 0, 0]
     assert counter.read_text() == "100" and not dataset.writer_lock.exists()
+
+
+def test_only_rank_zero_of_a_torchrun_job_takes_the_lock():
+    from toolkit.io.lock import is_secondary_rank
+
+    assert not is_secondary_rank({})
+    assert not is_secondary_rank({"RANK": "0", "WORLD_SIZE": "2"})
+    assert is_secondary_rank({"RANK": "1", "WORLD_SIZE": "2"})
+    assert not is_secondary_rank({"RANK": "1", "WORLD_SIZE": "1"})
+    assert not is_secondary_rank({"RANK": "x", "WORLD_SIZE": "2"})

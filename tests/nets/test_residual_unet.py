@@ -96,7 +96,7 @@ def test_architecture_lists_are_checked():
 
 def _reference_available() -> str | None:
     if not NNUNET_PYTHON.is_file():
-        return f"nnU-Net v2 is not installed: no {NNUNET_PYTHON} (set TOOLKIT_NNUNET_PYTHON)"
+        return f"nnU-Net v2 is not installed: no {NNUNET_PYTHON} (make it with `make reference`, or set TOOLKIT_NNUNET_PYTHON)"
     probe = subprocess.run(
         [str(NNUNET_PYTHON), "-c", "import dynamic_network_architectures"],
         capture_output=True,

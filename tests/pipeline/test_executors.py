@@ -93,3 +93,17 @@ def test_ray_executor_starts_ray_on_first_use_only_and_shuts_it_down():
     # --workers 1: one task at a time, each starting after the previous ended
     spans = sorted(spans, key=lambda s: s[1])
     assert all(later[1] >= earlier[2] for earlier, later in zip(spans, spans[1:], strict=False))
+
+
+def test_a_cpu_training_asks_for_the_largest_live_node_not_the_cluster():
+    from toolkit.pipeline.executors import largest_node_cpus
+
+    two_nodes = [
+        {"Alive": True, "Resources": {"CPU": 1.0, "head": 1.0}},
+        {"Alive": True, "Resources": {"CPU": 1.0, "second": 1.0}},
+    ]
+    # the cluster has 2 CPUs, but a task asking for 2 would fit on no node and wait forever
+    assert largest_node_cpus(two_nodes) == 1
+    assert largest_node_cpus([*two_nodes, {"Alive": False, "Resources": {"CPU": 64.0}}]) == 1
+    assert largest_node_cpus([{"Alive": True, "Resources": {"CPU": 8.0}}, *two_nodes]) == 8
+    assert largest_node_cpus([]) == 1

@@ -125,7 +125,7 @@ print("RESULT " + json.dumps(out))
 
 def _reference_missing() -> str | None:
     if not NNUNET_PYTHON.is_file():
-        return f"nnU-Net v2 is not installed: no {NNUNET_PYTHON} (set TOOLKIT_NNUNET_PYTHON)"
+        return f"nnU-Net v2 is not installed: no {NNUNET_PYTHON} (make it with `make reference`, or set TOOLKIT_NNUNET_PYTHON)"
     return None
 
 

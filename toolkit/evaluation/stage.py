@@ -301,5 +301,7 @@ def select_dataset(
         evaluation_digest=evaluation_digest(paths),
     )
     selection.save(paths.selection_json)
+    # the same choice on its own, for `predict --postprocess` and `ensemble --postprocess`
+    selection.postprocessing.save(paths.postprocessing_json)
     write_report(paths)
     return selection

@@ -29,7 +29,7 @@ import shlex
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -141,6 +141,15 @@ def _open_lock_file(lock_file: Path) -> int:
         return os.open(lock_file, os.O_RDONLY | os.O_CLOEXEC)
 
 
+def is_secondary_rank(environ: Mapping[str, str]) -> bool:
+    """A rank other than 0 of a job that torchrun started (``RANK``, ``WORLD_SIZE``): its rank 0
+    holds the dataset's lock for the whole job, so it takes none."""
+    try:
+        return int(environ.get("WORLD_SIZE", "1")) > 1 and int(environ.get("RANK", "0")) != 0
+    except ValueError:
+        return False
+
+
 @contextlib.contextmanager
 def dataset_writer_lock(
     paths: DatasetPaths,
@@ -155,6 +164,10 @@ def dataset_writer_lock(
     call ``notify`` with one line and block until it is free. ``command`` is what the lock
     records (default: this process's command line).
     """
+    if is_secondary_rank(os.environ):
+        # torchrun's other ranks train under the lock their rank 0 holds
+        yield this_process(command)
+        return
     lock_file = paths.writer_lock
     fd = _acquire(paths, lock_file, wait, notify)
     try:

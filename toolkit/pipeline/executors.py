@@ -27,7 +27,8 @@ class LocalExecutor:
 class RayExecutor:
     """Trainings and per-case work as tasks on a Ray cluster.
 
-    Each training asks for one GPU (or every CPU of a node when the cluster has no GPU); each
+    Each training asks for one GPU (or every CPU of the largest node when the cluster has no
+    GPU) and records the node it ran on in its stage record; each
     per-case job of the other stages (verify, fingerprint, preprocess, evaluate,
     postprocessing) asks for one CPU, through :func:`toolkit.parallel.case_backend`. A cascade
     fold waits for its low-res folds: their tasks' results are passed as arguments, which Ray
@@ -95,7 +96,7 @@ class RayExecutor:
         use_gpu = self.device != "cpu" and cluster.get("GPU", 0) >= 1
         if use_gpu:
             return {"num_gpus": 1, "num_cpus": self.cpus_per_task or 1}
-        cpus = self.cpus_per_task or max(1, int(cluster.get("CPU", 1)))
+        cpus = self.cpus_per_task or largest_node_cpus(self.ray.nodes())
         return {"num_gpus": 0, "num_cpus": cpus}
 
     def run(self, tasks, on_done: Callable[[TrainTask], None] | None = None) -> None:
@@ -166,12 +167,26 @@ class RayExecutor:
             raise
 
 
+def largest_node_cpus(nodes: list[dict]) -> int:
+    """The CPUs of the largest live node (``ray.nodes()``): what a CPU training asks for.
+
+    Not the cluster's total: a task runs on one node, and one asking for more CPUs than any
+    node has would wait forever.
+    """
+    cpus = [
+        int(node.get("Resources", {}).get("CPU", 0)) for node in nodes if node.get("Alive", True)
+    ]
+    return max([1, *cpus])
+
+
 def _ray_case(fn, item):
     return fn(item)
 
 
 def _ray_train(task, *_dependencies):
-    return run_training_task(task)
+    import ray
+
+    return run_training_task(task, ran_on={"ray_node_id": ray.get_runtime_context().get_node_id()})
 
 
 def _dependency_order(tasks):

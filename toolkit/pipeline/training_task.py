@@ -7,6 +7,7 @@ The local and the Ray executor both run :func:`run_training_task` on the same
 from __future__ import annotations
 
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +43,12 @@ class TrainTask:
         return train_stage(self.configuration, self.fold)
 
 
-def run_training_task(task: TrainTask) -> str:
-    """Train one fold (resuming it when it was started with the same key); record completion."""
+def run_training_task(task: TrainTask, ran_on: dict | None = None) -> str:
+    """Train one fold (resuming it when it was started with the same key); record completion.
+
+    The stage record's ``details["ran_on"]`` says where it ran: this machine's host name, and
+    what the executor adds (Ray's node id).
+    """
     paths = DatasetPaths(Path(task.dataset_root))
     if records.is_valid(paths, task.stage, task.key):
         return task.stage
@@ -77,5 +82,6 @@ def run_training_task(task: TrainTask) -> str:
         pretrained=task.pretrained,
     )
     train_fold(paths, task.configuration, task.fold, options)
-    records.write_record(paths, task.stage, task.key, started)
+    where = {"host": socket.gethostname(), **(ran_on or {})}
+    records.write_record(paths, task.stage, task.key, started, {"ran_on": where})
     return task.stage

@@ -168,7 +168,14 @@ def segmentation_loss(
 
 
 class DeepSupervisionLoss:
-    """Weighted Dice + CE (BCE for regions) over the network's outputs (highest resolution first)."""
+    """Weighted Dice + CE (BCE for regions) over the network's outputs (highest resolution first).
+
+    An output weighted 0 (the coarsest) is left out, as the reference leaves it out: its head
+    then gets no gradient at all, so the optimiser leaves it alone (no weight decay, no
+    momentum), exactly as nnU-Net v2's (``bench/lockstep.py``). With ``join_unused`` it is
+    joined to the graph with weight 0 instead, so that every parameter receives a (zero)
+    gradient, which distributed training requires.
+    """
 
     def __init__(
         self,
@@ -176,6 +183,8 @@ class DeepSupervisionLoss:
         batch_dice: bool,
         reduce_group=None,
         labels: LabelModel | None = None,
+        *,
+        join_unused: bool = False,
     ):
         if not scales:
             raise ValueError("deep supervision needs at least one scale")
@@ -184,6 +193,7 @@ class DeepSupervisionLoss:
         self.batch_dice = batch_dice
         self.reduce_group = reduce_group
         self.labels = labels
+        self.join_unused = join_unused
 
     def one(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return segmentation_loss(logits, target, self.labels, self.batch_dice, self.reduce_group)
@@ -204,9 +214,8 @@ class DeepSupervisionLoss:
         total = outputs[0].new_zeros((), dtype=torch.float32)
         for weight, out, tgt in zip(self.weights, outputs, targets, strict=True):
             if weight == 0.0:
-                # not computed, but joined to the graph so that every parameter receives a
-                # (zero) gradient, which distributed training requires
-                total = total + 0.0 * out.float().sum()
+                if self.join_unused:  # not computed; every parameter gets a (zero) gradient
+                    total = total + 0.0 * out.float().sum()
                 continue
             total = total + weight * self.one(out, tgt)
         return total

@@ -344,7 +344,11 @@ def build_parts(job: TrainingJob, ctx: DistContext, device: torch.device) -> Par
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     group = torch.distributed.group.WORLD if ctx.enabled else None
     loss = DeepSupervisionLoss(
-        loss_scales(cfg), cfg.batch_dice, reduce_group=group, labels=job.plans.label_model()
+        loss_scales(cfg),
+        cfg.batch_dice,
+        reduce_group=group,
+        labels=job.plans.label_model(),
+        join_unused=ctx.enabled,  # DDP needs a gradient for every parameter
     )
     train_maker, val_maker = batch_makers(job, ctx, device)
     return Parts(network, model, optimizer, scaler, loss, precision, train_maker, val_maker)
