@@ -8,6 +8,9 @@ runs the user's commands, each timed::
     toolkit run-all Task905_DeepGrey --preset quick --device cpu
     toolkit predict -d Task905_DeepGrey -i imagesTs -o ...   (the selection, its postprocessing)
 
+(``quick`` is a 30 min time budget since ``run-all --time-budget``; the results in
+``bench/results/quick.md`` were measured with its earlier fixed 20 x 150 iterations, which
+``--epochs 20 --iters-per-epoch 150`` still trains; ``bench/budget.py`` measures budgets)
 and scores the held-out predictions against their references (Dice per class, with a
 bootstrap interval of the mean over cases). The issue's target: a mean Dice of at least 0.75
 over the classes on held-out cases, convert + run-all in under 45 minutes on 2 cores.

@@ -44,6 +44,18 @@ def run_all(
         help="Comma-separated folds, e.g. 0,1. Default: every fold of splits.json (five).",
     ),
     preset: str = typer.Option("paper", "--preset", help=f"Budget. {_PRESETS_HELP}."),
+    time_budget: str = typer.Option(
+        None,
+        "--time-budget",
+        metavar="DURATION",
+        help="Wall time from this command's start to selection.json, e.g. 30m, 2h, 12h or 1h30m: "
+        "after preprocessing a short calibration measures each configuration's seconds per "
+        "iteration here, and the budget decides which configurations and folds train and for how "
+        "many epochs x iterations (one complete model first: fold 0 up to 3000 iterations, then more "
+        "folds, then more configurations); trainings not started are decided again at their start "
+        "if the machine got slower. Overrides the preset's budget (quick: 30 min, demo: 4 min 30 s); "
+        "not with --epochs/--iters-per-epoch, which fix the iterations instead.",
+    ),
     epochs: int = typer.Option(
         None, "--epochs", min=1, help="Epochs per model (overrides the preset)."
     ),
@@ -123,8 +135,9 @@ def run_all(
     dataset stops at once with one line naming this run (or waits, with `--wait`);
     `toolkit status` and `predict` into another folder read it freely.
 
-    Before training it says how many trainings and iterations are ahead, then shows the
-    training stage's time left, estimated from the speeds measured so far (see `toolkit status`).
+    Before training it says how many trainings and iterations are ahead (with a time budget: the
+    plan of trainings and its estimate), then shows the training stage's time left, estimated from
+    the speeds measured so far (see `toolkit status`).
 
     Example: `toolkit run-all Task04_Hippocampus --preset quick`, or with nnU-Net v2's
     residual-encoder U-Net beside the plain one: `... --planner default,resenc-l`
@@ -156,6 +169,7 @@ def run_all(
         quiet=quiet,
         loggers=tuple(logger or ()),
         pretrained=None if pretrained is None else str(pretrained.expanduser().resolve()),
+        time_budget=time_budget,
     )
     # the lock is this process's: the trainings and per-case work it starts (worker
     # processes, Ray tasks) write under it and never take it themselves

@@ -191,9 +191,10 @@ def render_markdown(
         f"- Written by toolkit {__version__}; the numbers are in `cases.csv`, `summary.json`, `bootstrap.json`"
         + (", `../selection.json`." if selection else "."),
         "",
-        "## Selection",
-        "",
     ]
+    if summary.time_budget:  # run-all --time-budget: the budget, what it bought, what more adds
+        lines += ["## Time budget", "", *summary.time_budget, ""]
+    lines += ["## Selection", ""]
     lines += _selection_section(summary, bootstrap, selection, selection_note)
     lines += ["", "## Candidates", ""]
     lines += [

@@ -62,6 +62,7 @@ class EvaluationOptions:
     seed: int = DEFAULT_SEED
     confidence: float = DEFAULT_CONFIDENCE
     tie_tolerance: float = TIE_TOLERANCE
+    time_budget: tuple[str, ...] = ()  # run-all --time-budget: what it bought, for the report
 
     def check(self) -> None:
         if not self.nsd_tolerance_mm > 0:
@@ -176,6 +177,7 @@ def evaluate_dataset(
         chosen=bootstrap.chosen,
         candidates=summaries,
         notes=dict(candidate_set.notes),
+        time_budget=list(options.time_budget),
     )
     # summary.json goes last: its presence means the files beside it belong to it
     paths.evaluation_summary_json.unlink(missing_ok=True)

@@ -218,6 +218,9 @@ class EvaluationSummary:
     notes: dict[str, str] = field(
         default_factory=dict
     )  # configurations left out (or out of ensembles), why
+    time_budget: list[str] = field(
+        default_factory=list
+    )  # run-all --time-budget: the report's lines
 
     @property
     def complete(self) -> bool:
@@ -245,6 +248,7 @@ class EvaluationSummary:
             "chosen": self.chosen,
             "candidates": [c.to_dict() for c in self.candidates],
             "notes": self.notes,
+            "time_budget": self.time_budget,
         }
 
     @classmethod
@@ -262,6 +266,7 @@ class EvaluationSummary:
             chosen=data["chosen"],
             candidates=[CandidateSummary.from_dict(c) for c in data["candidates"]],
             notes=dict(data.get("notes", {})),
+            time_budget=[str(line) for line in data.get("time_budget", [])],
         )
 
     def save(self, path: Path) -> None:

@@ -29,6 +29,8 @@ from toolkit.fingerprint.stage import extract_fingerprint
 from toolkit.io.atomic import write_json
 from toolkit.parallel import case_backend
 from toolkit.pipeline import records
+from toolkit.pipeline.budget import check_time_budget
+from toolkit.pipeline.budget_run import budget_seconds, previous_record, train_within_budget
 from toolkit.pipeline.estimate import count_line, planned_trainings
 from toolkit.pipeline.executors import LocalExecutor, RayExecutor
 from toolkit.pipeline.presets import Preset, get_preset
@@ -69,9 +71,13 @@ class RunOptions:
     loggers: tuple[str, ...] = ()  # of the trainings: tensorboard, mlflow (not in their keys)
     pretrained: str | None = None  # every training's network starts from these weights
     planners: tuple[str, ...] | None = None  # planning/planners.py; None: the default
+    time_budget: str | None = None  # --time-budget (30m, 2h); None: the preset's, if any
 
     def check(self) -> RunOptions:
         get_preset(self.preset)
+        check_time_budget(
+            self.time_budget, fixed=(self.epochs, self.iters_per_epoch) != (None,) * 2
+        )
         if self.planners is not None and self.like:
             raise ToolkitError(
                 "--planner plans anew; --like takes another dataset's plans: give one of them"
@@ -268,6 +274,7 @@ class Stages:
             "executor": o.executor,
             "started_at": start,
         }
+        previous_run = previous_record(paths)  # a time budget's calibration and plan, reused
         write_json(paths.run_json, run_record)
 
         preprocess_keys: dict[str, str] = {}
@@ -284,15 +291,21 @@ class Stages:
                 lambda name=name: preprocess_dataset(paths, [name], o.workers, quiet=o.quiet),
             )
 
-        tasks = self.training_tasks(plans, configs, preprocess_keys)
-        pending = [t for t in tasks if not records.is_valid(paths, t.stage, t.key)]
-        self.summary.skipped += [t.stage for t in tasks if t not in pending]
-        if pending:
-            live = self.train(executor, plans, tasks, pending)
-            # the speeds measured, for the record (run-all's options and what they cost)
-            write_json(paths.run_json, {**run_record, **live.estimate().as_record()})
+        budget = budget_seconds(o, self.preset)
+        folds, budget_lines = self.folds(), ()
+        if budget is not None:  # the trainings the time buys (pipeline/budget.py decides)
+            tasks, folds, configs, budget_lines = train_within_budget(
+                self, executor, plans, configs, preprocess_keys, run_record, previous_run
+            )
+        else:
+            tasks = self.training_tasks(plans, configs, preprocess_keys)
+            pending = [t for t in tasks if not records.is_valid(paths, t.stage, t.key)]
+            self.summary.skipped += [t.stage for t in tasks if t not in pending]
+            if pending:
+                live = self.train(executor, plans, tasks, pending)
+                # the speeds measured, for the record (run-all's options and what they cost)
+                write_json(paths.run_json, {**run_record, **live.estimate().as_record()})
 
-        folds = self.folds()
         evaluate_key = records.digest(
             "evaluate", sorted(t.key for t in tasks), list(folds), configs
         )
@@ -301,7 +314,9 @@ class Stages:
             evaluate_key,
             lambda: evaluate_dataset(
                 paths,
-                EvaluationOptions(folds=list(folds), configurations=list(configs)),
+                EvaluationOptions(
+                    folds=list(folds), configurations=list(configs), time_budget=tuple(budget_lines)
+                ),
                 o.workers,
                 quiet=o.quiet,
             ),
@@ -341,23 +356,31 @@ class Stages:
         return live
 
     def training_tasks(
-        self, plans: Plans, configs: list[str], preprocess_keys: dict[str, str]
+        self,
+        plans: Plans,
+        configs: list[str],
+        preprocess_keys: dict[str, str],
+        planned: list[tuple[str, int]] | None = None,
+        schedules: dict[tuple[str, int], tuple[int, int]] | None = None,
     ) -> list[TrainTask]:
-        epochs, iters, val_iters = self.schedule()
+        """The tasks of the ``planned`` trainings (default: every configuration and fold);
+        ``schedules``: (epochs, iterations per epoch) of each, where a time budget decided them."""
+        _, _, val_iters = self.schedule()
         o = self.options
         keys: dict[tuple[str, int], str] = {}
         tasks = []
-        planned = self.planned(plans, configs)
+        planned = self.planned(plans, configs) if planned is None else planned
         pretrained_digest = None
         if o.pretrained is not None:
             # the weights' content: a changed source trains again
             pretrained_digest = records.file_digest(pretrained_file(o.pretrained))
-        if not o.quiet:
+        if not o.quiet and schedules is None:
             for name in dict.fromkeys(c for c, _ in planned):
                 folds = tuple(f for c, f in planned if c == name)
                 if folds != self.folds():
                     info(f"{name}: training every fold, the cascade needs every case's prediction")
         for name, fold in planned:
+            epochs, iters = (schedules or {}).get((name, fold), self.schedule()[:2])
             configuration = plans.configuration(name)
             after: tuple[str, ...] = ()
             upstream: list[str] = []

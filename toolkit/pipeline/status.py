@@ -30,6 +30,7 @@ from toolkit.pipeline.estimate import (
     ConfigurationSpeed,
     StageEstimate,
     TrainingWork,
+    approximate_duration,
     estimate_stage,
     speed_from_epochs,
     training_seconds_left,
@@ -226,8 +227,13 @@ def dataset_status(paths: DatasetPaths) -> Status:
             if data_id not in data_ids:
                 data_ids.append(data_id)
         status.stages += [stage_row(paths, preprocess_stage(d)) for d in data_ids]
+    budgeted = {  # run-all --time-budget: each training's own epochs
+        (t["configuration"], t["fold"]): t["epochs"]
+        for t in ((status.run or {}).get("time_budget") or {}).get("trainings", [])
+    }
     status.trainings = [
-        training_row(paths, c, f, epochs) for c, f in run_trainings(status.run, configs, folds)
+        training_row(paths, c, f, budgeted.get((c, f), epochs))
+        for c, f in run_trainings(status.run, configs, folds)
     ]
     iterations = (status.run or {}).get("iters_per_epoch")
     if plans is not None and status.trainings and epochs and iterations:
@@ -330,6 +336,21 @@ def _duration(seconds: float | None) -> str:
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
+def budget_summary(budget: dict) -> str:
+    """run-all's time budget as recorded: the trainings it bought, the estimate, what more adds."""
+    bought = ", ".join(
+        f"{t['configuration']} fold {t['fold']} ({t['epochs']} x {t['iterations_per_epoch']})"
+        for t in budget.get("trainings", [])
+    )
+    text = (
+        f"{approximate_duration(budget['budget_seconds'])[1:]} bought {bought or 'nothing yet'}; "
+        f"estimated {approximate_duration(budget.get('estimated_seconds', 0.0))[1:]} in all"
+    )
+    if budget.get("replans"):
+        text += f"; re-planned {len(budget['replans'])} time(s)"
+    return f"{text}; {budget['more_time']}" if budget.get("more_time") else text
+
+
 STATE_STYLE = {
     "done": "green",
     "running": "cyan",
@@ -382,6 +403,9 @@ def render(status: Status) -> None:
         ]
         if speeds:
             show_table(f"[dim]speeds: {', '.join(speeds)}[/]")
+    budget = (status.run or {}).get("time_budget")
+    if budget:
+        show_table(f"[bold]time budget:[/] {budget_summary(budget)}")
     if status.selection:
         s = status.selection
         pp = s.postprocessing

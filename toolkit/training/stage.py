@@ -19,6 +19,7 @@ from __future__ import annotations
 from toolkit.core.splits import Fold, parse_fold
 from toolkit.progress import info
 from toolkit.training import distributed
+from toolkit.training.calibration import SpeedSample, measure_speed
 from toolkit.training.checkpoint import plans_configuration_dict
 from toolkit.training.distributed import DistContext, rank_device
 from toolkit.training.job import TrainingJob, TrainOptions, prepare, write_model_folder
@@ -32,8 +33,10 @@ from toolkit.workspace import CHECKPOINT_FINAL, DatasetPaths
 __all__ = [
     "FoldResult",
     "Schedule",
+    "SpeedSample",
     "TrainOptions",
     "parse_fold",
+    "measure_speed",
     "plans_configuration_dict",
     "pretrained_file",
     "require_loggers",
