@@ -58,3 +58,20 @@ def test_predict_sweeps_only_the_temporaries_of_its_own_outputs(tmp_path):
         (out / name).write_text("half")
     assert sweep_output_temporaries([out / "CASE.nii.gz"]) == 3
     assert [p.name for p in out.iterdir()] == [other]
+
+
+def test_run_all_sweeps_its_records_and_the_datasets_own_files(tmp_path):
+    from toolkit.pipeline.records import sweep_run_temporaries
+
+    paths = DatasetPaths(tmp_path / "Synth")
+    paths.pipeline.mkdir(parents=True)
+    left = [
+        paths.pipeline / LEFT.format("evaluate.json", ".json"),
+        paths.root / LEFT.format("plans.json", ".json"),
+        paths.root / LEFT.format("splits.json", ".json"),
+    ]
+    kept = [paths.root / LEFT.format("notes.txt", ".txt"), paths.root / "plans.json"]
+    for path in left + kept:
+        path.write_text("{}")
+    assert sweep_run_temporaries(paths) == 3
+    assert not any(p.exists() for p in left) and all(p.exists() for p in kept)

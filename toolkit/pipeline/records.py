@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.errors import ToolkitError
-from toolkit.io.atomic import write_json
+from toolkit.io.atomic import sweep_temporaries, write_json
 from toolkit.io.json_files import read_contract, read_json
 from toolkit.workspace import DatasetPaths
 
@@ -116,3 +116,11 @@ def train_stage(configuration: str, fold: int) -> str:
 
 def preprocess_stage(data_identifier: str) -> str:
     return f"preprocess:{data_identifier}"
+
+
+def sweep_run_temporaries(paths: DatasetPaths) -> int:
+    """Remove what a run-all killed mid-write left: temporaries of its records
+    (``pipeline/``) and of the dataset's own files (fingerprint, plans, splits). Called as
+    run-all starts, holding the dataset's writer lock."""
+    own = {p.name for p in (paths.fingerprint_json, paths.plans_json, paths.splits_json)}
+    return sweep_temporaries(paths.pipeline) + sweep_temporaries(paths.root, targets=own)

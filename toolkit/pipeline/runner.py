@@ -34,7 +34,7 @@ from toolkit.pipeline.budget_run import budget_seconds, previous_record, train_w
 from toolkit.pipeline.estimate import count_line, planned_trainings
 from toolkit.pipeline.executors import LocalExecutor, RayExecutor
 from toolkit.pipeline.presets import Preset, get_preset
-from toolkit.pipeline.records import preprocess_stage, train_stage
+from toolkit.pipeline.records import preprocess_stage, sweep_run_temporaries, train_stage
 from toolkit.pipeline.status import LiveEstimate
 from toolkit.pipeline.training_task import TrainTask
 from toolkit.planning.planner import preset as planner_preset
@@ -442,6 +442,7 @@ def make_executor(options: RunOptions):
 
 
 def run_all(paths: DatasetPaths, options: RunOptions) -> RunSummary:
+    sweep_run_temporaries(paths)
     return Stages(paths, options).run()
 
 
