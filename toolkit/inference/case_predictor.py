@@ -17,6 +17,7 @@ with ONNX Runtime or OpenVINO on numpy arrays.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,7 +41,7 @@ def default_mirror_axes(configuration: Configuration) -> tuple[int, ...]:
     return (0, 1, 2) if configuration.spatial_dims == 3 else (1, 2)
 
 
-class CasePredictor:
+class CasePredictor(abc.ABC):
     """A configuration's networks (one per fold) with everything needed to predict raw images.
 
     ``options``: how the networks run (its ``folds`` and ``checkpoint`` are the loader's);
@@ -81,20 +82,20 @@ class CasePredictor:
     # -- what a subclass supplies
 
     @property
-    def fold_count(self) -> int:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def fold_count(self) -> int: ...
 
+    @abc.abstractmethod
     def runtime_description(self) -> str:
         """How the networks run, e.g. ``cpu bf16 (auto)`` or ``openvino CPU``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def predict_logits(
         self, data: np.ndarray, on_windows: Callable[[int], None] | None = None
     ) -> list[Any]:
         """Per-class logits ``(z, y, x)`` of preprocessed data (cascade channels included):
         numpy arrays or torch tensors, which :func:`~toolkit.inference.export.logits_to_original`
         both takes."""
-        raise NotImplementedError
 
     # -- properties
 
