@@ -9,6 +9,7 @@ The image itself is built and run with podman in ``test_container_image.py``.
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 from container_helpers import CASES, make_dataset, write_selection
@@ -18,6 +19,7 @@ from toolkit.cli import app
 from toolkit.container import wheels
 from toolkit.container.context import ExportOptions, dockerfile_values
 from toolkit.container.spec import AlgorithmSpec, EnsembleSpec
+from toolkit.container.testrun import entrypoint_command
 from toolkit.errors import ToolkitError
 from toolkit.workspace import DatasetPaths, ExportPaths
 
@@ -29,11 +31,37 @@ def test_lean_requirements_hold_the_runtime_and_no_torch():
         requirements = wheels.runtime_requirements("cpu", runtime=runtime)
         names = {r.split("==")[0].lower() for r in requirements}
         assert runtime in names and "torch" not in names, requirements
-        assert {"numpy", "scipy", "simpleitk"} <= names
+        assert {"numpy", "scipy"} <= names and "simpleitk" not in names, requirements
         assert "sympy" not in names  # declared by onnxruntime, imported by no job
-    assert wheels.runtime_requirements("cpu")[0].startswith("torch==")
+    torch_image = wheels.runtime_requirements("cpu")
+    assert torch_image[0].startswith("torch==")
+    assert "simpleitk" in {r.split("==")[0].lower() for r in torch_image}
     command = wheels.pip_download_command(["onnxruntime==1"], wheels.Path("d"), no_deps=True)
     assert "--no-deps" in command
+
+
+def test_a_lean_dry_run_cannot_import_what_its_image_lacks(tmp_path):
+    """The dry run of a lean export runs its entrypoint without torch and SimpleITK."""
+    script = tmp_path / "entrypoint.py"
+    script.write_text(
+        "import sys\n"
+        "for name in ('numpy', 'SimpleITK', 'torch'):\n"
+        "    try:\n"
+        "        __import__(name)\n"
+        "        print(name, 'yes')\n"
+        "    except ImportError:\n"
+        "        print(name, 'no')\n"
+        "print(sys.argv[1:])\n"
+    )
+    for runtime, answer in [("openvino", "no"), ("onnxruntime", "no"), ("torch", "yes")]:
+        command = entrypoint_command(script, runtime) + ["--input", "x"]
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        assert out.splitlines() == [
+            "numpy yes",
+            f"SimpleITK {answer}",
+            f"torch {answer}",
+            "['--input', 'x']",
+        ], (runtime, out)
 
 
 def test_lean_options_are_checked():
@@ -87,6 +115,29 @@ def test_lean_export_dry_run_equals_predict_with_that_backend(runtime, tmp_path)
         + ["--case", CASES[1], "-q"],
     )
     assert result.exit_code == 0, result.output
+    # what the lean image cannot read (a TIFF; a damaged .mha): one line naming the file, exit 2
+    spec = AlgorithmSpec.load(export.algorithm_json)
+    for name, content, message in [
+        ("case.tif", b"II*\x00" + bytes(64), "export the container with --runtime torch"),
+        (
+            "case.mha",
+            b"NDims = 3\nDimSize = 9 9 9\nElementType = MET_UCHAR\n"
+            b"ElementDataFile = LOCAL\n" + bytes(8),
+            "need 729",
+        ),
+    ]:
+        job = tmp_path / f"job-{name}"
+        (job / "input" / "images" / spec.input_slugs[0]).mkdir(parents=True)
+        (job / "input" / "images" / spec.input_slugs[0] / name).write_bytes(content)
+        (job / "output").mkdir()
+        command = entrypoint_command(export.entrypoint, runtime)
+        command += ["--input", str(job / "input"), "--output", str(job / "output")]
+        command += ["--model", str(export.model), "--algorithm", str(export.algorithm_json)]
+        failed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        last = failed.stderr.strip().splitlines()[-1]
+        assert failed.returncode == 2 and message in last and name in last, failed.stderr
+        assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+        assert not any((job / "output").iterdir())
 
 
 def test_a_model_of_onnx_networks_needs_a_lean_runtime(tmp_path):

@@ -35,6 +35,7 @@ from toolkit.container.job_inputs import INPUTS_JSON
 from toolkit.container.limits import job_memory_bytes, memory_problem, time_problem
 from toolkit.container.outputs import check_output
 from toolkit.container.spec import AlgorithmSpec, EnsembleSpec
+from toolkit.container.wheels import LEAN_EXCLUDED_MODULES
 from toolkit.core.splits import read_splits
 from toolkit.errors import ToolkitError
 from toolkit.inference.files import predict_paths
@@ -191,12 +192,32 @@ class JobOutcome:
     timed_out: bool = False
 
 
+# the entrypoint run with some top-level modules unimportable (``sys.argv[1]``: the script)
+_WITHOUT_MODULES = (
+    "import runpy, sys\n"
+    "sys.modules.update(dict.fromkeys({modules!r}))\n"
+    "sys.argv = sys.argv[1:]\n"
+    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+)
+
+
+def entrypoint_command(script: Path, runtime: str) -> list[str]:
+    """How this Python runs the exported entrypoint as the image would: for a lean runtime,
+    with the modules its image does not install (torch, SimpleITK) unimportable, so a job
+    that needs one fails here as it would in the image."""
+    if runtime == "torch":
+        return [sys.executable, str(script)]
+    code = _WITHOUT_MODULES.format(modules=LEAN_EXCLUDED_MODULES)
+    return [sys.executable, "-c", code, str(script)]
+
+
 def run_dry(export: ExportPaths, input_dir: Path, output_dir: Path, timeout: float) -> JobOutcome:
-    """The exported entrypoint as a subprocess of this Python, folders given as options."""
+    """The exported entrypoint as a subprocess of this Python, folders given as options
+    (a lean export's without torch and SimpleITK, as in its image)."""
     env = dict(os.environ, TOOLKIT_QUIET="1", PYTHONUNBUFFERED="1")
+    runtime = AlgorithmSpec.load(export.algorithm_json).runtime
     command = [
-        sys.executable,
-        str(export.entrypoint),
+        *entrypoint_command(export.entrypoint, runtime),
         "--input",
         str(input_dir),
         "--output",

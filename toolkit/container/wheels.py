@@ -3,7 +3,9 @@
 The container needs only what its entrypoint imports (torch, numpy, scipy, SimpleITK and the
 few small packages the toolkit's inference modules use, found by importing them in a fresh
 interpreter), each pinned to the version installed here, so the container computes what ``toolkit predict``
-computes on this machine. The ``cpu`` image uses PyTorch's CPU build (``torch==X+cpu``,
+computes on this machine. A lean image (``--runtime openvino|onnxruntime``) installs neither
+torch nor SimpleITK: its job reads and writes MetaImage with :mod:`toolkit.io.metaimage`,
+and its imports are measured with SimpleITK made unimportable, as it is in the image. The ``cpu`` image uses PyTorch's CPU build (``torch==X+cpu``,
 about 190 MB instead of several GB of CUDA libraries).
 
 With a wheelhouse, every wheel is downloaded on the host (``pip download`` for the image's
@@ -39,7 +41,11 @@ PLATFORMS = (
 )
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 # always in the image; the rest is what the entrypoint's imports pull in (see below)
-BASE_DISTRIBUTIONS = ("numpy", "scipy", "SimpleITK")
+BASE_DISTRIBUTIONS = ("numpy", "scipy")
+# the torch image reads every format SimpleITK reads; a lean one reads MetaImage without it
+TORCH_IMAGE_DISTRIBUTIONS = (*BASE_DISTRIBUTIONS, "SimpleITK")
+# what a lean image's job must import without: the probe makes them unimportable
+LEAN_EXCLUDED_MODULES = ("torch", "SimpleITK")
 # modules the container's job imports: their distributions are what the image installs
 ENTRYPOINT_MODULES = (
     "toolkit.container.entrypoint",
@@ -71,16 +77,22 @@ def torch_requirement(device: str, torch_version: str | None = None) -> str:
     return f"torch=={version}+cpu" if device == "cpu" else f"torch=={version}"
 
 
-def imported_distributions(modules: tuple[str, ...] = ENTRYPOINT_MODULES) -> list[str]:
-    """Distributions whose packages a fresh interpreter loads when it imports ``modules``.
+def imported_distributions(
+    modules: tuple[str, ...] = ENTRYPOINT_MODULES, excluded: tuple[str, ...] = ()
+) -> list[str]:
+    """Distributions whose packages a fresh interpreter loads when it imports ``modules``,
+    with the top-level modules ``excluded`` made unimportable (as they are in a lean image:
+    an import of one fails the probe, so it cannot slip in unseen).
 
     Measured rather than listed by hand, so a new import in inference reaches the image
     without anyone remembering to add it here.
     """
-    probe = "import importlib, sys\n" + "".join(
-        f"importlib.import_module({m!r})\n" for m in modules
+    probe = "import importlib, sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in excluded)
+    probe += "".join(f"importlib.import_module({m!r})\n" for m in modules)
+    probe += (
+        "print('\\n'.join(sorted({name.split('.')[0] for name, module in sys.modules.items()"
+        " if module is not None})))"
     )
-    probe += "print('\\n'.join(sorted({name.split('.')[0] for name in sys.modules})))"
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=False
     )
@@ -104,9 +116,11 @@ def runtime_requirements(
 ) -> list[str]:
     """Pinned requirements of the image (torch by device, or no torch for a lean runtime),
     without the toolkit itself."""
-    names = {d.lower(): d for d in BASE_DISTRIBUTIONS}
+    lean = runtime != "torch"
+    names = {d.lower(): d for d in (BASE_DISTRIBUTIONS if lean else TORCH_IMAGE_DISTRIBUTIONS)}
     if distributions is None:
-        distributions = imported_distributions(entrypoint_modules(runtime))
+        excluded = LEAN_EXCLUDED_MODULES if lean else ()
+        distributions = imported_distributions(entrypoint_modules(runtime), excluded)
     for dist in distributions:
         names.setdefault(dist.lower(), dist)
     names.pop(PACKAGE_NAME, None)

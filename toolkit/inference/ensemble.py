@@ -35,7 +35,7 @@ from toolkit.core.labels import labels_from_probabilities
 from toolkit.core.postprocessing import Postprocessing, apply_postprocessing
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import atomic_path, sweep_temporaries
-from toolkit.io.images import IMAGE_SUFFIXES, Geometry, read_sitk, write_image
+from toolkit.io.images import IMAGE_SUFFIXES, Geometry, load_image, write_image
 from toolkit.progress import track
 from toolkit.workspace import FILE_ENDING, PROBABILITIES_ENDING
 
@@ -126,7 +126,7 @@ def _sidecar_geometry(path: Path) -> Geometry | None:
     for suffix in IMAGE_SUFFIXES:
         candidate = path.with_name(case + suffix)
         if candidate.is_file():
-            return Geometry.of(read_sitk(candidate))
+            return load_image(candidate).geometry
     return None
 
 

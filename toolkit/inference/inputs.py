@@ -6,7 +6,8 @@
 * A file: ``CASE_0000<ending>`` brings its sibling channel files when the model needs more
   than one channel; any other file is one case.
 
-Any format SimpleITK reads (``.nii.gz``, ``.nii``, ``.mha``, ``.mhd``, ``.nrrd``, ...), and 2D
+Any format SimpleITK reads (``.nii.gz``, ``.nii``, ``.mha``, ``.mhd``, ``.nrrd``, ...; without
+SimpleITK, in the lean image, ``.mha`` and ``.mhd`` only: ``io/images.uses_simpleitk``), and 2D
 natural images (``.png``, ``.bmp``, ``.tif``) as nnU-Net v2 reads them: an RGB(A) file holds
 three (four) channels, so ``CASE_0000.png`` alone is a whole case of an RGB model. The
 output of a case keeps its input's file ending (a PNG in, a PNG label map out). Hidden files (``.x``, macOS ``._x``) are skipped.
@@ -19,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from toolkit.errors import ToolkitError
 from toolkit.io.images import (
@@ -27,8 +27,8 @@ from toolkit.io.images import (
     Geometry,
     has_image_suffix,
     is_natural_image_file,
+    load_image,
     read_channels,
-    read_sitk,
     strip_image_suffix,
 )
 
@@ -127,43 +127,40 @@ def find_input_cases(path: str | Path, num_channels: int) -> list[InputCase]:
     return [InputCase(case, (path,), _ending(path))]
 
 
-def _first_three_axes(image: sitk.Image, path: Path) -> Geometry:
-    dim = image.GetDimension()
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dim, dim)[:3, :3]
+def _first_three_axes(geometry: Geometry, path: Path) -> Geometry:
+    dim = geometry.dimension
+    direction = np.asarray(geometry.direction, dtype=np.float64).reshape(dim, dim)[:3, :3]
     if abs(abs(np.linalg.det(direction)) - 1) > 1e-3:
         raise ToolkitError("the direction of its first three axes is not a rotation", path)
     return Geometry(
-        spacing=tuple(float(s) for s in image.GetSpacing()[:3]),
-        origin=tuple(float(o) for o in image.GetOrigin()[:3]),
+        spacing=tuple(float(s) for s in geometry.spacing[:3]),
+        origin=tuple(float(o) for o in geometry.origin[:3]),
         direction=tuple(float(v) for v in direction.ravel()),
-        size=tuple(int(s) for s in image.GetSize()[:3]),
+        size=tuple(int(s) for s in geometry.size[:3]),
     )
 
 
 def read_single_file(path: Path, num_channels: int) -> tuple[np.ndarray, Geometry]:
     """``(c, z, y, x)`` float32 from one file: 4D (channels last axis), multi-component or single-channel."""
-    image = read_sitk(path)
-    dim = image.GetDimension()
-    components = image.GetNumberOfComponentsPerPixel()
-    try:
-        if dim == 4 and components == 1:
-            array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)  # (c, z, y, x)
-            geometry = _first_three_axes(image, path)
-        elif dim in (2, 3):
-            array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
-            if components > 1:
-                array = np.moveaxis(array, -1, 0)  # (..., c) -> (c, ...)
-            else:
-                array = array[None]
-            if dim == 2:
-                array = array[:, None]
-            geometry = Geometry.of(image)
+    image = load_image(path)
+    dim = image.geometry.dimension
+    components = image.components
+    if dim == 4 and components == 1:
+        array = image.array.astype(np.float32, copy=False)  # (c, z, y, x)
+        geometry = _first_three_axes(image.geometry, path)
+    elif dim in (2, 3):
+        array = image.array.astype(np.float32, copy=False)
+        if components > 1:
+            array = np.moveaxis(array, -1, 0)  # (..., c) -> (c, ...)
         else:
-            raise ToolkitError(
-                f"is a {dim}D image with {components} component(s); expected 2D, 3D or 4D", path
-            )
-    except RuntimeError:
-        raise ToolkitError("unreadable image (pixel data could not be read)", path) from None
+            array = array[None]
+        if dim == 2:
+            array = array[:, None]
+        geometry = image.geometry
+    else:
+        raise ToolkitError(
+            f"is a {dim}D image with {components} component(s); expected 2D, 3D or 4D", path
+        )
     if array.shape[0] != num_channels:
         raise ToolkitError(
             f"holds {array.shape[0]} channel(s) but the model needs {num_channels}", path

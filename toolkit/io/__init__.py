@@ -1,1 +1,1 @@
-"""Formats only: atomic writes, images (SimpleITK), dataset.json, preprocessed cases, the JSON reader."""
+"""Formats only: atomic writes, images (SimpleITK, or MetaImage with numpy alone), dataset.json, preprocessed cases, the JSON reader."""

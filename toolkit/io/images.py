@@ -14,6 +14,11 @@ Conventions used everywhere in the toolkit:
   ignored (spacing 1, 1, so ``(999, 1, 1)`` in array order) and a colour file holds several
   channels, RGB as three and RGBA as four, in that order (:func:`natural_image`,
   :func:`split_components`). A multi-page TIFF is a 3D image with SimpleITK's geometry.
+* Which library reads and writes is chosen here, once (:func:`uses_simpleitk`): SimpleITK
+  where it is installed (the host, the torch image), else :mod:`toolkit.io.metaimage` (the
+  lean image, which installs no SimpleITK: ``.mha`` and ``.mhd`` only; any other file is one
+  line naming it and saying to export with ``--runtime torch``). Both give the same arrays
+  and geometry.
 """
 
 from __future__ import annotations
@@ -22,10 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from toolkit.errors import ToolkitError
+from toolkit.io import metaimage, metaimage_writer
 from toolkit.io.atomic import atomic_path
+
+try:  # the host and the torch image; the lean image has none (see uses_simpleitk)
+    import SimpleITK as sitk
+except ModuleNotFoundError:
+    sitk = None
 
 NO_SPACING = 999.0
 NATURAL_IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
@@ -156,6 +166,52 @@ def split_components(image: sitk.Image) -> list[sitk.Image]:
     ]
 
 
+def uses_simpleitk() -> bool:
+    """The one choice of image I/O: SimpleITK when it is importable, else MetaImage alone."""
+    return sitk is not None
+
+
+def _lean_only(path: Path) -> None:
+    """Without SimpleITK only MetaImage files are read and written: else one line."""
+    if not metaimage.is_metaimage_file(path):
+        ending = path.name[len(strip_image_suffix(path.name)) :] or path.suffix or "this kind of"
+        raise ToolkitError(
+            f"this image reads and writes MetaImage files (.mha, .mhd) only: it has no SimpleITK "
+            f"for {ending} files; export the container with --runtime torch to read them",
+            path,
+        )
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An image file's pixels in SimpleITK's numpy order (``(z, y, x)``, ``(y, x)`` for 2D,
+    the values of a multi-component pixel last) and its geometry in all its axes."""
+
+    array: np.ndarray
+    geometry: Geometry
+    components: int
+
+
+def load_image(path: str | Path) -> LoadedImage:
+    """Any image file, by SimpleITK or (without it) by :mod:`toolkit.io.metaimage`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError("file not found", path)
+    if not uses_simpleitk():
+        _lean_only(path)
+        image = metaimage.read_metaimage(path)
+        geometry = Geometry(
+            spacing=image.spacing, origin=image.origin, direction=image.direction, size=image.size
+        )
+        return LoadedImage(image.array, geometry, image.channels)
+    image = read_sitk(path)
+    try:
+        array = sitk.GetArrayFromImage(image)
+    except RuntimeError:
+        raise ToolkitError("unreadable image (pixel data could not be read)", path) from None
+    return LoadedImage(array, Geometry.of(image), image.GetNumberOfComponentsPerPixel())
+
+
 def read_sitk(path: str | Path) -> sitk.Image:
     """An image file; a 2D natural image gets nnU-Net's geometry (:func:`natural_image`)."""
     path = Path(path)
@@ -178,24 +234,20 @@ def _short(text: str) -> str:
 
 def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
     """One single-channel image as a ``(z, y, x)`` array (2D as ``(1, y, x)``) and its geometry."""
-    return _single_channel(read_sitk(path), Path(path))
+    return _single_channel(load_image(path), Path(path))
 
 
-def _single_channel(image: sitk.Image, path: Path) -> tuple[np.ndarray, Geometry]:
-    if image.GetNumberOfComponentsPerPixel() != 1:
+def _single_channel(image: LoadedImage, path: Path) -> tuple[np.ndarray, Geometry]:
+    if image.components != 1:
         raise ToolkitError(
-            f"has {image.GetNumberOfComponentsPerPixel()} components per pixel; expected one channel per file",
-            path,
+            f"has {image.components} components per pixel; expected one channel per file", path
         )
-    if image.GetDimension() not in (2, 3):
-        raise ToolkitError(f"is {image.GetDimension()}D; expected a 2D or 3D image", path)
-    try:
-        array = sitk.GetArrayFromImage(image)
-    except RuntimeError:
-        raise ToolkitError("unreadable image (pixel data could not be read)", path) from None
+    if image.geometry.dimension not in (2, 3):
+        raise ToolkitError(f"is {image.geometry.dimension}D; expected a 2D or 3D image", path)
+    array = image.array
     if array.ndim == 2:
         array = array[None]
-    return array, Geometry.of(image)
+    return array, image.geometry
 
 
 def read_geometry(path: str | Path) -> Geometry:
@@ -203,6 +255,15 @@ def read_geometry(path: str | Path) -> Geometry:
     path = Path(path)
     if not path.is_file():
         raise ToolkitError("file not found", path)
+    if not uses_simpleitk():
+        _lean_only(path)
+        header = metaimage.read_header(path)
+        return Geometry(
+            spacing=header.spacing,
+            origin=header.origin,
+            direction=header.direction,
+            size=header.size,
+        )
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -219,15 +280,12 @@ def read_geometry(path: str | Path) -> Geometry:
 
 def _file_channels(path: Path) -> tuple[list[np.ndarray], Geometry]:
     """The channels of one file: one, or R, G, B[, A] of a colour natural image."""
-    image = read_sitk(path)
-    if image.GetNumberOfComponentsPerPixel() == 1 or not is_natural_image_file(path):
+    image = load_image(path)
+    if image.components == 1 or not is_natural_image_file(path):
         array, geometry = _single_channel(image, path)
         return [array], geometry
-    try:
-        array = sitk.GetArrayFromImage(image)  # (y, x, c)
-    except RuntimeError:
-        raise ToolkitError("unreadable image (pixel data could not be read)", path) from None
-    return [array[None, ..., c] for c in range(array.shape[-1])], Geometry.of(image)
+    array = image.array  # (y, x, c)
+    return [array[None, ..., c] for c in range(array.shape[-1])], image.geometry
 
 
 def read_channels(paths: list[Path]) -> tuple[np.ndarray, Geometry]:
@@ -262,6 +320,24 @@ def read_channels(paths: list[Path]) -> tuple[np.ndarray, Geometry]:
     return (stacked if filled == stacked.shape[0] else stacked[:filled]), geometry
 
 
+def _metaimage_of(array: np.ndarray, geometry: Geometry) -> metaimage.MetaImage:
+    """What :func:`make_sitk` makes, for the MetaImage writer: the same checks."""
+    if geometry.dimension == 2 and array.ndim == 3:
+        if array.shape[0] != 1:
+            raise ValueError(f"2D geometry needs a (1, y, x) array, got {array.shape}")
+        array = array[0]
+    if tuple(array.shape[::-1]) != tuple(geometry.size):
+        raise ValueError(
+            f"array of shape {array.shape} does not fit geometry of size {geometry.size}"
+        )
+    return metaimage.MetaImage(
+        array=array,
+        spacing=geometry.spacing,
+        origin=geometry.origin,
+        direction=geometry.direction,
+    )
+
+
 def make_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
     """An image from a ``(z, y, x)`` array (or ``(1, y, x)`` for 2D geometry)."""
     if geometry.dimension == 2 and array.ndim == 3:
@@ -280,6 +356,10 @@ def write_image(
     path: str | Path, array: np.ndarray, geometry: Geometry, compress: bool = True
 ) -> None:
     """Write atomically with exactly ``geometry``'s spacing, origin and direction."""
+    if not uses_simpleitk():
+        _lean_only(Path(path))
+        metaimage_writer.write_metaimage(path, _metaimage_of(array, geometry), compress=compress)
+        return
     image = make_sitk(array, geometry)
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=compress)
