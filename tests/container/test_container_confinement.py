@@ -30,10 +30,13 @@ def exported(tmp_path_factory):
     paths = make_dataset(tmp_path_factory.mktemp("ws"), folds=(0,))
     export = ExportPaths(paths.export)
     original = wheels.runtime_requirements
-    wheels.runtime_requirements = lambda device: ["torch==2.13.0+cpu", "numpy==2.4.6"]
+    wheels.runtime_requirements = lambda device, **_: ["torch==2.13.0+cpu", "numpy==2.4.6"]
     try:
         write_context(
-            paths, tiny_ensemble((0,)), ExportOptions(tag="algo:1", base_image="b"), export
+            paths,
+            tiny_ensemble((0,)),
+            ExportOptions(tag="algo:1", base_image="b", runtime="torch"),
+            export,
         )
     finally:
         wheels.runtime_requirements = original
@@ -159,10 +162,13 @@ def test_an_export_leaves_other_exports_staging_folders_alone(exported, tmp_path
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "marker").write_text("another export's file")
     original = wheels.runtime_requirements
-    wheels.runtime_requirements = lambda device: ["torch==2.13.0+cpu", "numpy==2.4.6"]
+    wheels.runtime_requirements = lambda device, **_: ["torch==2.13.0+cpu", "numpy==2.4.6"]
     try:
         write_context(
-            paths, tiny_ensemble((0,)), ExportOptions(tag="algo:1", base_image="b"), export
+            paths,
+            tiny_ensemble((0,)),
+            ExportOptions(tag="algo:1", base_image="b", runtime="torch"),
+            export,
         )
     finally:
         wheels.runtime_requirements = original

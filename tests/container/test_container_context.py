@@ -39,9 +39,10 @@ def requirements():
 
 
 def options(**kw):
-    return ExportOptions(
-        **({"tag": "algo:1", "base_image": "localhost/toolkit-base:bookworm"} | kw)
-    )
+    """A torch image's options (these tests are about its context; the lean one's are in
+    test_container_lean.py)."""
+    base = {"tag": "algo:1", "base_image": "localhost/toolkit-base:bookworm", "runtime": "torch"}
+    return ExportOptions(**(base | kw))
 
 
 def test_baked_context_holds_only_what_the_ensemble_uses(

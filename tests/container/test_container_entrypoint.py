@@ -157,7 +157,10 @@ def exported(tmp_path_factory):
     wheels.runtime_requirements = lambda device: requirements
     try:
         write_context(
-            paths, tiny_ensemble((0,)), ExportOptions(tag="algo:1", base_image="b"), export
+            paths,
+            tiny_ensemble((0,)),
+            ExportOptions(tag="algo:1", base_image="b", runtime="torch"),
+            export,
         )
     finally:
         wheels.runtime_requirements = original
@@ -223,7 +226,10 @@ def test_a_fold_all_model_is_exported_and_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(wheels, "runtime_requirements", lambda device: ["numpy==2.4.6"])
     export = ExportPaths(paths.export)
     write_context(
-        paths, tiny_ensemble(("all",)), ExportOptions(tag="algo:1", base_image="b"), export
+        paths,
+        tiny_ensemble(("all",)),
+        ExportOptions(tag="algo:1", base_image="b", runtime="torch"),
+        export,
     )
     assert (
         DatasetPaths(export.model).fold_dir("3d_fullres", "all") / "checkpoint_final.pt"
@@ -257,7 +263,9 @@ def test_cli_no_build_and_dry_run_test(tmp_path, monkeypatch):
 
     paths = make_dataset(tmp_path / "ws", folds=(0,))
     write_selection(paths, folds=(0,))
-    monkeypatch.setattr(wheels, "runtime_requirements", lambda device: ["torch==2.13.0+cpu"])
+    # the default runtime (openvino on the CPU): a lean image; its requirements are measured
+    # in test_container_lean.py, the import probe is slow
+    monkeypatch.setattr(wheels, "runtime_requirements", lambda device, **_: ["numpy==2.4.6"])
     runner = CliRunner()
     result = runner.invoke(
         app,
@@ -275,6 +283,9 @@ def test_cli_no_build_and_dry_run_test(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     record = json.loads(ExportPaths(paths.export).record.read_text())
     assert record["built"] is False and record["test_run"]["identical"] is True
+    assert record["runtime"] == "openvino"
+    bundle = DatasetPaths(ExportPaths(paths.export).model)
+    assert (bundle.fold_dir("3d_fullres", 0) / "network.onnx").is_file()
     assert (
         record["input_slugs"] == ["t2-weighted-mri"]
         and record["base_image"] == "python:3.11-slim-bookworm"

@@ -274,7 +274,7 @@ def phase_export(tmp_path_factory):
     interfaces = root / "phase.json"
     interfaces.write_text(json.dumps({"challenge": {"slug": "c", "phases": [PHASE]}}))
     original = wheels.runtime_requirements
-    wheels.runtime_requirements = lambda device: ["torch==2.13.0+cpu"]
+    wheels.runtime_requirements = lambda device, **_: ["torch==2.13.0+cpu"]
     try:
         result = CliRunner().invoke(
             app,
@@ -288,6 +288,8 @@ def phase_export(tmp_path_factory):
                 str(interfaces),
                 "--memory",
                 "4g",
+                "--runtime",
+                "torch",
                 "-q",
             ],
         )

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from toolkit.cli import app
 from toolkit.container import wheels
 from toolkit.container.context import ExportOptions, dockerfile_values
-from toolkit.container.spec import AlgorithmSpec, EnsembleSpec
+from toolkit.container.spec import AlgorithmSpec, EnsembleSpec, default_runtime
 from toolkit.container.testrun import entrypoint_command
 from toolkit.errors import ToolkitError
 from toolkit.workspace import DatasetPaths, ExportPaths
@@ -62,6 +62,13 @@ def test_a_lean_dry_run_cannot_import_what_its_image_lacks(tmp_path):
             f"torch {answer}",
             "['--input', 'x']",
         ], (runtime, out)
+
+
+def test_the_default_runtime_is_openvino_on_the_cpu_and_torch_for_cuda():
+    assert default_runtime("cpu") == "openvino" and default_runtime("cuda") == "torch"
+    assert ExportOptions(tag="a:1", base_image="b").runtime == "openvino"
+    assert ExportOptions(tag="a:1", base_image="b", device="cuda").runtime == "torch"
+    assert ExportOptions(tag="a:1", base_image="b", runtime="torch").runtime == "torch"
 
 
 def test_lean_options_are_checked():

@@ -136,7 +136,7 @@ def test_a_resenc_archive_imports_and_exports_a_container(tmp_path, monkeypatch)
     write_image(imported.paths.images_tr / "c_0000.nii.gz", image, geometry)
     write_image(imported.paths.images_tr / "c_0001.nii.gz", image / 100, geometry)
     write_image(imported.paths.labels_tr / "c.nii.gz", label, geometry)
-    monkeypatch.setattr(wheels, "runtime_requirements", lambda device: ["torch==2.13.0+cpu"])
+    monkeypatch.setattr(wheels, "runtime_requirements", lambda device, **_: ["numpy==2.4.6"])
     result = CliRunner().invoke(
         app,
         ["export-container", "Dataset990_Synth", "-w", str(tmp_path / "ws"), "--no-build", "-q"],

@@ -168,7 +168,7 @@ def test_not_a_zip_exits_2_naming_the_file(tmp_path, capsys):
 
 
 def test_cli_export_import_then_export_container_no_build(source, tmp_path, monkeypatch):
-    monkeypatch.setattr(wheels, "runtime_requirements", lambda device: ["torch==2.13.0+cpu"])
+    monkeypatch.setattr(wheels, "runtime_requirements", lambda device, **_: ["numpy==2.4.6"])
     runner = CliRunner()
     target = tmp_path / "model.zip"
     result = runner.invoke(

@@ -99,13 +99,16 @@ def export_container(
         "falling back to the CPU when the job has no GPU; its test run gets this machine's GPUs "
         "(Docker) and reports the GPU memory against the T4's 16 GB.",
     ),
-    runtime: str = typer.Option(
-        "torch",
+    runtime: str | None = typer.Option(
+        None,
         "--runtime",
-        help="What runs the networks in the image: torch, or openvino / onnxruntime for a lean "
-        "CPU image without torch (each fold's network as ONNX, exported here unless the "
-        "dataset's model is ONNX already; needs pip install 'toolkit[deploy]'). Its test run "
-        "is compared with `toolkit predict --backend RUNTIME` on the same ONNX networks.",
+        help="What runs the networks in the image: openvino or onnxruntime for a lean CPU image "
+        "(no torch, no SimpleITK: it reads .mha/.mhd inputs; each fold's network as ONNX, "
+        "exported here unless the dataset's model is ONNX already), or torch (PyTorch and "
+        "SimpleITK: any input format, and --device cuda). The test run is compared with "
+        "`toolkit predict --backend RUNTIME`. Default: openvino for --device cpu, torch for "
+        "--device cuda.",
+        show_default=False,
     ),
     build: bool = typer.Option(
         True,

@@ -63,8 +63,7 @@ def export_model(
         help="How each fold's network is stored: torch (weights, for the torch predictor) or "
         "onnx (the inference graph, input `image` and output `logits`, batch axis dynamic, "
         "spatial axes the plan's patch; for `toolkit predict --backend openvino|onnxruntime`, "
-        "the lean container image, or any ONNX runtime). Needs the deploy extra: "
-        "pip install 'toolkit[deploy]'.",
+        "the lean container image, or any ONNX runtime).",
     ),
 ) -> None:
     """Write a trained model as one zip: plans, dataset.json, each fold's network (weights without training state, or an ONNX graph), postprocessing and a manifest with sha256 checksums.

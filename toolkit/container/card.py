@@ -253,8 +253,8 @@ def reproduce_options(record: dict[str, Any]) -> str:
         parts.append("--model-mode tarball")
     if record.get("device") == "cuda":
         parts.append("--device cuda")
-    if record.get("runtime", "torch") != "torch":
-        parts.append(f"--runtime {record['runtime']}")
+    # always named: the default runtime has changed before (an export without it: torch)
+    parts.append(f"--runtime {record.get('runtime', 'torch')}")
     if record.get("interfaces_file"):
         parts.append(f"--interfaces {record['interfaces_file']}")
     parts += [f"--channel-map {m}" for m in record.get("channel_map") or []]
@@ -278,8 +278,7 @@ def render_model_card(facts: CardFacts) -> str:
     options = (
         f" --model-mode {record['model_mode']}" if record.get("model_mode") == "tarball" else ""
     )
-    if record.get("runtime", "torch") != "torch":
-        options += f" --runtime {record['runtime']}"
+    options += f" --runtime {record.get('runtime', 'torch')}"
     lines += [
         "## Reproduce",
         "",

@@ -13,11 +13,13 @@
 
 The model goes into the image (``baked``) or into ``model.tar.gz`` for the platform's
 ``/opt/ml/model`` (``tarball``; then ``.dockerignore`` keeps it out of the image).
-Checkpoints are copied without their training state (optimizer, scaler): inference needs
-the network's weights only, and the image is smaller for it. A lean image (``--runtime
-openvino|onnxruntime``) holds each fold's ONNX graph instead (exported here, or copied when
-the dataset's model is already ONNX) and installs no torch: only the distributions its job
-imports, the runtime's included, and of OpenVINO only its CPU plugin and ONNX reader.
+A lean image (``--runtime openvino|onnxruntime``; OpenVINO is the default on the CPU:
+:func:`default_runtime`) holds each fold's ONNX graph (exported here, or copied when the
+dataset's model is already ONNX) and installs neither torch nor SimpleITK: only the
+distributions its job imports, the runtime's included, and of OpenVINO only its CPU plugin
+and ONNX reader. A torch image (``--runtime torch``, and every ``--device cuda`` image) holds
+checkpoints copied without their training state (optimizer, scaler): inference needs the
+network's weights only, and the image is smaller for it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from toolkit.container.spec import (
     AlgorithmSpec,
     EnsembleSpec,
     default_input_slugs,
+    default_runtime,
     slugify,
 )
 from toolkit.core.labels import dataset_label_model
@@ -98,9 +101,12 @@ class ExportOptions:
     interfaces: Path | None = None  # the phase's interfaces (JSON); None: the slug shorthand
     channel_map: list[str] | None = None  # "SOCKET=CHANNEL" where names do not tell
     online_build: bool = False  # pip downloads the wheels inside the build (needs network)
-    runtime: str = "torch"  # torch, or openvino / onnxruntime: a lean image of ONNX networks
+    # torch, or openvino / onnxruntime: a lean image of ONNX networks; None: default_runtime
+    runtime: str | None = None
 
     def __post_init__(self) -> None:
+        if self.runtime is None:
+            object.__setattr__(self, "runtime", default_runtime(self.device))
         if self.runtime not in RUNTIMES:
             raise ToolkitError(
                 f"--runtime must be one of {', '.join(RUNTIMES)}, not {self.runtime!r}"

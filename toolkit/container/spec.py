@@ -37,14 +37,26 @@ ALGORITHM_FORMAT_VERSION = 2  # algorithm.json: 2 holds the platform's interface
 DEVICES = ("cpu", "cuda")
 # what runs the networks in the image (toolkit.inference.runtimes.BACKENDS)
 RUNTIMES = ("torch", "openvino", "onnxruntime")
+# the runtime of a CPU image when --runtime is not given (default_runtime)
+DEFAULT_CPU_RUNTIME = "openvino"
+
 
 __all__ = [
     "AlgorithmSpec",
     "EnsembleSpec",
     "check_slug",
     "default_input_slugs",
+    "default_runtime",
     "slugify",
 ]
+
+
+def default_runtime(device: str) -> str:
+    """The image's runtime when none is asked for: the lean OpenVINO image on the CPU (equal
+    labels, faster per case and a third of the torch image's size:
+    ``bench/results/predict_backends.md``); torch for a CUDA image, which the lean runtimes
+    do not serve."""
+    return "torch" if device == "cuda" else DEFAULT_CPU_RUNTIME
 
 
 def _read_json(path: Path, what: str, version: int = SPEC_FORMAT_VERSION) -> dict[str, Any]:

@@ -60,13 +60,14 @@ def choose_backend(requested: str | None, *, onnx_model: bool, installed=is_inst
         if not available:
             raise ToolkitError(
                 "the model holds ONNX networks but neither openvino nor onnxruntime is "
-                "installed: pip install 'toolkit[deploy]' (or one of them)"
+                "installed (both are dependencies of the toolkit): pip install openvino "
+                "(or onnxruntime)"
             )
         backend = available[0]
     if not installed(backend):
         raise ToolkitError(
             f"--backend {backend}: the {_MODULES[backend]} package is not installed "
-            f"(pip install {_MODULES[backend]}, or 'toolkit[deploy]')"
+            f"(a dependency of the toolkit): pip install {_MODULES[backend]}"
         )
     return backend
 

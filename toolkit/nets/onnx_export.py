@@ -117,5 +117,6 @@ def require_onnx() -> None:
     missing = [m for m in ("onnx",) if importlib.util.find_spec(m) is None]
     if missing:
         raise ToolkitError(
-            f"--format onnx needs the {', '.join(missing)} package: pip install 'toolkit[deploy]'"
+            f"--format onnx needs the {', '.join(missing)} package (a dependency of the toolkit): "
+            "pip install onnx onnxscript"
         )
