@@ -1,14 +1,15 @@
 """The real cycle, through the Docker SDK against a private podman service.
 
 A smoke-trained model (`run-all --preset smoke` on a small synthetic two-channel MR task,
-3d_fullres, fold 0) is exported: its image is built (CPU torch from a host wheelhouse, base
-made with debootstrap), run offline on a cross-validation case laid out as on the platform,
-compared with `toolkit predict`, saved as `.tar.gz` and checked as the platform checks
-uploads. Then a `--model-mode tarball` export runs with the model mounted at /opt/ml/model
-(under the same tag), and `test-container` runs the first export on another case, loading
-its saved archive because the tag has moved. The base image, the wheelhouse and
-the third-party layers are cached under the toolkit cache folder ($TOOLKIT_CACHE, else
-~/.cache/toolkit), so a second run builds only the small layers.
+3d_fullres, fold 0) is exported: its image (the default on the CPU: OpenVINO's lean image,
+from a host wheelhouse, base made with debootstrap) is built, run offline on a
+cross-validation case laid out as on the platform, compared with `toolkit predict`, saved as
+`.tar.gz` and checked as the platform checks uploads. Then a torch image (CPU torch) with
+`--model-mode tarball` runs with the model mounted at /opt/ml/model (under the same tag), and
+`test-container` runs the first export on another case, loading its saved archive because
+the tag has moved. The base image, the wheelhouse and the third-party layers are cached under
+the toolkit cache folder ($TOOLKIT_CACHE, else ~/.cache/toolkit), so a second run builds only
+the small layers.
 """
 
 import json
@@ -124,6 +125,7 @@ def test_smoke_trained_image_is_built_run_offline_saved_and_accepted(tmp_path, m
     export = ExportPaths(paths.export)
     record = json.loads(export.record.read_text())
     assert record["built"] and record["image_user"] == "algorithm"
+    assert record["runtime"] == "openvino"  # the default on the CPU: the lean image
     assert record["image_architecture"] == "amd64" and "offline build" in record["wheels"]
     assert record["input_slugs"] == ["transverse-t2-mri", "adc-map"]  # channel order
     assert "--no-index" in export.dockerfile.read_text()
@@ -153,8 +155,8 @@ def test_smoke_trained_image_is_built_run_offline_saved_and_accepted(tmp_path, m
         f"toolkit predict here {run['reference_seconds']} s"
     )
 
-    # the model outside the image, mounted where the platform extracts model.tar.gz; the same
-    # tag now names this second image
+    # a torch image, its model outside the image, mounted where the platform extracts
+    # model.tar.gz; the same tag now names this second image
     out = tmp_path / "tarball-export"
     invoke(
         "export-container",
@@ -165,6 +167,8 @@ def test_smoke_trained_image_is_built_run_offline_saved_and_accepted(tmp_path, m
         TAG,
         "--model-mode",
         "tarball",
+        "--runtime",
+        "torch",
         "--no-save",
         *common,
         "-q",
@@ -172,6 +176,7 @@ def test_smoke_trained_image_is_built_run_offline_saved_and_accepted(tmp_path, m
     tarball = ExportPaths(out)
     record = json.loads(tarball.record.read_text())
     assert record["model_mode"] == "tarball" and record["test_run"]["identical"]
+    assert record["runtime"] == "torch" and "torch==" in tarball.requirements.read_text()
     assert record["model_tarball_bytes"] > 0 and not tarball.image_archive.exists()
 
     # test-container of the first export sees the tag moved and loads its saved archive
