@@ -160,7 +160,9 @@ DATA = bytes(range(24))
         (("ElementSpacing = 1 1 1", "ElementSpacing = 1 nan 1"), DATA, "not finite"),
         (("Offset = 0 0 0", "Offset = 0 0"), DATA, "Offset needs 3"),
         (("1 0 0 0 1 0 0 0 1", "1 0 0 0 0 0 0 0 1"), DATA, "direction"),
-        (("ElementDataFile = LOCAL", "ElementDataFile = ../secret.raw"), DATA, "beside the header"),
+        (("ElementDataFile = LOCAL", "ElementDataFile = ../secret.raw"), DATA, "separator"),
+        (("ElementDataFile = LOCAL", "ElementDataFile = /etc/passwd"), DATA, "separator"),
+        (("ElementDataFile = LOCAL", "ElementDataFile = .hidden.raw"), DATA, "hidden"),
         (("ElementDataFile = LOCAL", "ElementDataFile = LIST"), DATA, "not supported"),
         (("ElementDataFile = LOCAL", "ElementDataFile = s%03d.raw 1 2 1"), DATA, "not supported"),
         (("ElementDataFile = LOCAL", "ElementDataFile = missing.raw"), DATA, "missing"),
@@ -187,6 +189,19 @@ def test_malformed_files_are_one_line_naming_the_file(tmp_path, change, data, me
         read_metaimage(path)
     line = caught.value.one_line()
     assert line.startswith(str(path)) and "\n" not in line
+
+
+def test_a_data_file_linked_out_of_the_folder_is_refused(tmp_path):
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.raw").write_bytes(DATA)
+    folder = tmp_path / "input"
+    folder.mkdir()
+    (folder / "d.raw").symlink_to(tmp_path / "outside" / "secret.raw")
+    path = folder / "linked.mhd"
+    path.write_text(GOOD.replace("ElementDataFile = LOCAL", "ElementDataFile = d.raw"))
+    with pytest.raises(ToolkitError, match="leads outside") as caught:
+        read_metaimage(path)
+    assert caught.value.one_line().startswith(str(path))
 
 
 def test_a_header_claiming_terabytes_allocates_nothing_of_the_sort(tmp_path):

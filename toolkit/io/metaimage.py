@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.errors import ToolkitError
+from toolkit.io.confine import check_inside, plain_name
 
 METAIMAGE_SUFFIXES = (".mha", ".mhd")
 # a header longer than this is not a MetaImage header (SimpleITK's are a few hundred bytes)
@@ -280,12 +281,11 @@ def _data_location(fields: dict[str, str], path: Path, header_end: int) -> tuple
             f"MetaImage ElementDataFile {name[:60]!r}: lists and patterns of slice files are not supported",
             path,
         )
-    # the data file lies beside the header: a bare name, no folders
-    if Path(name).name != name or name in (".", ".."):
-        raise ToolkitError(
-            f"MetaImage ElementDataFile {name[:60]!r} must name a file beside the header", path
-        )
-    data_file = path.parent / name
+    # the data file lies beside the header: one plain name, and no link leading elsewhere
+    plain_name(name, what="MetaImage ElementDataFile (a file beside the header)", source=path)
+    data_file = check_inside(
+        path.parent, path.parent / name, what="MetaImage ElementDataFile", shown=name, source=path
+    )
     if not data_file.is_file():
         raise ToolkitError(f"the data file {name!r} its header names is missing", path)
     offset = 0
