@@ -142,10 +142,11 @@ def prepare(work: Path, args: argparse.Namespace) -> tuple[DatasetPaths, Path, d
     return paths, root, prepared
 
 
-def arm_paths(paths: DatasetPaths, work: Path, arm: str) -> DatasetPaths:
-    """The dataset seen through its own folder per toolkit arm: every entry linked except
-    ``models/``, so that arms training side by side never share a fold folder."""
-    folder = work / f"ws_{arm}" / paths.name
+def arm_paths(paths: DatasetPaths, work: Path, arm: str, seed: int) -> DatasetPaths:
+    """The dataset seen through its own folder per toolkit run: every entry linked except
+    ``models/``, so that runs side by side (two seeds of one arm too) never share a fold
+    folder or the dataset's lock."""
+    folder = work / f"ws_{arm}_{seed}" / paths.name
     if not folder.exists():
         folder.mkdir(parents=True)
         for entry in paths.root.iterdir():
@@ -169,7 +170,7 @@ def train_and_predict_ours(
     """One toolkit arm: ``toolkit`` (fp32), ``toolkit_bf16``, or ``crossover`` (the toolkit's
     trainer fed nnU-Net's training batches, :mod:`bench.crossover`)."""
     toolkit = [sys.executable, "-m", "toolkit"]
-    paths = arm_paths(paths, out, arm)
+    paths = arm_paths(paths, out, arm, seed)
     fold_dir = paths.fold_dir("3d_fullres", 0)
     if fold_dir.exists():
         shutil.rmtree(fold_dir)
@@ -240,6 +241,33 @@ def case_dice(prediction_dir: Path, reference_dir: Path, labels: list[int]) -> d
         )
         scores[reference_path.name] = [r.dice for r in rows]
     return scores
+
+
+def voxel_errors(prediction_dir: Path, reference_dir: Path) -> dict[str, int]:
+    """Foreground voxels over all held-out cases and classes: predicted, in the reference,
+    predicted with a label the reference does not have there (false positive), and of the
+    reference given another label (false negative): over- against under-segmentation."""
+    totals = dict.fromkeys(("predicted", "reference", "false_positive", "false_negative"), 0)
+    for reference_path in sorted(reference_dir.glob("*.nii.gz")):
+        reference = sitk.GetArrayFromImage(sitk.ReadImage(str(reference_path)))
+        predicted = sitk.GetArrayFromImage(
+            sitk.ReadImage(str(prediction_dir / reference_path.name))
+        )
+        wrong = predicted != reference
+        totals["predicted"] += int((predicted > 0).sum())
+        totals["reference"] += int((reference > 0).sum())
+        totals["false_positive"] += int(((predicted > 0) & wrong).sum())
+        totals["false_negative"] += int(((reference > 0) & wrong).sum())
+    return totals
+
+
+def score(data: dict, tool: str, seed: int, work: Path, references: Path, labels: list[int]):
+    """Dice per case and class, and the voxel errors, of one run's held-out predictions."""
+    predictions = work / f"{tool}_{seed}"
+    data["dice"].setdefault(tool, {})[str(seed)] = case_dice(predictions, references, labels)
+    data.setdefault("errors", {}).setdefault(tool, {})[str(seed)] = voxel_errors(
+        predictions, references
+    )
 
 
 def bootstrap_interval(values: np.ndarray, samples: int = 1000, seed: int = 12345) -> list:
@@ -376,6 +404,34 @@ def render(data: dict) -> str:
         rows = [[c, *[s["case_mean_dice"][t][c] for t in tools]] for c in cases]
         lines += ["", "Per case (mean Dice over classes, averaged over seeds):", ""]
         lines.append(harness.markdown_table(["case", *tools], rows))
+    errors = data.get("errors", {})
+    if errors:
+        rows = []
+        for tool in tools:
+            for seed, e in sorted(errors.get(tool, {}).items(), key=lambda kv: int(kv[0])):
+                rows.append(
+                    [
+                        tool,
+                        seed,
+                        e["predicted"],
+                        e["reference"],
+                        e["false_positive"],
+                        e["false_negative"],
+                        e["false_positive"] / max(1, e["false_negative"]),
+                    ]
+                )
+        lines += [
+            "",
+            "Voxel errors over the held-out cases (all cases and classes summed): foreground "
+            "predicted and in the reference, false positives (foreground predicted where the "
+            "reference has another label) and false negatives:",
+            "",
+        ]
+        lines.append(
+            harness.markdown_table(
+                ["arm", "seed", "predicted", "reference", "false +", "false -", "FP / FN"], rows
+            )
+        )
     curves = curve_means(data)
     if curves:
         arms = [t for t in tools if t in curves]
@@ -483,11 +539,25 @@ def main(argv: list[str] | None = None) -> int:
         help="add these runs to bench/results/quality.json (same task, plan and budget)",
     )
     parser.add_argument("--render", action="store_true", help="only rewrite the Markdown")
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="score again the predictions --work still holds for the runs in the results "
+        "(Dice and voxel errors), then rewrite them",
+    )
     args = parser.parse_args(argv)
     if args.width_divisor is None:
         args.width_divisor = 4 if args.plan == "nnunet" else 1
-    if args.render:
+    if args.render or args.rescore:
         data = json.loads((harness.RESULTS / f"{NAME}.json").read_text())
+        if args.rescore:
+            references = args.work / "source" / anatomy.TASK / "labelsTs"
+            labels = list(range(1, len(data["class_names"]) + 1))
+            for tool, runs in data["dice"].items():
+                for seed in list(runs):
+                    if (args.work / f"{tool}_{seed}").is_dir():
+                        score(data, tool, int(seed), args.work, references, labels)
+            data["summary"] = summarize(data)
         harness.write_results(NAME, data, render(data))
         return 0
     os.environ.setdefault("TOOLKIT_QUIET", "1")
@@ -535,8 +605,8 @@ def main(argv: list[str] | None = None) -> int:
         earlier = json.loads((harness.RESULTS / f"{NAME}.json").read_text())
         if (earlier["epochs"], earlier["iterations"]) != (args.epochs, args.iterations):
             raise SystemExit("--add: the earlier results used another budget")
-        for key in ("dice", "curves", "train_seconds"):
-            data[key] = {**data[key], **earlier[key]}
+        for key in ("dice", "curves", "train_seconds", "errors"):
+            data[key] = {**data.get(key, {}), **earlier.get(key, {})}
         data["machine_earlier"] = earlier["machine"]
 
     def run_arm(tool: str, seed: int):
@@ -555,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
             data["curves"].setdefault(tool, {})
             data["train_seconds"].setdefault(tool, []).append(seconds)
             data["curves"][tool][str(seed)] = curve
-            data["dice"][tool][str(seed)] = case_dice(work / f"{tool}_{seed}", references, labels)
+            score(data, tool, seed, work, references, labels)
         data["seeds"] = max(len(runs) for runs in data["dice"].values())
         data["summary"] = summarize(data)
         harness.write_results(NAME, data, render(data))  # kept after every group
