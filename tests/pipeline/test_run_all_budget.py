@@ -37,6 +37,7 @@ def tiny_rule(monkeypatch):
     """Every training of the plan is at most 6 iterations; calibration is counted, not run."""
     monkeypatch.setattr(budget, "MIN_ITERATIONS", 2)
     monkeypatch.setattr(budget, "TARGET_ITERATIONS", 4)
+    monkeypatch.setattr(budget, "BREADTH_ITERATIONS", 4)
     monkeypatch.setattr(budget, "METHOD_ITERATIONS", 6)
     monkeypatch.setattr(budget, "MIN_EPOCHS", 2)
     calls = []

@@ -6,6 +6,7 @@ import pytest
 
 from toolkit.errors import ToolkitError
 from toolkit.pipeline.budget import (
+    BREADTH_ITERATIONS,
     METHOD_ITERATIONS,
     MIN_EPOCHS,
     MIN_ITERATIONS,
@@ -85,11 +86,27 @@ def test_a_short_budget_buys_one_training_as_long_as_it_can():
     assert "would give 3d_fullres fold 0 the 3000 iterations" in plan.more_time
 
 
-def test_a_fast_machine_buys_folds_only_once_the_first_reaches_the_target():
+def test_past_the_target_one_fold_keeps_the_whole_budget_until_it_is_deep():
     plan = decide_budget(request(30 * MIN, costs(0.15)))
+    (only,) = plan.trainings
+    assert TARGET_ITERATIONS <= only.iterations < BREADTH_ITERATIONS
+    assert plan.estimated_total > 0.9 * 30 * MIN
+    assert f"more would add 3d_fullres fold 1 ({BREADTH_ITERATIONS} iterations each)" in (
+        plan.more_time
+    )
+    # the time it names buys exactly that: fold 0 and fold 1 at the breadth threshold
+    extra = float(plan.more_time.split("~")[1].split(" min")[0]) * MIN
+    two = decide_budget(request(30 * MIN + extra + MIN, costs(0.15)))
+    assert [t.fold for t in two.trainings] == [0, 1]
+    lone = decide_budget(request(30 * MIN, costs(0.15, folds=(0,))))
+    assert "more would double 3d_fullres fold 0's iterations" in lone.more_time
+
+
+def test_a_fast_machine_buys_folds_only_once_the_first_reaches_the_breadth_threshold():
+    plan = decide_budget(request(30 * MIN, costs(0.04)))
     assert 1 < len(plan.trainings) < 5
     assert [t.fold for t in plan.trainings] == list(range(len(plan.trainings)))
-    assert all(t.iterations >= TARGET_ITERATIONS for t in plan.trainings)
+    assert all(t.iterations >= BREADTH_ITERATIONS for t in plan.trainings)
     assert len({t.iterations for t in plan.trainings}) == 1  # alike budgets across folds
     assert plan.estimated_total <= 30 * MIN
     assert "more would add 3d_fullres fold" in plan.more_time
@@ -98,7 +115,7 @@ def test_a_fast_machine_buys_folds_only_once_the_first_reaches_the_target():
 def test_every_fold_then_more_iterations_up_to_the_methods():
     plan = decide_budget(request(12 * 3600, costs(0.08)))
     assert [t.fold for t in plan.trainings] == [0, 1, 2, 3, 4]
-    assert TARGET_ITERATIONS < plan.trainings[0].iterations <= METHOD_ITERATIONS
+    assert BREADTH_ITERATIONS < plan.trainings[0].iterations <= METHOD_ITERATIONS
     assert "double every training's iterations" in plan.more_time
     huge = decide_budget(request(10_000 * 3600, costs(0.08)))
     assert all(METHOD_ITERATIONS - 150 < t.iterations <= METHOD_ITERATIONS for t in huge.trainings)
@@ -174,14 +191,16 @@ def test_a_slower_machine_drops_a_training_not_started_yet():
     assert again.estimated_total <= 60 * MIN or len(again.trainings) == 1
 
 
-def test_a_kept_training_below_the_target_gets_no_partial_companions():
-    plan = decide_budget(request(10 * 3600, costs(0.1), kept=[kept_training(0, 1000)]))
-    assert [(t.fold, t.kept) for t in plan.trainings] == [(0, True)]
+def test_a_kept_training_below_the_breadth_threshold_gets_no_partial_companions():
+    for iterations in (1000, BREADTH_ITERATIONS - 150):
+        plan = decide_budget(request(10 * 3600, costs(0.1), kept=[kept_training(0, iterations)]))
+        assert [(t.fold, t.kept) for t in plan.trainings] == [(0, True)]
 
 
 def test_added_folds_get_no_more_iterations_than_the_kept_ones():
-    plan = decide_budget(request(10 * 3600, costs(0.1), kept=[kept_training(0, 4500)]))
-    assert all(t.iterations <= 4500 for t in plan.trainings)
+    kept = [kept_training(0, BREADTH_ITERATIONS + 1500)]
+    plan = decide_budget(request(10 * 3600, costs(0.1), kept=kept))
+    assert all(t.iterations <= BREADTH_ITERATIONS + 1500 for t in plan.trainings)
     assert len(plan.trainings) == 5
 
 
@@ -227,7 +246,7 @@ def test_a_training_that_ran_slower_than_calibrated_replans_the_next_ones(tmp_pa
 
     paths = DatasetPaths(tmp_path / "X")
     speed = {
-        "seconds_per_iteration": 0.1,
+        "seconds_per_iteration": 0.04,
         "seconds_per_validation_iteration": 0.03,
         "seconds_per_window": 0.1,
         "device": "cpu",
@@ -248,7 +267,7 @@ def test_a_training_that_ran_slower_than_calibrated_replans_the_next_ones(tmp_pa
     assert len(first.trainings) >= 3
     fold0 = run.next_training()
     # fold 0's log: each epoch took three times the calibrated time
-    per_iteration = 3 * (0.1 + (10 * 0.03 + 1.0) / 150)
+    per_iteration = 3 * (0.04 + (10 * 0.03 + 1.0) / 150)
     log = paths.fold_dir("3d_fullres", 0) / "log.jsonl"
     log.parent.mkdir(parents=True)
     log.write_text(

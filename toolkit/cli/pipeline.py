@@ -51,8 +51,8 @@ def run_all(
         help="Wall time from this command's start to selection.json, e.g. 30m, 2h, 12h or 1h30m: "
         "after preprocessing a short calibration measures each configuration's seconds per "
         "iteration here, and the budget decides which configurations and folds train and for how "
-        "many epochs x iterations (one complete model first: fold 0 up to 3000 iterations, then more "
-        "folds, then more configurations); trainings not started are decided again at their start "
+        "many epochs x iterations (one deep model first: fold 0 up to 12000 iterations, then more "
+        "folds of as many, then more configurations); trainings not started are decided again at their start "
         "if the machine got slower. Overrides the preset's budget (quick: 30 min, demo: 4 min 30 s); "
         "not with --epochs/--iters-per-epoch, which fix the iterations instead.",
     ),

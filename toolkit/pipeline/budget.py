@@ -3,24 +3,33 @@
 A pure rule, no files: the runner measures the speeds (:mod:`toolkit.training.calibration`),
 reads the plans and the clock, and executes what :func:`decide_budget` returns.
 
-The rule ("one complete model first"):
+The rule ("one complete model first, and a deep one"):
 
 1. The first candidate training (the preferred configuration's first fold) gets every
-   iteration the budget allows, up to :data:`TARGET_ITERATIONS`. Below
+   iteration the budget allows, up to :data:`BREADTH_ITERATIONS`. Below
    :data:`MIN_ITERATIONS` the budget buys no useful training: a one-line error says the least
    budget that would.
-2. Only once that training can reach :data:`TARGET_ITERATIONS` does the budget buy more
+2. Only once that training can reach :data:`BREADTH_ITERATIONS` does the budget buy more
    trainings: the next folds of the same configuration (a complete cross-validation, an
    ensemble of five), then the other configurations' folds, each one only when it too can
-   reach :data:`TARGET_ITERATIONS` (a half-trained extra fold would pull an ensemble down).
+   reach :data:`BREADTH_ITERATIONS` (a half-trained extra fold would pull an ensemble down).
 3. What is left after that raises the iterations of every chosen training alike, up to the
    method's 1000 x 250.
 
 Why: on the real-anatomy task (``bench/anatomy.py``) one fold of the cpu plan needs about
-3000 iterations to find all four structures (0.81 held-out Dice after 20 x 150); the 2d
-configuration learned nothing at small budgets (Dice 0.000 after 10 x 25); a narrow network
-was still at the onset of learning after 3000 iterations. Two folds of 1500 iterations would
-be two models that have not learned, where one of 3000 has. So depth first, then breadth.
+3000 iterations (:data:`TARGET_ITERATIONS`) to find all four structures (0.81 held-out Dice
+after 20 x 150); the 2d configuration learned nothing at small budgets (Dice 0.000 after
+10 x 25); a narrow network was still at the onset of learning after 3000 iterations. Two
+folds of 1500 iterations would be two models that have not learned, where one of 3000 has.
+Past 3000 a fold still learns fast: with three folds of 3450 iterations (30 min, bf16, a
+quiet machine) every fold's pseudo-Dice and training loss were still improving at its last
+epoch, and the ensemble of the three reached 0.835 held-out Dice; the same budget given to
+fold 0 alone (58 x 150 = 8700 iterations) reached 0.889, every structure better
+(``bench/results/budget.md``). One deep fold, then more folds only when each can be deep too:
+:data:`BREADTH_ITERATIONS`. The price: a budget spent on one training cannot be re-planned
+when the machine slows down while it runs (that run overran 2.5x when other work started
+after its calibration); several shorter trainings can. So
+depth first, then breadth.
 
 Each training costs its iterations x its seconds per iteration (per-epoch validation and
 checkpointing spread over the epoch's iterations) plus its final validation; run-all adds what
@@ -41,6 +50,8 @@ from toolkit.errors import ToolkitError
 
 # one fold of the cpu plan finds all four structures of the real-anatomy task in about this many
 TARGET_ITERATIONS = 3000
+# one fold gets the whole budget until it could have this many: only then do more folds pay
+BREADTH_ITERATIONS = 4 * TARGET_ITERATIONS
 # the least training that learned something measured: the demo preset's 4 x 40 iterations per
 # fold reached 0.92 cross-validation Dice on the demo task (real anatomy needs far more)
 MIN_ITERATIONS = 160
@@ -329,14 +340,16 @@ def decide_budget(request: BudgetRequest) -> BudgetPlan:
             extra = (TARGET_ITERATIONS - affordable) * per_iteration(first)
             return plan(
                 [planned(first, affordable)],
-                f"~{minutes(extra)} more would give {first.configuration} fold {first.fold} "
+                f"~{_more(extra)} more would give {first.configuration} fold {first.fold} "
                 f"the {TARGET_ITERATIONS} iterations that one fold needed on real anatomy",
             )
+        if affordable < BREADTH_ITERATIONS:
+            return plan([planned(first, affordable)], _depth_more_time(request, affordable))
     # breadth: each further training only when it too reaches the target
     # folds of one cross-validation get alike budgets: none gets more than those kept; and
     # none is added beside a kept training that did not reach the target itself
     cap = max((t.iterations for t in kept), default=METHOD_ITERATIONS)
-    floor = TARGET_ITERATIONS
+    floor = BREADTH_ITERATIONS
     if cap < floor:
         return plan([], "")
     chosen: list[TrainingCost] = []
@@ -358,10 +371,38 @@ def decide_budget(request: BudgetRequest) -> BudgetPlan:
         cost = sum(floor * per_iteration(c) + c.validation_seconds for c in group)
         extra = max(0.0, need + cost - available)
         what = ", ".join(f"{c.configuration} fold {c.fold}" for c in group)
-        more = f"~{minutes(extra)} more would add {what} ({floor} iterations each)"
+        more = f"~{_more(extra)} more would add {what} ({floor} iterations each)"
     elif chosen and iterations < cap:
         doubled = sum(per_iteration(c) for c in chosen) * iterations
-        more = f"~{minutes(doubled)} more would double every training's iterations"
+        more = f"~{_more(doubled)} more would double every training's iterations"
     else:
         more = "more time would add nothing: every training has the method's full budget"
     return plan(trainings, more)
+
+
+def _depth_more_time(request: BudgetRequest, affordable: float) -> str:
+    """What more time buys while the first training has the whole budget: the next unit of
+    trainings beside it, all at :data:`BREADTH_ITERATIONS` (or, with no other candidate, twice
+    the first one's iterations)."""
+    ipe, val_iters = request.iterations_per_epoch, request.validation_iterations
+    first, others = request.candidates[0], list(request.candidates[1:])
+    step = effective_seconds_per_iteration(first, ipe, val_iters)
+    if not others:
+        return (
+            f"~{_more(affordable * step)} more would double {first.configuration} fold "
+            f"{first.fold}'s iterations"
+        )
+    group = buying_groups(request.candidates, others)[0]
+    cost = sum(
+        BREADTH_ITERATIONS * effective_seconds_per_iteration(c, ipe, val_iters)
+        + c.validation_seconds
+        for c in [first, *group]
+    )
+    extra = max(0.0, cost - first.validation_seconds - affordable * step)
+    what = ", ".join(f"{c.configuration} fold {c.fold}" for c in group)
+    return f"~{_more(extra)} more would add {what} ({BREADTH_ITERATIONS} iterations each)"
+
+
+def _more(seconds: float) -> str:
+    """Seconds of training as budget: the safety share is kept back from the budget too."""
+    return minutes(seconds / (1 - SAFETY_SHARE))
