@@ -24,8 +24,8 @@ folds of 1500 iterations would be two models that have not learned, where one of
 Past 3000 a fold still learns fast: with three folds of 3450 iterations (30 min, bf16, a
 quiet machine) every fold's pseudo-Dice and training loss were still improving at its last
 epoch, and the ensemble of the three reached 0.835 held-out Dice; the same budget given to
-fold 0 alone (58 x 150 = 8700 iterations) reached 0.889, every structure better
-(``bench/results/budget.md``). One deep fold, then more folds only when each can be deep too:
+fold 0 alone reached 0.889-0.892 (58-69 x 150 iterations), every structure better, within
+24.4 min on the quiet machine (``bench/results/budget.md``). One deep fold, then more folds only when each can be deep too:
 :data:`BREADTH_ITERATIONS`. The price: a budget spent on one training cannot be re-planned
 when the machine slows down while it runs (that run overran 2.5x when other work started
 after its calibration); several shorter trainings can. So
