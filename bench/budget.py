@@ -15,6 +15,13 @@ with the CPU's flags and the precision the calibration used: on a shared machine
 varies, which is what re-planning is for.
 
     python -m bench.budget --budgets 30m [--budgets 10m,20m,60m] [--cases 20] [--test-cases 6]
+    python -m bench.budget --budgets 30m --isa avx2 --tag avx2   # an AVX2-only CPU, emulated
+
+``--isa avx2`` stands in for a CPU without AVX-512 where none is at hand: torch's own kernels
+(``ATEN_CPU_CAPABILITY=avx2``) and oneDNN's convolutions (``ONEDNN_MAX_CPU_ISA=AVX2``) are
+held to AVX2, and run-all trains in fp32, which ``--precision auto`` picks on such a CPU (no
+native bf16). The cores, clock and memory stay this machine's, so it is a proxy, said so in
+the results.
 
 Each budget's result is merged into ``bench/results/budget.json`` (a budget run again
 replaces its entry), and the Markdown is rewritten from all of them.
@@ -41,6 +48,9 @@ NAME = "budget"
 TARGET_DICE = 0.80
 LOAD_EVERY_S = 30.0
 FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+# --isa: the instruction set torch and oneDNN are held to, and the precision that goes with it
+ISA_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
+ISA_PRECISION = {"avx2": "fp32"}
 
 
 class LoadSampler:
@@ -76,15 +86,20 @@ def run_budget(budget: str, args: argparse.Namespace) -> dict:
     converted = harness.measure([str(c) for c in convert], logs / "convert.log").check()
     run_all = [*toolkit, "run-all", anatomy.TASK, "-w", workspace, "--preset", "quick"]
     run_all += ["--time-budget", budget, "--device", "cpu"]
+    env = None
+    if args.isa:
+        env = {**os.environ, **ISA_ENV[args.isa]}
+        run_all += ["--precision", ISA_PRECISION[args.isa]]
     load_before = os.getloadavg()[0]
     with LoadSampler() as load:
-        ran = harness.measure([str(c) for c in run_all], logs / "run_all.log")
+        ran = harness.measure([str(c) for c in run_all], logs / "run_all.log", env=env)
     if ran.returncode == 2:  # the budget bought no useful training here: run-all said why
         return {
             "budget": budget,
             "budget_seconds": parse_duration(budget),
             "seconds": {"convert": converted.wall_s, "run_all": ran.wall_s},
             "load": {"before": round(load_before, 2), "during": load.samples},
+            "isa": args.isa,
             "refused": Path(ran.log).read_text(errors="replace").strip().splitlines()[-1],
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
@@ -92,7 +107,7 @@ def run_budget(budget: str, args: argparse.Namespace) -> dict:
     predictions = work / "predictions"
     predict = [*toolkit, "predict", "-d", anatomy.TASK, "-w", workspace, "-i", source / "imagesTs"]
     predict += ["-o", predictions, "--device", "cpu", "-q", "--no-tta"]
-    predicted = harness.measure([str(c) for c in predict], logs / "predict.log").check()
+    predicted = harness.measure([str(c) for c in predict], logs / "predict.log", env=env).check()
     names = list(anatomy.STRUCTURES)
     dice = case_dice(predictions, source / "labelsTs", list(range(1, len(names) + 1)))
     dataset = workspace / anatomy.TASK
@@ -106,6 +121,7 @@ def run_budget(budget: str, args: argparse.Namespace) -> dict:
     return {
         "budget": budget,
         "budget_seconds": parse_duration(budget),
+        "isa": args.isa,
         "seconds": {
             "convert": converted.wall_s,
             "run_all": ran.wall_s,
@@ -159,7 +175,9 @@ def render(data: dict) -> str:
         wall = r["seconds"]["run_all"]
         lines.append(
             f"| {r['budget']} | {wall / 60:.1f} | {'yes' if wall <= r['budget_seconds'] else '**no**'} "
-            f"| {bought} | {calibration.get('precision', '-')} "
+            f"| {bought} | {calibration.get('precision', '-')}"
+            + (f", {r['isa'].upper()} only (emulated)" if r.get("isa") else "")
+            + " "
             f"| {calibration.get('seconds_per_iteration', float('nan')):.3g} "
             f"| {plan.get('slowdown', '-')} / {plan.get('validation_slowdown', '-')} "
             f"| {min(load):.1f}-{max(load):.1f} "
@@ -188,6 +206,12 @@ def render(data: dict) -> str:
         "",
         f"Done-when: `--time-budget 30m` within 30 minutes with held-out mean Dice >= {TARGET_DICE}.",
         "",
+        'A run marked "AVX2 only (emulated)" stands in for a CPU without AVX-512: torch\'s '
+        "kernels and oneDNN's convolutions held to AVX2 (`ATEN_CPU_CAPABILITY=avx2`, "
+        "`ONEDNN_MAX_CPU_ISA=AVX2`) and fp32, which `--precision auto` picks without native "
+        "bf16; the cores, clock and memory are still this machine's "
+        "(`python -m bench.budget --budgets 30m --isa avx2 --tag avx2`).",
+        "",
         "Reproduce: `python -m bench.budget --budgets 10m,20m,30m,60m`.",
     ]
     return "\n".join(lines)
@@ -200,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-cases", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0, help="the task generator's seed")
     parser.add_argument("--tag", default="", help="kept beside earlier runs of the same budget")
+    parser.add_argument(
+        "--isa",
+        choices=sorted(ISA_ENV),
+        default=None,
+        help="hold torch and oneDNN to this instruction set (fp32): a CPU without AVX-512, emulated",
+    )
     parser.add_argument("--render", action="store_true", help="only rewrite the Markdown")
     args = parser.parse_args(argv)
     results = harness.RESULTS / f"{NAME}.json"
