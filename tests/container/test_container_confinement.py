@@ -3,6 +3,7 @@ in one line before anything is written (issue 24, defect 1); output sockets that
 overwrite each other are refused when the interfaces are bound (defect 8c)."""
 
 import json
+import os
 
 import pytest
 from container_helpers import make_dataset, tiny_ensemble
@@ -22,6 +23,7 @@ from toolkit.container.job_inputs import INPUTS_JSON, read_inputs_json
 from toolkit.container.spec import AlgorithmSpec
 from toolkit.container.testrun import cross_validation_cases, lay_out_case
 from toolkit.errors import ToolkitError
+from toolkit.io.staging import this_host
 from toolkit.workspace import ExportPaths
 
 
@@ -153,14 +155,19 @@ def test_outputs_that_overwrite_each_other_are_refused(outputs, refused):
         check_outputs(interface, [0, 1], "interface 1")
 
 
-def test_an_export_leaves_other_exports_staging_folders_alone(exported, tmp_path):
+def test_an_export_leaves_other_exports_staging_folders_alone(exported, tmp_path, dead_pid):
     """Defect 7's staging half: the build context is staged in a folder of its own, so an
-    export never deletes what another export, running at once, is staging."""
+    export never deletes what another export, running at once, is staging; but it removes
+    the staging folder of an export killed half-way (its process is gone)."""
     paths, export = exported
-    others = [export.root / ".partial", export.root / ".partial.other"]
+    running = f".partial.{this_host()}-{os.getppid()}.abcdefgh"  # a live process's
+    others = [export.root / ".partial", export.root / ".partial.other", export.root / running]
     for folder in others:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "marker").write_text("another export's file")
+    # an export killed half-way: its process is gone, its staging folder is swept
+    killed = export.root / f".partial.{this_host()}-{dead_pid}.abcdefgh"
+    (killed / "model").mkdir(parents=True)
     original = wheels.runtime_requirements
     wheels.runtime_requirements = lambda device, **_: ["torch==2.13.0+cpu", "numpy==2.4.6"]
     try:
@@ -173,7 +180,8 @@ def test_an_export_leaves_other_exports_staging_folders_alone(exported, tmp_path
     finally:
         wheels.runtime_requirements = original
     assert all((folder / "marker").is_file() for folder in others)
-    assert sorted(p.name for p in export.root.glob(".partial*")) == [".partial", ".partial.other"]
+    assert not killed.exists()
+    assert sorted(p.name for p in export.root.glob(".partial*")) == sorted(p.name for p in others)
     for folder in others:
         (folder / "marker").unlink()
         folder.rmdir()

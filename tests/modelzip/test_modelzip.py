@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -111,7 +114,7 @@ def test_an_existing_dataset_is_replaced_only_with_force(archive, tmp_path):
     with pytest.raises(ToolkitError, match="--force"):
         import_model(archive, tmp_path / "ws", name="A")
     import_model(archive, tmp_path / "ws", name="A", force=True)
-    assert not list((tmp_path / "ws").glob(".*importing"))
+    assert not list((tmp_path / "ws").glob(".*.importing.*"))
 
 
 def rewritten(archive: Path, target: Path, change) -> Path:
@@ -302,3 +305,24 @@ def test_nnunet_postprocessing_of_a_region_model_maps_onto_our_regions():
     bad = {**data, "postprocessing_kwargs": [{"labels_or_regions": [1, 2]}]}
     bad["postprocessing_fns"] = [KEEP_LARGEST]
     assert convert_postprocessing(bad, [1, 2, 3], regions) is None
+
+
+def test_an_import_killed_half_way_is_swept_by_the_next(archive, tmp_path):
+    """SIGKILL at the import's second write leaves its staging folder (maybe gigabytes of
+    weights); the next import of that dataset removes it, and one of another dataset stays."""
+    runner = Path(__file__).parents[1] / "faults" / "kill_at_write.py"
+    workspace = tmp_path / "ws"
+    command = [sys.executable, str(runner), "2", "", "import-model", str(archive)]
+    command += ["-w", str(workspace), "--name", "A"]
+    env = {**os.environ, "TOOLKIT_QUIET": "1"}
+    killed = subprocess.run(
+        command, env=env, capture_output=True, text=True, start_new_session=True
+    )
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    left = list(workspace.glob(".A.importing.*"))
+    assert len(left) == 1 and any(left[0].rglob("*")) and not (workspace / "A").exists()
+    other = workspace / f".AB.importing.{left[0].name.split('.')[3]}.abcdefgh"
+    other.mkdir()  # another dataset's (a dead process's, but not this import's to sweep)
+    import_model(archive, workspace, name="A")
+    assert not list(workspace.glob(".A.importing.*")) and other.is_dir()
+    assert Selection.load(DatasetPaths(workspace / "A").selection_json).dataset == "A"

@@ -27,7 +27,6 @@ from __future__ import annotations
 import os
 import shutil
 import tarfile
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +54,7 @@ from toolkit.core.selection import Selection
 from toolkit.errors import MissingStageError, ToolkitError
 from toolkit.io.atomic import atomic_path, replace_folder, write_text
 from toolkit.io.dataset_json import read_dataset_info
+from toolkit.io.staging import staging_folder, sweep_staging
 from toolkit.workspace import (
     MODEL_DATASET_JSON,
     MODEL_PLANS,
@@ -69,6 +69,7 @@ ENTRYPOINT_NAME = "entrypoint.py"
 BAKED_MODEL_DIR = "/opt/algorithm/model"
 TARBALL_MODEL_DIR = "/opt/ml/model"
 DEFAULT_OUTPUT_SLUG = "segmentation"
+STAGING_PREFIX = ".partial."  # the export folder's staging folders (toolkit.io.staging)
 CONTEXT_MTIME = 946684800  # 2000-01-01: every context file gets this time stamp
 
 
@@ -313,9 +314,10 @@ def write_context(
             f"labels go up to {max(spec.label_values)}; the platform's segmentations are uint8 (at most 255)"
         )
     # written into a staging folder first, so an interrupted export never leaves half a
-    # context; its name is unique, so exports running at once never delete each other's files
-    export.root.mkdir(parents=True, exist_ok=True)
-    staged = ExportPaths(Path(tempfile.mkdtemp(prefix=".partial.", dir=export.root)))
+    # context; its name is unique, so exports running at once never delete each other's files,
+    # and it names its process, so that the next export removes one whose process died
+    sweep_staging(export.root, STAGING_PREFIX)  # of exports killed half-way
+    staged = ExportPaths(staging_folder(export.root, STAGING_PREFIX))
     try:
         return _fill_context(paths, ensemble, options, export, spec, staged)
     finally:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from toolkit.core.selection import Interval, Selection
 from toolkit.errors import ToolkitError
 from toolkit.io.atomic import replace_folder, restore_replaced, write_bytes, write_json
 from toolkit.io.lock import dataset_writer_lock
+from toolkit.io.staging import staging_folder, sweep_staging
 from toolkit.progress import info
 from toolkit.workspace import DatasetPaths, check_dataset_name
 
@@ -46,8 +46,9 @@ def staged_install(
     """``fill(staging, name)`` a staging dataset folder, then move it to ``<workspace>/<name>``,
     holding the dataset's writer lock (``wait``: for another writer to end).
 
-    The staging folder's name is unique (``.<name>.importing.XXXX``), so imports running at
-    once never delete each other's files. With ``force`` an existing dataset is replaced by
+    The staging folder's name is unique (``.<name>.importing.<host>-<pid>.XXXX``), so imports
+    running at once never delete each other's files, and one killed half-way is removed by the
+    next import of the dataset (:mod:`toolkit.io.staging`). With ``force`` an existing dataset is replaced by
     renames only (:func:`toolkit.io.atomic.replace_folder`): a kill at any moment leaves one
     complete dataset, the old one or the new one.
     """
@@ -61,8 +62,9 @@ def _install(paths: DatasetPaths, force: bool, fill: Callable[[DatasetPaths, str
     restore_replaced(paths.root)  # a replacement killed half-way, where folders cannot swap
     if paths.root.exists() and any(paths.root.iterdir()) and not force:
         raise ToolkitError("already exists: give --force to replace it, or --name", paths.root)
-    paths.root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{paths.name}.importing.", dir=paths.root.parent))
+    prefix = f".{paths.name}.importing."
+    sweep_staging(paths.root.parent, prefix)  # of imports of this dataset killed half-way
+    staging = staging_folder(paths.root.parent, prefix)
     try:
         fill(DatasetPaths(staging), paths.name)
         replace_folder(staging, paths.root)
