@@ -75,30 +75,42 @@ class LoadSampler:
         self._thread.join()
 
 
+def wall_seconds(report: Path) -> float:
+    """The wall time in a ``/usr/bin/time -v`` report."""
+    return harness._parse_time(report.read_text())[0]
+
+
 def run_budget(budget: str, args: argparse.Namespace) -> dict:
     work = harness.WORK / NAME / budget
-    shutil.rmtree(work, ignore_errors=True)
-    source = anatomy.write_task(work / "source", args.cases, args.test_cases, args.seed)
     workspace = work / "workspace"
     toolkit = [sys.executable, "-m", "toolkit"]
     logs = work / "logs"
-    convert = [*toolkit, "convert", source, "-w", workspace]
-    converted = harness.measure([str(c) for c in convert], logs / "convert.log").check()
-    run_all = [*toolkit, "run-all", anatomy.TASK, "-w", workspace, "--preset", "quick"]
-    run_all += ["--time-budget", budget, "--device", "cpu"]
-    env = None
-    if args.isa:
-        env = {**os.environ, **ISA_ENV[args.isa]}
-        run_all += ["--precision", ISA_PRECISION[args.isa]]
-    load_before = os.getloadavg()[0]
-    with LoadSampler() as load:
-        ran = harness.measure([str(c) for c in run_all], logs / "run_all.log", env=env)
+    env = {**os.environ, **ISA_ENV[args.isa]} if args.isa else None
+    if args.rescore:  # run-all ran (its timings are in the logs): predict and score again
+        source = work / "source" / anatomy.TASK
+        converted = harness.Measurement("", wall_seconds(logs / "convert.time"), 0.0, 0, "")
+        ran = harness.Measurement("", wall_seconds(logs / "run_all.time"), 0.0, 0, "")
+        load_before, samples = None, []  # sampled by the run that was cut short, lost with it
+        shutil.rmtree(work / "predictions", ignore_errors=True)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+        source = anatomy.write_task(work / "source", args.cases, args.test_cases, args.seed)
+        convert = [*toolkit, "convert", source, "-w", workspace]
+        converted = harness.measure([str(c) for c in convert], logs / "convert.log").check()
+        run_all = [*toolkit, "run-all", anatomy.TASK, "-w", workspace, "--preset", "quick"]
+        run_all += ["--time-budget", budget, "--device", "cpu"]
+        if args.isa:
+            run_all += ["--precision", ISA_PRECISION[args.isa]]
+        load_before = round(os.getloadavg()[0], 2)
+        with LoadSampler() as load:
+            ran = harness.measure([str(c) for c in run_all], logs / "run_all.log", env=env)
+        samples = load.samples
     if ran.returncode == 2:  # the budget bought no useful training here: run-all said why
         return {
             "budget": budget,
             "budget_seconds": parse_duration(budget),
             "seconds": {"convert": converted.wall_s, "run_all": ran.wall_s},
-            "load": {"before": round(load_before, 2), "during": load.samples},
+            "load": {"before": load_before, "during": samples},
             "isa": args.isa,
             "refused": Path(ran.log).read_text(errors="replace").strip().splitlines()[-1],
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -107,6 +119,8 @@ def run_budget(budget: str, args: argparse.Namespace) -> dict:
     predictions = work / "predictions"
     predict = [*toolkit, "predict", "-d", anatomy.TASK, "-w", workspace, "-i", source / "imagesTs"]
     predict += ["-o", predictions, "--device", "cpu", "-q", "--no-tta"]
+    if args.isa:
+        predict += ["--precision", ISA_PRECISION[args.isa]]
     predicted = harness.measure([str(c) for c in predict], logs / "predict.log", env=env).check()
     names = list(anatomy.STRUCTURES)
     dice = case_dice(predictions, source / "labelsTs", list(range(1, len(names) + 1)))
@@ -127,7 +141,7 @@ def run_budget(budget: str, args: argparse.Namespace) -> dict:
             "run_all": ran.wall_s,
             "predict": predicted.wall_s,
         },
-        "load": {"before": round(load_before, 2), "during": load.samples},
+        "load": {"before": load_before, "during": samples},
         "time_budget": run.get("time_budget"),
         "calibration": run.get("calibration"),
         "validation_dice": validation,
@@ -159,10 +173,11 @@ def render(data: dict) -> str:
     for label, r in sorted(data["runs"].items(), key=lambda kv: kv[1]["budget_seconds"]):
         r = {**r, "budget": label}
         load = r["load"]["during"] or [r["load"]["before"]]
+        load_text = "not sampled" if None in load else f"{min(load):.1f}-{max(load):.1f}"
         if "refused" in r:
             lines.append(
                 f"| {r['budget']} | {r['seconds']['run_all'] / 60:.1f} | refused: {r['refused']} "
-                f"| - | - | - | - | {min(load):.1f}-{max(load):.1f} | - |"
+                f"| - | - | - | - | {load_text} | - |"
             )
             continue
         plan = r.get("time_budget") or {}
@@ -180,7 +195,7 @@ def render(data: dict) -> str:
             + " "
             f"| {calibration.get('seconds_per_iteration', float('nan')):.3g} "
             f"| {plan.get('slowdown', '-')} / {plan.get('validation_slowdown', '-')} "
-            f"| {min(load):.1f}-{max(load):.1f} "
+            f"| {load_text} "
             f"| {s['mean_dice']:.3f} [{s['mean_interval'][0]:.3f}, {s['mean_interval'][1]:.3f}] |"
         )
     lines += ["", "Per class (held-out Dice):", ""]
@@ -200,7 +215,7 @@ def render(data: dict) -> str:
             f"- {r['budget']} ({r['date']}): re-planned {len(plan.get('replans', []))} time(s)"
             + (f" ({'; '.join(plan['replans'])})" if plan.get("replans") else "")
             + f"; more time: {plan.get('more_time') or '-'}; load average every 30 s: "
-            + f"{', '.join(f'{v:.0f}' for v in r['load']['during'])}."
+            + f"{', '.join(f'{v:.0f}' for v in r['load']['during']) or 'not sampled'}."
         )
     lines += [
         "",
@@ -229,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=sorted(ISA_ENV),
         default=None,
         help="hold torch and oneDNN to this instruction set (fp32): a CPU without AVX-512, emulated",
+    )
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="predict and score again the run-all each budget's work folder holds (its load "
+        "samples are not kept)",
     )
     parser.add_argument("--render", action="store_true", help="only rewrite the Markdown")
     args = parser.parse_args(argv)

@@ -29,7 +29,7 @@ from toolkit.training.trainer import build_parts, make, train_step, validation_s
 from toolkit.workspace import DatasetPaths
 
 WARMUP_ITERATIONS = 3  # not timed: kernels chosen, first batches made
-TIMED_ITERATIONS = 8
+TIMED_ITERATIONS = 16  # enough that the prefetched batches made before timing weigh little
 TIMED_VALIDATION_ITERATIONS = 3
 TIMED_WINDOWS = 5  # the median of these (a loaded machine's odd slow pass left out)
 WINDOW_WARMUP = 3  # oneDNN picks its kernels over the first calls
