@@ -143,10 +143,9 @@ class ChannelFactorTransform(RandomTransform):
     """A transform drawing one factor per sample and channel in ``factor_range``, half of the
     draws below 1 and half above (the reference's rule for brightness and contrast)."""
 
-    @property
-    def factor_range(self) -> tuple[float, float]:
-        """The range the factors are drawn from (a subclass names it for what it scales)."""
-        raise NotImplementedError
+    def __init__(self, probability: float, factor_range: tuple[float, float]):
+        super().__init__(probability)
+        self.factor_range = factor_range  # checked by the subclass, under its parameter's name
 
     def make_params(self, rng, samples, num_channels):
         return ChannelFactors(
@@ -160,12 +159,8 @@ class Brightness(ChannelFactorTransform):
     name = "brightness"
 
     def __init__(self, probability: float = 0.15, multiplier=(0.75, 1.25)):
-        super().__init__(probability)
         self.multiplier = check_range("brightness.multiplier", tuple(multiplier))
-
-    @property
-    def factor_range(self) -> tuple[float, float]:
-        return self.multiplier
+        super().__init__(probability, self.multiplier)
 
     def apply(self, batch, params: ChannelFactors):
         image = batch.image
@@ -194,12 +189,8 @@ class Contrast(ChannelFactorTransform):
     name = "contrast"
 
     def __init__(self, probability: float = 0.15, factor=(0.75, 1.25)):
-        super().__init__(probability)
         self.factor = check_range("contrast.factor", tuple(factor))
-
-    @property
-    def factor_range(self) -> tuple[float, float]:
-        return self.factor
+        super().__init__(probability, self.factor)
 
     def apply(self, batch, params: ChannelFactors):
         image = batch.image
