@@ -200,16 +200,20 @@ def load_image(path: str | Path) -> LoadedImage:
     if not uses_simpleitk():
         _lean_only(path)
         image = metaimage.read_metaimage(path)
-        geometry = Geometry(
-            spacing=image.spacing, origin=image.origin, direction=image.direction, size=image.size
-        )
-        return LoadedImage(image.array, geometry, image.channels)
+        return LoadedImage(image.array, _metaimage_geometry(image), image.channels)
     image = read_sitk(path)
     try:
         array = sitk.GetArrayFromImage(image)
     except RuntimeError:
         raise ToolkitError("unreadable image (pixel data could not be read)", path) from None
     return LoadedImage(array, Geometry.of(image), image.GetNumberOfComponentsPerPixel())
+
+
+def _metaimage_geometry(header) -> Geometry:
+    """The geometry of a MetaImage (its header, or the image read with it)."""
+    return Geometry(
+        spacing=header.spacing, origin=header.origin, direction=header.direction, size=header.size
+    )
 
 
 def read_sitk(path: str | Path) -> sitk.Image:
@@ -257,13 +261,7 @@ def read_geometry(path: str | Path) -> Geometry:
         raise ToolkitError("file not found", path)
     if not uses_simpleitk():
         _lean_only(path)
-        header = metaimage.read_header(path)
-        return Geometry(
-            spacing=header.spacing,
-            origin=header.origin,
-            direction=header.direction,
-            size=header.size,
-        )
+        return _metaimage_geometry(metaimage.read_header(path))
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
