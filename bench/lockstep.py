@@ -188,9 +188,10 @@ def run_toolkit(
     reference,
     epochs: int,
     iterations: int,
+    dataset_json: dict | None = None,
 ) -> ToolkitRun:
     """The toolkit's steps from the reference's initial weights, on the same batches."""
-    plans = convert_plans(plans_dict, DATASET_JSON)
+    plans = convert_plans(plans_dict, dataset_json or DATASET_JSON)
     cfg = plans.configuration(CONFIGURATION)
     network = build_network(plans, cfg, deep_supervision=True)
     network.load_state_dict(convert_state_dict(prefixed(reference, "initial")), strict=True)
@@ -203,8 +204,8 @@ def run_toolkit(
         i = k % len(images)
         return ReadyBatch(
             BatchKey(epoch, TRAIN, k),
-            torch.from_numpy(images[i].copy()),
-            torch.from_numpy(labels[i].astype(np.int64)),
+            torch.from_numpy(np.array(images[i], dtype=np.float32)),
+            torch.from_numpy(np.array(labels[i], dtype=np.int64)),
             [],
         )
 

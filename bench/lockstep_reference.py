@@ -32,7 +32,7 @@ def main(argv: list[str]) -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("--plans", required=True)
     parser.add_argument("--dataset", required=True)
-    parser.add_argument("--batches", required=True)
+    parser.add_argument("--batches", required=True, help="an .npz, or the prefix of dumped .npy")
     parser.add_argument("--out", required=True)
     parser.add_argument("--configuration", default="3d_fullres")
     parser.add_argument("--epochs", type=int, required=True)
@@ -89,14 +89,18 @@ def main(argv: list[str]) -> dict:
     scales = trainer._get_deep_supervision_scales()
     downsample = DownsampleSegForDSTransform(ds_scales=scales)
 
-    batches = np.load(args.batches)
-    images, labels = batches["data"], batches["target"]
+    if args.batches.endswith(".npz"):
+        batches = np.load(args.batches)
+        images, labels = batches["data"], batches["target"]
+    else:  # PREFIX_data.npy / PREFIX_target.npy, as bench/batch_stats_reference.py dumps them
+        images = np.load(f"{args.batches}_data.npy", mmap_mode="r")
+        labels = np.load(f"{args.batches}_target.npy", mmap_mode="r")
 
     def batch(k: int) -> dict:
-        seg = torch.from_numpy(labels[k % len(labels)])
+        seg = torch.from_numpy(np.array(labels[k % len(labels)]))
         per_sample = [downsample(segmentation=s)["segmentation"] for s in seg]
         targets = [torch.stack([p[i] for p in per_sample]) for i in range(len(scales))]
-        return {"data": torch.from_numpy(images[k % len(images)]), "target": targets}
+        return {"data": torch.from_numpy(np.array(images[k % len(images)])), "target": targets}
 
     def weights(prefix: str) -> dict:
         return {
