@@ -33,6 +33,7 @@ from toolkit.core.labels import label_model
 from toolkit.errors import ToolkitError
 from toolkit.io.dataset_json import DatasetInfo, write_dataset_info
 from toolkit.io.images import read_geometry
+from toolkit.io.staging import process_alive
 from toolkit.parallel import map_cases
 from toolkit.progress import info
 from toolkit.verify.report import Report
@@ -105,16 +106,6 @@ def dataset_paths_for(
     return DatasetPaths(resolve_workspace(workspace) / chosen)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_stale(root: Path) -> None:
     """Work folders of earlier converts that were killed (their process is gone)."""
     if not root.is_dir():
@@ -123,7 +114,11 @@ def _remove_stale(root: Path) -> None:
         for prefix in (_PARTIAL, _OLD, _EXTRACT):
             if path.name.startswith(prefix) and path.is_dir():
                 suffix = path.name[len(prefix) :]
-                if suffix.isdigit() and int(suffix) != os.getpid() and not _pid_alive(int(suffix)):
+                if (
+                    suffix.isdigit()
+                    and int(suffix) != os.getpid()
+                    and not process_alive(int(suffix))
+                ):
                     shutil.rmtree(path, ignore_errors=True)
 
 
