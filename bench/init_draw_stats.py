@@ -228,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     for seed in range(args.draws):
         for tool in TOOLS:
             measured[tool].append(measure(draw(trainer, tool, seed, work), trainer, data))
-        print(f"draw {seed}: " + ", ".join(f"{t} loss {measured[t][-1]['loss']:.4f}" for t in TOOLS))
+        print(
+            f"draw {seed}: " + ", ".join(f"{t} loss {measured[t][-1]['loss']:.4f}" for t in TOOLS)
+        )
     outputs = {
         key: compare(*[[m[key] for m in measured[t]] for t in TOOLS])
         for key in ("loss", "foreground_probability", "logit_sd", "first_grad_norm")
