@@ -196,7 +196,9 @@ def train_and_predict_ours(
             Path(f"{prefix}_{suffix}.npy").unlink(missing_ok=True)  # hundreds of MB each
     predict = [*toolkit, "predict", "-i", test_images]
     predict += ["-o", out / f"{arm}_{seed}", "-m", paths.model_dir("3d_fullres"), "-f", "0"]
+    # the arm's own precision (nnU-Net's predictor runs in fp32; auto would pick bf16 here)
     predict += ["--no-tta", "--device", "cpu", "-q"]
+    predict += ["--precision", "bf16" if arm == "toolkit_bf16" else "fp32"]
     _run(predict, out / "logs" / f"{arm}_predict_{seed}.log")
     return m.wall_s, toolkit_curve(paths)
 
