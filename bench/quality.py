@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from scipy.ndimage import distance_transform_edt
 
 from bench import anatomy, harness
 from toolkit.core.splits import load_or_create_splits
@@ -50,6 +51,9 @@ from toolkit.workspace import TRAINING_LOG, DatasetPaths
 
 NAME = "quality"
 DATASET_ID = 905
+# a false positive this far (voxels, Euclidean) from its class in the reference is a blob
+# away from the structure, not a boundary error
+FAR_VOXELS = 8
 REFERENCE = harness.BENCH / "nnunet_v2_reference.py"
 # the arms: nnU-Net v2's own run, the toolkit's (fp32, and bf16 beside it), and the cross-over
 # (the toolkit's trainer on nnU-Net's batches); each toolkit arm is compared with nnU-Net's
@@ -248,8 +252,11 @@ def case_dice(prediction_dir: Path, reference_dir: Path, labels: list[int]) -> d
 def voxel_errors(prediction_dir: Path, reference_dir: Path) -> dict[str, int]:
     """Foreground voxels over all held-out cases and classes: predicted, in the reference,
     predicted with a label the reference does not have there (false positive), and of the
-    reference given another label (false negative): over- against under-segmentation."""
-    totals = dict.fromkeys(("predicted", "reference", "false_positive", "false_negative"), 0)
+    reference given another label (false negative): over- against under-segmentation; and
+    the false positives of each class lying more than ``FAR_VOXELS`` from that class in the
+    reference (``false_positive_far``: blobs away from the structure, not its boundary)."""
+    keys = ("predicted", "reference", "false_positive", "false_negative", "false_positive_far")
+    totals = dict.fromkeys(keys, 0)
     for reference_path in sorted(reference_dir.glob("*.nii.gz")):
         reference = sitk.GetArrayFromImage(sitk.ReadImage(str(reference_path)))
         predicted = sitk.GetArrayFromImage(
@@ -260,6 +267,11 @@ def voxel_errors(prediction_dir: Path, reference_dir: Path) -> dict[str, int]:
         totals["reference"] += int((reference > 0).sum())
         totals["false_positive"] += int(((predicted > 0) & wrong).sum())
         totals["false_negative"] += int(((reference > 0) & wrong).sum())
+        for value in np.unique(predicted[predicted > 0]):
+            extra = (predicted == value) & (reference != value)
+            if (reference == value).any():
+                extra &= distance_transform_edt(reference != value) > FAR_VOXELS
+            totals["false_positive_far"] += int(extra.sum())
     return totals
 
 
@@ -420,20 +432,21 @@ def render(data: dict) -> str:
                         e["false_positive"],
                         e["false_negative"],
                         e["false_positive"] / max(1, e["false_negative"]),
+                        e.get("false_positive_far", "-"),
                     ]
                 )
         lines += [
             "",
             "Voxel errors over the held-out cases (all cases and classes summed): foreground "
             "predicted and in the reference, false positives (foreground predicted where the "
-            "reference has another label) and false negatives:",
+            "reference has another label) and false negatives; the last column counts the "
+            f"false positives more than {FAR_VOXELS} voxels from their class in the reference "
+            "(away from the structure rather than on its boundary; '-' where the run was "
+            "scored before it was counted):",
             "",
         ]
-        lines.append(
-            harness.markdown_table(
-                ["arm", "seed", "predicted", "reference", "false +", "false -", "FP / FN"], rows
-            )
-        )
+        header = ["arm", "seed", "predicted", "reference", "false +", "false -", "FP / FN"]
+        lines.append(harness.markdown_table([*header, f"false + > {FAR_VOXELS} voxels"], rows))
     curves = curve_means(data)
     if curves:
         arms = [t for t in tools if t in curves]
