@@ -303,6 +303,9 @@ def test_a_training_that_ran_slower_than_calibrated_replans_the_next_ones(tmp_pa
     assert lines[0].startswith("- Budget: 1 h (--time-budget 1h)")
     assert "3.00x the calibrated time" in lines[1]
     assert "over the budget" not in lines[-2] + lines[-1]
+    run.started -= run.budget  # past the budget: the report says it from the estimate
+    ended = next(x for x in run.report_lines("--time-budget 1h") if "ended" in x)
+    assert "evaluation and selection, as estimated, would end about" in ended
 
 
 def test_a_window_costs_at_most_a_training_iterations_share_of_one_sample():

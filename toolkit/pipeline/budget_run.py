@@ -177,7 +177,7 @@ class BudgetRun:
             f"- Training and final validation ended {minutes(ended)} after the start (planned: "
             f"{minutes(self.first_estimate - self.plan.after_training)})"
             + (
-                f"; with evaluation and selection about {minutes(over)} over the budget."
+                f"; evaluation and selection, as estimated, would end about {minutes(over)} over the budget."
                 if over > 0
                 else "."
             )
