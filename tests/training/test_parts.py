@@ -49,6 +49,10 @@ def test_crop_range_lets_patch_centres_reach_the_border_and_pads_small_images():
     assert lows == [-5] and highs == [25]  # patch start from 0 to 30 = 50 - 20
     lows, highs = crop_range((10,), (30,), (20,))
     assert lows == highs == [-10]
+    # an odd enlargement: the reference's bounds (-need // 2 in Python, rounding down) reach
+    # one voxel further beyond the low side than beyond the high side
+    assert crop_range((50,), (29,), (20,)) == ([-5], [26])
+    assert crop_range((10,), (29,), (20,)) == ([-10], [-9])
 
 
 def _cases(tiny_dataset):

@@ -19,8 +19,9 @@ Rules (the reference implementation's, nnU-Net v2):
   recorded annotated voxel (any value but the ignore value), and a forced sample in a case
   without foreground on one too, so that every patch holds annotated voxels; a case with
   none at all falls back to a random crop (the reference's ``get_bbox``).
-* Random crops may reach half the enlargement beyond the image on each side, so patch
-  centres cover the border; images smaller than the crop are padded. Padding is 0 for the
+* Random crops may reach half the enlargement beyond the image on each side (an odd
+  enlargement's extra voxel on the low side, as the reference rounds), so patch centres
+  cover the border; images smaller than the crop are padded. Padding is 0 for the
   image and -1 for the labels and for the previous stage's (the "outside" label,
   background for the loss and for the cascade's one-hot channels).
 * The previous stage's labels are cropped as they are: the cascade's perturbations act on
@@ -58,7 +59,7 @@ def crop_range(
         need = c - p
         if s + need < c:
             need = c - s
-        lows.append(-(need // 2))
+        lows.append((-need) // 2)  # the reference's -need // 2: an odd need pads the low side more
         highs.append(s + need // 2 + need % 2 - c)
     return lows, highs
 
