@@ -90,12 +90,12 @@ def nnunet_network(trainer) -> torch.nn.Module:
     )
 
 
-def draw(trainer, tool: str, seed: int, work: Path) -> torch.nn.Module:
-    """nnU-Net's network holding ``tool``'s initial weights of ``seed``."""
+def draw(trainer, tool: str, seed: int, plans) -> torch.nn.Module:
+    """nnU-Net's network holding ``tool``'s initial weights of ``seed`` (``plans``: the
+    toolkit's, for its draw)."""
     if tool == "nnunet":
         torch.manual_seed(seed)
         return nnunet_network(trainer)
-    plans = dataset_plans(DatasetPaths(work / "ws" / TASK))
     torch.manual_seed(run_seed(seed, CONFIGURATION, 0))
     ours = build_network(plans, plans.configuration(CONFIGURATION)).state_dict()
     network = nnunet_network(trainer)
@@ -156,11 +156,12 @@ def measure(network: torch.nn.Module, trainer, data) -> dict:
 def compare(a: list[float], b: list[float]) -> dict:
     from scipy import stats
 
+    welch = stats.ttest_ind(b, a, equal_var=False)
     return {
         "nnunet": [float(np.mean(a)), float(np.std(a, ddof=1))],
         "toolkit": [float(np.mean(b)), float(np.std(b, ddof=1))],
-        "welch_t": float(stats.ttest_ind(b, a, equal_var=False).statistic),
-        "welch_p": float(stats.ttest_ind(b, a, equal_var=False).pvalue),
+        "welch_t": float(welch.statistic),
+        "welch_p": float(welch.pvalue),
         "mann_whitney_p": float(stats.mannwhitneyu(b, a).pvalue),
     }
 
@@ -224,10 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     trainer = nnunet_trainer(work)
     data = batches(trainer, work / "twin" / f"seed_{args.batch_seed}" / "batches", args.batches)
+    plans = dataset_plans(DatasetPaths(work / "ws" / TASK))  # the toolkit's, read once
     measured = {tool: [] for tool in TOOLS}
     for seed in range(args.draws):
         for tool in TOOLS:
-            measured[tool].append(measure(draw(trainer, tool, seed, work), trainer, data))
+            measured[tool].append(measure(draw(trainer, tool, seed, plans), trainer, data))
         print(
             f"draw {seed}: " + ", ".join(f"{t} loss {measured[t][-1]['loss']:.4f}" for t in TOOLS)
         )
