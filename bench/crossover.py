@@ -13,7 +13,10 @@ the same plan, split, iterations and seed, this separates the pipeline from the 
     python -m bench.crossover dump --root NNUNET_ROOT --dataset-id 905 --count 500 --seed 0 \
         --prefix OUT/nnunet_batches_0
     python -m bench.crossover train --dataset-dir WS/Task905_DeepGrey --prefix OUT/nnunet_batches_0 \
-        --epochs 10 --iterations 50 --seed 0
+        --epochs 10 --iterations 50 --seed 0 [--pretrained CHECKPOINT]
+
+``--pretrained`` starts from given weights (``bench/twin.py --full-trainer`` gives it nnU-Net's
+initial weights of the twins, so that ``toolkit train``'s whole loop retraces them).
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ def train(dataset_dir: Path, prefix: Path, args: argparse.Namespace) -> None:
         seed=args.seed,
         validate=False,
         quiet=True,
+        pretrained=str(args.pretrained) if args.pretrained is not None else None,
     )
     train_fold(DatasetPaths(dataset_dir), "3d_fullres", 0, options)
 
@@ -112,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--iterations", type=int, required=True)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--precision", default="fp32")
+    t.add_argument(
+        "--pretrained",
+        type=Path,
+        default=None,
+        help="initial weights (a checkpoint, ours or nnU-Net's), as `toolkit train --pretrained`",
+    )
     args = parser.parse_args(argv)
     if args.command == "dump":
         dump(args.root, args.dataset_id, args.count, args.seed, args.prefix)

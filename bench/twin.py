@@ -47,9 +47,10 @@ from bench import harness, lockstep
 from bench.crossover import dump
 from bench.init_swap import toolkit_initial_weights
 from bench.quality import REFERENCE as NNUNET_REFERENCE
-from bench.quality import bootstrap_interval, case_dice, voxel_errors
+from bench.quality import arm_paths, bootstrap_interval, case_dice, voxel_errors
 from toolkit.nets.nnunet_v2_weights import convert_state_dict
-from toolkit.workspace import DatasetPaths
+from toolkit.training.history import read_log
+from toolkit.workspace import TRAINING_LOG, DatasetPaths
 
 NAME = "twin"
 DATASET = "Dataset905_DeepGrey"
@@ -284,6 +285,103 @@ def init_draw(args: argparse.Namespace, drawn_by: str, seed: int) -> dict:
     }
 
 
+def full_trainer(args: argparse.Namespace, seed: int) -> dict:
+    """``toolkit train``'s whole loop (:func:`toolkit.training.stage.train_fold`: its
+    prefetcher, validation batches, checkpoints and logging; ``bench.crossover train``) from
+    the twins' initial weights of ``seed`` on their batches, predicted by ``toolkit predict``
+    (fp32, no mirroring): what the twins check of the step alone, through the command."""
+    folder, prefix, _, _ = prepared_batches(args, seed)
+    initial = nnunet_initial(folder, prefix, seed, folder / "initial.npz")
+    checkpoint = folder / "initial_nnunet.pth"
+    torch.save(
+        {
+            "network_weights": {
+                k[len("initial:") :]: torch.from_numpy(initial[k])
+                for k in initial.files
+                if k.startswith("initial:")
+            }
+        },
+        checkpoint,
+    )
+    paths = arm_paths(DatasetPaths(args.work / "ws" / TASK), folder, "full_trainer", seed)
+    shutil.rmtree(paths.fold_dir(CONFIGURATION, 0), ignore_errors=True)
+    train = [sys.executable, "-m", "bench.crossover", "train", "--dataset-dir", paths.root]
+    train += ["--prefix", prefix, "--epochs", args.epochs, "--iterations", args.iterations]
+    train += ["--seed", seed, "--precision", "fp32", "--pretrained", checkpoint]
+    env = {**reference_env(), "TOOLKIT_QUIET": "1"}
+    harness.measure([str(c) for c in train], folder / "full_trainer.log", env=env).check()
+    losses = [r.train_loss for r in read_log(paths.fold_dir(CONFIGURATION, 0) / TRAINING_LOG)]
+    source = args.work / "source" / TASK
+    output = folder / "predicted_full_trainer"
+    predict_ours = [sys.executable, "-m", "toolkit", "predict", "-i", source / "imagesTs"]
+    predict_ours += ["-o", output, "-m", paths.model_dir(CONFIGURATION), "-f", "0", "--no-tta"]
+    predict_ours += ["--device", "cpu", "--precision", "fp32", "-q"]
+    harness.measure(
+        [str(c) for c in predict_ours], folder / "full_trainer_predict.log", env=env
+    ).check()
+    dice = case_dice(output, source / "labelsTs", list(range(1, len(CLASSES) + 1)))
+    return {
+        "seed": seed,
+        "epochs": args.epochs,
+        "iterations": args.iterations,
+        "epoch_loss": losses,
+        "scores": {"dice": dice, "errors": voxel_errors(output, source / "labelsTs")},
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def full_trainer_text(data: dict) -> list[str]:
+    """``--full-trainer`` runs beside the twins of their seed."""
+    runs = data.get("full_trainer", {})
+    if not runs:
+        return []
+    rows = []
+    for key in sorted(runs, key=int):
+        r, twin_run = runs[key], data["runs"].get(key)
+        twin_loss = twin_run["epoch_loss"]["toolkit"] if twin_run else None
+        gap = (
+            max(abs(a - b) for a, b in zip(r["epoch_loss"], twin_loss, strict=True))
+            if twin_loss and len(twin_loss) == len(r["epoch_loss"])
+            else None
+        )
+        rows.append(
+            [
+                key,
+                f"{r['epochs']} x {r['iterations']}",
+                "-" if gap is None else f"{gap:.1e}",
+                f"{r['epoch_loss'][0]:.4f} / {r['epoch_loss'][-1]:.4f}",
+                "-"
+                if twin_run is None
+                else f"{mean_dice(twin_run['scores']['toolkit']['dice']):.3f}",
+                f"{mean_dice(r['scores']['dice']):.3f}",
+                f"{r['scores']['errors']['false_positive'] / 1000:.0f}k / "
+                f"{r['scores']['errors']['false_negative'] / 1000:.0f}k",
+            ]
+        )
+    return [
+        "",
+        "## `toolkit train`'s whole loop on the twins' weights and batches",
+        "",
+        "The twins check the toolkit's step. Here the command's own loop trains instead "
+        "(`bench.crossover train --pretrained`: prefetching, validation batches, "
+        "checkpoints, logging). It starts from the twins' initial weights and reads their "
+        "batches. Its final checkpoint is predicted by `toolkit predict` (fp32, no mirroring).",
+        "",
+        harness.markdown_table(
+            [
+                "seed",
+                "epochs x iterations",
+                "largest difference of an epoch's mean loss from the twins'",
+                "loss, first / last epoch",
+                "held-out mean Dice, twins",
+                "`toolkit train` + `toolkit predict`",
+                "false + / false -",
+            ],
+            rows,
+        ),
+    ]
+
+
 def mean_dice(dice: dict[str, list]) -> float:
     return float(np.mean([np.mean(v) for v in dice.values()]))
 
@@ -453,6 +551,7 @@ def render(data: dict) -> str:
         header = [f"epoch {i}" for i in shown]
     if loss_rows:
         lines.append(harness.markdown_table(["seed", *header], loss_rows))
+    lines += full_trainer_text(data)
     lines += init_draws_text(data)
     lines += [
         "",
@@ -463,7 +562,9 @@ def render(data: dict) -> str:
         "a rounding difference, and the Dice between them is what rounding alone moves.",
         "",
         f"Reproduce: `python -m bench.twin --work WORK --seeds {','.join(sorted(data['runs'], key=int))} "
-        f"--epochs E --iterations I` (WORK prepared by `python -m bench.quality --keep-prepared`).",
+        f"--epochs E --iterations I` (WORK prepared by `python -m bench.quality --keep-prepared`); "
+        "the whole loop: `--seeds S --full-trainer`; the initial draws: "
+        "`--init-draws TOOL:SEED,... --batch-seed B`.",
     ]
     return "\n".join(lines)
 
@@ -477,6 +578,12 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="instead of twins: the step from initial weights drawn by TOOL with SEED on the "
         "batches of --batch-seed, e.g. toolkit:1,nnunet:1 (the batches are kept)",
+    )
+    parser.add_argument(
+        "--full-trainer",
+        action="store_true",
+        help="instead of twins: `toolkit train`'s whole loop from the twins' initial weights of "
+        "--seeds on their batches, predicted by `toolkit predict`",
     )
     parser.add_argument("--batch-seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=20)
@@ -502,6 +609,9 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"--init-draws: TOOL:SEED with TOOL toolkit or nnunet, not {item!r}")
             run = init_draw(args, drawn_by, int(seed))
             data = record("init_draws", f"{drawn_by} {seed} batches {args.batch_seed}", run)
+    elif args.full_trainer:
+        for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
+            data = record("full_trainer", str(seed), full_trainer(args, seed))
     elif not args.render:
         for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
             data = record("runs", str(seed), twin(args, seed))
