@@ -23,6 +23,10 @@ final models is the Dice that rounding alone moves, against the gap between the 
 
     python -m bench.twin --work bench/work/quality [--seeds 0,1] [--epochs 20] [--iterations 150]
 
+``--full-trainer`` runs ``toolkit train``'s whole loop instead of the step alone (from the twins'
+initial weights of each seed, on their batches, predicted by ``toolkit predict``);
+``--init-draws`` keeps one seed's batches and varies who draws the initial weights.
+
 writes ``bench/results/twin.{json,md}`` (a seed run again replaces its entry). Needs
 nnU-Net v2 (``TOOLKIT_NNUNET_PYTHON`` or ``bench/.venv-nnunet``) and a work folder that
 ``python -m bench.quality --keep-prepared`` prepared.
