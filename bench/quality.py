@@ -198,13 +198,24 @@ def train_and_predict_ours(
     if arm == "crossover":
         for suffix in ("data", "target"):
             Path(f"{prefix}_{suffix}.npy").unlink(missing_ok=True)  # hundreds of MB each
-    predict = [*toolkit, "predict", "-i", test_images]
-    predict += ["-o", out / f"{arm}_{seed}", "-m", paths.model_dir("3d_fullres"), "-f", "0"]
     # the arm's own precision (nnU-Net's predictor runs in fp32; auto would pick bf16 here)
-    predict += ["--no-tta", "--device", "cpu", "-q"]
-    predict += ["--precision", "bf16" if arm == "toolkit_bf16" else "fp32"]
-    _run(predict, out / "logs" / f"{arm}_predict_{seed}.log")
+    predict_ours(
+        paths.model_dir("3d_fullres"),
+        test_images,
+        out / f"{arm}_{seed}",
+        "bf16" if arm == "toolkit_bf16" else "fp32",
+        out / "logs" / f"{arm}_predict_{seed}.log",
+    )
     return m.wall_s, toolkit_curve(paths)
+
+
+def predict_ours(
+    model: Path, images: Path, out: Path, precision: str, log: Path, env: dict | None = None
+) -> None:
+    """``toolkit predict`` of fold 0 of ``model`` on the CPU, without mirroring."""
+    command = [sys.executable, "-m", "toolkit", "predict", "-i", images, "-o", out, "-m", model]
+    command += ["-f", "0", "--no-tta", "--device", "cpu", "-q", "--precision", precision]
+    _run(command, log, env=env)
 
 
 def train_and_predict_nnunet(

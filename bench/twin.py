@@ -51,7 +51,13 @@ from bench import harness, lockstep
 from bench.crossover import dump
 from bench.init_swap import toolkit_initial_weights
 from bench.quality import REFERENCE as NNUNET_REFERENCE
-from bench.quality import arm_paths, bootstrap_interval, case_dice, voxel_errors
+from bench.quality import (
+    arm_paths,
+    bootstrap_interval,
+    case_dice,
+    predict_ours,
+    voxel_errors,
+)
 from toolkit.nets.nnunet_v2_weights import convert_state_dict
 from toolkit.training.history import read_log
 from toolkit.workspace import TRAINING_LOG, DatasetPaths
@@ -184,8 +190,13 @@ def score_weights(args, folder: Path, name: str, weights: dict[str, torch.Tensor
     model = model_folder(folder / f"model_{name}", preprocessed, weights)
     output = folder / f"predicted_{name}"
     predict(model, inputs, output, folder / f"predict_{name}.log")
-    dice = case_dice(output, source / "labelsTs", list(range(1, len(CLASSES) + 1)))
-    return {"dice": dice, "errors": voxel_errors(output, source / "labelsTs")}
+    return held_out_scores(output, source / "labelsTs")
+
+
+def held_out_scores(predicted: Path, references: Path) -> dict:
+    """Dice per case and class, and the voxel errors, of the predictions in ``predicted``."""
+    dice = case_dice(predicted, references, list(range(1, len(CLASSES) + 1)))
+    return {"dice": dice, "errors": voxel_errors(predicted, references)}
 
 
 class Arrays(dict):
@@ -317,19 +328,16 @@ def full_trainer(args: argparse.Namespace, seed: int) -> dict:
     losses = [r.train_loss for r in read_log(paths.fold_dir(CONFIGURATION, 0) / TRAINING_LOG)]
     source = args.work / "source" / TASK
     output = folder / "predicted_full_trainer"
-    predict_ours = [sys.executable, "-m", "toolkit", "predict", "-i", source / "imagesTs"]
-    predict_ours += ["-o", output, "-m", paths.model_dir(CONFIGURATION), "-f", "0", "--no-tta"]
-    predict_ours += ["--device", "cpu", "--precision", "fp32", "-q"]
-    harness.measure(
-        [str(c) for c in predict_ours], folder / "full_trainer_predict.log", env=env
-    ).check()
-    dice = case_dice(output, source / "labelsTs", list(range(1, len(CLASSES) + 1)))
+    model = paths.model_dir(CONFIGURATION)
+    predict_ours(
+        model, source / "imagesTs", output, "fp32", folder / "full_trainer_predict.log", env
+    )
     return {
         "seed": seed,
         "epochs": args.epochs,
         "iterations": args.iterations,
         "epoch_loss": losses,
-        "scores": {"dice": dice, "errors": voxel_errors(output, source / "labelsTs")},
+        "scores": held_out_scores(output, source / "labelsTs"),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
@@ -606,6 +614,7 @@ def main(argv: list[str] | None = None) -> int:
         return data
 
     data = json.loads(results.read_text()) if results.is_file() else {"runs": {}}
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if args.init_draws:
         for item in [i for i in args.init_draws.split(",") if i.strip()]:
             drawn_by, _, seed = item.partition(":")
@@ -614,10 +623,10 @@ def main(argv: list[str] | None = None) -> int:
             run = init_draw(args, drawn_by, int(seed))
             data = record("init_draws", f"{drawn_by} {seed} batches {args.batch_seed}", run)
     elif args.full_trainer:
-        for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
+        for seed in seeds:
             data = record("full_trainer", str(seed), full_trainer(args, seed))
     elif not args.render:
-        for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
+        for seed in seeds:
             data = record("runs", str(seed), twin(args, seed))
             if not args.keep_batches:
                 for name in ("data", "target"):
