@@ -20,10 +20,12 @@ The rules (the reference implementation's, checked against nnU-Net v2):
 
 Rotation and scaling are one sampling grid per batch on the training device. The image is
 interpolated (bi/tri)linearly with zeros outside the crop. The labels are resampled as the
-reference does: each label value present (the outside label -1 included) as a one-hot map,
-interpolated linearly, the largest wins (the lowest value on ties); points beyond the
-centres of the crop's border voxels get the outside label. A cascade's second label channel
-(the previous stage's prediction) is resampled the same way, on its own.
+reference does (batchgeneratorsv2 0.3.6 as nnU-Net v2 2.8.1 configures it): per sample and
+channel, each label value present as a one-hot map, interpolated linearly; the crop is padded
+with the outside label -1, so a point up to half a voxel beyond a border voxel's centre still
+takes that voxel's label and one further out takes -1 wherever the padding outweighs the crop;
+the largest map wins and the nearest voxel's label settles ties. A cascade's second label
+channel (the previous stage's prediction) is resampled the same way, on its own.
 """
 
 from __future__ import annotations
@@ -52,12 +54,9 @@ ELONGATED_2D_ASPECT = 1.5
 CROP_ROTATION_CAP = math.radians(90)  # the crop rule rotates by at most this much
 CROP_SCALE_MARGIN = 0.85  # the crop rule divides by the smallest scale of its (old) range
 # The reference compares the interpolated one-hot maps in float16 after scaling them by 1000:
-# maps closer than that precision tie, and ties go to the lowest label value.
+# maps closer than that precision tie, and the nearest voxel's label settles a tie.
 ONE_HOT_SCALE = 1000.0
 ONE_HOT_COMPARE_DTYPE = torch.float16
-# Voxels: a point this close beyond a border voxel's centre still counts as inside the crop, so
-# float rounding cannot push exact voxel centres (a slice stack's first axis) outside.
-BORDER_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -174,46 +173,76 @@ def sampling_grid(
     return F.affine_grid(theta, [n, 1, *patch_size], align_corners=False)
 
 
-def outside_crop(grid: torch.Tensor, crop: tuple[int, ...]) -> torch.Tensor:
-    """``(n, *patch)``: points beyond the centres of the crop's border voxels, where linear
-    interpolation would mix in the padding (by more than :data:`BORDER_TOLERANCE`)."""
-    inner = [1 - (1 - 2 * BORDER_TOLERANCE) / c for c in reversed(crop)]  # grid units
-    inner = torch.tensor(inner, device=grid.device)
-    return (grid.abs() > inner).any(dim=-1)
+def may_reach_outside(grid: torch.Tensor, crop: tuple[int, ...]) -> bool:
+    """Whether linear interpolation at some point of ``grid`` (one sample's, ``(1, *patch, d)``)
+    may draw on the padding beyond the crop: the reference's cheap test, one bound for all axes
+    (the centre of the smallest axis's border voxel), conservative by design."""
+    bound = min(1 - 1 / size for size in crop)
+    low, high = (float(v) for v in torch.aminmax(grid))
+    return not (-low <= bound and high <= bound)
 
 
 def resample_labels(labels: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """Labels ``(n, S, *crop)`` onto the grid, each channel as the reference does.
-
-    Every value present (the outside label included) becomes a one-hot map, interpolated
-    linearly; the largest map wins, compared as :data:`ONE_HOT_COMPARE_DTYPE` after scaling
-    by :data:`ONE_HOT_SCALE`, the lowest value on ties. Points outside the crop get
-    ``OUTSIDE_LABEL``. One ``grid_sample`` per value for the whole batch, keeping only the
-    running best, so memory stays at one map whatever the number of labels. A value absent
-    from a channel interpolates to 0 everywhere and never wins inside the crop, so taking
-    the values of the whole batch, as here, equals taking each channel's own.
-    """
+    """Labels ``(n, S, *crop)`` onto the grid ``(n, *patch, d)``, each sample and channel as
+    batchgeneratorsv2 0.3.6 does it for nnU-Net v2 (bilinear one-hot maps, the outside label as
+    padding, the nearest voxel settling ties): bit for bit, ``tests/training/
+    test_resampling_agreement.py``. Memory stays at one running best map per channel."""
     out = torch.empty(
         (*labels.shape[:2], *grid.shape[1:-1]), dtype=labels.dtype, device=labels.device
     )
-    best = None
-    low, high = (int(v) for v in torch.aminmax(labels))
-    for value in range(low, high + 1):  # ascending, so ties keep the lowest value
-        present = labels == value
-        if not bool(present.any()):
-            continue
-        one_hot = present.to(torch.float32).mul_(ONE_HOT_SCALE)
-        score = F.grid_sample(
-            one_hot, grid, mode="bilinear", padding_mode="zeros", align_corners=False
-        ).to(ONE_HOT_COMPARE_DTYPE)
-        if best is None:
-            best = score
-            out.fill_(value)
-        else:
-            out.masked_fill_(score > best, value)
-            best = torch.maximum(best, score)
-    out.masked_fill_(outside_crop(grid, tuple(labels.shape[2:])).unsqueeze(1), OUTSIDE_LABEL)
+    crop = tuple(labels.shape[2:])
+    for i in range(labels.shape[0]):
+        sample_grid = grid[i : i + 1]
+        reaches = may_reach_outside(sample_grid, crop)
+        for c in range(labels.shape[1]):
+            out[i, c] = resample_channel(labels[i, c], sample_grid, reaches)
     return out
+
+
+def resample_channel(channel: torch.Tensor, grid: torch.Tensor, reaches: bool) -> torch.Tensor:
+    """One label map ``(*crop)`` onto ``grid`` (``(1, *patch, d)``); ``reaches``: the grid may
+    draw on the padding (:func:`may_reach_outside`), which then enters as the outside label."""
+    values = torch.unique(channel).tolist()  # ascending
+    if reaches and OUTSIDE_LABEL not in values:
+        values = sorted([*values, OUTSIDE_LABEL])
+    patch = tuple(grid.shape[1:-1])
+    if len(values) == 1:
+        return torch.full(patch, values[0], dtype=channel.dtype, device=channel.device)
+
+    def sample(volume: torch.Tensor, mode: str) -> torch.Tensor:
+        return F.grid_sample(
+            volume[None, None], grid, mode=mode, padding_mode="zeros", align_corners=False
+        )[0, 0]
+
+    def score(value: int) -> torch.Tensor:
+        one_hot = (channel == value).to(torch.float32)
+        if reaches and value == OUTSIDE_LABEL:  # 1 in the padding: sample (map - 1), add 1 back
+            return sample(one_hot.sub_(1).mul_(ONE_HOT_SCALE), "bilinear").add_(ONE_HOT_SCALE)
+        return sample(one_hot.mul_(ONE_HOT_SCALE), "bilinear")
+
+    # the nearest voxel of the crop padded with the outside label
+    nearest = (sample(channel.to(torch.float32) - OUTSIDE_LABEL, "nearest") + OUTSIDE_LABEL).to(
+        channel.dtype
+    )
+    out = torch.full(patch, values[0], dtype=channel.dtype, device=channel.device)
+    if len(values) == 2:  # the two maps sum to the scale: the second wins past half of it
+        high = score(values[1]).to(ONE_HOT_COMPARE_DTYPE)
+        half = 0.5 * ONE_HOT_SCALE
+        out.masked_fill_(high > half, values[1])
+        return torch.where(high == half, nearest, out)
+    best = nearest_score = None
+    for value in values:
+        current = score(value).to(ONE_HOT_COMPARE_DTYPE)
+        if nearest_score is None:
+            nearest_score = torch.full_like(current, float("-inf"))
+        nearest_score = torch.where(nearest == value, current, nearest_score)
+        if best is None:
+            best = current
+            continue
+        out.masked_fill_(current > best, value)
+        best = torch.maximum(best, current)
+    # the nearest voxel's label, where it holds the top score: it settles the ties
+    return torch.where(nearest_score == best, nearest, out)
 
 
 def warp(
