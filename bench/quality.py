@@ -10,18 +10,22 @@ arm trains fold 0 for the same number of epochs and iterations, ``--seeds`` time
 * ``toolkit``: ``toolkit train`` in fp32; ``toolkit_bf16``: the same in bf16;
 * ``nnunet``: nnU-Net v2's own trainer (fp32 on the CPU);
 * ``crossover``: the toolkit's trainer fed nnU-Net's own training batches
-  (:mod:`bench.crossover`), which separates the data pipeline from the step.
+  (:mod:`bench.crossover`), which separates the data pipeline from the step;
+* ``swap``: ``toolkit train --pretrained`` from nnU-Net's initial weights of the same seed
+  (its draw, saved by ``bench/init_swap_reference.py``): the toolkit's batches and trainer,
+  paired with the ``nnunet`` arm's draw, which takes the draw of the initial weights out of
+  the comparison.
 
 Every model then predicts the same held-out cases (``labelsTs``, without test-time
 mirroring), scored with the toolkit's metrics. Reported: Dice per class and arm (mean over
 seeds), the seed-to-seed spread of each arm's mean Dice, the per-case paired difference of
 each toolkit arm minus nnU-Net (averaged over seeds) with a bootstrap interval, per-case
 Dice, and the learning curves (pseudo-Dice per epoch). Runs go two at a time, one core each:
-``toolkit`` beside ``nnunet`` for every seed first, then ``crossover`` beside ``toolkit_bf16``;
-the results are rewritten after every pair.
+``toolkit`` beside ``nnunet`` for every seed first, then ``crossover`` beside ``toolkit_bf16``,
+then ``swap``; the results are rewritten after every pair.
 
     python -m bench.quality [--seeds 3] [--epochs 20] [--iterations 50] [--plan cpu|nnunet] \
-        [--arms toolkit nnunet crossover toolkit_bf16] [--work DIR --keep-prepared]
+        [--arms toolkit nnunet crossover toolkit_bf16 swap] [--work DIR --keep-prepared]
 
 Needs nnU-Net v2 in ``bench/.venv-nnunet`` (made on first use, several GB).
 """
@@ -55,16 +59,19 @@ DATASET_ID = 905
 # away from the structure, not a boundary error
 FAR_VOXELS = 8
 REFERENCE = harness.BENCH / "nnunet_v2_reference.py"
+INITIAL_REFERENCE = harness.BENCH / "init_swap_reference.py"
 # the arms: nnU-Net v2's own run, the toolkit's (fp32, and bf16 beside it), and the cross-over
-# (the toolkit's trainer on nnU-Net's batches); each toolkit arm is compared with nnU-Net's
+# (the toolkit's trainer on nnU-Net's batches), the swap (the toolkit's batches and trainer
+# from nnU-Net's initial weights); each toolkit arm is compared with nnU-Net's
 ARMS = {
     "toolkit": "toolkit, fp32",
     "nnunet": "nnU-Net v2, fp32",
     "crossover": "toolkit's trainer, nnU-Net's batches, fp32",
     "toolkit_bf16": "toolkit, bf16",
+    "swap": "toolkit's batches and trainer from nnU-Net's initial weights, fp32",
 }
 # run two at a time (one core each): the main comparison first, for every seed
-PAIRS = (("toolkit", "nnunet"), ("crossover", "toolkit_bf16"))
+PAIRS = (("toolkit", "nnunet"), ("crossover", "toolkit_bf16"), ("swap",))
 NETWORK_KEYS = (
     "features_per_stage",
     "kernel_sizes",
@@ -171,8 +178,9 @@ def toolkit_curve(paths: DatasetPaths) -> dict:
 def train_and_predict_ours(
     paths: DatasetPaths, test_images: Path, out: Path, seed: int, args, arm: str
 ) -> tuple[float, dict]:
-    """One toolkit arm: ``toolkit`` (fp32), ``toolkit_bf16``, or ``crossover`` (the toolkit's
-    trainer fed nnU-Net's training batches, :mod:`bench.crossover`)."""
+    """One toolkit arm: ``toolkit`` (fp32), ``toolkit_bf16``, ``crossover`` (the toolkit's
+    trainer fed nnU-Net's training batches, :mod:`bench.crossover`) or ``swap`` (from
+    nnU-Net's initial weights of ``seed``)."""
     toolkit = [sys.executable, "-m", "toolkit"]
     paths = arm_paths(paths, out, arm, seed)
     fold_dir = paths.fold_dir("3d_fullres", 0)
@@ -194,6 +202,8 @@ def train_and_predict_ours(
         train += ["--val-iters", max(1, args.iterations // 5), "--seed", seed, "--device", "cpu"]
         train += ["--precision", "bf16" if arm == "toolkit_bf16" else "fp32"]
         train += ["--no-validate", "-q"]
+        if arm == "swap":
+            train += ["--pretrained", nnunet_initial_weights(out, seed)]
     m = harness.measure([str(c) for c in train], log).check()
     if arm == "crossover":
         for suffix in ("data", "target"):
@@ -207,6 +217,19 @@ def train_and_predict_ours(
         out / "logs" / f"{arm}_predict_{seed}.log",
     )
     return m.wall_s, toolkit_curve(paths)
+
+
+def nnunet_initial_weights(out: Path, seed: int) -> Path:
+    """nnU-Net's initial weights of ``seed`` (the ``nnunet`` arm's draw: the same seeding
+    before its trainer builds the network) as a checkpoint ``toolkit train --pretrained``
+    reads; written once per seed."""
+    checkpoint = out / f"nnunet_initial_{seed}.pth"
+    if not checkpoint.is_file():
+        command = [harness.ensure_nnunet(), INITIAL_REFERENCE, "--root", out / "nnunet"]
+        command += ["--scratch", out / f"swap_scratch_{seed}", "--seed", seed]
+        command += ["--iterations", 1, "--save-initial", checkpoint]
+        _run(command, out / "logs" / f"swap_initial_{seed}.log")
+    return checkpoint
 
 
 def predict_ours(
@@ -545,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=list(ARMS),
         default=list(ARMS),
         help="which runs: toolkit (fp32), nnunet, crossover (the toolkit's trainer on "
-        "nnU-Net's batches), toolkit_bf16",
+        "nnU-Net's batches), toolkit_bf16, swap (the toolkit from nnU-Net's initial weights)",
     )
     parser.add_argument("--work", type=Path, default=harness.WORK / NAME, help="work folder")
     parser.add_argument(
