@@ -220,29 +220,30 @@ def resample_channel(channel: torch.Tensor, grid: torch.Tensor, reaches: bool) -
             return sample(one_hot.sub_(1).mul_(ONE_HOT_SCALE), "bilinear").add_(ONE_HOT_SCALE)
         return sample(one_hot.mul_(ONE_HOT_SCALE), "bilinear")
 
-    # the nearest voxel of the crop padded with the outside label
-    nearest = (sample(channel.to(torch.float32) - OUTSIDE_LABEL, "nearest") + OUTSIDE_LABEL).to(
-        channel.dtype
-    )
+    def nearest() -> torch.Tensor:  # the nearest voxel of the crop padded with the outside label
+        shifted = sample(channel.to(torch.float32) - OUTSIDE_LABEL, "nearest")
+        return (shifted + OUTSIDE_LABEL).to(channel.dtype)
+
     out = torch.full(patch, values[0], dtype=channel.dtype, device=channel.device)
     if len(values) == 2:  # the two maps sum to the scale: the second wins past half of it
         high = score(values[1]).to(ONE_HOT_COMPARE_DTYPE)
         half = 0.5 * ONE_HOT_SCALE
         out.masked_fill_(high > half, values[1])
-        return torch.where(high == half, nearest, out)
-    best = nearest_score = None
+        ties = high == half
+        return torch.where(ties, nearest(), out) if bool(ties.any()) else out
+    nearest_label = nearest()
+    best = None
+    nearest_score = torch.full(patch, float("-inf"), dtype=ONE_HOT_COMPARE_DTYPE, device=out.device)
     for value in values:
         current = score(value).to(ONE_HOT_COMPARE_DTYPE)
-        if nearest_score is None:
-            nearest_score = torch.full_like(current, float("-inf"))
-        nearest_score = torch.where(nearest == value, current, nearest_score)
+        nearest_score = torch.where(nearest_label == value, current, nearest_score)
         if best is None:
             best = current
             continue
         out.masked_fill_(current > best, value)
         best = torch.maximum(best, current)
     # the nearest voxel's label, where it holds the top score: it settles the ties
-    return torch.where(nearest_score == best, nearest, out)
+    return torch.where(nearest_score == best, nearest_label, out)
 
 
 def warp(
